@@ -1,0 +1,1 @@
+"""pdplan.planner: SLOs, the search space and search, ``Plan``, calibration, and the ``pdplan`` CLI."""

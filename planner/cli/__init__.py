@@ -1,0 +1,1 @@
+"""The ``pdplan`` command line: one module per command, composed in ``app``."""

@@ -1,0 +1,60 @@
+"""The ``pdplan`` typer app: composes the command modules and turns user errors into exit code 2.
+
+Command modules must not import torch or transformers at module level: ``pdplan --help`` loads them
+all and has to start in well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from pdplan.planner.cli import profile_cmd
+from pdplan.profiles.errors import PdplanError
+
+app = typer.Typer(
+    name="pdplan",
+    help="Capacity planner for prefill/decode-disaggregated LLM serving: "
+    "profile -> simulate -> deploy -> bench, each with an HTML report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("profile")(profile_cmd.profile)
+
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def main() -> None:
+    """Console entry point: user mistakes print one line and exit 2, never a traceback."""
+    import click
+
+    try:
+        rc = app(standalone_mode=False)
+    except PdplanError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.ClickException as err:  # usage errors: bad option, missing argument
+        err.show()
+        sys.exit(2)
+    except (click.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,239 @@
+"""Model shapes: ``ModelSpec`` from a Hugging Face ``config.json`` or a catalog name.
+
+Only the fields that set cost are kept. Derived values (parameters, weight bytes, KV bytes per
+token, FLOPs per token) are properties, so a spec is one frozen record of the config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pdplan.profiles.errors import ConfigError, choices_error
+
+#: Architectures the executor implements (all are pre-norm decoders with RMSNorm, RoPE, SwiGLU).
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+_REQUIRED = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a Llama/Qwen2/Mistral-family decoder.
+
+    ``attention_bias`` is Qwen2's q/k/v bias; ``dtype`` is the config's ``torch_dtype`` and is the
+    default serving dtype.
+    """
+
+    name: str
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"model {self.name!r}: model_type {self.model_type!r} is not supported; "
+                f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        for field in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
+                      "num_kv_heads", "head_dim", "vocab_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"model {self.name!r}: {field}={value!r}; expected a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"model {self.name!r}: num_attention_heads={self.num_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_kv_heads}"
+            )
+        if self.dtype not in DTYPE_BYTES:
+            raise choices_error("dtype", self.dtype, DTYPE_BYTES)
+
+    # --- parameter counts -------------------------------------------------------------------
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def params_per_layer(self) -> int:
+        """Weights of one decoder layer (attention + SwiGLU MLP + two RMSNorms)."""
+        h = self.hidden_size
+        attn = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
+        if self.attention_bias:
+            attn += self.q_size + 2 * self.kv_size
+        mlp = 3 * h * self.intermediate_size
+        return attn + mlp + 2 * h
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """All parameters; a tied LM head is counted once."""
+        head = 0 if self.tie_word_embeddings else self.embedding_params
+        return self.num_layers * self.params_per_layer + self.embedding_params + head + self.hidden_size
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters that take part in a GEMM per token: layers + LM head (not the embedding lookup)."""
+        return self.num_layers * self.params_per_layer + self.embedding_params
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def weight_bytes(self, dtype: str | None = None) -> int:
+        return self.num_params * DTYPE_BYTES[dtype or self.dtype]
+
+    def kv_bytes_per_token(self, dtype: str | None = None) -> int:
+        """2 (K and V) × layers × kv_heads × head_dim × bytes per element (GQA aware)."""
+        return 2 * self.num_layers * self.kv_size * DTYPE_BYTES[dtype or self.dtype]
+
+    # --- FLOPs --------------------------------------------------------------------------------
+    @property
+    def flops_per_token(self) -> int:
+        """Dense FLOPs of one token's forward pass, excluding attention over the context.
+
+        2 FLOPs per multiply-accumulate over every GEMM weight (Kaplan et al. 2020, "Scaling Laws",
+        C_forward ≈ 2N).
+        """
+        return 2 * self.matmul_params
+
+    def attention_flops(self, new_tokens: int, context_tokens: int) -> int:
+        """FLOPs of QK^T and PV for ``new_tokens`` queries attending to ``context_tokens`` keys each
+        (causal prefill passes the average context). 2 GEMMs × 2 FLOPs/MAC × heads × head_dim."""
+        return 4 * self.num_layers * self.num_heads * self.head_dim * new_tokens * context_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields written into ``profile.yaml`` under ``model``."""
+        return {
+            "name": self.name,
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Inverse of :meth:`to_dict` (strict: unknown keys are an error)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"model: unknown keys {unknown}; valid: {sorted(known)}")
+        return cls(**data)
+
+
+def catalog_names() -> list[str]:
+    """Names of the shipped model configs (``profiles/catalog/*.json``)."""
+    folder = resources.files("pdplan.profiles") / "catalog"
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def spec_from_config(config: dict[str, Any], name: str) -> ModelSpec:
+    """Build a spec from a parsed HF ``config.json``; names the missing field when there is one."""
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ConfigError(f"model {name!r}: config.json lacks {', '.join(missing)}")
+    num_heads = int(config["num_attention_heads"])
+    hidden = int(config["hidden_size"])
+    head_dim = config.get("head_dim") or hidden // num_heads
+    if config.get("rope_scaling") and config["rope_scaling"].get("rope_type") not in (None, "llama3", "default"):
+        raise ConfigError(
+            f"model {name!r}: rope_scaling type {config['rope_scaling'].get('rope_type')!r} "
+            "is not supported; expected llama3 or none"
+        )
+    model_type = str(config["model_type"])
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        hidden_size=hidden,
+        intermediate_size=int(config["intermediate_size"]),
+        num_layers=int(config["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
+        head_dim=int(head_dim),
+        vocab_size=int(config["vocab_size"]),
+        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
+        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(config.get("rope_theta", 10000.0)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        # Qwen2 always has q/k/v bias; Llama and Mistral declare it (default off).
+        attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),
+        dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+    )
+
+
+def read_config(source: str | Path) -> dict[str, Any]:
+    """The raw ``config.json`` of a catalog name, a ``config.json`` path, or a model directory."""
+    text = str(source)
+    if text in catalog_names():
+        raw = (resources.files("pdplan.profiles") / "catalog" / f"{text}.json").read_text()
+        data: dict[str, Any] = json.loads(raw)
+        return data
+    path = Path(text)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise choices_error("model (catalog name or path to config.json)", text, catalog_names())
+    try:
+        parsed = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"model config {str(path)!r} is not readable JSON: {err}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"model config {str(path)!r}: expected a JSON object")
+    return parsed
+
+
+def load_model_spec(source: str | Path) -> ModelSpec:
+    """A ``ModelSpec`` from a catalog name (e.g. ``llama-3.1-8b``), a config.json, or an HF directory.
+
+    Raises:
+        ConfigError: unknown name (the valid ones are listed), unreadable file, missing fields.
+    """
+    text = str(source)
+    config = read_config(text)
+    if text in catalog_names():
+        name = text
+    else:
+        path = Path(text)
+        name = path.name if path.is_dir() else path.parent.name or path.stem
+    return spec_from_config(config, name)

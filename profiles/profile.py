@@ -1,0 +1,196 @@
+"""``Profile``: the measured or analytic cost tables of one model on one device, and their files.
+
+A profile directory holds ``profile.yaml`` (metadata), ``prefill.csv`` (num_seqs, seq_len,
+latency_ms, + spread), ``decode.csv`` (batch_size, context_len, latency_ms, + spread) and optionally
+``ops.csv`` (an op-level breakdown). The latency model is fitted when a profile is built or loaded,
+and its leave-one-out error is written into ``profile.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from pdplan.profiles.errors import ProfileError
+from pdplan.profiles.latency_model import LatencyModel
+from pdplan.profiles.model_spec import ModelSpec
+
+SCHEMA_VERSION = 1
+PREFILL_COLUMNS = ("num_seqs", "seq_len", "latency_ms")
+DECODE_COLUMNS = ("batch_size", "context_len", "latency_ms")
+META_KEYS = (
+    "schema_version", "method", "model", "hardware", "dtype", "tp", "kv_bytes_per_token",
+    "weight_bytes", "versions", "created_at", "latency_model", "notes",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One profile: metadata plus tables; ``latency`` is fitted on construction.
+
+    ``hardware`` holds at least ``name`` and ``memory_bytes`` (per GPU), plus ``device`` (the
+    detected device string) when measured. ``weight_bytes`` is per GPU (the TP shard).
+    """
+
+    method: str
+    model: ModelSpec
+    hardware: dict[str, Any]
+    dtype: str
+    tp: int
+    prefill: pd.DataFrame
+    decode: pd.DataFrame
+    ops: pd.DataFrame | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    notes: str = ""
+    latency: LatencyModel = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("measured", "analytic"):
+            raise ProfileError(f"profile method {self.method!r}; expected measured or analytic")
+        for name, table, cols in (("prefill", self.prefill, PREFILL_COLUMNS),
+                                  ("decode", self.decode, DECODE_COLUMNS)):
+            missing = [c for c in cols if c not in table.columns]
+            if missing:
+                raise ProfileError(f"{name}.csv lacks columns {missing}; expected {list(cols)}")
+        latency = LatencyModel.fit(
+            (self.prefill["num_seqs"], self.prefill["seq_len"], self.prefill["latency_ms"]),
+            (self.decode["batch_size"], self.decode["context_len"], self.decode["latency_ms"]),
+        )
+        object.__setattr__(self, "latency", latency)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.hardware["memory_bytes"])
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV bytes per token held by *one* GPU of a TP group.
+
+        KV heads are split across ranks; when TP exceeds the KV head count each rank keeps one
+        (replicated) head, as vLLM and SGLang do.
+        """
+        heads_per_rank = max(1, self.model.num_kv_heads // self.tp)
+        return self.model.kv_bytes_per_token(self.dtype) * heads_per_rank // self.model.num_kv_heads
+
+    @property
+    def weight_bytes(self) -> int:
+        """Weight bytes on one GPU of a TP group."""
+        return self.model.weight_bytes(self.dtype) // self.tp
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "method": self.method,
+            "model": self.model.to_dict(),
+            "hardware": dict(self.hardware),
+            "dtype": self.dtype,
+            "tp": self.tp,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "weight_bytes": self.weight_bytes,
+            "versions": dict(self.versions),
+            "created_at": self.created_at,
+            "latency_model": self.latency.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def save_profile(profile: Profile, out_dir: str | Path) -> Path:
+    """Write the profile directory atomically: files go to a sibling temp dir that is renamed in.
+
+    An existing ``out_dir`` is replaced only once the new one is complete.
+
+    Raises:
+        ProfileError: ``out_dir`` cannot be written.
+    """
+    out = Path(out_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise ProfileError(f"cannot write profile to {str(out)!r}: {err.strerror or err}") from None
+    try:
+        with open(tmp / "profile.yaml", "w") as fh:
+            yaml.safe_dump(profile.metadata(), fh, sort_keys=False)
+        profile.prefill.to_csv(tmp / "prefill.csv", index=False)
+        profile.decode.to_csv(tmp / "decode.csv", index=False)
+        if profile.ops is not None:
+            profile.ops.to_csv(tmp / "ops.csv", index=False)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a profile directory (strict: unknown keys in ``profile.yaml`` are an error).
+
+    Raises:
+        ProfileError: missing files, bad YAML, unknown keys, wrong schema version, bad tables.
+    """
+    folder = Path(path)
+    meta_path = folder / "profile.yaml"
+    if not meta_path.is_file():
+        raise ProfileError(f"{str(folder)!r} is not a profile directory (no profile.yaml)")
+    try:
+        meta = yaml.safe_load(meta_path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{meta_path}: not valid YAML ({err})") from None
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{meta_path}: expected a mapping")
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise ProfileError(f"{meta_path}: unknown keys {unknown}; valid: {list(META_KEYS)}")
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{meta_path}: schema_version {meta.get('schema_version')!r}; expected {SCHEMA_VERSION}"
+        )
+    for key in ("method", "model", "hardware", "dtype", "tp"):
+        if key not in meta:
+            raise ProfileError(f"{meta_path}: missing key {key!r}")
+    tables = {}
+    for name in ("prefill", "decode", "ops"):
+        csv = folder / f"{name}.csv"
+        if not csv.is_file():
+            if name == "ops":
+                tables[name] = None
+                continue
+            raise ProfileError(f"{str(folder)!r}: missing {name}.csv")
+        try:
+            tables[name] = pd.read_csv(csv)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ProfileError(f"{csv}: not a readable CSV ({err})") from None
+    from pdplan.profiles.errors import ConfigError
+
+    try:
+        model = ModelSpec.from_dict(meta["model"])
+    except (ConfigError, TypeError) as err:
+        raise ProfileError(f"{meta_path}: bad model section: {err}") from None
+    return Profile(
+        method=meta["method"],
+        model=model,
+        hardware=dict(meta["hardware"]),
+        dtype=str(meta["dtype"]),
+        tp=int(meta["tp"]),
+        prefill=tables["prefill"],
+        decode=tables["decode"],
+        ops=tables["ops"],
+        versions=dict(meta.get("versions") or {}),
+        created_at=str(meta.get("created_at") or ""),
+        notes=str(meta.get("notes") or ""),
+    )
