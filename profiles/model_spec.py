@@ -237,3 +237,41 @@ def load_model_spec(source: str | Path) -> ModelSpec:
         path = Path(text)
         name = path.name if path.is_dir() else path.parent.name or path.stem
     return spec_from_config(config, name)
+
+
+def shard_spec(spec: ModelSpec, tp: int) -> ModelSpec:
+    """The per-GPU shape of ``spec`` under tensor parallelism ``tp`` (Megatron-style sharding).
+
+    Attention heads and the MLP's intermediate dimension are split across ranks; KV heads are split
+    too, or replicated one per rank when ``tp`` exceeds their count (as vLLM/SGLang do). The
+    embedding and LM head are vocab-parallel. ``name`` gains a ``@tpN`` suffix.
+
+    Raises:
+        ConfigError: ``tp`` < 1, or it does not divide the attention heads, the intermediate size, or
+            (when smaller than the KV head count) the KV heads; or KV heads do not divide ``tp``.
+    """
+    if tp < 1:
+        raise ConfigError(f"--tp {tp}: expected a positive integer")
+    if tp == 1:
+        return spec
+    problems = []
+    if spec.num_heads % tp:
+        problems.append(f"num_attention_heads={spec.num_heads}")
+    if spec.intermediate_size % tp:
+        problems.append(f"intermediate_size={spec.intermediate_size}")
+    if tp <= spec.num_kv_heads and spec.num_kv_heads % tp:
+        problems.append(f"num_key_value_heads={spec.num_kv_heads}")
+    if tp > spec.num_kv_heads and tp % spec.num_kv_heads:
+        problems.append(f"num_key_value_heads={spec.num_kv_heads} (must divide tp when tp is larger)")
+    if problems:
+        raise ConfigError(f"--tp {tp} does not divide {', '.join(problems)} of model {spec.name!r}")
+    from dataclasses import replace
+
+    return replace(
+        spec,
+        name=f"{spec.name}@tp{tp}",
+        num_heads=spec.num_heads // tp,
+        num_kv_heads=max(1, spec.num_kv_heads // tp),
+        intermediate_size=spec.intermediate_size // tp,
+        vocab_size=-(-spec.vocab_size // tp),
+    )
