@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from pdplan.profiles.errors import ProfileError
 
@@ -109,8 +110,8 @@ class LatencyModel:
     @classmethod
     def fit(
         cls,
-        prefill: tuple[Sequence[int], Sequence[int], Sequence[float]],
-        decode: tuple[Sequence[int], Sequence[int], Sequence[float]],
+        prefill: tuple[ArrayLike, ArrayLike, ArrayLike],
+        decode: tuple[ArrayLike, ArrayLike, ArrayLike],
     ) -> LatencyModel:
         """Fit from ``(num_seqs, seq_len, latency_ms)`` and ``(batch_size, context_len, latency_ms)``
         columns (each prefill row: ``num_seqs`` sequences of ``seq_len`` tokens; each decode row:
@@ -148,7 +149,9 @@ def _check_latency(name: str, y: np.ndarray) -> None:
         raise ProfileError(f"{name} table has negative or non-finite latency_ms values")
 
 
-def _prefill_design(num_seqs: Sequence[int], seq_len: Sequence[int], latency_ms: Sequence[float]):
+def _prefill_design(
+    num_seqs: ArrayLike, seq_len: ArrayLike, latency_ms: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(num_seqs, dtype=float)
     n = np.asarray(seq_len, dtype=float)
     y = np.asarray(latency_ms, dtype=float)
@@ -157,7 +160,9 @@ def _prefill_design(num_seqs: Sequence[int], seq_len: Sequence[int], latency_ms:
     return x, y
 
 
-def _decode_design(batch_size: Sequence[int], context_len: Sequence[int], latency_ms: Sequence[float]):
+def _decode_design(
+    batch_size: ArrayLike, context_len: ArrayLike, latency_ms: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     b = np.asarray(batch_size, dtype=float)
     c = np.asarray(context_len, dtype=float)
     y = np.asarray(latency_ms, dtype=float)

@@ -59,8 +59,15 @@ class ModelSpec:
                 f"model {self.name!r}: model_type {self.model_type!r} is not supported; "
                 f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        for field in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
-                      "num_kv_heads", "head_dim", "vocab_size"):
+        for field in (
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "vocab_size",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model {self.name!r}: {field}={value!r}; expected a positive integer")
@@ -176,7 +183,11 @@ def spec_from_config(config: dict[str, Any], name: str) -> ModelSpec:
     num_heads = int(config["num_attention_heads"])
     hidden = int(config["hidden_size"])
     head_dim = config.get("head_dim") or hidden // num_heads
-    if config.get("rope_scaling") and config["rope_scaling"].get("rope_type") not in (None, "llama3", "default"):
+    if config.get("rope_scaling") and config["rope_scaling"].get("rope_type") not in (
+        None,
+        "llama3",
+        "default",
+    ):
         raise ConfigError(
             f"model {name!r}: rope_scaling type {config['rope_scaling'].get('rope_type')!r} "
             "is not supported; expected llama3 or none"

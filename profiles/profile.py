@@ -26,8 +26,18 @@ SCHEMA_VERSION = 1
 PREFILL_COLUMNS = ("num_seqs", "seq_len", "latency_ms")
 DECODE_COLUMNS = ("batch_size", "context_len", "latency_ms")
 META_KEYS = (
-    "schema_version", "method", "model", "hardware", "dtype", "tp", "kv_bytes_per_token",
-    "weight_bytes", "versions", "created_at", "latency_model", "notes",
+    "schema_version",
+    "method",
+    "model",
+    "hardware",
+    "dtype",
+    "tp",
+    "kv_bytes_per_token",
+    "weight_bytes",
+    "versions",
+    "created_at",
+    "latency_model",
+    "notes",
 )
 
 
@@ -55,8 +65,10 @@ class Profile:
     def __post_init__(self) -> None:
         if self.method not in ("measured", "analytic"):
             raise ProfileError(f"profile method {self.method!r}; expected measured or analytic")
-        for name, table, cols in (("prefill", self.prefill, PREFILL_COLUMNS),
-                                  ("decode", self.decode, DECODE_COLUMNS)):
+        for name, table, cols in (
+            ("prefill", self.prefill, PREFILL_COLUMNS),
+            ("decode", self.decode, DECODE_COLUMNS),
+        ):
             missing = [c for c in cols if c not in table.columns]
             if missing:
                 raise ProfileError(f"{name}.csv lacks columns {missing}; expected {list(cols)}")
@@ -163,7 +175,7 @@ def load_profile(path: str | Path) -> Profile:
     for key in ("method", "model", "hardware", "dtype", "tp"):
         if key not in meta:
             raise ProfileError(f"{meta_path}: missing key {key!r}")
-    tables = {}
+    tables: dict[str, pd.DataFrame | None] = {}
     for name in ("prefill", "decode", "ops"):
         csv = folder / f"{name}.csv"
         if not csv.is_file():
@@ -187,10 +199,15 @@ def load_profile(path: str | Path) -> Profile:
         hardware=dict(meta["hardware"]),
         dtype=str(meta["dtype"]),
         tp=int(meta["tp"]),
-        prefill=tables["prefill"],
-        decode=tables["decode"],
+        prefill=_required(tables["prefill"]),
+        decode=_required(tables["decode"]),
         ops=tables["ops"],
         versions=dict(meta.get("versions") or {}),
         created_at=str(meta.get("created_at") or ""),
         notes=str(meta.get("notes") or ""),
     )
+
+
+def _required(table: pd.DataFrame | None) -> pd.DataFrame:
+    assert table is not None, "required tables are checked while reading"
+    return table
