@@ -6,6 +6,7 @@ token, FLOPs per token) are properties, so a spec is one frozen record of the co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -34,7 +35,9 @@ class ModelSpec:
     """The shape of a Llama/Qwen2/Mistral-family decoder.
 
     ``attention_bias`` is Qwen2's q/k/v bias; ``dtype`` is the config's ``torch_dtype`` and is the
-    default serving dtype.
+    default serving dtype. ``rope_scaling`` is ``None`` (plain RoPE) or the llama3 parameters
+    ``{rope_type, factor, low_freq_factor, high_freq_factor, original_max_position_embeddings}``;
+    it changes positions' frequencies, not cost, and is left out of the hash.
     """
 
     name: str
@@ -52,6 +55,7 @@ class ModelSpec:
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     dtype: str = "bfloat16"
+    rope_scaling: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -157,6 +161,7 @@ class ModelSpec:
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
             "dtype": self.dtype,
+            "rope_scaling": dict(self.rope_scaling) if self.rope_scaling else None,
         }
 
     @classmethod
@@ -183,16 +188,9 @@ def spec_from_config(config: dict[str, Any], name: str) -> ModelSpec:
     num_heads = int(config["num_attention_heads"])
     hidden = int(config["hidden_size"])
     head_dim = config.get("head_dim") or hidden // num_heads
-    if config.get("rope_scaling") and config["rope_scaling"].get("rope_type") not in (
-        None,
-        "llama3",
-        "default",
-    ):
-        raise ConfigError(
-            f"model {name!r}: rope_scaling type {config['rope_scaling'].get('rope_type')!r} "
-            "is not supported; expected llama3 or none"
-        )
     model_type = str(config["model_type"])
+    # transformers ≥ 5 writes ``rope_parameters`` (theta included); older configs ``rope_scaling``.
+    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -205,12 +203,31 @@ def spec_from_config(config: dict[str, Any], name: str) -> ModelSpec:
         vocab_size=int(config["vocab_size"]),
         max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(config.get("rope_theta", 10000.0)),
+        rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         # Qwen2 always has q/k/v bias; Llama and Mistral declare it (default off).
         attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),
         dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+        rope_scaling=_rope_scaling(rope, name),
     )
+
+
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _rope_scaling(rope: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The llama3 RoPE scaling parameters of a config, ``None`` for plain RoPE."""
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type == "default":
+        return None
+    if rope_type != "llama3":
+        raise ConfigError(
+            f"model {name!r}: rope_scaling type {rope_type!r} is not supported; expected llama3 or none"
+        )
+    missing = [k for k in _LLAMA3_KEYS if k not in rope]
+    if missing:
+        raise ConfigError(f"model {name!r}: llama3 rope_scaling lacks {', '.join(missing)}")
+    return {"rope_type": "llama3", **{k: float(rope[k]) for k in _LLAMA3_KEYS}}
 
 
 def read_config(source: str | Path) -> dict[str, Any]:
