@@ -1,0 +1,307 @@
+"""``Executor``: a compact forward pass of the Llama/Qwen2/Mistral family, with per-request KV caches.
+
+Pre-norm decoder layers: RMSNorm → fused q/k/v projection (+ Qwen2 bias) → RoPE (plain or llama3
+scaled) → grouped-query attention (``torch.nn.functional.scaled_dot_product_attention``) → output
+projection → residual → RMSNorm → SwiGLU MLP (fused gate/up) → residual; final RMSNorm and a tied or
+untied LM head. The arithmetic mirrors ``transformers``' reference models so that logits agree
+(``tests/profiles/test_executor.py`` checks it).
+
+Batching: a prefill packs every prompt's tokens into one ``[total_tokens, hidden]`` matrix for the
+GEMMs (no padding) and runs causal attention per sequence; a decode step runs the GEMMs over one token
+per sequence and attention per sequence against its own cache. The profiler measures this executor,
+so profiles describe the engine that the local runtime serves with.
+
+A TP shard (``tp > 1``) is rank 0's slice of the model, run on one device without communication: it
+has the per-GPU cost of tensor parallelism minus the all-reduces, which the profiler adds from a
+link model. Its logits cover rank 0's vocab slice only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pdplan.profiles.errors import ConfigError
+from pdplan.profiles.kv_cache import KVCache
+from pdplan.profiles.model_spec import ModelSpec, shard_spec
+from pdplan.profiles.timing import OpTimer
+from pdplan.profiles.weights import ModelWeights, load_weights, random_weights
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_NO_TIMING = contextlib.nullcontext()
+
+# attend(layer, q [T, H, d], k [T, kvh, d], v [T, kvh, d]) -> attention output [T, H·d]
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def parse_device(device: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a ``torch.device``, checked against this machine.
+
+    Raises:
+        ConfigError: an unknown device string, or CUDA requested where it is not available.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        index = 0 if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        dev = torch.device("cuda", index)
+    return dev
+
+
+def default_dtype(device: torch.device) -> str:
+    """float32 on the CPU (fast and exact there), bfloat16 on a GPU (what serving engines run)."""
+    return "float32" if device.type == "cpu" else "bfloat16"
+
+
+def rope_inv_freq(spec: ModelSpec) -> torch.Tensor:
+    """RoPE inverse frequencies ``[head_dim / 2]`` (float32), with llama3 scaling when configured.
+
+    Plain RoPE: θ_i = base^(−2i/d) (Su et al. 2021, "RoFormer"). llama3: wavelengths longer than
+    ``original_max / low_freq_factor`` are divided by ``factor``, shorter than
+    ``original_max / high_freq_factor`` kept, and the band between interpolated smoothly (Meta's
+    Llama 3.1 reference code; transformers' ``_compute_llama3_parameters``).
+    """
+    dim = spec.head_dim
+    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = spec.rope_scaling
+    if not scaling:
+        return inv_freq
+    factor, old_len = scaling["factor"], scaling["original_max_position_embeddings"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Executor:
+    """A model on one device: ``prefill`` prompts into new caches, ``decode`` one token per cache.
+
+    Args:
+        spec: the full model's shape (``load_model_spec``).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``; default float32 on CPU, bfloat16 on CUDA.
+        seed: seeds the random weights (ignored when ``weights`` is given).
+        weights: an HF model directory with safetensors (single file or sharded index); ``None`` for
+            seeded random weights (same cost: cost depends on shapes, not values).
+        tp: build rank 0's tensor-parallel shard (``shard_spec(spec, tp)``) instead of the full model.
+
+    Raises:
+        ConfigError: bad device, dtype or tp, unreadable or mismatching weights.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        seed: int = 0,
+        weights: Path | None = None,
+        tp: int = 1,
+    ) -> None:
+        self.device = parse_device(device)
+        self.dtype_name = dtype or default_dtype(self.device)
+        if self.dtype_name not in TORCH_DTYPES:
+            raise ConfigError(f"dtype {self.dtype_name!r}: expected one of {', '.join(TORCH_DTYPES)}")
+        self.dtype = TORCH_DTYPES[self.dtype_name]
+        self.full_spec = spec
+        self.tp = tp
+        self.spec = shard_spec(spec, tp)  # the shapes this executor runs
+        if weights is not None:
+            self.weights: ModelWeights = load_weights(
+                Path(weights), spec, self.spec, dtype=self.dtype, device=self.device
+            )
+        else:
+            self.weights = random_weights(self.spec, dtype=self.dtype, device=self.device, seed=seed)
+        self.inv_freq = rope_inv_freq(spec).to(self.device)
+        #: When set, time is attributed to op categories (``gemm``/``attention``/``other``).
+        self.op_timer: OpTimer | None = None
+
+    # --- public API --------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Columns of the logits this executor returns (the shard's vocab slice when ``tp > 1``)."""
+        return self.spec.vocab_size
+
+    def new_cache(self, capacity_tokens: int) -> KVCache:
+        """An empty cache of this model's shape, dtype and device."""
+        s = self.spec
+        return KVCache.allocate(
+            s.num_layers, s.num_kv_heads, s.head_dim, capacity_tokens, dtype=self.dtype, device=self.device
+        )
+
+    @torch.no_grad()
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], *, reserve_tokens: int = 0
+    ) -> tuple[torch.Tensor, list[KVCache]]:
+        """Run every prompt through the model in one batched forward.
+
+        Args:
+            prompts: token ids, one non-empty list per sequence (lengths may differ).
+            reserve_tokens: extra positions to reserve in each new cache for decoding (it grows by
+                doubling anyway when exceeded).
+
+        Returns:
+            ``(logits, caches)``: logits of each prompt's last token ``[len(prompts), vocab_size]``
+            in the executor's dtype, and one new ``KVCache`` per prompt with ``length = len(prompt)``.
+        """
+        assert prompts and all(len(p) > 0 for p in prompts), "prompts must be non-empty lists"
+        lengths = [len(p) for p in prompts]
+        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
+        caches = [self.new_cache(n + max(reserve_tokens, 1)) for n in lengths]
+        starts = [0]
+        for n in lengths:
+            starts.append(starts[-1] + n)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=q.dtype, device=q.device)
+            for i, cache in enumerate(caches):
+                lo, hi = starts[i], starts[i + 1]
+                n = hi - lo
+                kc, vc = cache.k[layer, :, :n], cache.v[layer, :, :n]
+                kc.copy_(k[lo:hi].transpose(0, 1))
+                vc.copy_(v[lo:hi].transpose(0, 1))
+                att = F.scaled_dot_product_attention(
+                    q[lo:hi].transpose(0, 1)[None], kc[None], vc[None], is_causal=True, enable_gqa=True
+                )
+                out[lo:hi] = att[0].transpose(0, 1).reshape(n, -1)
+            return out
+
+        hidden = self._forward(ids, positions, attend)
+        last = torch.tensor([s - 1 for s in starts[1:]], device=self.device)
+        logits = self._logits(hidden[last])
+        for cache, n in zip(caches, lengths, strict=True):
+            cache.length = n
+        return logits, caches
+
+    @torch.no_grad()
+    def decode(self, tokens: Sequence[int], caches: Sequence[KVCache]) -> torch.Tensor:
+        """One decode step: token ``tokens[i]`` at position ``caches[i].length`` for every sequence.
+
+        Appends each token's keys and values to its cache (``length`` grows by one; capacity
+        doubles when full) and returns the next-token logits ``[len(tokens), vocab_size]``.
+        """
+        assert len(tokens) == len(caches) and tokens, "one token per cache, at least one"
+        for cache in caches:
+            self._check_cache(cache)
+        lengths = [c.length for c in caches]
+        for cache in caches:
+            cache.reserve(cache.length + 1)
+        ids = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
+        positions = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        num_kv, d = self.spec.num_kv_heads, self.spec.head_dim
+        group = self.spec.num_heads // num_kv
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for i, cache in enumerate(caches):
+                pos = lengths[i]
+                cache.k[layer, :, pos].copy_(k[i])
+                cache.v[layer, :, pos].copy_(v[i])
+                # One query per sequence: fold the query heads of each KV group into the query
+                # length, so grouped-query attention needs no expanded K/V (head j uses KV head j//g).
+                att = F.scaled_dot_product_attention(
+                    q[i].view(1, num_kv, group, d),
+                    cache.k[layer, None, :, : pos + 1],
+                    cache.v[layer, None, :, : pos + 1],
+                )
+                outs.append(att.view(1, -1))
+            return torch.cat(outs)
+
+        hidden = self._forward(ids, positions, attend)
+        logits = self._logits(hidden)
+        for cache in caches:
+            cache.length += 1
+        return logits
+
+    def _check_cache(self, cache: KVCache) -> None:
+        s = self.spec
+        expected = (s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device)
+        got = (cache.num_layers, cache.k.shape[1], cache.k.shape[3], cache.dtype, cache.device)
+        assert got == expected, f"cache (layers, kv heads, head_dim, dtype, device) {got} != {expected}"
+
+    # --- the forward pass -----------------------------------------------------------------------
+    def _op(self, category: str) -> contextlib.AbstractContextManager[None]:
+        return self.op_timer.section(category) if self.op_timer is not None else _NO_TIMING
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp == 1:
+            return F.embedding(ids, self.weights.embed)
+        # Vocab-parallel embedding (Megatron): rank 0 owns ids [0, vocab shard); others read 0.
+        in_shard = ids < self.spec.vocab_size
+        rows = F.embedding(torch.where(in_shard, ids, 0), self.weights.embed)
+        return rows * in_shard[:, None].to(rows.dtype)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[:, None].float() * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, head_dim]
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # RMSNorm in float32, scaled after casting back (Zhang & Sennrich 2019; HF LlamaRMSNorm).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.spec.rms_norm_eps)
+        return weight * xf.to(x.dtype)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        s = self.spec
+        num_tokens = ids.shape[0]
+        q_size, kv_size, inter = s.q_size, s.kv_size, s.intermediate_size
+        with self._op("other"):
+            x = self._embed(ids)
+            cos, sin = self._rope(positions)
+        for n, w in enumerate(self.weights.layers):
+            with self._op("other"):
+                h = self._norm(x, w.input_norm)
+            with self._op("gemm"):
+                qkv = F.linear(h, w.qkv, w.qkv_bias)
+            with self._op("other"):
+                q = qkv[:, :q_size].view(num_tokens, s.num_heads, s.head_dim)
+                k = qkv[:, q_size : q_size + kv_size].view(num_tokens, s.num_kv_heads, s.head_dim)
+                v = qkv[:, q_size + kv_size :].view(num_tokens, s.num_kv_heads, s.head_dim)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+            with self._op("attention"):
+                att = attend(n, q, k, v)
+            with self._op("gemm"):
+                att = F.linear(att, w.o)
+            with self._op("other"):
+                x = x + att
+                h = self._norm(x, w.post_norm)
+            with self._op("gemm"):
+                gate_up = F.linear(h, w.gate_up)
+            with self._op("other"):
+                h = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+            with self._op("gemm"):
+                h = F.linear(h, w.down)
+            with self._op("other"):
+                x = x + h
+        return x
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with self._op("other"):
+            h = self._norm(hidden, self.weights.norm)
+        with self._op("gemm"):
+            return F.linear(h, self.weights.lm_head)

@@ -1,0 +1,201 @@
+"""Executor weights: loaded from a Hugging Face safetensors checkpoint, or seeded random.
+
+The executor keeps q/k/v fused into one ``[q + 2·kv, hidden]`` matrix and gate/up into one
+``[2·intermediate, hidden]`` matrix, so each decoder layer runs four GEMMs. A TP shard holds rank
+0's slice of every split matrix (Megatron-style: heads and the MLP's intermediate dimension by rows
+or columns, embedding and LM head by vocab rows); its cost equals every other rank's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pdplan.profiles.errors import ConfigError
+from pdplan.profiles.model_spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer (``h`` hidden, ``q``/``kv`` projection widths, ``i`` intermediate)."""
+
+    input_norm: torch.Tensor  # [h]
+    qkv: torch.Tensor  # [q + 2·kv, h]
+    qkv_bias: torch.Tensor | None  # [q + 2·kv] (Qwen2) or None
+    o: torch.Tensor  # [h, q]
+    post_norm: torch.Tensor  # [h]
+    gate_up: torch.Tensor  # [2·i, h]: gate rows first, then up rows
+    down: torch.Tensor  # [h, i]
+
+
+@dataclass
+class ModelWeights:
+    """Every weight of a (possibly sharded) model; ``lm_head is embed`` when tied."""
+
+    embed: torch.Tensor  # [vocab (shard), h]
+    layers: list[LayerWeights]
+    norm: torch.Tensor  # [h]
+    lm_head: torch.Tensor  # [vocab (shard), h]
+
+    def nbytes(self) -> int:
+        seen: dict[int, int] = {}
+        tensors = [self.embed, self.norm, self.lm_head]
+        for layer in self.layers:
+            tensors += [layer.input_norm, layer.qkv, layer.o, layer.post_norm, layer.gate_up]
+            tensors += [layer.down] + ([layer.qkv_bias] if layer.qkv_bias is not None else [])
+        for t in tensors:
+            seen[id(t)] = t.numel() * t.element_size()
+        return sum(seen.values())
+
+
+def random_weights(shard: ModelSpec, *, dtype: torch.dtype, device: torch.device, seed: int) -> ModelWeights:
+    """Seeded random weights with ``shard``'s shapes, drawn directly on ``device`` in ``dtype``.
+
+    Matrices are N(0, 1/fan_in) so activations stay O(1) through the layers (no overflow in half
+    precision, no denormals on the CPU); norms are ones. Cost depends on shapes only.
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+
+    def normal(*shape: int, fan_in: int) -> torch.Tensor:
+        out = torch.empty(shape, dtype=dtype, device=device)
+        return out.normal_(0.0, fan_in**-0.5, generator=gen)
+
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(n, dtype=dtype, device=device)
+
+    h, q, kv, i = shard.hidden_size, shard.q_size, shard.kv_size, shard.intermediate_size
+    layers = [
+        LayerWeights(
+            input_norm=ones(h),
+            qkv=normal(q + 2 * kv, h, fan_in=h),
+            qkv_bias=normal(q + 2 * kv, fan_in=h) if shard.attention_bias else None,
+            o=normal(h, q, fan_in=q),
+            post_norm=ones(h),
+            gate_up=normal(2 * i, h, fan_in=h),
+            down=normal(h, i, fan_in=i),
+        )
+        for _ in range(shard.num_layers)
+    ]
+    embed = normal(shard.vocab_size, h, fan_in=1)
+    lm_head = embed if shard.tie_word_embeddings else normal(shard.vocab_size, h, fan_in=h)
+    return ModelWeights(embed=embed, layers=layers, norm=ones(h), lm_head=lm_head)
+
+
+class _Checkpoint:
+    """Name → tensor access over one or several safetensors files of an HF model directory."""
+
+    def __init__(self, folder: Path, device: torch.device) -> None:
+        from safetensors import safe_open
+
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+            weight_map = None
+        else:
+            raise ConfigError(
+                f"weights {str(folder)!r}: no model.safetensors or model.safetensors.index.json; "
+                "expected a Hugging Face model directory saved with safetensors"
+            )
+        where = "cpu" if device.type == "cpu" else str(device)
+        self.folder = folder
+        self.handles = {f: safe_open(str(folder / f), framework="pt", device=where) for f in files}
+        if weight_map is None:
+            weight_map = {name: files[0] for name in self.handles[files[0]].keys()}  # noqa: SIM118
+        self.weight_map: dict[str, str] = weight_map
+
+    def has(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise ConfigError(f"weights {str(self.folder)!r}: tensor {name!r} is missing")
+        tensor = self.handles[self.weight_map[name]].get_tensor(name)
+        if tuple(tensor.shape) != shape:
+            raise ConfigError(
+                f"weights {str(self.folder)!r}: tensor {name!r} has shape {tuple(tensor.shape)}; "
+                f"expected {shape} from the model config"
+            )
+        return tensor
+
+
+def load_weights(
+    folder: Path, spec: ModelSpec, shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
+) -> ModelWeights:
+    """Read an HF Llama/Qwen2/Mistral checkpoint (full shapes ``spec``) into rank 0's ``shard``.
+
+    Raises:
+        ConfigError: no safetensors files, a missing tensor, or a shape that disagrees with the config.
+    """
+    ckpt = _Checkpoint(Path(folder), device)
+    h, d = spec.hidden_size, spec.head_dim
+    q_rows, kv_rows, i_rows = shard.q_size, shard.kv_size, shard.intermediate_size
+
+    def get(name: str, shape: tuple[int, ...], rows: int | None = None, cols: int | None = None):
+        t = ckpt.get(name, shape)
+        if rows is not None:
+            t = t[:rows]
+        if cols is not None:
+            t = t[:, :cols]
+        return t.to(device=device, dtype=dtype).contiguous()
+
+    layers = []
+    for n in range(spec.num_layers):
+        p = f"model.layers.{n}."
+        att = p + "self_attn."
+        q_shape, kv_shape = (spec.q_size, h), (spec.kv_size, h)
+        qkv = torch.cat(
+            [
+                get(att + "q_proj.weight", q_shape, rows=q_rows),
+                get(att + "k_proj.weight", kv_shape, rows=kv_rows),
+                get(att + "v_proj.weight", kv_shape, rows=kv_rows),
+            ]
+        )
+        bias = None
+        if shard.attention_bias:
+            bias = torch.cat(
+                [
+                    get(att + "q_proj.bias", (spec.q_size,), rows=q_rows),
+                    get(att + "k_proj.bias", (spec.kv_size,), rows=kv_rows),
+                    get(att + "v_proj.bias", (spec.kv_size,), rows=kv_rows),
+                ]
+            )
+        mlp_shape = (spec.intermediate_size, h)
+        gate_up = torch.cat(
+            [
+                get(p + "mlp.gate_proj.weight", mlp_shape, rows=i_rows),
+                get(p + "mlp.up_proj.weight", mlp_shape, rows=i_rows),
+            ]
+        )
+        layers.append(
+            LayerWeights(
+                input_norm=get(p + "input_layernorm.weight", (h,)),
+                qkv=qkv,
+                qkv_bias=bias,
+                o=get(att + "o_proj.weight", (h, spec.q_size), cols=q_rows),
+                post_norm=get(p + "post_attention_layernorm.weight", (h,)),
+                gate_up=gate_up,
+                down=get(p + "mlp.down_proj.weight", (h, spec.intermediate_size), cols=i_rows),
+            )
+        )
+    assert d * shard.num_heads == q_rows, "shard's q rows are whole heads"
+    vocab = (spec.vocab_size, h)
+    embed = get("model.embed_tokens.weight", vocab, rows=shard.vocab_size)
+    if spec.tie_word_embeddings or not ckpt.has("lm_head.weight"):
+        if not spec.tie_word_embeddings:
+            raise ConfigError(f"weights {str(folder)!r}: tensor 'lm_head.weight' is missing")
+        lm_head = embed
+    else:
+        lm_head = get("lm_head.weight", vocab, rows=shard.vocab_size)
+    log.info("loaded %d layers from %s", spec.num_layers, folder)
+    norm = get("model.norm.weight", (h,))
+    return ModelWeights(embed=embed, layers=layers, norm=norm, lm_head=lm_head)
