@@ -1,0 +1,214 @@
+"""From a ``Profile`` to what one instance costs: its latency model and its KV capacity.
+
+KV capacity of one instance (tokens), per GPU of its TP group::
+
+    (memory_bytes × gpu_memory_utilisation − weight_bytes − activation_reserve_bytes)
+        / kv_bytes_per_token
+
+with the profile's per-GPU weight shard and per-GPU KV bytes per token (each token's KV is split
+over the TP ranks, so the per-GPU quotient is already the instance's token count). The default
+utilisation 0.9 is vLLM's ``gpu_memory_utilization`` default (SGLang's ``mem_fraction_static`` is
+0.8–0.9 depending on the GPU). The activation reserve stands in for vLLM's profiling forward pass;
+see :func:`activation_reserve_bytes`. A plan's ``max_kv_tokens`` replaces the computed value.
+
+Also holds ``StepCoef``, the simulator's internal view of a ``LatencyModel`` with coefficients in
+*seconds*, and the cost of a colocated step that mixes a prefill chunk with the decode batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdplan.profiles.errors import ProfileError
+from pdplan.profiles.latency_model import LatencyModel
+from pdplan.profiles.model_spec import DTYPE_BYTES
+from pdplan.profiles.profile import Profile
+from pdplan.sim.cluster import (
+    ColocatedCluster,
+    ColocatedPool,
+    DecodePool,
+    DisaggregatedCluster,
+    InstanceCost,
+    KvLink,
+    PrefillPool,
+)
+
+#: vLLM's default ``gpu_memory_utilization`` (vllm/engine/arg_utils.py, EngineArgs).
+DEFAULT_GPU_MEMORY_UTILISATION = 0.9
+_LOGIT_BYTES = 4  # logits are sampled in float32 (vLLM and SGLang upcast before sampling)
+
+
+def activation_reserve_bytes(profile: Profile, max_step_tokens: int, max_batch_size: int) -> int:
+    """Peak live activations of one forward step on one GPU (an estimate, stated as such).
+
+    One layer at a time is live: the residual stream and the normalised input (2 × hidden) and
+    the MLP's gate and up projections (2 × intermediate / tp) for every token of the step, in the
+    serving dtype, plus float32 logits for the rows that are sampled (≤ ``max_batch_size``).
+    vLLM measures this with a profiling forward pass of ``max_num_batched_tokens`` tokens; this is
+    the same quantity in closed form.
+    """
+    spec = profile.model
+    per_token = 2 * spec.hidden_size + 2 * spec.intermediate_size // profile.tp
+    logits = max_batch_size * spec.vocab_size * _LOGIT_BYTES // profile.tp
+    return max_step_tokens * per_token * DTYPE_BYTES[profile.dtype] + logits
+
+
+def kv_capacity_tokens(
+    profile: Profile,
+    *,
+    max_step_tokens: int,
+    max_batch_size: int,
+    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+) -> int:
+    """KV tokens one instance (one TP group) can hold; see the module docstring.
+
+    Raises:
+        ProfileError: weights and activations leave no room for KV ("needs X GiB, has Y GiB").
+    """
+    usable = int(profile.memory_bytes * gpu_memory_utilisation)
+    reserve = activation_reserve_bytes(profile, max_step_tokens, max_batch_size)
+    free = usable - profile.weight_bytes - reserve
+    tokens = free // profile.kv_bytes_per_token if free > 0 else 0
+    if tokens < 1:
+        gib = 1 << 30
+        raise ProfileError(
+            f"model {profile.model.name} at tp={profile.tp} does not fit: weights "
+            f"{profile.weight_bytes / gib:.2f} GiB + activations {reserve / gib:.2f} GiB per GPU, "
+            f"has {usable / gib:.2f} GiB ({gpu_memory_utilisation:.0%} of "
+            f"{profile.memory_bytes / gib:.2f} GiB); no room for KV"
+        )
+    return int(tokens)
+
+
+def instance_cost(
+    profile: Profile,
+    *,
+    max_step_tokens: int,
+    max_batch_size: int,
+    max_kv_tokens: int | None = None,
+    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+) -> InstanceCost:
+    """The profile's latency model and the KV capacity (``max_kv_tokens`` when given)."""
+    capacity = (
+        max_kv_tokens
+        if max_kv_tokens is not None
+        else kv_capacity_tokens(
+            profile,
+            max_step_tokens=max_step_tokens,
+            max_batch_size=max_batch_size,
+            gpu_memory_utilisation=gpu_memory_utilisation,
+        )
+    )
+    return InstanceCost(profile.latency, int(capacity))
+
+
+def disaggregated_cluster(
+    prefill: PrefillPool,
+    decode: DecodePool,
+    link: KvLink,
+    profiles: tuple[Profile, Profile],
+    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+) -> DisaggregatedCluster:
+    """The cluster ``simulate`` takes, from pools and the (prefill, decode) profiles.
+
+    Raises:
+        ProfileError: a profile's TP differs from its pool's, or the model does not fit.
+    """
+    prefill_profile, decode_profile = profiles
+    _check_tp("prefill", prefill.tp, prefill_profile)
+    _check_tp("decode", decode.tp, decode_profile)
+    return DisaggregatedCluster(
+        prefill=prefill,
+        decode=decode,
+        link=link,
+        prefill_cost=instance_cost(
+            prefill_profile,
+            max_step_tokens=prefill.step_tokens,
+            max_batch_size=prefill.max_batch_size,
+            gpu_memory_utilisation=gpu_memory_utilisation,
+        ),
+        decode_cost=instance_cost(
+            decode_profile,
+            max_step_tokens=decode.max_batch_size,
+            max_batch_size=decode.max_batch_size,
+            max_kv_tokens=decode.max_kv_tokens,
+            gpu_memory_utilisation=gpu_memory_utilisation,
+        ),
+        kv_bytes_per_token=prefill_profile.model.kv_bytes_per_token(prefill_profile.dtype),
+        num_layers=prefill_profile.model.num_layers,
+    )
+
+
+def colocated_cluster(
+    pool: ColocatedPool,
+    profile: Profile,
+    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+) -> ColocatedCluster:
+    """The colocated cluster ``simulate`` takes.
+
+    Raises:
+        ProfileError: the profile's TP differs from the pool's, or the model does not fit.
+    """
+    _check_tp("colocated", pool.tp, profile)
+    cost = instance_cost(
+        profile,
+        max_step_tokens=pool.step_tokens,
+        max_batch_size=pool.max_batch_size,
+        max_kv_tokens=pool.max_kv_tokens,
+        gpu_memory_utilisation=gpu_memory_utilisation,
+    )
+    return ColocatedCluster(pool, cost)
+
+
+def _check_tp(role: str, tp: int, profile: Profile) -> None:
+    if profile.tp != tp:
+        raise ProfileError(f"{role}.tp={tp} but the {role} profile was made at tp={profile.tp}")
+
+
+@dataclass(frozen=True)
+class StepCoef:
+    """A ``LatencyModel``'s coefficients in seconds (the simulator's clock).
+
+    prefill_s = pa + pb·seqs + pc·Σn + pd·Σ(n² + 2np); decode step = de + df·B + dg·C.
+    """
+
+    pa: float
+    pb: float
+    pc: float
+    pd: float
+    de: float
+    df: float
+    dg: float
+
+    @classmethod
+    def of(cls, model: LatencyModel) -> StepCoef:
+        a, b, c, d = (x / 1000.0 for x in model.prefill_coef)
+        e, f, g = (x / 1000.0 for x in model.decode_coef)
+        return cls(a, b, c, d, e, f, g)
+
+    def prefill_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int) -> float:
+        return self.pa + self.pb * num_seqs + self.pc * sum_tokens + self.pd * sum_pairs
+
+    def mixed_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int, batch: int, context: int) -> float:
+        """One colocated step: prompt chunks (``num_seqs``, Σn, Σpairs) + ``batch`` decodes.
+
+        The fixed per-step cost (weight reads, kernel launches, sampling) is paid once —
+        max(pa, de) — and every token-proportional term adds: the prefill terms for the chunk
+        tokens and the decode per-sequence and per-context terms for the decodes. This is Vidur's
+        approach (Agrawal et al., MLSys 2024: a mixed batch's time is the sum of per-operator
+        costs over its token composition) applied to our fitted terms; Sarathi-Serve (Agrawal et
+        al., OSDI 2024) shows the decodes ride along almost free in a chunk's GEMMs, which the
+        shared fixed cost captures. Pure-prefill and pure-decode steps use their own formulas.
+        """
+        if batch == 0:
+            return self.prefill_s(num_seqs, sum_tokens, sum_pairs)
+        if num_seqs == 0:
+            return self.de + self.df * batch + self.dg * context
+        return (
+            max(self.pa, self.de)
+            + self.pb * num_seqs
+            + self.pc * sum_tokens
+            + self.pd * sum_pairs
+            + self.df * batch
+            + self.dg * context
+        )

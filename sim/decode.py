@@ -1,0 +1,160 @@
+"""A decode instance: KV admission, continuous batching, and coalesced decode steps.
+
+Life of a request here (disaggregated mode):
+
+1. When its prefill ends (or starts, under layer-wise overlap), the prefill side *offers* it. KV
+   for its whole footprint (prompt + output tokens) is reserved at once, FIFO, if it fits and no
+   earlier request is waiting (SGLang and vLLM pre-allocate the prompt's KV on the decode side
+   before the transfer; reserving the output too means a running request never runs out of KV).
+   Otherwise it waits in ``waiters`` until finishing requests free enough KV.
+   **Preemption policy: none** — admission is conservative, so nothing is ever evicted.
+2. The transfer starts when KV is reserved; its ready time is known at once (``Run.transfer``) and
+   goes into the ``pending`` heap.
+3. It joins the batch at the first step boundary at or after its ready time, if the batch has
+   fewer than ``max_batch_size`` sequences (else at the first boundary where one leaves). Its
+   first token is delivered then (TTFT ends, DESIGN.md); it then needs ``output − 1`` steps.
+
+Between membership changes the batch is unchanged, so the instance schedules one event at the
+next change — the earliest finish or the first boundary at or after the earliest pending ready
+time — and sums the steps in closed form (``kernel.boundary_s``). A request's finish is a step
+count (``finish_step``), so nothing per request is touched between changes. When a new transfer
+would join before the planned event, the instance re-plans and the superseded event is ignored
+when it fires.
+
+Order at a boundary: finishers leave and free KV → waiters start transfers (FIFO, while KV fits)
+→ pending requests ready by now join (by ready time, then req_id) while the batch has room.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from heapq import heappop, heappush
+from typing import TYPE_CHECKING
+
+from pdplan.sim.kernel import INSTANCE, boundary_s, first_boundary_at_or_after
+
+if TYPE_CHECKING:
+    from simpy.events import Event
+
+    from pdplan.sim.disagg import Run
+
+
+class DecodeInstance:
+    """One decode instance; see the module docstring."""
+
+    def __init__(self, run: Run, index: int) -> None:
+        coef = run.decode_coef
+        self.run, self.env, self.index = run, run.env, index
+        self.prompt, self.output, self.ledger = run.prompt, run.output, run.ledger
+        self.e, self.f, self.g = coef.de, coef.df, coef.dg
+        self.max_batch = run.cluster.decode.max_batch_size
+        self.kv_free = run.cluster.decode_cost.kv_capacity_tokens
+        self.batch = 0  # sequences in the running batch
+        self.ctx = 0  # their context tokens at the segment start
+        self.steps = 0  # decode steps run so far (finish times are step counts)
+        self.fin: list[tuple[int, int]] = []  # heap of (finish_step, req_id)
+        self.pending: list[tuple[float, int]] = []  # heap of (ready_s, req_id)
+        self.waiters: deque[int] = deque()
+        self.seg_t0, self.first, self.q = 0.0, 0.0, 0.0
+        self.wake: Event | None = None
+        self.wake_k = 0
+        self.wake_t = math.inf
+        self.busy_s = 0.0
+
+    # --- from the prefill side -------------------------------------------------------------------
+    def offer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> bool:
+        """Reserve KV and start the transfer now if FIFO order and capacity allow."""
+        need = self.prompt[rid] + self.output[rid]
+        if self.waiters or need > self.kv_free:
+            return False
+        self.kv_free -= need
+        ready = self._transfer(rid, now, prefill_end, prefill_index)
+        if self.pending[0][1] != rid:
+            return True  # an earlier-ready request already sets the next join
+        if self.batch == 0:
+            if ready < self.wake_t:
+                self._schedule(ready, 0)
+        elif self.batch < self.max_batch:
+            k = first_boundary_at_or_after(self.seg_t0, self.first, self.q, ready)
+            if k < self.wake_k:
+                self._schedule(boundary_s(self.seg_t0, self.first, self.q, k), k)
+        return True
+
+    def wait(self, rid: int) -> None:
+        """Queue a request whose KV could not be reserved (served FIFO as KV frees)."""
+        self.waiters.append(rid)
+
+    # --- internals -------------------------------------------------------------------------------
+    def _transfer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> float:
+        ready = self.run.transfer(rid, now, prefill_end, prefill_index)
+        self.ledger.kv_start_s[rid] = now
+        self.ledger.transfer_end_s[rid] = ready
+        heappush(self.pending, (ready, rid))
+        return ready
+
+    def _schedule(self, time_s: float, k: int) -> None:
+        self.wake_t, self.wake_k = time_s, k
+        self.wake = self.env.at(time_s, INSTANCE, self._on_wake)
+
+    def _on_wake(self, event: Event) -> None:
+        if event is not self.wake:
+            return  # superseded by a re-plan
+        self.wake, self.wake_t = None, math.inf
+        now = self.env.now
+        if self.batch:
+            steps = self.steps = self.steps + self.wake_k
+            self.ctx += self.batch * self.wake_k
+            self.busy_s += now - self.seg_t0
+            fin = self.fin
+            while fin and fin[0][0] == steps:
+                rid = heappop(fin)[1]
+                self.batch -= 1
+                self.ctx -= self.prompt[rid] + self.output[rid] - 1
+                self._release(rid, now)
+        self._admit(now)
+        self._plan(now)
+
+    def _release(self, rid: int, now: float) -> None:
+        need = self.prompt[rid] + self.output[rid]
+        self.ledger.finish_s[rid] = now
+        self.kv_free += need
+        self.run.decode_load[self.index] -= need
+
+    def _admit(self, now: float) -> None:
+        prompt, output, pending, waiters = self.prompt, self.output, self.pending, self.waiters
+        first_token, decode_start = self.ledger.first_token_s, self.ledger.decode_start_s
+        while True:
+            while waiters and prompt[waiters[0]] + output[waiters[0]] <= self.kv_free:
+                rid = waiters.popleft()
+                self.kv_free -= prompt[rid] + output[rid]
+                self._transfer(rid, now, now, self.run.prefill_of[rid])
+            freed = False
+            while pending and pending[0][0] <= now and self.batch < self.max_batch:
+                rid = heappop(pending)[1]
+                first_token[rid] = decode_start[rid] = now
+                if output[rid] == 1:  # the prefill's token was the only one: done on arrival
+                    self._release(rid, now)
+                    freed = True
+                    continue
+                heappush(self.fin, (self.steps + output[rid] - 1, rid))
+                self.batch += 1
+                self.ctx += prompt[rid]
+            if not (freed and waiters):
+                return
+
+    def _plan(self, now: float) -> None:
+        batch = self.batch
+        if batch == 0:
+            if self.pending:
+                self._schedule(self.pending[0][0], 0)
+            return
+        self.seg_t0 = now
+        first = self.first = self.e + self.f * batch + self.g * self.ctx
+        q = self.q = self.g * batch * 0.5
+        k = self.fin[0][0] - self.steps
+        if self.pending and batch < self.max_batch:
+            k_join = first_boundary_at_or_after(now, first, q, self.pending[0][0])
+            if k_join < k:
+                k = k_join
+        self._schedule(boundary_s(now, first, q, k), k)

@@ -1,0 +1,109 @@
+"""A prefill instance: FCFS batches, optional chunking, hand-off to the decode side.
+
+A batch forms when the instance is idle and requests arrive (after every arrival of that instant
+is queued) or when the previous batch ends. It takes queued prompts in arrival
+order while it has fewer than ``max_batch_size`` prompts and token budget left
+(``PrefillPool.step_tokens``). With chunking, the prompt that does not fit is split: its first
+part fills the budget and it stays at the head of the queue with its progress, so only the head
+can be part-done. Its time comes from the latency model's sums (``prefill_ms_sums`` with
+``sum_pairs = Σ n² + 2·n·p`` for n new tokens after p already done).
+
+When the batch ends, every prompt it completed is offered to its decode instance (KV reserved,
+transfer started) or queued there until KV frees. Under layer-wise overlap the offer is made
+when the batch *starts*, so the transfer runs alongside the prefill; a prompt whose KV cannot be
+reserved then is offered again when the batch ends. The prefill instance keeps a finished
+prompt's KV until its transfer completes and does not stall on it (its KV is not modelled as a
+limit; the time series shows its use).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pdplan.sim.kernel import PREFILL
+
+if TYPE_CHECKING:
+    from simpy.events import Event
+
+    from pdplan.sim.disagg import Run
+
+
+class PrefillInstance:
+    """One prefill instance; see the module docstring."""
+
+    def __init__(self, run: Run, index: int) -> None:
+        pool, coef = run.cluster.prefill, run.prefill_coef
+        self.run, self.env, self.index = run, run.env, index
+        self.prompt, self.ledger = run.prompt, run.ledger
+        self.pa, self.pb, self.pc, self.pd = coef.pa, coef.pb, coef.pc, coef.pd
+        self.budget = pool.step_tokens
+        self.max_size = pool.max_batch_size
+        self.chunking = pool.chunk_tokens is not None
+        self.overlap = run.cluster.link.layerwise_overlap
+        self.queue: deque[int] = deque()
+        self.head_done = 0  # tokens of the head prompt already prefilled (chunking)
+        self.busy = False
+        self.completing: list[int] = []  # prompts the running batch completes
+        self.unoffered: list[int] = []  # of those, the ones still to offer at the batch end
+        self.batch_tokens = 0
+        self.batch_t0 = 0.0
+        self.busy_s = 0.0
+
+    def start_batch(self, now: float) -> None:
+        """Form and start a batch from the queue (the instance is idle and the queue non-empty)."""
+        queue, prompt = self.queue, self.prompt
+        prefill_start = self.ledger.prefill_start_s
+        left, done = self.budget, self.head_done
+        num_seqs = tokens = pairs = 0
+        completing: list[int] = []
+        while queue and num_seqs < self.max_size and left > 0:
+            rid = queue[0]
+            remaining = prompt[rid] - done
+            if remaining <= left:
+                n = remaining
+                queue.popleft()
+                completing.append(rid)
+            elif self.chunking:
+                n = left
+            else:
+                break
+            if done == 0:
+                prefill_start[rid] = now
+            pairs += n * n + 2 * n * done
+            tokens += n
+            num_seqs += 1
+            left -= n
+            if n < remaining:
+                done += n
+                break
+            done = 0
+        assert num_seqs > 0, "a queued prompt always fits an empty batch (longer ones are rejected)"
+        self.head_done = done
+        end = now + (self.pa + self.pb * num_seqs + self.pc * tokens + self.pd * pairs)
+        self.busy, self.completing, self.batch_tokens, self.batch_t0 = True, completing, tokens, now
+        if self.overlap:
+            decodes, decode_of = self.run.decodes, self.run.decode_of
+            self.unoffered = [
+                rid for rid in completing if not decodes[decode_of[rid]].offer(rid, now, end, self.index)
+            ]
+        else:
+            self.unoffered = completing
+        self.env.at(end, PREFILL, self._on_end)
+
+    def _on_end(self, event: Event) -> None:
+        now = self.env.now
+        self.busy_s += now - self.batch_t0
+        self.run.prefill_load[self.index] -= self.batch_tokens
+        prefill_end = self.ledger.prefill_end_s
+        decodes, decode_of = self.run.decodes, self.run.decode_of
+        for rid in self.completing:
+            prefill_end[rid] = now
+        for rid in self.unoffered:
+            decode = decodes[decode_of[rid]]
+            if not decode.offer(rid, now, now, self.index):
+                decode.wait(rid)
+        if self.queue:
+            self.start_batch(now)
+        else:
+            self.busy = False

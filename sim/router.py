@@ -1,0 +1,59 @@
+"""Routing policies: which instance of a role a new request goes to.
+
+A plain dict from name to chooser factory (adding a policy touches this file only). Every chooser
+is called once per routed request, in arrival order, and returns an instance index.
+
+- ``round_robin``: instances in turn.
+- ``least_loaded``: the instance with the fewest outstanding tokens (the caller keeps ``loads``
+  current: prompt tokens not yet prefilled for prefill instances, the KV footprint of unfinished
+  requests for decode and colocated instances); ties go to the lowest index.
+- ``random``: uniform, drawn before the run from the run's generator.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from pdplan.profiles.errors import choices_error
+
+Chooser = Callable[[int], int]
+
+
+def _round_robin(loads: list[int], num_requests: int, rng: np.random.Generator) -> Chooser:
+    counter = itertools.count()
+    n = len(loads)
+    return lambda rid: next(counter) % n
+
+
+def _least_loaded(loads: list[int], num_requests: int, rng: np.random.Generator) -> Chooser:
+    indices = range(len(loads))
+    key = loads.__getitem__
+    return lambda rid: min(indices, key=key)
+
+
+def _random(loads: list[int], num_requests: int, rng: np.random.Generator) -> Chooser:
+    picks: list[int] = rng.integers(0, len(loads), size=num_requests).tolist()
+    return picks.__getitem__
+
+
+ROUTERS: dict[str, Callable[[list[int], int, np.random.Generator], Chooser]] = {
+    "round_robin": _round_robin,
+    "least_loaded": _least_loaded,
+    "random": _random,
+}
+
+
+def make_chooser(policy: str, loads: list[int], num_requests: int, rng: np.random.Generator) -> Chooser:
+    """A chooser over ``len(loads)`` instances (``loads`` is read live by ``least_loaded``).
+
+    Raises:
+        ConfigError: unknown policy (the valid ones are listed).
+    """
+    if policy not in ROUTERS:
+        raise choices_error("router", policy, ROUTERS)
+    if len(loads) == 1:
+        return lambda rid: 0
+    return ROUTERS[policy](loads, num_requests, rng)

@@ -1,0 +1,117 @@
+"""Trace parsers: canonical CSV, Azure LLM inference 2023 CSV, Mooncake JSONL → ``Requests``.
+
+Pure functions over already-read content (a DataFrame, or lines of text): opening files is the CLI
+layer's job. Rows are sorted by arrival (stable) and times made relative to the first arrival.
+
+Formats (DESIGN.md, ../shared/data/SOURCES.md):
+- ``csv`` (canonical): ``arrival_s, prompt_tokens, output_tokens`` (+ optional ``prefix_hashes``,
+  which the simulator does not model and ignores).
+- ``azure``: ``TIMESTAMP`` (date-time), ``ContextTokens``, ``GeneratedTokens`` (Splitwise / Azure
+  Public Dataset, Patel et al., ISCA 2024).
+- ``mooncake``: one JSON object per line with ``timestamp`` (ms), ``input_length``,
+  ``output_length`` (+ ``hash_ids``, ignored) (Mooncake, Qin et al., FAST 2025).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.sim.requests import Requests
+
+TRACE_FORMATS = ("csv", "azure", "mooncake")
+CANONICAL_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+
+
+def parse_canonical(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
+    """Requests from a canonical trace table (``arrival_s`` in seconds)."""
+    _require_columns(frame, CANONICAL_COLUMNS, source, "csv")
+    arrival = _numeric(frame["arrival_s"], f"{source}: arrival_s")
+    return _build(arrival, frame["prompt_tokens"], frame["output_tokens"], source)
+
+
+def parse_azure(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
+    """Requests from an Azure LLM inference trace table (``TIMESTAMP`` date-times)."""
+    _require_columns(frame, AZURE_COLUMNS, source, "azure")
+    try:
+        stamps = pd.to_datetime(frame["TIMESTAMP"], format="ISO8601")
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{source}: TIMESTAMP is not a date-time column ({err})") from None
+    ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    arrival = (ns - ns.min()).astype(np.float64) / 1e9 if ns.size else np.zeros(0)
+    return _build(arrival, frame["ContextTokens"], frame["GeneratedTokens"], source)
+
+
+def parse_mooncake(lines: Iterable[str], *, source: str = "trace") -> Requests:
+    """Requests from Mooncake JSONL lines (``timestamp`` in milliseconds)."""
+    stamps: list[float] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{source}: line {number} is not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or any(k not in row for k in MOONCAKE_KEYS):
+            raise ConfigError(f"{source}: line {number} lacks one of {list(MOONCAKE_KEYS)} (mooncake format)")
+        stamps.append(row["timestamp"])
+        prompt.append(row["input_length"])
+        output.append(row["output_length"])
+    arrival = _numeric(pd.Series(stamps, dtype=object), f"{source}: timestamp") / 1000.0
+    return _build(arrival, pd.Series(prompt, dtype=object), pd.Series(output, dtype=object), source)
+
+
+def detect_format(name: str, first_line: str) -> str:
+    """Guess a trace's format from its file name and first line."""
+    if name.endswith((".jsonl", ".json")) or first_line.lstrip().startswith("{"):
+        return "mooncake"
+    header = [c.strip() for c in first_line.split(",")]
+    if "TIMESTAMP" in header:
+        return "azure"
+    return "csv"
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in TRACE_FORMATS:
+        raise choices_error("trace format", fmt, TRACE_FORMATS)
+    return fmt
+
+
+def _require_columns(frame: pd.DataFrame, columns: tuple[str, ...], source: str, fmt: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing columns {missing} for trace format {fmt!r}; "
+            f"expected {list(columns)}, found {list(map(str, frame.columns))}"
+        )
+
+
+def _numeric(column: pd.Series, what: str) -> np.ndarray:
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ConfigError(f"{what}: row {row} has {column.iloc[row]!r}; expected a number")
+    return values
+
+
+def _build(arrival: np.ndarray, prompt: pd.Series, output: pd.Series, source: str) -> Requests:
+    lengths = {}
+    for name, column in (("prompt_tokens", prompt), ("output_tokens", output)):
+        values = _numeric(column, f"{source}: {name}")
+        bad = (values < 1) | (values != np.floor(values))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ConfigError(f"{source}: {name} row {row} is {values[row]!r}; expected an integer ≥ 1")
+        lengths[name] = values.astype(np.int64)
+    order = np.argsort(arrival, kind="stable")
+    start = arrival[order[0]] if arrival.size else 0.0
+    return Requests(arrival[order] - start, lengths["prompt_tokens"][order], lengths["output_tokens"][order])

@@ -1,0 +1,82 @@
+"""Builders shared by the simulator tests: hand-made latency models and small clusters.
+
+Latencies below are dyadic in seconds (1/1024 s per prompt token, 1/64 s per decode step, 1/128 s
+link latency), so hand-computed timelines are exact in floating point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pdplan.profiles.latency_model import LatencyModel
+from pdplan.sim import (
+    ColocatedCluster,
+    ColocatedPool,
+    DecodePool,
+    DisaggregatedCluster,
+    InstanceCost,
+    KvLink,
+    PrefillPool,
+    Requests,
+)
+
+PER_TOKEN_MS = 0.9765625  # 1/1024 s
+STEP_MS = 15.625  # 1/64 s
+LINK_MS = 7.8125  # 1/128 s
+
+
+def dyadic_model() -> LatencyModel:
+    return LatencyModel((0.0, 0.0, PER_TOKEN_MS, 0.0), (STEP_MS, 0.0, 0.0))
+
+
+def requests(rows: list[tuple[float, int, int]]) -> Requests:
+    arrival, prompt, output = zip(*rows, strict=True)
+    return Requests(np.array(arrival), np.array(prompt), np.array(output))
+
+
+def disagg(
+    latency: LatencyModel | None = None,
+    *,
+    prefill: PrefillPool | None = None,
+    decode: DecodePool | None = None,
+    link: KvLink | None = None,
+    kv_tokens: int = 100_000,
+    prefill_kv_tokens: int = 100_000,
+    kv_bytes_per_token: int = 0,
+    num_layers: int = 1,
+    decode_latency: LatencyModel | None = None,
+) -> DisaggregatedCluster:
+    latency = latency or dyadic_model()
+    return DisaggregatedCluster(
+        prefill=prefill or PrefillPool(1, max_batch_tokens=1024, max_batch_size=4),
+        decode=decode or DecodePool(1, max_batch_size=2),
+        link=link or KvLink(bandwidth_gbps=1.0, latency_ms=LINK_MS),
+        prefill_cost=InstanceCost(latency, prefill_kv_tokens),
+        decode_cost=InstanceCost(decode_latency or latency, kv_tokens),
+        kv_bytes_per_token=kv_bytes_per_token,
+        num_layers=num_layers,
+    )
+
+
+def colocated(latency: LatencyModel | None = None, *, kv_tokens: int = 100_000, **pool) -> ColocatedCluster:
+    return ColocatedCluster(
+        ColocatedPool(**{"instances": 1, **pool}), InstanceCost(latency or dyadic_model(), kv_tokens)
+    )
+
+
+def random_model(rng: np.random.Generator) -> LatencyModel:
+    """A latency model with every term non-zero and awkward (non-dyadic) coefficients."""
+    return LatencyModel(
+        (
+            float(rng.uniform(1, 10)),
+            float(rng.uniform(0, 1)),
+            float(rng.uniform(0.01, 0.1)),
+            float(rng.uniform(0, 1e-5)),
+        ),
+        (float(rng.uniform(3, 12)), float(rng.uniform(0, 0.2)), float(rng.uniform(0, 1e-4))),
+    )
+
+
+def timeline(result, columns=("arrival_s", "prefill_start_s", "prefill_end_s", "first_token_s", "finish_s")):
+    rec = result.records
+    return [tuple(float(getattr(rec, c)[i]) for c in columns) for i in range(len(rec))]
