@@ -1,11 +1,239 @@
-"""`pdplan profile` (being written)."""
+"""``pdplan profile``: measure a model on this machine (CPU or CUDA), or model it for a catalog GPU.
+
+Measured: ``pdplan profile --model M [--device cpu|cuda|cuda:N] [--tp N] [--quick] [--dtype D]
+[--weights DIR] --out DIR``. Analytic (roofline, no device needed): ``pdplan profile --analytic
+--model M --hardware H [--tp N] [--dtype D] --out DIR``. Either writes the Profile directory
+(atomically), ``run.yaml``, and ``report.html`` once ``pdplan.reports.write_report`` exists.
+
+Nothing heavy is imported at module level: ``pdplan --help`` loads this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from pdplan.profiles.profile import Profile
 
-def profile(model: str = typer.Option(..., "--model", help="Catalog name or config.json path.")) -> None:
-    """Measure or model prefill/decode costs."""
-    from pdplan.profiles.model_spec import load_model_spec
+log = logging.getLogger(__name__)
 
+_DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+_MEASURED_ONLY = ("--device", "--quick", "--weights")
+
+
+def profile(
+    model: Annotated[
+        str, typer.Option("--model", help="Catalog name (e.g. llama-3.1-8b), config.json, or HF dir.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Profile directory to write (replaced whole).")],
+    analytic: Annotated[
+        bool, typer.Option("--analytic", help="Roofline model of --hardware instead of measuring.")
+    ] = False,
+    hardware: Annotated[
+        str | None, typer.Option("--hardware", help="Catalog GPU for --analytic (e.g. h100-sxm).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Measured runs: cpu (default), cuda or cuda:N.")
+    ] = None,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor parallelism: profile one GPU's shard.")] = 1,
+    quick: Annotated[bool, typer.Option("--quick", help="Measured runs: a smaller grid.")] = False,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, float16 or bfloat16 (default: config's).")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Measured runs: HF directory with safetensors weights."),
+    ] = None,
+) -> None:
+    """Measure (or model, with --analytic) prefill and decode step costs into a Profile."""
+    from pdplan.profiles.model_spec import DTYPE_BYTES, load_model_spec
+    from pdplan.profiles.profile import save_profile
+
+    start = time.perf_counter()
+    _check_options(analytic, hardware, device, quick, weights)
+    if dtype is not None and dtype not in DTYPE_BYTES:
+        from pdplan.profiles.errors import choices_error
+
+        raise choices_error("--dtype", dtype, DTYPE_BYTES)
     spec = load_model_spec(model)
-    typer.echo(f"{spec.name}: {spec.num_params / 1e9:.2f}B params")
+    _check_out(out)
+    if analytic:
+        from pdplan.profiles.analytic import analytic_profile
+
+        assert hardware is not None, "checked by _check_options"
+        result = analytic_profile(spec, hardware, tp=tp, dtype=dtype)
+    else:
+        result = _measure(spec, device or "cpu", tp=tp, dtype=dtype, quick=quick, weights=weights)
+    save_profile(result, out)
+    _write_run_yaml(out)
+    _print_summary(result, out, time.perf_counter() - start)
+    try:
+        from pdplan.reports import write_report  # type: ignore[attr-defined]
+    except ImportError:
+        log.debug("pdplan.reports.write_report is not available yet; no report.html")
+    else:
+        write_report(out)
+
+
+def _check_options(
+    analytic: bool, hardware: str | None, device: str | None, quick: bool, weights: Path | None
+) -> None:
+    from pdplan.profiles.errors import ConfigError
+    from pdplan.profiles.hardware import hardware_names
+
+    if analytic:
+        if hardware is None:
+            raise ConfigError(f"--analytic needs --hardware; valid: {', '.join(hardware_names())}")
+        given = [
+            flag
+            for flag, value in zip(_MEASURED_ONLY, (device, quick, weights), strict=True)
+            if value not in (None, False)
+        ]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to measured runs, not to --analytic")
+        return
+    if hardware is not None:
+        raise ConfigError(
+            f"--hardware {hardware} applies to --analytic profiles only; a measured run detects "
+            "its hardware from --device (cpu, cuda, cuda:N)"
+        )
+    if device is not None and not _DEVICE_RE.match(device):
+        raise ConfigError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if weights is not None and not weights.is_dir():
+        raise ConfigError(f"--weights {str(weights)!r}: not a directory")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot be written, or whose replacement would destroy non-pdplan files."""
+    from pdplan.profiles.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: exists and is not a directory")
+    is_run = (out / "profile.yaml").is_file() or (out / "run.yaml").is_file()
+    if out.is_dir() and any(out.iterdir()) and not is_run:
+        raise ConfigError(
+            f"--out {str(out)!r}: exists, is not empty and is not a pdplan run directory; "
+            "choose a new or empty directory"
+        )
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: {str(ancestor)!r} is not a writable directory")
+
+
+def _measure(
+    spec: Any, device: str, *, tp: int, dtype: str | None, quick: bool, weights: Path | None
+) -> Profile:
+    """Run the profiler on ``device`` with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pdplan.profiles.errors import ProfileError
+    from pdplan.profiles.hardware import detect_cpu, detect_cuda
+    from pdplan.profiles.model_spec import shard_spec
+
+    shard_spec(spec, tp)  # fail on a bad --tp before any measuring
+    if device == "cpu":
+        hw = detect_cpu().to_dict()
+        hw["device"] = f"cpu {hw.pop('description', '')}".strip()
+    else:
+        hw = detect_cuda(device)
+    try:
+        from pdplan.profiles.profiler import measure_profile
+    except ModuleNotFoundError as err:
+        if err.name not in ("torch", "transformers", "safetensors"):
+            raise
+        raise ProfileError(f"measured profiles need {err.name}: pip install 'pdplan[torch]'") from None
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"profiling {spec.name} on {device}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return measure_profile(
+            spec,
+            hardware=hw,
+            device=device,
+            tp=tp,
+            dtype=dtype,
+            quick=quick,
+            weights=weights,
+            link_bandwidth_gbps=hw.get("link_bandwidth_gbps"),
+            progress=progress,
+        )
+
+
+def _command_line() -> str:
+    """The command as typed when run from the console script (else the argv we were given)."""
+    return shlex.join(["pdplan", *sys.argv[1:]])
+
+
+def _write_run_yaml(out: Path) -> None:
+    """``run.yaml`` per the run-directory contract, written atomically (temp + rename)."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib import metadata
+
+    import yaml
+
+    versions = {"python": platform.python_version()}
+    for package in ("pdplan", "numpy", "pandas", "simpy", "torch", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    run = {
+        "schema_version": 1,
+        "kind": "profile",
+        "command": _command_line(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+    tmp = out / ".run.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(run, sort_keys=False))
+    os.replace(tmp, out / "run.yaml")
+
+
+def _print_summary(result: Profile, out: Path, wall_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pdplan.profiles.latency_model import DECODE_TERMS, PREFILL_TERMS
+
+    lat = result.latency
+    table = Table(
+        title=f"{result.method} profile: {result.model.name} on "
+        f"{result.hardware.get('name')} (tp={result.tp}, {result.dtype})",
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("points", f"prefill {len(result.prefill)}, decode {len(result.decode)}")
+    for phase, terms, coef, loo in (
+        ("prefill", PREFILL_TERMS, lat.prefill_coef, lat.prefill_loo),
+        ("decode", DECODE_TERMS, lat.decode_coef, lat.decode_loo),
+    ):
+        table.add_row(f"{phase} fit", ", ".join(f"{t}={c:.4g}" for t, c in zip(terms, coef, strict=True)))
+        if loo is not None:
+            table.add_row(
+                f"{phase} LOO error", f"median {loo.median:.1%}, max {loo.max:.1%} ({loo.num_points} points)"
+            )
+    table.add_row("wall time", f"{wall_s:.1f} s")
+    table.add_row("written to", str(out))
+    Console().print(table)
