@@ -1,0 +1,248 @@
+"""Plans and search candidates as the report describes them (shared by Summary and Search).
+
+A plan comes from ``plan.yaml`` (DESIGN.md Plan schema), a candidate from one ``candidates.csv``
+row; both are turned into the same ``PlanView`` so the two can sit in one table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pdplan.reports.figure import fmt_num
+
+LATENCY_KEYS = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms")
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """One plan, flattened for display. Counts are 0 for roles the mode does not have."""
+
+    mode: str
+    prefill_instances: int = 0
+    prefill_tp: int = 0
+    decode_instances: int = 0
+    decode_tp: int = 0
+    colocated_instances: int = 0
+    colocated_tp: int = 0
+    limits: str = ""
+    gpus: int = 0
+    goodput_rps: float = float("nan")
+    goodput_rps_per_gpu: float = float("nan")
+    latency_ms: tuple[float, ...] = (float("nan"),) * 6  # in LATENCY_KEYS order
+
+    @property
+    def instances(self) -> str:
+        if self.mode == "colocated":
+            return f"{self.colocated_instances} colocated"
+        return f"{self.prefill_instances} P + {self.decode_instances} D"
+
+    @property
+    def tp(self) -> str:
+        if self.mode == "colocated":
+            return f"TP{self.colocated_tp}"
+        return f"P TP{self.prefill_tp} / D TP{self.decode_tp}"
+
+    @property
+    def phrase(self) -> str:
+        """The plan in words, e.g. '2 prefill instances (TP 2) + 4 decode instances (TP 1)'."""
+        if self.mode == "colocated":
+            return f"{_count(self.colocated_instances, 'colocated instance')} (TP {self.colocated_tp})"
+        return (
+            f"{_count(self.prefill_instances, 'prefill instance')} (TP {self.prefill_tp}) + "
+            f"{_count(self.decode_instances, 'decode instance')} (TP {self.decode_tp})"
+        )
+
+    def cells(self, name: str) -> tuple[str, ...]:
+        """The row of the Summary table."""
+        lat = [fmt_num(v) for v in self.latency_ms]
+        return (
+            name,
+            self.mode,
+            self.instances,
+            self.tp,
+            self.limits or "—",
+            fmt_num(self.gpus),
+            fmt_num(self.goodput_rps),
+            fmt_num(self.goodput_rps_per_gpu),
+            " / ".join(lat[:3]),
+            " / ".join(lat[3:]),
+        )
+
+
+SUMMARY_HEADER = (
+    "plan",
+    "mode",
+    "instances",
+    "TP",
+    "batch limits",
+    "GPUs",
+    "goodput (req/s)",
+    "goodput per GPU (req/s)",
+    "TTFT p50/p90/p99 (ms)",
+    "TPOT p50/p90/p99 (ms)",
+)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _int(value: Any) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(number) if np.isfinite(number) else 0
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _limits(pairs: list[tuple[str, Any]]) -> str:
+    return ", ".join(
+        f"{name} {fmt_num(value)}"
+        for name, value in pairs
+        if value is not None and np.isfinite(_float(value))
+    )
+
+
+def plan_view(plan: dict[str, Any]) -> PlanView:
+    """A ``plan.yaml`` mapping as a ``PlanView`` (missing fields show as blanks, never raise)."""
+    mode = str(plan.get("mode") or "disaggregated")
+    predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
+    assert isinstance(predicted, dict)
+    latency = tuple(_float(predicted.get(k)) for k in LATENCY_KEYS)
+    common = {
+        "gpus": _int(plan.get("gpus")),
+        "goodput_rps": _float(predicted.get("goodput_rps")),
+        "goodput_rps_per_gpu": _float(predicted.get("goodput_rps_per_gpu")),
+        "latency_ms": latency,
+    }
+    if mode == "colocated":
+        colo = plan.get("colocated") or {}
+        limits = _limits([("max batch", colo.get("max_batch_size")), ("chunk", colo.get("chunk_tokens"))])
+        if colo.get("policy"):
+            limits = f"{colo['policy']}; {limits}" if limits else str(colo["policy"])
+        view = PlanView(
+            mode,
+            colocated_instances=_int(colo.get("instances")),
+            colocated_tp=_int(colo.get("tp")),
+            limits=limits,
+            **common,
+        )
+    else:
+        pre = plan.get("prefill") or {}
+        dec = plan.get("decode") or {}
+        limits = _limits(
+            [
+                ("P max tokens", pre.get("max_batch_tokens")),
+                ("P max batch", pre.get("max_batch_size")),
+                ("D max batch", dec.get("max_batch_size")),
+                ("D max KV tokens", dec.get("max_kv_tokens")),
+            ]
+        )
+        view = PlanView(
+            mode,
+            prefill_instances=_int(pre.get("instances")),
+            prefill_tp=_int(pre.get("tp")),
+            decode_instances=_int(dec.get("instances")),
+            decode_tp=_int(dec.get("tp")),
+            limits=limits,
+            **common,
+        )
+    if view.gpus == 0:
+        gpus = (
+            view.prefill_instances * view.prefill_tp
+            + view.decode_instances * view.decode_tp
+            + view.colocated_instances * view.colocated_tp
+        )
+        view = PlanView(**{**view.__dict__, "gpus": gpus})
+    return view
+
+
+def candidate_view(row: pd.Series, probes: pd.DataFrame | None) -> PlanView:
+    """A ``candidates.csv`` row as a ``PlanView``; latencies from its best SLO-meeting probe."""
+    mode = str(row["mode"])
+    limits = _limits(
+        [
+            ("max batch", row["max_batch_size"]),
+            ("max tokens", row["max_batch_tokens"]),
+            ("chunk", row["chunk_tokens"]),
+        ]
+    )
+    if mode == "colocated" and row["policy"]:
+        limits = f"{row['policy']}; {limits}" if limits else str(row["policy"])
+    probe = goodput_probe(probes, str(row["candidate_id"]))
+    latency = tuple(_float(probe[k]) if probe is not None else float("nan") for k in LATENCY_KEYS)
+    return PlanView(
+        mode,
+        prefill_instances=_int(row["prefill_instances"]),
+        prefill_tp=_int(row["prefill_tp"]),
+        decode_instances=_int(row["decode_instances"]),
+        decode_tp=_int(row["decode_tp"]),
+        colocated_instances=_int(row["colocated_instances"]),
+        colocated_tp=_int(row["colocated_tp"]),
+        limits=limits,
+        gpus=_int(row["gpus"]),
+        goodput_rps=_float(row["goodput_rps"]),
+        goodput_rps_per_gpu=_float(row["goodput_rps_per_gpu"]),
+        latency_ms=latency,
+    )
+
+
+def goodput_probe(probes: pd.DataFrame | None, candidate_id: str) -> pd.Series | None:
+    """The highest-rate probe of a candidate that met the SLO (its operating point at goodput)."""
+    if probes is None:
+        return None
+    mine = probes[(probes["candidate_id"] == candidate_id) & probes["meets_slo"]]
+    if mine.empty:
+        return None
+    return mine.loc[mine["rate_rps"].idxmax()]
+
+
+def ranked(candidates: pd.DataFrame, mode: str | None = None) -> pd.DataFrame:
+    """Feasible (status ok) candidates by goodput per GPU, best first; optionally one mode only."""
+    ok = candidates[candidates["status"] == "ok"]
+    if mode is not None:
+        ok = ok[ok["mode"] == mode]
+    ok = ok[np.isfinite(ok["goodput_rps_per_gpu"])]
+    return ok.sort_values(["goodput_rps_per_gpu", "gpus"], ascending=[False, True], kind="stable")
+
+
+def chosen_candidate(plan: dict[str, Any] | None, candidates: pd.DataFrame) -> str | None:
+    """The candidate id of the plan in ``plan.yaml``: the best-ranked candidate with its shape.
+
+    Falls back to the best-ranked candidate overall when no row has the plan's shape, and to
+    ``None`` when the search found nothing feasible.
+    """
+    best = ranked(candidates)
+    if best.empty or (plan is not None and plan.get("feasible") is False):
+        return None
+    if plan is None:
+        return str(best.iloc[0]["candidate_id"])
+    view = plan_view(plan)
+    same = best[best["mode"] == view.mode]
+    if view.mode == "colocated":
+        same = same[
+            (same["colocated_instances"] == view.colocated_instances)
+            & (same["colocated_tp"] == view.colocated_tp)
+        ]
+    else:
+        same = same[
+            (same["prefill_instances"] == view.prefill_instances)
+            & (same["prefill_tp"] == view.prefill_tp)
+            & (same["decode_instances"] == view.decode_instances)
+            & (same["decode_tp"] == view.decode_tp)
+        ]
+    rate = view.goodput_rps
+    if not same.empty and np.isfinite(rate):  # several batch limits share a shape: closest goodput
+        same = same.iloc[np.argsort(np.abs(same["goodput_rps"].to_numpy() - rate), kind="stable")]
+    return str((same if not same.empty else best).iloc[0]["candidate_id"])

@@ -1,0 +1,179 @@
+"""Building the sections of a report from run directories and writing ``report.html`` atomically.
+
+The page is one self-contained file: inline CSS, inline SVG figures, no script, no URL, and a
+Content-Security-Policy that forbids the browser to fetch anything even if a figure tried to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+from pdplan.profiles.errors import ConfigError
+from pdplan.reports.inputs import build_inputs
+from pdplan.reports.operating import build_operating
+from pdplan.reports.profile_fit import build_profile
+from pdplan.reports.rundir import RunData, has_run_files, load_run
+from pdplan.reports.search import build_search
+from pdplan.reports.section import Section
+from pdplan.reports.summary import build_summary
+from pdplan.reports.validation import build_validation
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "report.html.j2"
+BUILDERS: tuple[tuple[str, str, Callable[[Sequence[RunData]], Section]], ...] = (
+    ("summary", "Summary", build_summary),
+    ("search", "Search", build_search),
+    ("operating", "Operating point", build_operating),
+    ("profile", "Profile", build_profile),
+    ("validation", "Validation", build_validation),
+    ("inputs", "Inputs", build_inputs),
+)
+FAILED_MARK = "could not be rendered"
+
+
+def build_sections(runs: Sequence[RunData], *, strict: bool = False) -> list[Section]:
+    """Every section, in report order.
+
+    A section whose builder raises is rendered as a section that names the error (and the error is
+    logged with its traceback), so one bad figure cannot cost the user the rest of the report after
+    a long search. ``strict`` re-raises instead; the tests use it.
+    """
+    sections = []
+    for key, title, builder in BUILDERS:
+        try:
+            sections.append(builder(runs))
+        except Exception as err:
+            if strict:
+                raise
+            log.exception("report section %r failed", key)
+            sections.append(
+                Section(
+                    key,
+                    title,
+                    absent=(
+                        f"This section {FAILED_MARK}: {type(err).__name__}: {err} (a pdplan bug; the "
+                        "log has the traceback)."
+                    ),
+                )
+            )
+    return sections
+
+
+def default_title(runs: Sequence[RunData]) -> str:
+    """E.g. 'pdplan search report: llama-3.1-8b on h100'."""
+    kinds = " + ".join(dict.fromkeys(run.kind for run in runs))
+    model = hardware = None
+    for run in runs:
+        if run.profile is not None:
+            model = model or run.profile.model.name
+            hardware = hardware or run.profile.hardware.get("name")
+        if run.plan is not None:
+            model = model or _name(run.plan.get("model"))
+            hardware = hardware or _name(run.plan.get("hardware"))
+    title = f"pdplan {kinds} report"
+    if model:
+        title += f": {model}" + (f" on {hardware}" if hardware else "")
+    return title
+
+
+def _name(value: object) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("name")
+    return str(value) if value else None
+
+
+def render_html(runs: Sequence[RunData], title: str | None = None, *, strict: bool = False) -> str:
+    """The report page for these runs, as text."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    sections = build_sections(runs, strict=strict)
+    try:
+        version = metadata.version("pdplan")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return env.get_template(TEMPLATE).render(
+        title=title or default_title(runs),
+        sections=sections,
+        runs=runs,
+        version=version,
+    )
+
+
+def write_html(html: str, out_file: Path) -> Path:
+    """Write ``html`` to ``out_file`` atomically (temp file in the same folder, then rename)."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".tmp", dir=out_file.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(html)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
+        os.replace(tmp, out_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_file
+
+
+def load_runs(run_dirs: Sequence[str | Path], *, require_files: bool) -> list[RunData]:
+    """Load each run directory.
+
+    Raises:
+        ConfigError: a path is not a directory, or (``require_files``) holds no run file at all.
+    """
+    if not run_dirs:
+        raise ConfigError("no run directory given; expected at least one")
+    runs = []
+    for entry in run_dirs:
+        path = Path(entry)
+        if not path.is_dir():
+            raise ConfigError(f"run directory {str(path)!r} does not exist or is not a directory")
+        if require_files and not has_run_files(path):
+            raise ConfigError(
+                f"{str(path)!r} holds no run files; expected one of run.yaml, "
+                "plan.yaml, summary.yaml, requests.csv, candidates.csv, profile.yaml"
+            )
+        runs.append(load_run(path))
+    return runs
+
+
+def write_combined_report(
+    run_dirs: Sequence[str | Path],
+    out_file: str | Path,
+    *,
+    title: str | None = None,
+    strict: bool = False,
+) -> Path:
+    """Render one report over several run directories (e.g. profile + search + bench).
+
+    Raises:
+        ConfigError: a directory is missing or holds no run file.
+    """
+    started = time.perf_counter()
+    runs = load_runs(run_dirs, require_files=True)
+    path = write_html(render_html(runs, title, strict=strict), Path(out_file))
+    log.info("report written to %s in %.1f s", path, time.perf_counter() - started)
+    return path
+
+
+def write_run_report(out_dir: str | Path, *, title: str | None = None) -> Path:
+    """``report.html`` inside one run directory; absent data only makes sections say so.
+
+    Raises:
+        ConfigError: ``out_dir`` does not exist.
+    """
+    runs = load_runs([out_dir], require_files=False)
+    return write_html(render_html(runs, title), Path(out_dir) / "report.html")

@@ -1,0 +1,102 @@
+"""Section 1, Summary: the recommended plan in one sentence, and a table with the best colocated
+plan (or, when colocated won, the best disaggregated one) beside it.
+
+Reads ``plan.yaml`` (the plan, its ``predicted`` figures, ``feasible``/``reason``),
+``candidates.csv`` + ``probes.csv`` (the alternative and its latencies at goodput) and
+``summary.yaml`` (what a single-plan simulation or a bench measured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pdplan.reports.figure import fmt_ms, fmt_num
+from pdplan.reports.plans import SUMMARY_HEADER, candidate_view, plan_view, ranked
+from pdplan.reports.rundir import RunData
+from pdplan.reports.section import Heading, Item, Paragraph, Section, Table
+
+
+def build_summary(runs: Sequence[RunData]) -> Section:
+    """The Summary section over every run that has a ``plan.yaml``."""
+    with_plan = [run for run in runs if run.plan is not None]
+    if not with_plan:
+        why = "; ".join(run.why_absent("plan.yaml") for run in runs)
+        return Section("summary", "Summary", absent=f"No plan to summarise: {why}.")
+    items: list[Item] = []
+    for run in with_plan:
+        if len(with_plan) > 1:
+            items.append(Heading(f"{run.label} ({run.kind})"))
+        items.extend(_run_summary(run))
+    return Section("summary", "Summary", items=tuple(items))
+
+
+def _run_summary(run: RunData) -> list[Item]:
+    plan = run.plan
+    assert plan is not None
+    if plan.get("feasible") is False:
+        reason = plan.get("reason") or "no reason given"
+        items: list[Item] = [Paragraph(f"No plan meets the SLO within this budget: {reason}.")]
+        if run.candidates is not None:
+            items.append(Paragraph(_candidate_counts(run)))
+        return items
+    view = plan_view(plan)
+    rows = [view.cells("recommended")]
+    sentence = f"Recommended: {view.phrase} on {fmt_num(view.gpus)} GPUs"
+    if np.isfinite(view.goodput_rps):
+        sentence += (
+            f", sustaining {fmt_num(view.goodput_rps)} req/s within the SLO "
+            f"({fmt_num(view.goodput_rps_per_gpu)} req/s per GPU)"
+        )
+    if run.candidates is not None:
+        other_mode = "disaggregated" if view.mode == "colocated" else "colocated"
+        alternatives = ranked(run.candidates, other_mode)
+        if alternatives.empty:
+            sentence += f"; no {other_mode} plan met the SLO on this budget"
+        else:
+            alt = candidate_view(alternatives.iloc[0], run.probes)
+            rows.append(alt.cells(f"best {other_mode}"))
+            ratio = view.goodput_rps_per_gpu / alt.goodput_rps_per_gpu
+            if np.isfinite(ratio) and alt.goodput_rps_per_gpu > 0:
+                sentence += (
+                    f", {ratio:.2f}× the goodput per GPU of the best {other_mode} plan "
+                    f"({alt.phrase}, {fmt_num(alt.goodput_rps_per_gpu)} req/s per GPU)"
+                )
+    items = [
+        Paragraph(sentence + "."),
+        Table(
+            "Recommended plan and the best plan of the other mode (predicted at goodput).",
+            SUMMARY_HEADER,
+            tuple(rows),
+            highlight=(0,),
+        ),
+    ]
+    if run.candidates is not None:
+        items.append(Paragraph(_candidate_counts(run)))
+    if run.summary is not None:
+        items.append(Paragraph(_measured_sentence(run)))
+    return items
+
+
+def _candidate_counts(run: RunData) -> str:
+    assert run.candidates is not None
+    counts = run.candidates["status"].value_counts()
+    parts = [f"{int(counts[s])} {s}" for s in ("ok", "infeasible", "pruned") if s in counts]
+    return f"Chosen among {len(run.candidates)} candidates ({', '.join(parts)})."
+
+
+def _measured_sentence(run: RunData) -> str:
+    summary = run.summary or {}
+    verb = "measured" if run.kind == "bench" else "simulated"
+    ttft = summary.get("ttft_ms") if isinstance(summary.get("ttft_ms"), dict) else {}
+    tpot = summary.get("tpot_ms") if isinstance(summary.get("tpot_ms"), dict) else {}
+    assert isinstance(ttft, dict) and isinstance(tpot, dict)
+    text = (
+        f"The {verb} run served {fmt_num(summary.get('throughput_rps'))} req/s with TTFT p90 "
+        f"{fmt_ms(ttft.get('p90'))} and TPOT p90 {fmt_ms(tpot.get('p90'))}"
+    )
+    attainment = summary.get("attainment")
+    if attainment is not None:
+        text += f"; {100 * float(attainment):.1f}% of requests met the SLO"
+    return text + "."

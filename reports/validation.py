@@ -1,0 +1,228 @@
+"""Section 5, Validation: predicted vs measured, per metric with the error in percent, and per
+request (the two ``requests.csv`` share a schema, so comparing is a join on ``req_id``).
+
+A pair is a bench run and its ``predicted/`` sub-directory, or, in a combined report, a simulate or
+search run and a bench run. Metrics come from ``summary.yaml`` and, where it lacks one, are
+computed from ``requests.csv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, fmt_num, log_axis, new_figure, style, to_svg
+from pdplan.reports.operating import request_latencies
+from pdplan.reports.rundir import RunData
+from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as MplFigure
+
+LATENCY_METRICS = tuple(f"{m}_{s}_ms" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p50", "p90", "p99"))
+RATE_METRICS = ("throughput_rps", "output_tokens_per_s", "attainment")
+RASTER_POINTS = 3000
+TOLERANCE_PCT = 10.0  # the band drawn around zero error
+
+
+_RATE_LABELS = {
+    "throughput_rps": "throughput (req/s)",
+    "output_tokens_per_s": "output tokens/s",
+    "attainment": "SLO attainment",
+}
+
+
+def metric_label(name: str) -> str:
+    """'ttft_p50_ms' → 'TTFT p50 (ms)'; rate metrics by their plain names."""
+    if name in _RATE_LABELS:
+        return _RATE_LABELS[name]
+    metric, stat, unit = name.split("_")
+    return f"{metric.upper()} {stat} ({unit})"
+
+
+def run_metrics(run: RunData) -> dict[str, float]:
+    """Latency percentiles, throughput and attainment of a run (summary.yaml first)."""
+    out: dict[str, float] = {}
+    summary = run.summary or {}
+    for name in LATENCY_METRICS:
+        metric, stat, _ = name.split("_")
+        block = summary.get(f"{metric}_ms")
+        if isinstance(block, dict) and isinstance(block.get(stat), (int, float)):
+            out[name] = float(block[stat])
+    for name in RATE_METRICS:
+        if isinstance(summary.get(name), (int, float)) and not isinstance(summary.get(name), bool):
+            out[name] = float(summary[name])
+    if run.requests is not None:
+        values = request_latencies(run.requests)
+        for name in LATENCY_METRICS:
+            metric, stat, _ = name.split("_")
+            data = values[metric]
+            if name not in out and data.size:
+                out[name] = float(np.mean(data) if stat == "mean" else np.percentile(data, float(stat[1:])))
+        req = run.requests
+        span = float(req["finish_s"].max() - req["arrival_s"].min()) if len(req) else 0.0
+        ok = req[req["status"] == "ok"]
+        if "throughput_rps" not in out and span > 0:
+            out["throughput_rps"] = len(ok) / span
+        if "output_tokens_per_s" not in out and span > 0:
+            out["output_tokens_per_s"] = float(ok["output_tokens"].sum()) / span
+    return out
+
+
+def compare(predicted: dict[str, float], measured: dict[str, float]) -> pd.DataFrame:
+    """One row per metric both sides have: predicted, measured, error % (vs measured)."""
+    names = [n for n in (*LATENCY_METRICS, *RATE_METRICS) if n in predicted and n in measured]
+    pred = np.array([predicted[n] for n in names], dtype=float)
+    meas = np.array([measured[n] for n in names], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = np.where(meas != 0, (pred - meas) / np.abs(meas) * 100, np.nan)
+    return pd.DataFrame({"metric": names, "predicted": pred, "measured": meas, "error_pct": err})
+
+
+def error_figure(table: pd.DataFrame) -> MplFigure:
+    """Error % per metric as horizontal bars, with the ±10 % band."""
+    with style():
+        fig = new_figure(7.0, 0.9 + 0.22 * max(1, len(table)), Margins(left_in=1.4, top_in=0.15))
+        ax = fig.add_subplot()
+        y = np.arange(len(table))[::-1]
+        err = table["error_pct"].to_numpy(dtype=float)
+        colors = [COLORS[0] if abs(e) <= TOLERANCE_PCT else SLO_COLOR for e in np.nan_to_num(err)]
+        ax.axvspan(
+            -TOLERANCE_PCT,
+            TOLERANCE_PCT,
+            color="#cccccc",
+            alpha=0.4,
+            linewidth=0,
+            label=f"±{TOLERANCE_PCT:g}%",
+        )
+        ax.barh(y, np.nan_to_num(err), color=colors)
+        ax.set_yticks(y, [metric_label(m) for m in table["metric"]])
+        ax.axvline(0, color="#444444", linewidth=0.8)
+        ax.set_xlabel("prediction error vs measurement (%)")
+        ax.legend(loc="lower right")
+    return fig
+
+
+def joined_requests(predicted: pd.DataFrame, measured: pd.DataFrame) -> pd.DataFrame:
+    """TTFT and E2E (ms) of every request that completed in both runs, matched by ``req_id``."""
+
+    def latencies(req: pd.DataFrame) -> pd.DataFrame:
+        ok = req[req["status"] == "ok"]
+        return pd.DataFrame(
+            {
+                "req_id": ok["req_id"],
+                "ttft_ms": (ok["first_token_s"] - ok["arrival_s"]) * 1000,
+                "e2e_ms": (ok["finish_s"] - ok["arrival_s"]) * 1000,
+            }
+        )
+
+    return latencies(predicted).merge(latencies(measured), on="req_id", suffixes=("_pred", "_meas"))
+
+
+def requests_figure(joined: pd.DataFrame) -> MplFigure:
+    """Predicted vs measured TTFT and E2E per request; the diagonal is a perfect prediction."""
+    raster = len(joined) > RASTER_POINTS
+    with style():
+        fig = new_figure(7.5, 3.3)
+        for ax, metric in zip(fig.subplots(1, 2), ("ttft", "e2e"), strict=True):
+            x = joined[f"{metric}_ms_meas"].to_numpy(dtype=float)
+            y = joined[f"{metric}_ms_pred"].to_numpy(dtype=float)
+            ax.scatter(x, y, s=6, alpha=0.4, color=COLORS[0], rasterized=raster, linewidths=0)
+            both = np.concatenate([x, y])
+            both = both[np.isfinite(both) & (both > 0)]
+            if both.size:
+                lo, hi = float(both.min()), float(both.max())
+                ax.plot([lo, hi], [lo, hi], color=SLO_COLOR, linewidth=1, label="predicted = measured")
+                if hi / lo > 100:
+                    log_axis(ax, "both")
+            ax.set_xlabel(f"measured {metric.upper()} (ms)")
+            ax.set_ylabel(f"predicted {metric.upper()} (ms)")
+            ax.legend(loc="upper left", fontsize=7)
+    return fig
+
+
+def pairs(runs: Sequence[RunData]) -> list[tuple[RunData, RunData]]:
+    """(predicted, measured) pairs among the runs, as documented in the module docstring."""
+    out = [(run.predicted, run) for run in runs if run.predicted is not None]
+    benches = [run for run in runs if run.kind == "bench" and run.predicted is None]
+    sims = [
+        run
+        for run in runs
+        if run.kind in ("simulate", "search") and (run.summary is not None or run.requests is not None)
+    ]
+    if benches and sims:
+        out.extend((sims[0], bench) for bench in benches)
+    return out
+
+
+def build_validation(runs: Sequence[RunData]) -> Section:
+    """The Validation section; absent unless a measured run comes with a prediction."""
+    found = pairs(runs)
+    if not found:
+        return Section(
+            "validation",
+            "Validation",
+            absent=(
+                "No measured run with a prediction to compare: validation needs a bench run with a "
+                "predicted/ sub-directory, or a simulate/search run and a bench run in one report."
+            ),
+        )
+    items: list[Item] = []
+    for n, (pred, meas) in enumerate(found):
+        key = f"validation{n}" if n else "validation"
+        pred_name = f"{pred.path.parent.name}/predicted" if pred.path.name == "predicted" else pred.label
+        if len(found) > 1:
+            items.append(Heading(f"{pred_name} vs {meas.label}"))
+        items.extend(_pair_items(pred, meas, pred_name, key))
+    return Section("validation", "Validation", items=tuple(items))
+
+
+def _pair_items(pred: RunData, meas: RunData, pred_name: str, key: str) -> list[Item]:
+    table = compare(run_metrics(pred), run_metrics(meas))
+    if table.empty:
+        return [Paragraph(f"{pred_name} and {meas.label} share no metric to compare.")]
+    errors = np.abs(table["error_pct"].to_numpy(dtype=float))
+    items: list[Item] = [
+        Paragraph(
+            f"Prediction ({pred_name}) vs measurement ({meas.label}): median |error| "
+            f"{np.nanmedian(errors):.1f}% over {len(table)} metrics, worst "
+            f"{metric_label(table['metric'].iloc[int(np.nanargmax(errors))])} at "
+            f"{table['error_pct'].iloc[int(np.nanargmax(errors))]:+.1f}%."
+            if np.isfinite(errors).any()
+            else "No metric has a nonzero measured value."
+        ),
+        Figure(
+            f"{key}-errors",
+            "Prediction error per metric (bars outside the grey band are off "
+            f"by more than {TOLERANCE_PCT:g}%).",
+            to_svg(error_figure(table), f"{key}-errors"),
+        ),
+        Table(
+            "Predicted vs measured.",
+            ("metric", "predicted", "measured", "error"),
+            tuple(
+                (metric_label(m), fmt_num(p), fmt_num(v), _pct(e))
+                for m, p, v, e in table.itertuples(index=False)
+            ),
+        ),
+    ]
+    if pred.requests is not None and meas.requests is not None:
+        joined = joined_requests(pred.requests, meas.requests)
+        if joined.empty:
+            items.append(Paragraph("No request ids in common: no per-request comparison."))
+        else:
+            items.append(
+                Figure(
+                    f"{key}-requests",
+                    f"Per request ({len(joined)} matched by req_id): predicted vs measured latency.",
+                    to_svg(requests_figure(joined), f"{key}-requests"),
+                )
+            )
+    return items
+
+
+def _pct(value: Any) -> str:
+    return f"{float(value):+.1f}%" if np.isfinite(float(value)) else "—"
