@@ -1,0 +1,291 @@
+"""``pdplan deploy``: run a plan as real worker processes behind the production sglang-router.
+
+``pdplan deploy PLAN --target local [--devices cpu|cuda:0,1] [--port 8000] [--out DIR] [--dry-run]``
+starts one worker per instance (``python -m pdplan.realrun.worker``; CPU cores or GPUs split between
+them), waits for their ``/health``, starts ``python -m sglang_router.launch_router`` on 127.0.0.1,
+prints the endpoint and stays in the foreground, reporting workers that die. Ctrl-C, SIGTERM, or
+``pdplan deploy --stop DIR`` from another shell stops every process. ``--dry-run`` prints the
+processes and their command lines and starts nothing.
+
+Writes into ``--out``: ``deploy.json`` (processes, PIDs, URLs, status), ``logs/<name>.log``,
+``plan.yaml`` (a copy), ``run.yaml`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from pdplan.realrun.deployment import DeploymentSpec, LaunchPlan
+
+log = logging.getLogger(__name__)
+TARGETS = ("local",)
+_GROUP_KEYS = {
+    "prefill": ("instances", "tp", "max_batch_tokens", "max_batch_size"),
+    "decode": ("instances", "tp", "max_batch_size", "max_kv_tokens"),
+    "colocated": (
+        "instances",
+        "tp",
+        "max_batch_size",
+        "max_batch_tokens",
+        "chunk_tokens",
+        "policy",
+        "max_kv_tokens",
+    ),
+}
+
+
+class _Stop(BaseException):
+    """Raised by the SIGTERM handler to leave the foreground loop (like Ctrl-C)."""
+
+
+def deploy(
+    plan: Annotated[
+        Path | None, typer.Argument(help="plan.yaml to deploy (from pdplan simulate/search).")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", help="Where to run: local.")] = "local",
+    devices: Annotated[str, typer.Option("--devices", help="cpu, or GPUs as cuda:0,1,...")] = "cpu",
+    port: Annotated[
+        int, typer.Option("--port", help="Router port on 127.0.0.1 (workers take the next ports).")
+    ] = 8000,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: runs/deploy-<time>).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print processes and commands; start nothing.")
+    ] = False,
+    stop: Annotated[
+        Path | None, typer.Option("--stop", help="Stop the deployment recorded in this run directory.")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="HF directory with safetensors (default: seeded random weights)."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="Tokenizer directory (default: --weights, else byte-level)."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the random weights (same in every worker).")
+    ] = 0,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Waiting requests per worker before it answers 503.")
+    ] = 128,
+    kv_timeout_s: Annotated[
+        float, typer.Option("--kv-timeout-s", help="Longest wait for a KV hand-off.")
+    ] = 60.0,
+) -> None:
+    """Launch a plan as prefill/decode (or colocated) workers behind sglang-router."""
+    from pdplan.profiles.errors import ConfigError, choices_error
+
+    if stop is not None:
+        _stop(stop)
+        return
+    if plan is None:
+        raise ConfigError("PLAN: expected a plan.yaml to deploy (or --stop DIR)")
+    if target not in TARGETS:
+        raise choices_error("--target", target, TARGETS)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected 1..65535")
+    from pdplan.realrun.deployment import LaunchOptions, build_launch
+
+    spec = _load_spec(plan, weights, tokenizer, seed)
+    device_list = tuple(d.strip() for d in devices.split(",") if d.strip())
+    launch = build_launch(
+        spec, LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)
+    )
+    _print_launch(launch, show_commands=dry_run)
+    if dry_run:
+        return
+    _run(plan, launch, out or Path("runs") / time.strftime("deploy-%Y%m%d-%H%M%S"))
+
+
+def _load_spec(plan: Path, weights: Path | None, tokenizer: str | None, seed: int) -> DeploymentSpec:
+    """``plan.yaml`` (DESIGN.md's Plan schema) → the deployment's part of it.
+
+    Thin strict reader of the role sections; the rest of the plan (SLOs, prediction) does not change
+    what runs.
+    """
+    import yaml
+
+    from pdplan.profiles.errors import ConfigError
+    from pdplan.realrun.deployment import DeploymentSpec
+
+    try:
+        data = yaml.safe_load(plan.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"plan {str(plan)!r} is not readable YAML: {err}") from None
+    if not isinstance(data, dict) or data.get("schema_version") != 1:
+        raise ConfigError(f"plan {str(plan)!r}: expected a mapping with schema_version: 1")
+    if data.get("feasible") is False:
+        raise ConfigError(
+            f"plan {str(plan)!r} is infeasible ({data.get('reason', 'no reason given')}); nothing to deploy"
+        )
+    mode = data.get("mode")
+    roles = {"disaggregated": ("prefill", "decode"), "colocated": ("colocated",)}
+    if mode not in roles:
+        raise ConfigError(f"plan mode={mode!r}; expected disaggregated or colocated")
+    groups = []
+    for role in roles[mode]:
+        section = data.get(role)
+        if not isinstance(section, dict):
+            raise ConfigError(f"plan {str(plan)!r}: mode {mode} needs a {role}: section")
+        unknown = sorted(set(section) - set(_GROUP_KEYS[role]))
+        if unknown:
+            raise ConfigError(f"plan {role}: unknown keys {unknown}; valid: {sorted(_GROUP_KEYS[role])}")
+        groups.append(_group(role, section))
+    model = data.get("model")
+    if not isinstance(model, str):
+        raise ConfigError(f"plan model={model!r}; expected a catalog name or a model path")
+    if weights is not None and not weights.is_dir():
+        raise ConfigError(f"--weights {str(weights)!r}: not a directory")
+    tok = tokenizer or (str(weights) if weights is not None else "bytes")
+    return DeploymentSpec(model, mode, tuple(groups), str(weights) if weights else None, tok, seed)
+
+
+def _group(role: str, section: dict[str, Any]) -> Any:
+    from pdplan.profiles.errors import ConfigError
+    from pdplan.realrun.deployment import InstanceGroup
+
+    for key, value in section.items():
+        if key != "policy" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"plan {role}.{key}={value!r}; expected a positive integer")
+    policy = section.get("policy")
+    tokens = section.get("max_batch_tokens", 2048)
+    if role == "colocated" and policy == "chunked":
+        # The local runtime schedules colocated workers prefill-first (whole prompts); a chunked plan
+        # runs with its chunk size as the prefill token budget.
+        log.warning(
+            "colocated policy 'chunked' runs prefill-first with max_batch_tokens=chunk_tokens locally"
+        )
+        tokens = section.get("chunk_tokens", tokens)
+    return InstanceGroup(
+        role=role,
+        instances=section.get("instances", 1),
+        tp=section.get("tp", 1),
+        max_batch_size=section.get("max_batch_size", 32),
+        max_batch_tokens=tokens,
+        max_kv_tokens=section.get("max_kv_tokens"),
+        policy=policy,
+    )
+
+
+def _print_launch(launch: LaunchPlan, show_commands: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{launch.mode} deployment: {len(launch.workers)} workers + router")
+    for column in ("process", "role", "address", "bootstrap", "device", "threads", "cpus"):
+        table.add_column(column)
+    for p in (*launch.workers, launch.router):
+        cpus = ",".join(map(str, p.cpus)) or "-"
+        table.add_row(
+            p.name, p.role, p.url, str(p.bootstrap_port or "-"), p.device, str(p.threads or "-"), cpus
+        )
+    console.print(table)
+    console.print(f"threads: {launch.cpu_note}", highlight=False)
+    if show_commands:
+        for p in (*launch.workers, launch.router):
+            extra = "  (+ --parent-pid <pid of pdplan deploy>)" if p.role != "router" else ""
+            console.print(f"[bold]{p.name}[/]: {shlex.join(p.argv)}{extra}", highlight=False, soft_wrap=True)
+
+
+def _run(plan: Path, launch: LaunchPlan, out: Path) -> None:
+    import atexit
+
+    from rich.console import Console
+
+    from pdplan.profiles.errors import ConfigError
+    from pdplan.realrun.supervisor import Supervisor
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "deploy.json").is_file())):
+        raise ConfigError(f"--out {str(out)!r}: exists and is not an empty or deploy run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["pdplan", *sys.argv[1:]])
+    _write_atomic(out / "plan.yaml", plan.read_text())
+    _write_run_yaml(out, command)
+    console = Console()
+    sup = Supervisor(launch, out, command)
+    atexit.register(sup.stop)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        with console.status("starting workers") as status:
+            ready_s = sup.start(progress=lambda msg: status.update(msg))
+        console.print(f"[bold green]ready[/] in {ready_s:.1f} s: {launch.endpoint}  (logs: {out / 'logs'})")
+        _report(out)
+        console.print(f"stop with Ctrl-C or: pdplan deploy --stop {out}")
+        while sup.router_alive:
+            for line in sup.poll():
+                console.print(f"[bold red]worker down:[/] {line}; the router keeps serving from the others")
+            time.sleep(0.5)
+        sup.poll()
+        console.print("[bold red]the router exited[/]; stopping the deployment")
+    except (KeyboardInterrupt, _Stop):
+        console.print("stopping")
+    finally:
+        # A second Ctrl-C or SIGTERM must not interrupt the stop itself.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sup.stop()
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        console.print(f"stopped; deployment record: {out / 'deploy.json'}")
+
+
+def _raise_stop(_signum: int, _frame: object) -> None:
+    raise _Stop()
+
+
+def _stop(run_dir: Path) -> None:
+    from pdplan.realrun.supervisor import stop_deployment
+
+    stopped = stop_deployment(run_dir)
+    for line in stopped:
+        typer.echo(f"stopped {line}")
+    typer.echo(f"deployment in {run_dir} is stopped")
+
+
+def _report(out: Path) -> None:
+    from pdplan.reports import write_report
+
+    write_report(out)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_run_yaml(out: Path, command: str) -> None:
+    """``run.yaml`` per the run-directory contract (kind: deploy)."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib import metadata
+
+    import yaml
+
+    versions = {"python": platform.python_version()}
+    for package in ("pdplan", "numpy", "torch", "sglang-router", "aiohttp"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    run = {
+        "schema_version": 1,
+        "kind": "deploy",
+        "command": command,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+    _write_atomic(out / "run.yaml", yaml.safe_dump(run, sort_keys=False))

@@ -1,0 +1,244 @@
+"""From a plan's instance counts to the processes of a local deployment (``pdplan deploy --target local``).
+
+``DeploymentSpec`` is the part of a plan a deployment needs (the CLI converts ``plan.yaml`` into it,
+so this package does not depend on the planner). :func:`build_launch` maps every instance to one
+worker process on one device — CPU cores split between the workers, or GPUs round-robin — allocates
+ports, and writes the command lines of the workers and of the production ``sglang-router``:
+
+- disaggregated: ``python -m sglang_router.launch_router --pd-disaggregation --prefill URL
+  BOOTSTRAP_PORT ... --decode URL ...``;
+- colocated: the router's regular mode, ``--worker-urls URL ...``.
+
+Router flags chosen here, and why: ``--policy round_robin`` (plans assume an even split);
+``--health-check-interval-secs 2 --health-failure-threshold 2`` so a dead worker leaves the rotation
+within about four seconds; ``--disable-circuit-breaker`` because sglang-router 0.3.2 charges a
+decode worker's 503 to its prefill partner too, so a burst of ten overload answers would take the
+only prefill worker out for 60 s; its retries (default five, with backoff) stay on, which moves a
+request off a worker that died before answering.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, replace
+
+from pdplan.profiles.errors import DeployError
+
+ROUTER_MODULE = "sglang_router.launch_router"
+
+
+@dataclass(frozen=True)
+class InstanceGroup:
+    """``instances`` identical workers of one role (``prefill``, ``decode`` or ``colocated``)."""
+
+    role: str
+    instances: int
+    tp: int = 1
+    max_batch_size: int = 32
+    max_batch_tokens: int = 2048
+    max_kv_tokens: int | None = None
+    policy: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What to run: ``model`` (catalog name, config.json or HF directory), ``mode``, the groups."""
+
+    model: str
+    mode: str
+    groups: tuple[InstanceGroup, ...]
+    weights: str | None = None
+    tokenizer: str = "bytes"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        roles = [g.role for g in self.groups]
+        want = ["prefill", "decode"] if self.mode == "disaggregated" else ["colocated"]
+        if self.mode not in ("disaggregated", "colocated") or sorted(roles) != sorted(want):
+            raise DeployError(f"plan mode {self.mode!r} with roles {roles}; expected roles {want}")
+        for group in self.groups:
+            if group.instances < 1:
+                raise DeployError(f"{group.role}.instances={group.instances}; expected at least 1")
+            if group.tp != 1:
+                raise DeployError(
+                    f"{group.role}.tp={group.tp}: the local target runs each instance as one process on "
+                    "one device (tp=1); tensor parallelism needs an engine target (sglang or vllm)"
+                )
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    devices: tuple[str, ...] = ("cpu",)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_queue: int = 128
+    kv_timeout_s: float = 60.0
+    bootstrap_timeout_s: float = 3.0
+    default_kv_tokens: int = 65536
+    python: str = sys.executable
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process to start: its command line, where it listens, what it was given."""
+
+    name: str
+    role: str
+    argv: tuple[str, ...]
+    url: str
+    port: int
+    bootstrap_port: int | None = None
+    device: str = "cpu"
+    threads: int = 0
+    cpus: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def log_name(self) -> str:
+        return f"logs/{self.name}.log"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    workers: tuple[ProcessSpec, ...]
+    router: ProcessSpec
+    mode: str
+    cpu_note: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.router.url
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class _Ports:
+    """Sequential free ports after the router's, skipping any in use (readable and predictable)."""
+
+    def __init__(self, host: str, after: int) -> None:
+        self.host, self.next = host, after + 1
+
+    def take(self) -> int:
+        while self.next <= 65535:
+            port, self.next = self.next, self.next + 1
+            if _port_free(self.host, port):
+                return port
+        raise DeployError("no free TCP port left above --port")
+
+
+def _cpu_split(num_workers: int) -> tuple[list[tuple[int, ...]], str]:
+    """Cores per worker (contiguous blocks; the remainder goes to the first workers)."""
+    cores = (
+        sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else list(range(os.cpu_count() or 1))
+    )
+    if num_workers > len(cores):
+        # Oversubscribed: pinning would tie two workers to one core while another idles, so leave
+        # placement to the OS scheduler and give each worker one torch thread.
+        note = f"{num_workers} workers share {len(cores)} cores (oversubscribed): 1 thread each, not pinned"
+        return [() for _ in range(num_workers)], note
+    base, extra = divmod(len(cores), num_workers)
+    sets, start = [], 0
+    for i in range(num_workers):
+        size = base + (1 if i < extra else 0)
+        sets.append(tuple(cores[start : start + size]))
+        start += size
+    note = f"{len(cores)} cores split over {num_workers} workers ({base}{'+' if extra else ''} each)"
+    return sets, note
+
+
+def _worker_argv(
+    spec: DeploymentSpec, group: InstanceGroup, proc: ProcessSpec, opts: LaunchOptions
+) -> list[str]:
+    argv = [
+        opts.python, "-m", "pdplan.realrun.worker",
+        "--role", group.role, "--model", spec.model, "--name", proc.name,
+        "--host", opts.host, "--port", str(proc.port),
+        "--device", proc.device, "--threads", str(proc.threads),
+        "--seed", str(spec.seed), "--tokenizer", spec.tokenizer,
+        "--max-batch-size", str(group.max_batch_size), "--max-batch-tokens", str(group.max_batch_tokens),
+        "--max-kv-tokens", str(group.max_kv_tokens or opts.default_kv_tokens),
+        "--max-queue", str(opts.max_queue),
+        "--kv-timeout-s", f"{opts.kv_timeout_s:g}", "--bootstrap-timeout-s", f"{opts.bootstrap_timeout_s:g}",
+    ]  # fmt: skip
+    if proc.cpus:
+        argv += ["--cpus", ",".join(str(c) for c in proc.cpus)]
+    if proc.bootstrap_port is not None:
+        argv += ["--bootstrap-port", str(proc.bootstrap_port)]
+    if spec.weights:
+        argv += ["--weights", spec.weights]
+    return argv
+
+
+def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
+    """Processes and command lines for ``spec`` (nothing is started).
+
+    Raises:
+        DeployError: no devices, an unknown device string, or no free ports.
+    """
+    if not opts.devices:
+        raise DeployError("--devices is empty; expected cpu or cuda:0,1,...")
+    on_cpu = opts.devices == ("cpu",)
+    if not on_cpu and any(not d.startswith("cuda") for d in opts.devices):
+        raise DeployError(f"--devices {','.join(opts.devices)}: expected cpu, or a list of cuda:N")
+    order = [g for role in ("prefill", "decode", "colocated") for g in spec.groups if g.role == role]
+    total = sum(g.instances for g in order)
+    cpu_sets, note = _cpu_split(total)
+    ports = _Ports(opts.host, opts.port)
+    workers: list[ProcessSpec] = []
+    for group in order:
+        for i in range(group.instances):
+            n = len(workers)
+            port = ports.take()
+            threads = max(1, len(cpu_sets[n]))
+            proc = ProcessSpec(
+                name=f"{group.role}-{i}",
+                role=group.role,
+                argv=(),
+                url=f"http://{opts.host}:{port}",
+                port=port,
+                bootstrap_port=ports.take() if group.role == "prefill" else None,
+                device="cpu" if on_cpu else opts.devices[n % len(opts.devices)],
+                threads=threads,
+                cpus=cpu_sets[n] if on_cpu else (),
+                env={"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
+            )
+            workers.append(replace(proc, argv=tuple(_worker_argv(spec, group, proc, opts))))
+    router = _router(spec.mode, workers, opts, ports.take())
+    if not on_cpu:
+        note = f"{total} workers on {len(opts.devices)} GPU(s) round-robin; " + note
+    return LaunchPlan(tuple(workers), router, spec.mode, note)
+
+
+def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_port: int) -> ProcessSpec:
+    argv = [opts.python, "-m", ROUTER_MODULE]
+    if mode == "disaggregated":
+        argv.append("--pd-disaggregation")
+        for w in workers:
+            if w.role == "prefill":
+                argv += ["--prefill", w.url, str(w.bootstrap_port)]
+        for w in workers:
+            if w.role == "decode":
+                argv += ["--decode", w.url]
+    else:
+        argv += ["--worker-urls", *(w.url for w in workers)]
+    argv += [
+        "--host", opts.host, "--port", str(opts.port), "--policy", "round_robin",
+        "--prometheus-host", opts.host, "--prometheus-port", str(metrics_port),
+        "--worker-startup-check-interval", "1",
+        "--health-check-interval-secs", "2", "--health-failure-threshold", "2",
+        "--disable-circuit-breaker", "--log-level", "warn",
+    ]  # fmt: skip
+    if not _port_free(opts.host, opts.port):
+        raise DeployError(f"--port {opts.port} is already in use on {opts.host}")
+    return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)

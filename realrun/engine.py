@@ -1,0 +1,327 @@
+"""``Engine``: the one thread of a worker that runs the executor, with the scheduler of its role.
+
+- **prefill**: FIFO prompts are packed into one forward of at most ``max_batch_tokens`` tokens (a
+  longer prompt runs alone), each prompt's tokens reserved in the worker's KV budget first (the KV
+  waits there until the decode side has it); the first token is sampled and the cache handed back.
+- **decode**: requests arrive with their KV and first token; continuous batching admits them FIFO
+  while the running batch is below ``max_batch_size`` (their KV tokens were reserved on arrival).
+- **colocated**: prefill-first (vLLM's default policy): a waiting prompt batch runs before the next
+  decode step whenever the running batch has room; then decode steps as above.
+
+Threading contract: ``submit_*``/``cancel``/``stop`` are called from the event loop; every job gets
+exactly one *terminal* event through ``job.sink`` (called on the engine thread): a final
+``TokenEvent`` (``finish`` set), a ``PrefilledEvent``, an ``ErrorEvent`` or a ``CancelledEvent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from pdplan.profiles.executor import Executor
+from pdplan.profiles.kv_cache import KVCache
+from pdplan.realrun.kv_budget import KvBudget
+from pdplan.realrun.metrics import WorkerMetrics
+from pdplan.realrun.protocol import SamplingParams
+from pdplan.realrun.responses import Finish, Timeline
+
+log = logging.getLogger(__name__)
+ROLES = ("prefill", "decode", "colocated")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    role: str
+    max_batch_size: int
+    max_batch_tokens: int
+    eos_token_ids: tuple[int, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.role in ROLES, self.role
+        assert self.max_batch_size >= 1 and self.max_batch_tokens >= 1, self
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token: int
+    time_s: float
+    finish: Finish | None
+
+
+@dataclass(frozen=True)
+class PrefilledEvent:
+    token: int
+    cache: KVCache
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    message: str
+    status: int = 500
+
+
+@dataclass(frozen=True)
+class CancelledEvent:
+    pass
+
+
+Event = TokenEvent | PrefilledEvent | ErrorEvent | CancelledEvent
+
+
+@dataclass(eq=False)
+class Job:
+    """One request inside the engine. ``reserved_tokens`` is what the owner must release at the end."""
+
+    rid: str
+    prompt: tuple[int, ...]
+    sampling: SamplingParams
+    sink: Callable[[Event], None]
+    timeline: Timeline = field(default_factory=Timeline)
+    cache: KVCache | None = None
+    first_token: int | None = None
+    output: list[int] = field(default_factory=list)
+    reserved_tokens: int = 0
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+
+
+class Engine:
+    """Runs ``executor`` on its own thread for one role; see the module docstring for the contract."""
+
+    def __init__(
+        self, executor: Executor, config: EngineConfig, metrics: WorkerMetrics, budget: KvBudget
+    ) -> None:
+        self.executor = executor
+        self.config = config
+        self.metrics = metrics
+        self.budget = budget
+        self._cv = threading.Condition()
+        self._inbox: list[Job] = []
+        self._stopping = False
+        self._waiting_prefill: deque[Job] = deque()
+        self._waiting_decode: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._generator = torch.Generator().manual_seed(config.seed)
+        self._thread = threading.Thread(target=self._run, name=f"engine-{config.role}", daemon=True)
+        budget.add_listener(self.wake)
+
+    # --- called from the event loop -------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    def submit(self, job: Job) -> None:
+        """Queue a prompt (prefill/colocated) or a request with KV and first token (decode)."""
+        with self._cv:
+            self._inbox.append(job)
+            self._cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        job.cancelled = True
+        self.wake()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._inbox) + len(self._waiting_prefill) + len(self._waiting_decode)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    # --- the engine thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._stopping and not self._has_work():
+                        self._cv.wait(timeout=1.0)
+                    if self._stopping:
+                        break
+                    arrived, self._inbox = self._inbox, []
+                self._absorb(arrived)
+                self._drop_cancelled()
+                if self._can_prefill():
+                    self._prefill_step()
+                elif self._running or self._waiting_decode:
+                    self._decode_step()
+        except Exception:
+            log.exception("engine thread crashed")
+        finally:
+            with self._cv:
+                self._stopping = True
+                leftover = self._inbox + list(self._waiting_prefill) + list(self._waiting_decode)
+                self._inbox = []
+            for job in leftover + self._running:
+                job.cache = None
+                job.sink(ErrorEvent("worker is shutting down", 503))
+            self._waiting_prefill.clear()
+            self._waiting_decode.clear()
+            self._running = []
+
+    def _has_work(self) -> bool:
+        return bool(self._inbox or self._running or self._waiting_decode or self._can_prefill())
+
+    def _can_prefill(self) -> bool:
+        if not self._waiting_prefill:
+            return False
+        if self.config.role == "prefill":
+            head = len(self._waiting_prefill[0].prompt)
+            return self.budget.used_tokens + head <= self.budget.capacity_tokens
+        return len(self._running) < self.config.max_batch_size
+
+    def _absorb(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if self.config.role != "decode":
+                self._waiting_prefill.append(job)
+                continue
+            assert job.cache is not None and job.first_token is not None, "decode jobs carry KV"
+            if job.cancelled:
+                self._finish_cancelled(job)
+            elif not self._emit(job, job.first_token, time.time()):
+                self._waiting_decode.append(job)
+
+    def _finish_cancelled(self, job: Job) -> None:
+        job.cache = None
+        job.sink(CancelledEvent())
+
+    def _drop_cancelled(self) -> None:
+        for queue in (self._waiting_prefill, self._waiting_decode):
+            for job in [j for j in queue if j.cancelled]:
+                queue.remove(job)
+                self._finish_cancelled(job)
+        for job in [j for j in self._running if j.cancelled]:
+            self._running.remove(job)
+            self._finish_cancelled(job)
+
+    def _take_prefill_batch(self) -> list[Job]:
+        batch: list[Job] = []
+        tokens = 0
+        room = self.config.max_batch_size - len(self._running)
+        if self.config.role == "prefill":
+            room = self.config.max_batch_size
+        while self._waiting_prefill and len(batch) < room:
+            n = len(self._waiting_prefill[0].prompt)
+            if batch and tokens + n > self.config.max_batch_tokens:
+                break
+            if self.config.role == "prefill":
+                if not self.budget.try_reserve(n):
+                    break
+                self._waiting_prefill[0].reserved_tokens = n
+            batch.append(self._waiting_prefill.popleft())
+            tokens += n
+        return batch
+
+    def _prefill_step(self) -> None:
+        batch = self._take_prefill_batch()
+        if not batch:
+            return
+        reserve = 0 if self.config.role == "prefill" else max(j.sampling.max_new_tokens for j in batch)
+        start = time.time()
+        try:
+            logits, caches = self.executor.prefill([list(j.prompt) for j in batch], reserve_tokens=reserve)
+            tokens = self._sample(logits, batch)
+        except (RuntimeError, ValueError) as err:
+            log.exception("prefill of %d prompts failed", len(batch))
+            for job in batch:
+                job.sink(ErrorEvent(f"prefill failed: {err}", 500))
+            return
+        end = time.time()
+        self.metrics.observe("prefill_batch_seconds", end - start)
+        for job, cache, token in zip(batch, caches, tokens, strict=True):
+            job.timeline.prefill_start, job.timeline.prefill_end = start, end
+            if self.config.role == "prefill":
+                job.sink(PrefilledEvent(token, cache, start, end))
+                continue
+            job.cache = cache
+            job.timeline.decode_start = end
+            if not self._emit(job, token, end):
+                self._running.append(job)
+
+    def _decode_step(self) -> None:
+        while self._waiting_decode and len(self._running) < self.config.max_batch_size:
+            job = self._waiting_decode.popleft()
+            job.timeline.decode_start = time.time()
+            self._running.append(job)
+        if not self._running:
+            return
+        batch = self._running
+        caches = [j.cache for j in batch]
+        assert all(c is not None for c in caches), "running jobs hold KV"
+        context = sum(c.length for c in caches if c is not None)
+        start = time.perf_counter()
+        try:
+            logits = self.executor.decode([j.output[-1] for j in batch], caches)  # type: ignore[arg-type]
+            tokens = self._sample(logits, batch)
+        except (RuntimeError, ValueError) as err:
+            log.exception("decode step of %d sequences failed", len(batch))
+            for job in batch:
+                job.cache = None
+                job.sink(ErrorEvent(f"decode failed: {err}", 500))
+            self._running = []
+            return
+        self.metrics.decode_step(len(batch), context, time.perf_counter() - start)
+        now = time.time()
+        self._running = [
+            job for job, token in zip(batch, tokens, strict=True) if not self._emit(job, token, now)
+        ]
+
+    def _emit(self, job: Job, token: int, now: float) -> bool:
+        """Append ``token`` to ``job``'s output and send it; returns whether the job finished."""
+        job.output.append(token)
+        params = job.sampling
+        finish = None
+        if (token in self.config.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids:
+            finish = Finish("stop", matched=token)
+        elif len(job.output) >= params.max_new_tokens:
+            finish = Finish("length", length=len(job.output))
+        if finish is not None:
+            job.cache = None
+        job.sink(TokenEvent(token, now, finish))
+        return finish is not None
+
+    def _sample(self, logits: torch.Tensor, jobs: list[Job]) -> list[int]:
+        """Greedy rows take the argmax; others sample from softmax(logits / T) after top-k/top-p."""
+        logits = logits.float()
+        out = logits.argmax(dim=-1).tolist()
+        for i, job in enumerate(jobs):
+            params = job.sampling
+            if params.is_greedy:
+                continue
+            row = logits[i] / params.temperature
+            if params.top_k > 0:
+                kth = torch.topk(row, params.top_k).values[-1]
+                row = row.masked_fill(row < kth, float("-inf"))
+            if params.top_p < 1.0:
+                # Nucleus sampling (Holtzman et al. 2020): keep the smallest set whose mass ≥ top_p.
+                sorted_row, order = torch.sort(row, descending=True)
+                mass = torch.softmax(sorted_row, dim=-1).cumsum(-1)
+                drop = mass - torch.softmax(sorted_row, dim=-1) > params.top_p
+                row = row.scatter(0, order[drop], float("-inf"))
+            if params.seed is not None and job.generator is None:
+                job.generator = torch.Generator().manual_seed(params.seed)
+            gen = job.generator or self._generator
+            out[i] = int(torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gen))
+        return [int(t) for t in out]

@@ -1,0 +1,154 @@
+"""``KvClaim``: the decode side of one room's KV hand-off (protocol in :mod:`kv_sender`).
+
+The decode worker claims the room as soon as the router's request arrives, waits for KV space
+(while watching the connection, so a prefill that fails or dies ends the wait at once), sends READY,
+and reads the typed header and then the payload straight into a freshly allocated cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from pdplan.profiles.kv_cache import KVCache
+from pdplan.realrun import kv_wire as wire
+from pdplan.realrun.kv_sender import HandoffError
+from pdplan.realrun.kv_views import expected_meta, receive_buffers
+from pdplan.realrun.protocol import Bootstrap
+
+T = TypeVar("T")
+
+
+class KvClaim:
+    """An open claim on ``bootstrap.room``; always ``close()`` it (``async with`` does)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, bootstrap: Bootstrap) -> None:
+        self._loop = loop
+        self._sock = sock
+        self.bootstrap = bootstrap
+
+    @classmethod
+    async def open(
+        cls, bootstrap: Bootstrap, prompt: tuple[int, ...], transport: str = "auto", timeout_s: float = 5.0
+    ) -> KvClaim:
+        """Connect to the prefill's bootstrap port and claim the room.
+
+        Raises:
+            HandoffError: the prefill's bootstrap port cannot be reached (502).
+        """
+        loop = asyncio.get_running_loop()
+        where = f"{bootstrap.host}:{bootstrap.port}"
+        try:
+            sock = await asyncio.wait_for(
+                wire.connect(loop, bootstrap.host, bootstrap.port, transport), timeout_s
+            )
+        except (OSError, TimeoutError) as err:
+            raise HandoffError(f"cannot reach the prefill bootstrap port {where}: {err}", 502) from None
+        claim = cls(loop, sock, bootstrap)
+        body = wire.pack_claim(len(prompt), wire.prompt_digest(prompt))
+        try:
+            await wire.send_frame(loop, sock, wire.CLAIM, bootstrap.room, body)
+        except OSError as err:
+            claim.close()
+            raise HandoffError(f"prefill bootstrap {where} dropped the claim: {err}", 502) from None
+        return claim
+
+    async def __aenter__(self) -> KvClaim:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    async def guard(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable``, unless the prefill reports an error or hangs up first."""
+        main = asyncio.ensure_future(awaitable)
+        peer = asyncio.ensure_future(wire.read_frame(self._loop, self._sock))
+        try:
+            done, _ = await asyncio.wait({main, peer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (main, peer):
+                if not task.done():
+                    task.cancel()
+        if main in done:
+            return main.result()
+        raise self._peer_failure(peer)
+
+    async def receive(
+        self,
+        max_payload_bytes: int,
+        new_cache: Callable[[int], KVCache],
+        reserve_tokens: int,
+        expect: tuple[tuple[int, int, int], str, int],
+        pool: ThreadPoolExecutor,
+        timeout_s: float,
+    ) -> tuple[KVCache, wire.KvMeta, float]:
+        """Send READY, then read the header and payload into a new cache.
+
+        ``expect`` is ``((num_layers, num_kv_heads, head_dim), dtype, prompt_tokens)`` of this worker.
+        Returns the cache (valid up to the prompt), the header, and the payload's transfer seconds.
+
+        Raises:
+            HandoffError: the prefill failed, hung up, broke the protocol, or timed out (504).
+        """
+        loop = self._loop
+        try:
+            body = wire.READY_BODY.pack(max_payload_bytes)
+            await wire.send_frame(loop, self._sock, wire.READY, self.bootstrap.room, body)
+            frame = await asyncio.wait_for(wire.read_frame(loop, self._sock), timeout_s)
+            if frame.kind == wire.ERROR:
+                status, message = wire.unpack_error(frame.body)
+                raise HandoffError(f"prefill worker: {message}", status)
+            if frame.kind != wire.KV or frame.room != self.bootstrap.room:
+                raise wire.WireError(f"expected KV for room {self.bootstrap.room}, got {frame.name}")
+            meta = wire.unpack_kv_meta(frame.body, max_payload_bytes)
+            expected_meta(expect[0], expect[1], expect[2], meta)
+            cache, views, finish = receive_buffers(new_cache, meta, reserve_tokens)
+            start = time.perf_counter()
+            self._sock.settimeout(timeout_s)  # blocking with a deadline, for the receiving thread
+            try:
+                await loop.run_in_executor(pool, wire.recv_views, self._sock, views)
+            finally:
+                self._sock.setblocking(False)
+            elapsed = time.perf_counter() - start
+            finish()
+            await wire.send_frame(loop, self._sock, wire.ACK, self.bootstrap.room)
+        except TimeoutError:
+            raise HandoffError(f"no KV from the prefill worker within {timeout_s:g} s", 504) from None
+        except wire.WireError as err:
+            raise HandoffError(f"KV hand-off broke the protocol: {err}", 502) from None
+        except OSError as err:
+            raise HandoffError(f"KV hand-off connection failed: {err}", 502) from None
+        return cache, meta, elapsed
+
+    def _peer_failure(self, peer: asyncio.Future[Any]) -> HandoffError:
+        exc = peer.exception()
+        if exc is not None:
+            return HandoffError(f"prefill worker hung up before sending KV ({exc})", 502)
+        frame: wire.Frame = peer.result()
+        if frame.kind == wire.ERROR:
+            status, message = wire.unpack_error(frame.body)
+            return HandoffError(f"prefill worker: {message}", status)
+        return HandoffError(f"prefill worker sent {frame.name} before READY", 502)
+
+
+async def send_abort(bootstrap: Bootstrap, reason: str, transport: str = "auto") -> None:
+    """Tell a prefill worker to drop a room this decode worker refused (best effort, ≤ 1 s)."""
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await asyncio.wait_for(wire.connect(loop, bootstrap.host, bootstrap.port, transport), 1.0)
+    except (OSError, TimeoutError):
+        return
+    try:
+        body = reason.encode("utf-8")[: wire.MAX_BODY_BYTES]
+        await asyncio.wait_for(wire.send_frame(loop, sock, wire.ABORT, bootstrap.room, body), 1.0)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,138 @@
+"""Reply bodies: SGLang's ``/generate`` output, OpenAI's completion objects, errors, and SSE framing.
+
+SGLang's ``/generate`` stream (default, non-incremental mode) sends one ``data: {...}`` event per
+step whose ``text`` and ``output_ids`` are *cumulative*, then ``data: [DONE]``; ``meta_info`` carries
+``id``, ``prompt_tokens``, ``completion_tokens`` and ``finish_reason`` (``None`` until the end, then
+``{"type": "length", "length": n}``, ``{"type": "stop", "matched": id}`` or ``{"type": "abort",
+"message": ...}``). OpenAI completion chunks carry the *new* text only. Workers emit one event per
+token, so a client counts tokens by counting events.
+
+``meta_info["pdplan"]`` adds the worker-side timeline (UNIX seconds) the benchmark needs to fill
+``prefill_start_s``, ``prefill_end_s`` and ``decode_start_s`` of ``requests.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Why a request ended: ``length``, ``stop`` (``matched`` = the stop/EOS id) or ``abort``."""
+
+    kind: str
+    length: int = 0
+    matched: int | None = None
+    message: str = ""
+
+    def sglang(self) -> dict[str, Any]:
+        if self.kind == "length":
+            return {"type": "length", "length": self.length}
+        if self.kind == "stop":
+            return {"type": "stop", "matched": self.matched}
+        return {"type": "abort", "message": self.message}
+
+    def openai(self) -> str:
+        return "length" if self.kind == "length" else "stop"
+
+
+@dataclass
+class Timeline:
+    """Worker-side times of one request (UNIX seconds; ``None`` where the worker did not see it)."""
+
+    arrival: float = field(default_factory=time.time)
+    prefill_start: float | None = None
+    prefill_end: float | None = None
+    decode_start: float | None = None
+    first_token: float | None = None
+    finish: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "arrival_ts": self.arrival,
+            "prefill_start_ts": self.prefill_start,
+            "prefill_end_ts": self.prefill_end,
+            "decode_start_ts": self.decode_start,
+            "first_token_ts": self.first_token,
+            "finish_ts": self.finish,
+        }
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def error_body(message: str, status: int, kind: str) -> dict[str, Any]:
+    """The JSON error every worker endpoint answers with (OpenAI's shape, as SGLang uses)."""
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def generate_body(
+    rid: str,
+    prompt_tokens: int,
+    output_ids: list[int],
+    text: str,
+    finish: Finish | None,
+    timeline: Timeline,
+) -> dict[str, Any]:
+    """SGLang's ``/generate`` output object (also each cumulative stream event)."""
+    return {
+        "text": text,
+        "output_ids": list(output_ids),
+        "meta_info": {
+            "id": rid,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(output_ids),
+            "cached_tokens": 0,
+            "finish_reason": None if finish is None else finish.sglang(),
+            "e2e_latency": time.time() - timeline.arrival,
+            "pdplan": timeline.to_dict(),
+        },
+    }
+
+
+def completion_body(
+    rid: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    text: str,
+    finish: Finish | None,
+) -> dict[str, Any]:
+    """OpenAI's ``text_completion`` object (non-streamed) with usage."""
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": None if finish is None else finish.openai(),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def completion_chunk(
+    rid: str, model: str, delta: str, finish: Finish | None, usage: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """One streamed OpenAI completion chunk (``delta`` = the new text)."""
+    chunk = completion_body(rid, model, 0, 0, delta, finish)
+    del chunk["usage"]
+    if usage is not None:
+        chunk["usage"] = usage
+    return chunk

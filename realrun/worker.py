@@ -1,0 +1,199 @@
+"""``python -m pdplan.realrun.worker``: one prefill, decode or colocated worker process.
+
+Threads: the main thread runs the asyncio loop (HTTP server, KV hand-off control, admission); one
+engine thread runs the executor; small pools move KV payload bytes (their socket calls release the
+GIL). torch's intra-op threads are set explicitly (``--threads``) and inter-op to 1, so workers that
+share a machine split its cores as ``pdplan deploy`` planned; ``--cpus`` pins the process.
+
+On SIGTERM/SIGINT, or when the parent process (``--parent-pid``) disappears, the worker stops
+accepting requests, ends every request in flight with an explicit 503 error, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pdplan.profiles.errors import PdplanError
+from pdplan.realrun.worker_config import KV_TRANSPORTS, WorkerConfig
+
+log = logging.getLogger("pdplan.realrun.worker")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
+    p = argparse.ArgumentParser(prog="python -m pdplan.realrun.worker", description=__doc__)
+    p.add_argument("--role", required=True, choices=("prefill", "decode", "colocated"))
+    p.add_argument("--model", required=True, help="catalog name, config.json, or HF model directory")
+    p.add_argument("--name", default="worker", help="name in logs and /server_info")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--bootstrap-port", type=int, default=None, help="KV hand-off port (prefill role)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default per device)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--weights", default=None, help="HF directory with safetensors (default: random)")
+    p.add_argument("--tokenizer", default="bytes", help="tokenizer directory, or 'bytes'")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--cpus", default="", help="comma-separated cores to pin to (default: no pinning)")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-tokens", type=int, default=2048)
+    p.add_argument("--max-kv-tokens", type=int, default=65536)
+    p.add_argument("--max-queue", type=int, default=128, help="waiting requests before answering 503")
+    p.add_argument("--kv-timeout-s", type=float, default=60.0)
+    p.add_argument("--bootstrap-timeout-s", type=float, default=3.0)
+    p.add_argument("--kv-transport", default="auto", choices=KV_TRANSPORTS)
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    ns = p.parse_args(argv)
+    cpus = tuple(int(c) for c in ns.cpus.split(",") if c.strip()) if ns.cpus else ()
+    values = {k: v for k, v in vars(ns).items() if k != "cpus"}
+    return WorkerConfig(**values, cpus=cpus)
+
+
+def _eos_ids(model: str) -> tuple[int, ...]:
+    from pdplan.profiles.model_spec import read_config
+
+    eos = read_config(model).get("eos_token_id")
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+
+
+async def serve(config: WorkerConfig) -> None:
+    """Build the worker and serve until a stop signal."""
+    import torch
+    from aiohttp import web
+
+    from pdplan.profiles.executor import Executor
+    from pdplan.profiles.model_spec import load_model_spec
+    from pdplan.realrun.engine import Engine, EngineConfig
+    from pdplan.realrun.kv_budget import KvBudget
+    from pdplan.realrun.kv_sender import KvSender
+    from pdplan.realrun.metrics import WorkerMetrics
+    from pdplan.realrun.protocol import Limits
+    from pdplan.realrun.server import WorkerServer
+    from pdplan.realrun.service import ServiceConfig, WorkerService
+    from pdplan.realrun.tokenizer import load_tokenizer
+
+    torch.set_num_threads(config.threads)
+    spec = load_model_spec(config.model)
+    weights = Path(config.weights) if config.weights else None
+    executor = Executor(spec, device=config.device, dtype=config.dtype, seed=config.seed, weights=weights)
+    tokenizer = load_tokenizer(config.tokenizer, spec.vocab_size)
+    metrics = WorkerMetrics(config.role)
+    budget = KvBudget(config.max_kv_tokens)
+    engine_config = EngineConfig(
+        config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed
+    )
+    engine = Engine(executor, engine_config, metrics, budget)
+    sender = None
+    if config.role == "prefill":
+        assert config.bootstrap_port is not None
+        sender = KvSender(
+            config.host, config.bootstrap_port, executor.dtype_name, metrics,
+            config.bootstrap_timeout_s, config.kv_timeout_s,
+        )  # fmt: skip
+    service = WorkerService(
+        executor, engine, budget, metrics,
+        ServiceConfig(config.role, config.max_queue, config.kv_timeout_s, config.kv_transport), sender,
+    )  # fmt: skip
+    context = spec.max_position_embeddings
+    total = context if config.role == "prefill" else min(context, config.max_kv_tokens)
+    limits = Limits(executor.vocab_size, total, min(total - 1, config.max_kv_tokens))
+    metrics.gauge(
+        "queue_length", "Requests waiting (queue, KV admission, batch slot).", lambda: service.waiting
+    )
+    metrics.gauge("running_batch", "Sequences in the running decode batch.", lambda: engine.running_count)
+    metrics.gauge("kv_used_tokens", "KV tokens reserved or held.", lambda: budget.used_tokens)
+    metrics.gauge("kv_capacity_tokens", "KV tokens this worker may hold.", lambda: budget.capacity_tokens)
+    if sender is not None:
+        metrics.gauge("open_rooms", "KV hand-offs in progress.", lambda: sender.open_rooms)
+    model_path = config.weights or config.model
+    server = WorkerServer(config, spec, service, tokenizer, limits, metrics, model_path)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    engine.start()
+    if sender is not None:
+        await sender.start()
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+    log.info(
+        "%s serving on http://%s:%d (role %s, bootstrap port %s, device %s, %d torch threads, cpus %s)",
+        config.name, config.host, config.port, config.role, config.bootstrap_port, config.device,
+        torch.get_num_threads(), ",".join(map(str, config.cpus)) or "all",
+    )  # fmt: skip
+    watcher = asyncio.ensure_future(_watch_parent(config.parent_pid, stop))
+    await stop.wait()
+    log.info("%s stopping: failing requests in flight with 503", config.name)
+    watcher.cancel()
+    server.shutting_down = True
+    await loop.run_in_executor(None, engine.stop)
+    await asyncio.sleep(0.2)  # let handlers write the errors of the requests the engine just ended
+    if sender is not None:
+        await sender.close()
+    await runner.cleanup()
+    service.close()
+
+
+async def _watch_parent(parent_pid: int | None, stop: asyncio.Event) -> None:
+    if parent_pid is None:
+        return
+    while True:
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent_pid:
+            log.warning("parent process %d is gone; stopping", parent_pid)
+            stop.set()
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    _quiet_http2_probe()
+    try:
+        config = parse_args(argv)
+        if config.cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, config.cpus)
+        os.environ.setdefault("OMP_NUM_THREADS", str(config.threads))
+        asyncio.run(serve(config))
+    except PdplanError as err:
+        log.error("error: %s", err)
+        return 2
+    return 0
+
+
+def _quiet_http2_probe() -> None:
+    """sglang-router probes each worker with an HTTP/2 preface before falling back to HTTP/1.1;
+    aiohttp logs that as a traceback. It is expected, so log it as one debug line instead."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None and "PRI" in str(exc):
+                logging.getLogger("pdplan.realrun.worker").debug("HTTP/2 preface probe refused")
+                return False
+            return True
+
+    logging.getLogger("aiohttp.server").addFilter(_Filter())
+
+
+if __name__ == "__main__":
+    code = 130
+    with contextlib.suppress(KeyboardInterrupt):
+        code = main()
+    # Skip interpreter finalization: its final garbage collection of torch's objects can keep a
+    # stopping worker busy for seconds on a loaded machine. Everything was closed in serve().
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
