@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -127,8 +128,10 @@ def _check_out(out: Path) -> None:
     ancestor = out.absolute().parent
     while not ancestor.exists():
         ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {str(out)!r}: {str(ancestor)!r} is not a writable directory")
+    try:  # a real probe: os.access says yes to root even on read-only or virtual file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".pdplan-probe-", dir=ancestor))
+    except OSError:
+        raise ConfigError(f"--out {str(out)!r}: {str(ancestor)!r} is not a writable directory") from None
 
 
 def _measure(
@@ -235,5 +238,6 @@ def _print_summary(result: Profile, out: Path, wall_s: float) -> None:
                 f"{phase} LOO error", f"median {loo.median:.1%}, max {loo.max:.1%} ({loo.num_points} points)"
             )
     table.add_row("wall time", f"{wall_s:.1f} s")
-    table.add_row("written to", str(out))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"written to {out}", soft_wrap=True, highlight=False)
