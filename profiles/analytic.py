@@ -52,7 +52,8 @@ MFU = 0.6
 #: Achieved / peak DRAM bandwidth of weight-streaming decode GEMMs (model bandwidth utilisation).
 #: gpt-fast (pytorch-labs/gpt-fast README) decodes Llama-2-7B bf16 at batch 1 at 1,397 GB/s on an
 #: A100-80GB of 2,039 GB/s peak (0.69; power-capped at 330 W, its note puts the card's practical
-#: peak at ~1,700 GB/s); an H100 device-to-device copy reaches ~3.0 of 3.35 TB/s (0.90) here.
+#: peak at ~1,700 GB/s, i.e. 0.82 of what the card delivered); a device-to-device torch copy on an
+#: H100 SXM moves ~3.0 of 3.35 TB/s (0.90), the practical ceiling. We take 0.75.
 MBU = 0.75
 #: Achieved / peak FLOP/s of attention. FlashAttention-3 forward, bf16, head_dim 128 on H100:
 #: 430-620 TFLOP/s for seqlen 512-16k (pytorch/benchmark PR #2391, FA3 paper's setup), i.e.
@@ -219,7 +220,9 @@ def analytic_tables(
     roof = Roofline(shard_spec(spec, tp), hardware, tp, chosen)
     budget_tokens = kv_budget_bytes(spec, hardware, tp, chosen) // _kv_bytes_per_token(spec, tp, chosen)
     max_len = spec.max_position_embeddings
-    prefill_rows, decode_rows, op_rows = [], [], []
+    prefill_rows: list[tuple[int, int, float]] = []
+    decode_rows: list[tuple[int, int, float]] = []
+    op_rows: list[tuple[str, int | None, int | None, int | None, int | None, str, float]] = []
     for seq_len in PREFILL_SEQ_LENS:
         for num_seqs in PREFILL_NUM_SEQS:
             tokens = num_seqs * seq_len

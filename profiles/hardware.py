@@ -157,7 +157,8 @@ CATALOG: dict[str, Hardware] = {
     # AMD Instinct MI300X datasheet: peak BF16 2,614.9 TFLOPS with sparsity → 1,307.4 dense;
     # 192 GB HBM3 at 5.3 TB/s; Infinity Fabric 7 links × 128 GB/s bidirectional = 896 GB/s
     # aggregate peer bandwidth → 448 per direction (a ring all-reduce over all 7 links, as RCCL
-    # does with several channels).
+    # does with several channels). All-reduce latency: the NVLink figure, for want of a
+    # published MI300X small-message measurement.
     "mi300x": Hardware(
         "mi300x",
         192 * _GIB,
