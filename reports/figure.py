@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
 #: One palette for every figure, so a role or a mode has the same colour everywhere (Okabe–Ito,
@@ -29,7 +31,7 @@ ROLE_COLORS = {"prefill": "#0072B2", "decode": "#E69F00", "colocated": "#009E73"
 MODE_COLORS = {"disaggregated": "#0072B2", "colocated": "#009E73"}
 SLO_COLOR = "#D55E00"
 
-_RC = {
+_RC: dict[str, Any] = {
     "svg.fonttype": "none",  # text stays text: smaller files, selectable and searchable
     "svg.hashsalt": "pdplan",  # deterministic ids, so a report is reproducible byte for byte
     "font.family": "sans-serif",
@@ -51,7 +53,7 @@ def style() -> Iterator[None]:
     """The report's matplotlib settings, scoped (rcParams are restored on exit)."""
     import matplotlib
 
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(cast(Any, _RC)):  # stubs want literal keys
         yield
 
 
@@ -98,7 +100,7 @@ def log_axis(ax: Axes, which: str) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
     assert which in ("x", "y", "both"), f"which={which!r}"
-    axes = []
+    axes: list[Axis] = []
     if which in ("x", "both"):
         ax.set_xscale("log")
         axes.append(ax.xaxis)
@@ -183,7 +185,7 @@ def bin_series(
     return centres[full], sums[full] / counts[full], mins[full], maxs[full]
 
 
-def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
+def pareto_front(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     """Indices of the points not dominated when both ``x`` and ``y`` are to be maximised,
     ordered by increasing ``x`` (so ``y`` decreases along the front)."""
     xs = np.asarray(x, dtype=float)

@@ -6,7 +6,7 @@ row; both are turned into the same ``PlanView`` so the two can sit in one table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -120,7 +120,7 @@ def plan_view(plan: dict[str, Any]) -> PlanView:
     predicted = plan.get("predicted") if isinstance(plan.get("predicted"), dict) else {}
     assert isinstance(predicted, dict)
     latency = tuple(_float(predicted.get(k)) for k in LATENCY_KEYS)
-    common = {
+    common: dict[str, Any] = {
         "gpus": _int(plan.get("gpus")),
         "goodput_rps": _float(predicted.get("goodput_rps")),
         "goodput_rps_per_gpu": _float(predicted.get("goodput_rps_per_gpu")),
@@ -164,7 +164,7 @@ def plan_view(plan: dict[str, Any]) -> PlanView:
             + view.decode_instances * view.decode_tp
             + view.colocated_instances * view.colocated_tp
         )
-        view = PlanView(**{**view.__dict__, "gpus": gpus})
+        view = replace(view, gpus=gpus)
     return view
 
 
@@ -205,7 +205,7 @@ def goodput_probe(probes: pd.DataFrame | None, candidate_id: str) -> pd.Series |
     mine = probes[(probes["candidate_id"] == candidate_id) & probes["meets_slo"]]
     if mine.empty:
         return None
-    return mine.loc[mine["rate_rps"].idxmax()]
+    return mine.sort_values("rate_rps", kind="stable").iloc[-1]
 
 
 def ranked(candidates: pd.DataFrame, mode: str | None = None) -> pd.DataFrame:

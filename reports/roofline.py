@@ -47,9 +47,9 @@ def roofline_for(profile: Profile) -> tuple[Roofline | None, str]:
         if (profile.dtype == "float32" and name != "cpu")
         else ""
     )
-    peak, bandwidth = hw.get("peak_bf16_tflops"), hw.get("mem_bandwidth_gbps")
-    if _positive(peak) and _positive(bandwidth):
-        return Roofline(float(peak), float(bandwidth), f"profile.yaml ({name}){loose}"), ""
+    peak, bandwidth = _positive(hw.get("peak_bf16_tflops")), _positive(hw.get("mem_bandwidth_gbps"))
+    if peak and bandwidth:
+        return Roofline(peak, bandwidth, f"profile.yaml ({name}){loose}"), ""
     if name == "cpu":
         return None, (
             "No roofline: cpu peaks are detected when profiling and this profile.yaml "
@@ -63,15 +63,18 @@ def roofline_for(profile: Profile) -> tuple[Roofline | None, str]:
         entry = module.get_hardware(name)
     except (PdplanError, LookupError) as err:
         return None, f"No roofline: hardware {name!r} has no catalog entry ({err})."
-    peak = getattr(entry, "peak_bf16_tflops", None)
-    bandwidth = getattr(entry, "mem_bandwidth_gbps", None)
-    if _positive(peak) and _positive(bandwidth):
-        return Roofline(float(peak), float(bandwidth), f"the {name} catalog entry{loose}"), ""
+    peak = _positive(getattr(entry, "peak_bf16_tflops", None))
+    bandwidth = _positive(getattr(entry, "mem_bandwidth_gbps", None))
+    if peak and bandwidth:
+        return Roofline(peak, bandwidth, f"the {name} catalog entry{loose}"), ""
     return None, f"No roofline: the {name} catalog entry has no peak FLOP/s or bandwidth."
 
 
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+def _positive(value: object) -> float | None:
+    """``value`` as a float when it is a positive number, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 def prefill_work(

@@ -77,10 +77,13 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
         ax.set_xlabel("prefill instances")
         ax.set_ylabel("decode instances")
         ax.grid(False)
+        finite = grid[np.isfinite(grid)]
+        low, span = (float(finite.min()), float(np.ptp(finite))) if finite.size else (0.0, 0.0)
         for d in range(len(decode)):
             for p in range(len(prefill)):
                 if np.isfinite(grid[d, p]):
-                    dark_cell = float(image.norm(grid[d, p])) < 0.5  # viridis is dark at the low end
+                    # viridis is dark at the low end of the colour scale: white text there
+                    dark_cell = span <= 0 or (grid[d, p] - low) / span < 0.5
                     ax.text(
                         p,
                         d,
@@ -121,12 +124,11 @@ def attainment_figure(probes: pd.DataFrame, lines: Sequence[tuple[str, str]], ta
         fig = new_figure(7.0, 3.4)
         ax = fig.add_subplot()
         for i, (cid, label) in enumerate(lines):
-            mine = probes[probes["candidate_id"] == cid]
-            mine = mine.groupby("rate_rps", as_index=False)["attainment"].mean()
+            curve = probes[probes["candidate_id"] == cid].groupby("rate_rps")["attainment"].mean()
             colo = "colocated" in label
             ax.plot(
-                mine["rate_rps"],
-                mine["attainment"],
+                curve.index.to_numpy(dtype=float),
+                curve.to_numpy(dtype=float),
                 marker="o",
                 markersize=3,
                 linestyle="--" if colo else "-",
