@@ -1,0 +1,74 @@
+"""Mapping a plan to processes: roles, ports, thread split, and the router's command line."""
+
+from __future__ import annotations
+
+import pytest
+from realrun_helpers import free_port
+
+from pdplan.profiles.errors import DeployError
+from pdplan.realrun.deployment import DeploymentSpec, InstanceGroup, LaunchOptions, build_launch
+
+
+def _disagg(prefill: int = 1, decode: int = 2, tp: int = 1) -> DeploymentSpec:
+    return DeploymentSpec(
+        "tiny-llama",
+        "disaggregated",
+        (InstanceGroup("prefill", prefill, tp, 8, 512), InstanceGroup("decode", decode, 1, 16, 2048, 4096)),
+    )
+
+
+def test_disaggregated_launch_plan() -> None:
+    port = free_port()
+    launch = build_launch(_disagg(), LaunchOptions(port=port))
+    names = [w.name for w in launch.workers]
+    assert names == ["prefill-0", "decode-0", "decode-1"]
+    ports = [w.port for w in launch.workers] + [w.bootstrap_port for w in launch.workers if w.bootstrap_port]
+    assert len(set(ports)) == len(ports) and port not in ports
+    argv = launch.router.argv
+    assert argv[1:4] == ("-m", "sglang_router.launch_router", "--pd-disaggregation")
+    prefill = launch.workers[0]
+    i = argv.index("--prefill")
+    assert argv[i + 1 : i + 3] == (prefill.url, str(prefill.bootstrap_port))
+    assert [argv[j + 1] for j, a in enumerate(argv) if a == "--decode"] == [w.url for w in launch.workers[1:]]
+    assert "--disable-circuit-breaker" in argv and argv[argv.index("--port") + 1] == str(port)
+    decode_argv = launch.workers[1].argv
+    assert decode_argv[decode_argv.index("--max-kv-tokens") + 1] == "4096"
+    assert decode_argv[decode_argv.index("--role") + 1] == "decode"
+    assert all(w.threads >= 1 and w.env["OMP_NUM_THREADS"] == str(w.threads) for w in launch.workers)
+
+
+def test_colocated_uses_the_routers_regular_mode() -> None:
+    spec = DeploymentSpec("tiny-llama", "colocated", (InstanceGroup("colocated", 2),))
+    launch = build_launch(spec, LaunchOptions(port=free_port()))
+    argv = launch.router.argv
+    assert "--pd-disaggregation" not in argv
+    i = argv.index("--worker-urls")
+    assert list(argv[i + 1 : i + 3]) == [w.url for w in launch.workers]
+
+
+def test_gpus_are_assigned_round_robin() -> None:
+    launch = build_launch(_disagg(1, 3), LaunchOptions(devices=("cuda:0", "cuda:1"), port=free_port()))
+    assert [w.device for w in launch.workers] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: _disagg(tp=2), "tp=2"),
+        (lambda: _disagg(prefill=0), "instances=0"),
+        (lambda: DeploymentSpec("m", "colocated", (InstanceGroup("prefill", 1),)), "expected roles"),
+    ],
+)
+def test_unsupported_plans_are_deploy_errors(make, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DeployError, match=message):
+        make()
+
+
+def test_busy_router_port_is_refused() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(DeployError, match="already in use"):
+            build_launch(_disagg(), LaunchOptions(port=busy.getsockname()[1]))

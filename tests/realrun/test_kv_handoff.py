@@ -1,0 +1,220 @@
+"""The KV hand-off between a real KvSender and KvClaim over sockets: lossless, bounded, and failing fast."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from realrun_helpers import free_port  # noqa: E402
+
+from pdplan.realrun.engine import PrefilledEvent  # noqa: E402
+from pdplan.realrun.kv_receiver import KvClaim, send_abort  # noqa: E402
+from pdplan.realrun.kv_sender import HandoffError, KvSender  # noqa: E402
+from pdplan.realrun.metrics import WorkerMetrics  # noqa: E402
+from pdplan.realrun.protocol import Bootstrap  # noqa: E402
+
+PROMPT = (17, 923, 411, 250, 77, 1000, 3)
+
+
+def _prefilled(executor: Any, prompt: tuple[int, ...] = PROMPT) -> PrefilledEvent:
+    logits, caches = executor.prefill([list(prompt)])
+    return PrefilledEvent(int(logits.argmax(-1)[0]), caches[0], 1.0, 2.0)
+
+
+def _expect(executor: Any, prompt_tokens: int) -> tuple[tuple[int, int, int], str, int]:
+    s = executor.spec
+    return (s.num_layers, s.num_kv_heads, s.head_dim), executor.dtype_name, prompt_tokens
+
+
+def _payload(executor: Any, prompt_tokens: int) -> int:
+    return executor.spec.kv_bytes_per_token(executor.dtype_name) * prompt_tokens
+
+
+async def _sender(executor: Any, metrics: WorkerMetrics | None = None, **timeouts: float) -> KvSender:
+    sender = KvSender(
+        "127.0.0.1", free_port(), executor.dtype_name, metrics or WorkerMetrics("prefill"), **timeouts
+    )
+    await sender.start()
+    return sender
+
+
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+@pytest.mark.parametrize("claim_first", [False, True])
+def test_handoff_is_lossless(executor: Any, transport: str, claim_first: bool) -> None:
+    event = _prefilled(executor)
+
+    async def scenario() -> tuple[Any, Any, float]:
+        metrics = WorkerMetrics("prefill")
+        sender = await _sender(executor, metrics)
+        boot = Bootstrap("127.0.0.1", sender.port, 42)
+        if not claim_first:
+            room = sender.register(42, PROMPT)
+        pool = ThreadPoolExecutor(1)
+        async with await KvClaim.open(boot, PROMPT, transport) as claim:
+            if claim_first:
+                await asyncio.sleep(0.05)
+                room = sender.register(42, PROMPT)
+            sender.kv_ready(42, event)
+            cache, meta, _ = await claim.receive(
+                _payload(executor, len(PROMPT)),
+                executor.new_cache,
+                8,
+                _expect(executor, len(PROMPT)),
+                pool,
+                5.0,
+            )
+        await asyncio.wait_for(room.result, 5.0)
+        await sender.close()
+        pool.shutdown()
+        return cache, meta, metrics.counter("kv_transfer_bytes_total")
+
+    cache, meta, sent = asyncio.run(scenario())
+    n = len(PROMPT)
+    assert cache.length == n and cache.capacity >= n + 8
+    assert torch.equal(cache.k[:, :, :n], event.cache.k[:, :, :n])
+    assert torch.equal(cache.v[:, :, :n], event.cache.v[:, :, :n])
+    assert (meta.first_token, meta.prefill_start_s, meta.prefill_end_s) == (event.token, 1.0, 2.0)
+    assert sent == _payload(executor, n)
+
+
+def test_received_cache_decodes_like_the_original(executor: Any) -> None:
+    """Greedy decoding from the transferred KV equals decoding from the prefill's own KV."""
+    event = _prefilled(executor)
+
+    async def scenario() -> Any:
+        sender = await _sender(executor)
+        sender.register(7, PROMPT)
+        sender.kv_ready(7, event)
+        pool = ThreadPoolExecutor(1)
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 7), PROMPT) as claim:
+            cache, _, _ = await claim.receive(
+                _payload(executor, len(PROMPT)),
+                executor.new_cache,
+                8,
+                _expect(executor, len(PROMPT)),
+                pool,
+                5.0,
+            )
+        await sender.close()
+        return cache
+
+    received = asyncio.run(scenario())
+    own = _prefilled(executor).cache
+
+    def greedy(cache: Any) -> list[int]:
+        token, out = event.token, []
+        for _ in range(6):
+            token = int(executor.decode([token], [cache]).argmax(-1)[0])
+            out.append(token)
+        return out
+
+    assert greedy(received) == greedy(own)
+
+
+def test_unclaimed_room_fails_after_the_bootstrap_timeout(executor: Any) -> None:
+    async def scenario() -> tuple[HandoffError, float, HandoffError]:
+        sender = await _sender(executor, bootstrap_timeout_s=0.3)
+        room = sender.register(5, PROMPT)
+        start = time.monotonic()
+        with pytest.raises(HandoffError) as first:
+            await asyncio.wait_for(room.result, 5.0)
+        waited = time.monotonic() - start
+        # A late claim is answered at once from the tombstone, with the same status.
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 5), PROMPT) as claim:
+            with pytest.raises(HandoffError) as late:
+                await asyncio.wait_for(claim.guard(asyncio.sleep(30)), 5.0)
+        await sender.close()
+        return first.value, waited, late.value
+
+    err, waited, late = asyncio.run(scenario())
+    assert err.status == 504 and "no decode worker claimed" in err.message
+    assert 0.25 <= waited < 2.0
+    assert late.status == 504
+
+
+def test_decode_hanging_up_fails_the_room_at_once(executor: Any) -> None:
+    async def scenario() -> tuple[HandoffError, float]:
+        sender = await _sender(executor, kv_timeout_s=30.0)
+        room = sender.register(9, PROMPT)
+        claim = await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 9), PROMPT)
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        claim.close()  # the decode worker dies before READY
+        with pytest.raises(HandoffError) as err:
+            await asyncio.wait_for(room.result, 5.0)
+        await sender.close()
+        return err.value, time.monotonic() - start
+
+    err, waited = asyncio.run(scenario())
+    assert err.status == 502 and waited < 1.0  # not the 30 s KV timeout
+
+
+def test_prefill_failure_ends_the_decode_wait_with_its_status(executor: Any) -> None:
+    async def scenario() -> HandoffError:
+        sender = await _sender(executor)
+        sender.register(11, PROMPT)
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 11), PROMPT) as claim:
+            asyncio.get_running_loop().call_later(0.1, sender.fail, 11, "prefill overloaded", 503)
+            with pytest.raises(HandoffError) as err:
+                await asyncio.wait_for(claim.guard(asyncio.sleep(30)), 5.0)
+        await sender.close()
+        return err.value
+
+    err = asyncio.run(scenario())
+    assert err.status == 503 and "prefill overloaded" in err.message
+
+
+def test_abort_from_the_decode_side_fails_the_room(executor: Any) -> None:
+    async def scenario() -> HandoffError:
+        sender = await _sender(executor)
+        room = sender.register(13, PROMPT)
+        await send_abort(Bootstrap("127.0.0.1", sender.port, 13), "queue full")
+        with pytest.raises(HandoffError) as err:
+            await asyncio.wait_for(room.result, 5.0)
+        await sender.close()
+        return err.value
+
+    err = asyncio.run(scenario())
+    assert err.status == 409 and "queue full" in err.message
+
+
+@pytest.mark.parametrize(
+    ("claimed_prompt", "reservation_delta", "status"),
+    [((1, 2, 3), 0, 409), (PROMPT, -1, 507)],
+    ids=["other-prompt", "reservation-too-small"],
+)
+def test_mismatches_are_refused_on_both_sides(
+    executor: Any, claimed_prompt: tuple[int, ...], reservation_delta: int, status: int
+) -> None:
+    event = _prefilled(executor)
+
+    async def scenario() -> tuple[HandoffError, HandoffError]:
+        sender = await _sender(executor)
+        room = sender.register(17, PROMPT)
+        sender.kv_ready(17, event)
+        pool = ThreadPoolExecutor(1)
+        n = len(claimed_prompt)
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 17), claimed_prompt) as claim:
+            with pytest.raises(HandoffError) as decode_err:
+                await claim.receive(
+                    _payload(executor, n) + reservation_delta,
+                    executor.new_cache,
+                    4,
+                    _expect(executor, n),
+                    pool,
+                    5.0,
+                )
+        with pytest.raises(HandoffError) as prefill_err:
+            await asyncio.wait_for(room.result, 5.0)
+        await sender.close()
+        return decode_err.value, prefill_err.value
+
+    decode_err, prefill_err = asyncio.run(scenario())
+    assert prefill_err.status == status
+    assert decode_err.status == status
