@@ -135,16 +135,34 @@ def error_figure(profile: Profile) -> MplFigure:
     return fig
 
 
+_SHAPE_COLUMNS = {
+    "prefill": (("num_seqs", "seq_len"), ("batch_size", "context_len")),
+    "decode": (("batch_size", "context_len"), ("num_seqs", "seq_len")),
+}
+
+
+def _shape_columns(rows: pd.DataFrame, phase: str) -> tuple[str, str] | None:
+    """The (size, length) columns that describe this phase's shapes in ``ops.csv`` (RUNDIR.md:
+    ``num_seqs``/``batch_size`` and ``seq_len``/``context_len``, blank where not applicable)."""
+    for size, length in _SHAPE_COLUMNS.get(phase, _SHAPE_COLUMNS["prefill"]):
+        if {size, length} <= set(rows.columns) and rows[[size, length]].notna().all(axis=None):
+            return size, length
+    return None
+
+
 def ops_figure(ops: pd.DataFrame) -> MplFigure:
     """Share of each op class in the measured time, per phase and shape (stacked bars)."""
-    size = "num_seqs" if "num_seqs" in ops.columns else "batch_size"
-    length = "seq_len" if "seq_len" in ops.columns else "context_len"
     phases = [p for p in ("prefill", "decode") if (ops["phase"] == p).any()]
     with style():
         fig = new_figure(7.5, 3.1, Margins(top_in=0.3, bottom_in=0.8, right_in=0.95))
         axes = fig.subplots(1, max(1, len(phases)), squeeze=False)[0]
         for ax, phase in zip(axes, phases, strict=False):
             mine = ops[ops["phase"] == phase]
+            columns = _shape_columns(mine, phase)
+            if columns is None:
+                ax.set_title(f"{phase}: no shape columns")
+                continue
+            size, length = columns
             table = mine.pivot_table(
                 index=[size, length], columns="op", values="latency_ms", aggfunc="sum", fill_value=0.0
             )
@@ -162,7 +180,9 @@ def ops_figure(ops: pd.DataFrame) -> MplFigure:
             )
             ax.set_title(f"{phase} ({size} × {length})")
             ax.set_ylabel("share of time (%)")
-        axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+        if labelled:
+            labelled[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 

@@ -165,7 +165,7 @@ def write_combined_report(
     started = time.perf_counter()
     runs = load_runs(run_dirs, require_files=True)
     path = write_html(render_html(runs, title, strict=strict), Path(out_file))
-    log.info("report written to %s in %.1f s", path, time.perf_counter() - started)
+    log.debug("report written to %s in %.1f s", path, time.perf_counter() - started)
     return path
 
 

@@ -83,16 +83,24 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     assert front.tolist() == [0, 1, 2]  # (2,3) is dominated by (2,4); (0.5,5) by (1,5)
 
 
-def test_log_axis_prints_plain_numbers() -> None:
+def _log_labels(low: float, high: float) -> list[str]:
     with style():
         fig = new_figure(3, 2)
         ax = fig.add_subplot()
-        ax.plot([100, 5000], [1, 2])
+        ax.plot([low, high], [1, 2])
         log_axis(ax, "x")
         fig.canvas.draw()
-        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
-    assert ax.get_xscale() == "log"
-    assert "1000" in labels and "200" in labels and not any("$" in s for s in labels)
+        assert ax.get_xscale() == "log"
+        return [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+
+
+def test_log_axis_prints_plain_numbers_at_steps_that_fit_the_range() -> None:
+    short = _log_labels(100, 2000)  # 1.3 decades: 1-2-5 steps
+    assert {"100", "200", "500", "1000", "2000"} <= set(short) and not any("$" in s for s in short)
+    medium = _log_labels(100, 20_000)  # 2.3 decades: 1-3 steps
+    assert {"100", "300", "1000", "3000", "10000"} <= set(medium) and "200" not in medium
+    wide = _log_labels(1, 1e5)  # decades only
+    assert {"1", "10", "100", "1000", "10000", "100000"} <= set(wide) and "3" not in wide
 
 
 def test_number_formatting() -> None:

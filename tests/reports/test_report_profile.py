@@ -116,6 +116,28 @@ def test_ops_breakdown_shares_sum_to_100() -> None:
     assert sorted(round(p.get_height(), 6) for p in fig.axes[1].patches) == [50.0, 50.0]
 
 
+def test_ops_breakdown_reads_the_profiler_layout() -> None:
+    """ops.csv as pdplan profile writes it: both shape column pairs, blank where not applicable."""
+    ops = pd.DataFrame(
+        {
+            "phase": ["prefill", "prefill", "decode", "decode", "decode"],
+            "num_seqs": [2, 2, None, None, None],
+            "seq_len": [256, 256, None, None, None],
+            "batch_size": [None, None, 16, 16, 16],
+            "context_len": [None, None, 1024, 1024, 1024],
+            "op": ["gemm", "attention", "gemm", "attention", "allreduce"],
+            "latency_ms": [9.0, 1.0, 2.0, 1.0, 1.0],
+        }
+    )
+    fig = ops_figure(ops)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "prefill (num_seqs × seq_len)",
+        "decode (batch_size × context_len)",
+    ]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["16×1024"]
+    assert sorted(round(p.get_height(), 6) for p in fig.axes[1].patches) == [25.0, 25.0, 50.0]
+
+
 def test_profile_section(profile_run) -> None:
     folder, profile = profile_run
     run = RunData(path=folder, profile=profile)
