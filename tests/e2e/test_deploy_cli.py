@@ -1,0 +1,68 @@
+"""``pdplan deploy`` options that start nothing: --dry-run, plan and option errors (exit code 2)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from deploy_helpers import free_port, write_plan
+from typer.testing import CliRunner
+
+from pdplan.planner.cli.app import app
+
+pytest.importorskip("sglang_router")
+
+
+def test_dry_run_prints_every_process_and_the_router_command(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        prefill={"instances": 2, "tp": 1, "max_batch_tokens": 512, "max_batch_size": 4},
+        decode={"instances": 1, "tp": 1, "max_batch_size": 16, "max_kv_tokens": 8192},
+    )
+    port = free_port()
+    result = CliRunner().invoke(
+        app, ["deploy", str(plan), "--port", str(port), "--dry-run"], terminal_width=250
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("prefill-0", "prefill-1", "decode-0", "router"):
+        assert f"{name}: " in result.output
+    assert "-m sglang_router.launch_router --pd-disaggregation --prefill http://127.0.0.1:" in result.output
+    assert f"--port {port}" in result.output and "--max-kv-tokens 8192" in result.output
+    assert "threads:" in result.output
+    assert not (tmp_path / "deploy.json").exists() and not list(Path.cwd().glob("runs/deploy-*/deploy.json"))
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"prefill": {"instances": 1, "tp": 2}, "decode": {"instances": 1}}, "tp=2"),
+        ({"prefill": {"instances": 1}}, "needs a decode: section"),
+        ({"prefill": {"instances": 1, "gpus": 3}, "decode": {"instances": 1}}, "unknown keys"),
+        ({"prefill": {"instances": "two"}, "decode": {"instances": 1}}, "expected a positive integer"),
+    ],
+)
+def test_bad_plans_exit_2_with_one_line(
+    tmp_path: Path, pdplan_script: Path, sections: dict, message: str
+) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", **sections)
+    done = subprocess.run(
+        [str(pdplan_script), "deploy", str(plan), "--dry-run"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unknown_target_and_missing_record(tmp_path: Path, pdplan_script: Path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", prefill={"instances": 1}, decode={"instances": 1})
+    done = subprocess.run(
+        [str(pdplan_script), "deploy", str(plan), "--target", "k8s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--target" in done.stderr
+    done = subprocess.run(
+        [str(pdplan_script), "deploy", "--stop", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "deploy.json" in done.stderr
