@@ -197,6 +197,8 @@ def _slo(runs: Sequence[RunData]) -> tuple[list[SloLine], list[str]]:
         for source in (run.plan, run.summary):
             if source is not None and source.get("slo"):
                 return parse_slo(source["slo"])
+            if source is not None and isinstance(source.get("slo_ms"), dict):
+                return parse_slo(source["slo_ms"], default_unit="ms")
     return [], []
 
 

@@ -3,7 +3,7 @@
 Accepted forms (DESIGN.md: ``--slo "ttft=1s,tpot=50ms"``, percentile form ``ttft_p99=2s``): the
 string itself, or a mapping whose keys carry the unit (``ttft_ms: 1000``, ``tpot_s: 0.05``,
 ``ttft_p99_ms: 2000``) or whose values do (``ttft: 1s``). A number with no unit anywhere is
-ambiguous and is reported, not guessed.
+ambiguous and is reported, not guessed; a mapping named ``slo_ms`` holds milliseconds.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ class SloLine:
         return f"SLO {self.condition}"
 
 
-def parse_slo(slo: Any) -> tuple[list[SloLine], list[str]]:
+def parse_slo(slo: Any, default_unit: str | None = None) -> tuple[list[SloLine], list[str]]:
     """The thresholds in ``slo`` and a note for every entry that could not be read.
+
+    ``default_unit`` (``ms`` or ``s``) applies to bare numbers, for a mapping whose own name carries
+    the unit (``slo_ms: {ttft: 1000}``, what ``pdplan.sim.summary.summarize`` takes).
 
     Keys that are not latency metrics (``attainment``, say) are ignored without a note.
     """
@@ -61,7 +64,7 @@ def parse_slo(slo: Any) -> tuple[list[SloLine], list[str]]:
         if match is None:
             continue
         metric, pct, key_unit = match.group(1), match.group(2), match.group(3)
-        threshold = _to_ms(value, key_unit)
+        threshold = _to_ms(value, key_unit or default_unit)
         if threshold is None:
             notes.append(f"slo {key}={value!r} has no readable unit (ms or s); line not drawn")
             continue

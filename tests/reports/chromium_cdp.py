@@ -124,6 +124,7 @@ class PageLoad:
     exceptions: list[dict[str, Any]] = field(default_factory=list)
     probe: Any = None
     screenshot_png: bytes = b""
+    pdf: bytes = b""
 
     @property
     def errors(self) -> list[str]:
@@ -181,9 +182,10 @@ def _devtools_port(profile_dir: Path, proc: subprocess.Popen[bytes], timeout_s: 
 
 
 def load_page(
-    chromium: str, page: Path, probe_js: str, width: int = 1366, timeout_s: float = 60.0
+    chromium: str, page: Path, probe_js: str, width: int = 1366, timeout_s: float = 60.0, pdf: bool = False
 ) -> PageLoad:
-    """Open ``page`` (a local file), wait for ``load``, run ``probe_js``, take a full-page screenshot."""
+    """Open ``page`` (a local file), wait for ``load``, run ``probe_js``, take a full-page screenshot,
+    and with ``pdf`` print it (A4, the page's print CSS)."""
     with tempfile.TemporaryDirectory(prefix="pdplan-chromium-") as tmp:
         profile_dir = Path(tmp)
         proc = subprocess.Popen(
@@ -198,7 +200,7 @@ def load_page(
             target = next(t for t in targets if t.get("type") == "page")
             ws = WebSocket(target["webSocketDebuggerUrl"], timeout_s)
             try:
-                return _drive(_Cdp(ws, timeout_s), page, probe_js, width)
+                return _drive(_Cdp(ws, timeout_s), page, probe_js, width, pdf)
             finally:
                 ws.close()
         finally:
@@ -210,7 +212,7 @@ def load_page(
                 proc.wait()
 
 
-def _drive(cdp: _Cdp, page: Path, probe_js: str, width: int) -> PageLoad:
+def _drive(cdp: _Cdp, page: Path, probe_js: str, width: int, pdf: bool) -> PageLoad:
     for domain in ("Page", "Network", "Runtime", "Log"):
         cdp.call(f"{domain}.enable")
     cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1, mobile=False)
@@ -227,6 +229,9 @@ def _drive(cdp: _Cdp, page: Path, probe_js: str, width: int) -> PageLoad:
         clip={"x": 0, "y": 0, "width": width, "height": min(size["height"], 16000), "scale": 1},
     )
     out = PageLoad(probe=result.get("result", {}).get("value"), screenshot_png=base64.b64decode(shot["data"]))
+    if pdf:
+        printed = cdp.call("Page.printToPDF", preferCSSPageSize=True, printBackground=False)
+        out.pdf = base64.b64decode(printed["data"])
     for event in cdp.events:
         params = event.get("params", {})
         if event.get("method") == "Network.requestWillBeSent":

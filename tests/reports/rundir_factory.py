@@ -41,7 +41,7 @@ class SearchSize:
 SIXTEEN_GPUS = SearchSize(
     gpus=16,
     max_candidates=100,
-    probes_per_candidate=10,
+    probes_per_candidate=12,
     num_requests=10_000,
     duration_s=900.0,
     sample_interval_s=0.5,

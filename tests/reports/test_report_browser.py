@@ -3,6 +3,7 @@ fetched from anywhere but the file itself. Screenshots go to test-artifacts/repo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,10 @@ def test_full_report_renders_in_chromium(
         [profile_run[0], search_run, bench_run], tmp_path / "report.html", strict=True
     )
     assert CHROMIUM is not None
-    page = load_page(CHROMIUM, out, PROBE)
+    page = load_page(CHROMIUM, out, PROBE, pdf=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "full_report.png").write_bytes(page.screenshot_png)
+    (ARTIFACTS / "full_report.pdf").write_bytes(page.pdf)
 
     assert page.errors == []
     fetched = [url for url in page.requests if not url.startswith("data:image/png;base64,")]
@@ -76,6 +78,9 @@ def test_full_report_renders_in_chromium(
         assert fig["width"] > 200 and fig["height"] > 100 and fig["paths"] > 5, (key, fig)
     assert page.probe["width"] <= 1366, "the page must not scroll sideways on a laptop screen"
     assert page.screenshot_png[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot_png) > 50_000
+    # printable: A4 pages (595×842 pt) from the print CSS, a handful of them, not one per figure
+    assert page.pdf.startswith(b"%PDF") and re.search(rb"/MediaBox \[0 0 59[45]\.\d* 84[12]", page.pdf)
+    assert 4 <= len(re.findall(rb"/Type\s*/Page\b", page.pdf)) <= 20
 
 
 @needs_chromium

@@ -77,5 +77,9 @@ def test_slo_forms() -> None:
     assert parse_slo("ttft_p99_ms=1500")[0] == [SloLine("ttft", 1500.0, 99.0)]
     lines, notes = parse_slo({"ttft": 1.0})
     assert lines == [] and "no readable unit" in notes[0]
+    assert parse_slo({"ttft": 1000, "tpot": "0.1s"}, default_unit="ms")[0] == [
+        SloLine("ttft", 1000.0),
+        SloLine("tpot", 100.0),
+    ]
     assert parse_slo(None) == ([], [])
     assert SloLine("ttft", 2000.0, 99.0).label == "SLO TTFT p99 ≤ 2 s"
