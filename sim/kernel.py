@@ -74,19 +74,36 @@ def boundary_s(t0: float, first: float, q: float, k: int) -> float:
 
 def first_boundary_at_or_after(t0: float, first: float, q: float, time_s: float) -> int:
     """The smallest k ≥ 1 with ``boundary_s(t0, first, q, k) >= time_s`` (``NEVER_STEPS`` when
-    steps take no time). Inverts the closed form, then settles rounding with exact comparisons."""
+    steps take no time).
+
+    Inverts the closed form for a guess, then settles rounding with exact comparisons: gallop
+    from the guess to a bracket, then bisect (``boundary_s`` is monotone in k, in floats too).
+    """
     rel = time_s - t0
     if q > 0:
         lin = first - q
-        k = int((-lin + (lin * lin + 4.0 * q * rel) ** 0.5) / (2.0 * q))
+        guess = (-lin + (lin * lin + 4.0 * q * rel) ** 0.5) / (2.0 * q)
     elif first > 0:
-        k = int(rel / first)
+        guess = rel / first
     else:
         return NEVER_STEPS
-    if k < 1:
-        k = 1
-    while boundary_s(t0, first, q, k) < time_s:
-        k += 1
-    while k > 1 and boundary_s(t0, first, q, k - 1) >= time_s:
-        k -= 1
-    return k
+    k = min(max(int(guess), 1), NEVER_STEPS)
+    # Bracket: boundary(lo) < time_s (lo = 0 stands for "before the first boundary") ≤ boundary(hi).
+    step = 1
+    if boundary_s(t0, first, q, k) >= time_s:
+        hi, lo = k, k - 1
+        while lo >= 1 and boundary_s(t0, first, q, lo) >= time_s:
+            hi, step = lo, step * 2
+            lo = max(hi - step, 0)
+    else:
+        lo, hi = k, k + 1
+        while hi < NEVER_STEPS and boundary_s(t0, first, q, hi) < time_s:
+            lo, step = hi, step * 2
+            hi = min(lo + step, NEVER_STEPS)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if boundary_s(t0, first, q, mid) >= time_s:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -80,3 +80,35 @@ def random_model(rng: np.random.Generator) -> LatencyModel:
 def timeline(result, columns=("arrival_s", "prefill_start_s", "prefill_end_s", "first_token_s", "finish_s")):
     rec = result.records
     return [tuple(float(getattr(rec, c)[i]) for c in columns) for i in range(len(rec))]
+
+
+def constant_profile(
+    model: str = "llama-3.1-8b",
+    *,
+    tp: int = 1,
+    memory_gib: float = 80.0,
+    prefill_ms: float = 50.0,
+    decode_ms: float = 10.0,
+    dtype: str = "bfloat16",
+):
+    """A hand-made profile whose tables are constant (so its latency model is exactly constant)."""
+    import pandas as pd
+
+    from pdplan.profiles.model_spec import load_model_spec, shard_spec
+    from pdplan.profiles.profile import Profile
+
+    spec = load_model_spec(model)
+    shard_spec(spec, tp)  # the TP must be valid for the model
+    return Profile(
+        method="analytic",
+        model=spec,
+        hardware={"name": "test-gpu", "memory_bytes": int(memory_gib * (1 << 30))},
+        dtype=dtype,
+        tp=tp,
+        prefill=pd.DataFrame(
+            {"num_seqs": [1, 2, 4], "seq_len": [128, 512, 1024], "latency_ms": [prefill_ms] * 3}
+        ),
+        decode=pd.DataFrame(
+            {"batch_size": [1, 8, 64], "context_len": [128, 512, 2048], "latency_ms": [decode_ms] * 3}
+        ),
+    )
