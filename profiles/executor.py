@@ -168,9 +168,10 @@ class Executor:
         """
         assert prompts and all(len(p) > 0 for p in prompts), "prompts must be non-empty lists"
         lengths = [len(p) for p in prompts]
-        ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
-        positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
-        caches = [self.new_cache(n + max(reserve_tokens, 1)) for n in lengths]
+        with self._op("other"):
+            ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
+            positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
+            caches = [self.new_cache(n + max(reserve_tokens, 1)) for n in lengths]
         starts = [0]
         for n in lengths:
             starts.append(starts[-1] + n)
@@ -190,8 +191,9 @@ class Executor:
             return out
 
         hidden = self._forward(ids, positions, attend)
-        last = torch.tensor([s - 1 for s in starts[1:]], device=self.device)
-        logits = self._logits(hidden[last])
+        with self._op("other"):
+            last = hidden[torch.tensor([s - 1 for s in starts[1:]], device=self.device)]
+        logits = self._logits(last)
         for cache, n in zip(caches, lengths, strict=True):
             cache.length = n
         return logits, caches
@@ -207,10 +209,11 @@ class Executor:
         for cache in caches:
             self._check_cache(cache)
         lengths = [c.length for c in caches]
-        for cache in caches:
-            cache.reserve(cache.length + 1)
-        ids = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
-        positions = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        with self._op("other"):
+            for cache in caches:
+                cache.reserve(cache.length + 1)
+            ids = torch.tensor(list(tokens), dtype=torch.long, device=self.device)
+            positions = torch.tensor(lengths, dtype=torch.long, device=self.device)
         num_kv, d = self.spec.num_kv_heads, self.spec.head_dim
         group = self.spec.num_heads // num_kv
 

@@ -8,9 +8,12 @@ the device on entry and exit, so it is for a separate breakdown pass, never for 
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -82,3 +85,53 @@ class OpTimer:
     def reset(self) -> None:
         for key in self.totals_ms:
             self.totals_ms[key] = 0.0
+
+
+@dataclass(frozen=True)
+class TimingBudget:
+    """How one shape is timed: ``warmup`` untimed calls, one sizing call, then repeats chosen so
+    the timed calls take about ``point_budget_s`` (clamped to ``[min_repeats, max_repeats]``), then
+    ``breakdown_repeats`` instrumented calls for the op breakdown."""
+
+    warmup: int
+    point_budget_s: float
+    min_repeats: int
+    max_repeats: int
+    breakdown_repeats: int
+
+
+@dataclass(frozen=True)
+class PointTiming:
+    """Timed milliseconds of one shape, and its op breakdown (medians of instrumented calls)."""
+
+    times_ms: list[float]
+    ops_ms: dict[str, float]
+
+
+def time_point(
+    fn: Callable[[], object],
+    device: torch.device,
+    budget: TimingBudget,
+    *,
+    instrument: Callable[[OpTimer | None], None],
+    before: Callable[[], object] | None = None,
+) -> PointTiming:
+    """Time ``fn`` under ``budget``; ``instrument(timer)`` attaches the op timer (``None`` detaches)."""
+    first = time_call(fn, device, warmup=budget.warmup, repeats=1, before=before)[0]
+    wanted = math.ceil(budget.point_budget_s * 1e3 / max(first, 1e-3))
+    repeats = min(max(wanted, budget.min_repeats), budget.max_repeats)
+    times = time_call(fn, device, warmup=0, repeats=repeats, before=before)
+    timer = OpTimer(device)
+    samples: dict[str, list[float]] = {op: [] for op in ("gemm", "attention", "other")}
+    instrument(timer)
+    try:
+        for _ in range(budget.breakdown_repeats):
+            if before is not None:
+                before()
+            timer.reset()
+            fn()
+            for op, values in samples.items():
+                values.append(timer.totals_ms[op])
+    finally:
+        instrument(None)
+    return PointTiming(times, {op: statistics.median(v) for op, v in samples.items()})

@@ -1,0 +1,456 @@
+"""Measured profiles: time the executor on a grid of prefill and decode shapes.
+
+``measure_profile`` builds an :class:`~pdplan.profiles.executor.Executor` (real or seeded random
+weights; cost depends on shapes) and times
+
+- one prefill forward of ``num_seqs`` random prompts of ``seq_len`` tokens each (new KV caches
+  included), for every (num_seqs, seq_len) of the grid;
+- one decode step of ``batch_size`` sequences whose caches hold ``context_len`` tokens each, for
+  every (batch_size, context_len) of the grid (caches are filled with random keys and values and
+  truncated back to ``context_len`` before every timed step, so every repeat sees the same shape).
+
+Discipline (as gpt-fast/nanoGPT): untimed warm-up calls, the device synchronised around each timed
+call (CUDA events on a GPU, ``perf_counter`` on the CPU), repeats chosen so each point gets about
+the same timed wall time (small points get more repeats), the **median** kept as ``latency_ms`` and
+the 10th/90th percentiles as the spread. A separate pass with op sections (device synchronised
+around each) gives the ``gemm | attention | other`` breakdown in ``ops``.
+
+Tensor parallelism on one device (``tp > 1``): the executor runs rank 0's shard, and the two
+all-reduces per layer of Megatron-style TP (after attention, after the MLP; Shoeybi et al. 2019)
+are added from a link model, ring all-reduce of ``T·hidden·dtype_bytes`` bytes (``T`` tokens in the
+step) over ``tp`` ranks (Patarasuk & Yuan 2009)::
+
+    t_allreduce = latency + 2·(tp − 1)/tp · bytes / bandwidth         (per all-reduce)
+    allreduce_ms = 2 · num_layers · t_allreduce
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pdplan.profiles.errors import ConfigError, ProfileError
+from pdplan.profiles.executor import TORCH_DTYPES, Executor, default_dtype, parse_device
+from pdplan.profiles.kv_cache import CAPACITY_ALIGN_TOKENS, KVCache
+from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, shard_spec
+from pdplan.profiles.profile import Profile
+from pdplan.profiles.timing import OpTimer, PointTiming, TimingBudget, time_point
+
+log = logging.getLogger(__name__)
+
+#: Fixed cost of one all-reduce when neither the caller nor the hardware gives one: NVLink's
+#: small-message all-reduce latency (see ``profiles/hardware.py``, derived from gpt-fast's TP runs).
+DEFAULT_LINK_LATENCY_US = 20.0
+#: Head-room kept free of the grid's KV for allocator slack and temporaries.
+MEMORY_UTILISATION = 0.9
+_MIN_PREFILL_POINTS, _MIN_DECODE_POINTS = 4, 3
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The shapes measured, and how long each is timed."""
+
+    prefill: tuple[tuple[int, int], ...]  # (num_seqs, seq_len)
+    decode: tuple[tuple[int, int], ...]  # (batch_size, context_len)
+    budget: TimingBudget
+
+
+def _pairs(
+    firsts: tuple[int, ...], seconds: tuple[int, ...], keep: Callable[[int, int], bool]
+) -> tuple[tuple[int, int], ...]:
+    return tuple((a, b) for b in seconds for a in firsts if keep(a, b))
+
+
+# CPU: the regime a CPU instance serves (prefill batches up to 2k tokens, decode batches up to 64
+# with up to 2k context each), kept to ~90 s for a 40M-parameter model on two cores.
+CPU_GRID = Grid(
+    prefill=_pairs((1, 2, 4, 8), (32, 64, 128, 256, 512, 1024, 2048), lambda s, n: 64 <= s * n <= 2048),
+    decode=_pairs((1, 4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
+    budget=TimingBudget(warmup=1, point_budget_s=0.8, min_repeats=3, max_repeats=25, breakdown_repeats=2),
+)
+CPU_QUICK_GRID = Grid(
+    prefill=_pairs((1, 4), (64, 256, 512, 1024), lambda s, n: s * n <= 1024),
+    decode=_pairs((1, 8, 32), (16, 512, 1024), lambda b, c: b * c <= 16384),
+    budget=TimingBudget(warmup=1, point_budget_s=0.3, min_repeats=3, max_repeats=10, breakdown_repeats=1),
+)
+# CUDA: realistic serving shapes for 7-70B models on one H100-class GPU (prefill batches up to
+# 16k tokens, decode batches up to 256 with contexts up to 8k); trimmed to the memory first.
+CUDA_GRID = Grid(
+    prefill=_pairs((1, 2, 4, 8, 16), (128, 256, 512, 1024, 2048, 4096, 8192), lambda s, n: s * n <= 16384),
+    decode=_pairs(
+        (1, 8, 16, 32, 64, 128, 256), (128, 512, 1024, 2048, 4096, 8192), lambda b, c: b * c <= 262144
+    ),
+    budget=TimingBudget(warmup=2, point_budget_s=0.5, min_repeats=5, max_repeats=50, breakdown_repeats=3),
+)
+CUDA_QUICK_GRID = Grid(
+    prefill=_pairs((1, 4, 16), (256, 1024, 4096), lambda s, n: s * n <= 16384),
+    decode=_pairs((1, 16, 64, 256), (512, 2048, 8192), lambda b, c: b * c <= 262144),
+    budget=TimingBudget(warmup=2, point_budget_s=0.2, min_repeats=5, max_repeats=20, breakdown_repeats=1),
+)
+
+
+def default_grid(device: torch.device, quick: bool) -> Grid:
+    if device.type == "cuda":
+        return CUDA_QUICK_GRID if quick else CUDA_GRID
+    return CPU_QUICK_GRID if quick else CPU_GRID
+
+
+# --- memory -----------------------------------------------------------------------------------
+def _aligned(tokens: int) -> int:
+    return -(-tokens // CAPACITY_ALIGN_TOKENS) * CAPACITY_ALIGN_TOKENS
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes the measurement holds at its peak on the device (per GPU for a TP shard)."""
+
+    weights_bytes: int
+    kv_bytes: int
+    activation_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.activation_bytes
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        return (
+            f"{self.total_bytes} bytes ({self.total_bytes / gib:.2f} GiB: weights "
+            f"{self.weights_bytes / gib:.2f} + KV {self.kv_bytes / gib:.2f} + activations "
+            f"{self.activation_bytes / gib:.2f})"
+        )
+
+
+def _kv_tokens(phase: str, a: int, b: int) -> int:
+    """Cache positions held by one grid point (capacity, aligned) — decode adds the source block."""
+    if phase == "prefill":
+        return a * _aligned(b + 1)
+    return a * _aligned(b + 1) + b
+
+
+def _activation_bytes(shard: ModelSpec, tokens: int, seqs: int, dtype: str) -> int:
+    """Peak live activations of one forward: the residual stream, norm output, q/k/v, attention
+    output, gate/up and SwiGLU product for ``tokens`` tokens, RoPE tables (float32), and float32
+    logits of one token per sequence (a conservative sum: several are freed before others exist)."""
+    width = 4 * shard.hidden_size + shard.q_size + 2 * shard.kv_size + 3 * shard.intermediate_size
+    rope = 4 * tokens * shard.head_dim * 4
+    return tokens * width * DTYPE_BYTES[dtype] + rope + 4 * seqs * shard.vocab_size
+
+
+def memory_need(shard: ModelSpec, grid: Grid, dtype: str) -> MemoryNeed:
+    """Weights + the grid's largest KV + its largest activations, for ``shard`` in ``dtype``."""
+    kv_per_token = shard.kv_bytes_per_token(dtype)
+    kv = max(
+        [_kv_tokens("prefill", s, n) for s, n in grid.prefill]
+        + [_kv_tokens("decode", b, c) for b, c in grid.decode]
+    )
+    act = max(
+        [_activation_bytes(shard, s * n, s, dtype) for s, n in grid.prefill]
+        + [_activation_bytes(shard, b, b, dtype) for b, _ in grid.decode]
+    )
+    return MemoryNeed(shard.weight_bytes(dtype), kv * kv_per_token, act)
+
+
+def fit_grid(shard: ModelSpec, grid: Grid, dtype: str, memory_bytes: int, model: str) -> Grid:
+    """``grid`` without the points whose KV does not fit next to the weights and activations, and
+    without contexts beyond the model's ``max_position_embeddings``.
+
+    Raises:
+        ProfileError: the weights and the smallest points do not fit (bytes needed vs available).
+    """
+    usable = int(memory_bytes * MEMORY_UTILISATION)
+    base = memory_need(shard, grid, dtype)
+    kv_budget = usable - base.weights_bytes - base.activation_bytes
+    kv_per_token = shard.kv_bytes_per_token(dtype)
+    max_len = shard.max_position_embeddings
+
+    def fits(phase: str, a: int, b: int) -> bool:
+        return b + 1 <= max_len and _kv_tokens(phase, a, b) * kv_per_token <= kv_budget
+
+    prefill = tuple((s, n) for s, n in grid.prefill if fits("prefill", s, n))
+    decode = tuple((b, c) for b, c in grid.decode if fits("decode", b, c))
+    if len(prefill) < _MIN_PREFILL_POINTS or len(decode) < _MIN_DECODE_POINTS:
+        smallest = sorted(_kv_tokens("decode", b, c) for b, c in grid.decode)[_MIN_DECODE_POINTS - 1]
+        need = MemoryNeed(base.weights_bytes, smallest * kv_per_token, base.activation_bytes)
+        raise ProfileError(
+            f"model {model!r} does not fit for profiling: needs at least {need.describe()} "
+            f"(× 1/{MEMORY_UTILISATION} head-room), hardware memory_bytes is {memory_bytes} "
+            f"({memory_bytes / (1 << 30):.2f} GiB)"
+        )
+    dropped = len(grid.prefill) + len(grid.decode) - len(prefill) - len(decode)
+    if dropped:
+        log.info("left out %d grid points whose KV does not fit in memory", dropped)
+    return dataclasses.replace(grid, prefill=prefill, decode=decode)
+
+
+# --- all-reduce model -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AllReduceModel:
+    """Ring all-reduce cost of Megatron TP: two all-reduces of the hidden states per layer."""
+
+    tp: int
+    num_layers: int
+    hidden_size: int
+    dtype_bytes: int
+    bandwidth_gbps: float
+    latency_us: float
+
+    def step_ms(self, tokens: int) -> float:
+        """All-reduce milliseconds of one forward over ``tokens`` tokens (0 when ``tp`` is 1)."""
+        if self.tp == 1:
+            return 0.0
+        num_bytes = tokens * self.hidden_size * self.dtype_bytes
+        one = self.latency_us * 1e-6 + 2 * (self.tp - 1) / self.tp * num_bytes / (self.bandwidth_gbps * 1e9)
+        return 2 * self.num_layers * one * 1e3
+
+    def describe(self) -> str:
+        return (
+            f"all-reduce per layer ×2, ring: t = {self.latency_us:g} us + 2·(tp−1)/tp · "
+            f"tokens·{self.hidden_size}·{self.dtype_bytes} B / {self.bandwidth_gbps:g} GB/s (tp={self.tp})"
+        )
+
+
+# --- measuring --------------------------------------------------------------------------------
+def _instrument(ex: Executor) -> Callable[[OpTimer | None], None]:
+    def attach(timer: OpTimer | None) -> None:
+        ex.op_timer = timer
+
+    return attach
+
+
+def _measure_prefill(ex: Executor, grid: Grid, num_seqs: int, seq_len: int, rng: np.random.Generator):
+    vocab = ex.full_spec.vocab_size
+    prompts = rng.integers(0, vocab, size=(num_seqs, seq_len)).tolist()
+    return time_point(lambda: ex.prefill(prompts), ex.device, grid.budget, instrument=_instrument(ex))
+
+
+def _filled_caches(ex: Executor, batch_size: int, context_len: int, gen: torch.Generator) -> list[KVCache]:
+    """``batch_size`` caches of ``context_len`` random positions, each in its own storage (so
+    attention reads ``batch_size`` distinct caches, as in serving)."""
+    s = ex.spec
+    source = torch.empty(
+        (s.num_layers, s.num_kv_heads, context_len, s.head_dim), dtype=ex.dtype, device=ex.device
+    ).normal_(generator=gen)
+    caches = []
+    for _ in range(batch_size):
+        cache = ex.new_cache(context_len + 1)
+        cache.k[:, :, :context_len].copy_(source)
+        cache.v[:, :, :context_len].copy_(source)
+        cache.length = context_len
+        caches.append(cache)
+    return caches
+
+
+def _measure_decode(
+    ex: Executor,
+    grid: Grid,
+    batch_size: int,
+    context_len: int,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+) -> PointTiming:
+    caches = _filled_caches(ex, batch_size, context_len, gen)
+    tokens = rng.integers(0, ex.full_spec.vocab_size, size=batch_size).tolist()
+
+    def rewind() -> None:
+        for cache in caches:
+            cache.truncate(context_len)
+
+    return time_point(
+        lambda: ex.decode(tokens, caches), ex.device, grid.budget, instrument=_instrument(ex), before=rewind
+    )
+
+
+# --- the profile ------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    for package in ("pdplan", "transformers", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _spread_row(timing: PointTiming, extra_ms: float) -> dict[str, float | int]:
+    t = np.asarray(timing.times_ms)
+    return {
+        "latency_ms": float(np.median(t)) + extra_ms,
+        "p10_ms": float(np.percentile(t, 10)) + extra_ms,
+        "p90_ms": float(np.percentile(t, 90)) + extra_ms,
+        "repeats": len(t),
+    }
+
+
+def _check_hardware(hardware: dict[str, Any]) -> int:
+    missing = [k for k in ("name", "memory_bytes") if k not in hardware]
+    if missing:
+        raise ConfigError(f"hardware lacks {', '.join(missing)}; expected at least name and memory_bytes")
+    memory = hardware["memory_bytes"]
+    if not isinstance(memory, int) or memory <= 0:
+        raise ConfigError(f"hardware memory_bytes={memory!r}; expected a positive integer")
+    return memory
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Everything one measurement needs, resolved and validated."""
+
+    spec: ModelSpec
+    device: torch.device
+    dtype: str
+    tp: int
+    grid: Grid
+    allreduce: AllReduceModel
+    weights: Path | None
+    threads: int
+    quick: bool
+
+
+def measure_profile(
+    spec: ModelSpec,
+    *,
+    hardware: dict[str, Any],
+    device: str = "cpu",
+    tp: int = 1,
+    dtype: str | None = None,
+    quick: bool = False,
+    weights: Path | None = None,
+    link_bandwidth_gbps: float | None = None,
+    link_latency_us: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    grid: Grid | None = None,
+    threads: int | None = None,
+) -> Profile:
+    """Measure ``spec`` (rank 0's shard when ``tp > 1``) on ``device`` and return a measured Profile.
+
+    Args:
+        spec: the full model.
+        hardware: at least ``name`` and ``memory_bytes`` (per device); copied into the profile.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        tp: tensor parallelism; the all-reduces are modelled (module docstring) with
+            ``link_bandwidth_gbps`` (else ``hardware["link_bandwidth_gbps"]``) and
+            ``link_latency_us`` (else ``hardware["link_latency_us"]``, else 20 µs).
+        dtype: float32 | float16 | bfloat16; default float32 on CPU, bfloat16 on CUDA.
+        quick: a smaller grid with fewer repeats (seconds instead of a minute on a CPU).
+        weights: an HF model directory (real weights); ``None`` for seeded random weights.
+        progress: called with ``(points done, points total)`` before the first and after each point.
+        grid: the shapes and timing budget; default :func:`default_grid` for the device and ``quick``.
+        threads: CPU threads for the measurement (``torch.set_num_threads``, restored afterwards);
+            ``None`` keeps torch's current setting. Recorded as ``hardware["cpu_threads"]``. Match
+            it to the threads each CPU instance gets when serving: two instances sharing two cores
+            should be profiled with one thread each.
+
+    Raises:
+        ConfigError: bad device, dtype, tp, threads, weights or hardware dict.
+        ProfileError: the model and the smallest grid do not fit ``hardware["memory_bytes"]`` (the
+            message gives bytes needed and available); tp > 1 without a link bandwidth.
+    """
+    memory = _check_hardware(hardware)
+    dev = parse_device(device)
+    dtype_name = dtype or default_dtype(dev)
+    if dtype_name not in TORCH_DTYPES:
+        raise ConfigError(f"dtype {dtype_name!r}: expected one of {', '.join(TORCH_DTYPES)}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads={threads}: expected a positive integer")
+    shard = shard_spec(spec, tp)
+    grid = fit_grid(shard, grid or default_grid(dev, quick), dtype_name, memory, spec.name)
+    bandwidth = link_bandwidth_gbps or hardware.get("link_bandwidth_gbps")
+    if tp > 1 and not bandwidth:
+        raise ProfileError(f"--tp {tp} needs a link bandwidth (GB/s) to model the all-reduces")
+    latency = link_latency_us if link_latency_us is not None else hardware.get("link_latency_us")
+    allreduce = AllReduceModel(
+        tp=tp,
+        num_layers=shard.num_layers,
+        hidden_size=shard.hidden_size,
+        dtype_bytes=DTYPE_BYTES[dtype_name],
+        bandwidth_gbps=float(bandwidth or 1.0),
+        latency_us=float(DEFAULT_LINK_LATENCY_US if latency is None else latency),
+    )
+    saved_threads = torch.get_num_threads()
+    run = _Run(spec, dev, dtype_name, tp, grid, allreduce, weights, threads or saved_threads, quick)
+    torch.set_num_threads(run.threads)
+    try:
+        rows = _measure_grid(run, progress)
+    finally:
+        torch.set_num_threads(saved_threads)
+    return _build_profile(run, hardware, rows)
+
+
+def _measure_grid(run: _Run, progress: Callable[[int, int], None] | None) -> dict[str, list[dict[str, Any]]]:
+    """Rows of the prefill, decode and ops tables, one grid point after another."""
+    grid = run.grid
+    total = len(grid.prefill) + len(grid.decode)
+    if progress is not None:
+        progress(0, total)
+    ex = Executor(run.spec, device=str(run.device), dtype=run.dtype, weights=run.weights, tp=run.tp)
+    rng = np.random.default_rng(0)
+    gen = torch.Generator(device=ex.device)
+    gen.manual_seed(0)
+    rows: dict[str, list[dict[str, Any]]] = {"prefill": [], "decode": [], "ops": []}
+    points = [("prefill", s, n) for s, n in grid.prefill] + [("decode", b, c) for b, c in grid.decode]
+    for done, (phase, a, b) in enumerate(points, start=1):
+        if phase == "prefill":
+            timing = _measure_prefill(ex, grid, a, b, rng)
+            keys = {"num_seqs": a, "seq_len": b}
+            extra = run.allreduce.step_ms(a * b)
+        else:
+            timing = _measure_decode(ex, grid, a, b, rng, gen)
+            keys = {"batch_size": a, "context_len": b}
+            extra = run.allreduce.step_ms(a)
+        rows[phase].append({**keys, **_spread_row(timing, extra)})
+        for op, ms in [*timing.ops_ms.items(), ("allreduce", extra)]:
+            rows["ops"].append({"phase": phase, **keys, "op": op, "latency_ms": ms})
+        log.debug("%s %s: %.3f ms", phase, keys, rows[phase][-1]["latency_ms"])
+        if progress is not None:
+            progress(done, total)
+    return rows
+
+
+def _build_profile(run: _Run, hardware: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> Profile:
+    ops = pd.DataFrame(
+        rows["ops"],
+        columns=["phase", "num_seqs", "seq_len", "batch_size", "context_len", "op", "latency_ms"],
+    )
+    for col in ("num_seqs", "seq_len", "batch_size", "context_len"):
+        ops[col] = ops[col].astype("Int64")
+    hw = dict(hardware)
+    hw.setdefault("device", str(run.device))
+    on_cpu = run.device.type == "cpu"
+    if on_cpu:
+        hw["cpu_threads"] = run.threads
+    budget = run.grid.budget
+    notes = (
+        f"measured executor on {run.device} ({'quick' if run.quick else 'default'} grid"
+        + (f", {run.threads} CPU threads" if on_cpu else "")
+        + f"); latency_ms = median of {budget.min_repeats}-{budget.max_repeats} repeats "
+        f"(~{budget.point_budget_s:g} s timed per point after {budget.warmup} warm-up + 1 sizing "
+        "call), "
+        "p10_ms/p90_ms = spread; ops = medians of a separate instrumented pass"
+    )
+    if run.tp > 1:
+        notes += f"; tp={run.tp}: rank-0 shard measured + modelled {run.allreduce.describe()}"
+    return Profile(
+        method="measured",
+        model=run.spec,
+        hardware=hw,
+        dtype=run.dtype,
+        tp=run.tp,
+        prefill=pd.DataFrame(rows["prefill"]),
+        decode=pd.DataFrame(rows["decode"]),
+        ops=ops,
+        versions=_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        notes=notes,
+    )
