@@ -8,7 +8,9 @@
 - **colocated**: prefill-first (vLLM's default policy): a waiting prompt batch runs before the next
   decode step whenever the running batch has room; then decode steps as above.
 
-Threading contract: ``submit_*``/``cancel``/``stop`` are called from the event loop; every job gets
+A decode worker passes ``recycle`` so finished caches return to its :class:`KvPool`.
+
+Threading contract: ``submit``/``cancel``/``stop`` are called from the event loop; every job gets
 exactly one *terminal* event through ``job.sink`` (called on the engine thread): a final
 ``TokenEvent`` (``finish`` set), a ``PrefilledEvent``, an ``ErrorEvent`` or a ``CancelledEvent``.
 """
@@ -98,9 +100,15 @@ class Engine:
     """Runs ``executor`` on its own thread for one role; see the module docstring for the contract."""
 
     def __init__(
-        self, executor: Executor, config: EngineConfig, metrics: WorkerMetrics, budget: KvBudget
+        self,
+        executor: Executor,
+        config: EngineConfig,
+        metrics: WorkerMetrics,
+        budget: KvBudget,
+        recycle: Callable[[KVCache], None] | None = None,
     ) -> None:
         self.executor = executor
+        self._recycle = recycle
         self.config = config
         self.metrics = metrics
         self.budget = budget
@@ -175,7 +183,7 @@ class Engine:
                 leftover = self._inbox + list(self._waiting_prefill) + list(self._waiting_decode)
                 self._inbox = []
             for job in leftover + self._running:
-                job.cache = None
+                self._drop_cache(job)
                 job.sink(ErrorEvent("worker is shutting down", 503))
             self._waiting_prefill.clear()
             self._waiting_decode.clear()
@@ -203,8 +211,14 @@ class Engine:
             elif not self._emit(job, job.first_token, time.time()):
                 self._waiting_decode.append(job)
 
-    def _finish_cancelled(self, job: Job) -> None:
+    def _drop_cache(self, job: Job) -> None:
+        """The job no longer needs its KV: hand it to ``recycle`` (a decode worker's pool) or free it."""
+        if job.cache is not None and self._recycle is not None:
+            self._recycle(job.cache)
         job.cache = None
+
+    def _finish_cancelled(self, job: Job) -> None:
+        self._drop_cache(job)
         job.sink(CancelledEvent())
 
     def _drop_cancelled(self) -> None:
@@ -278,7 +292,7 @@ class Engine:
         except (RuntimeError, ValueError) as err:
             log.exception("decode step of %d sequences failed", len(batch))
             for job in batch:
-                job.cache = None
+                self._drop_cache(job)
                 job.sink(ErrorEvent(f"decode failed: {err}", 500))
             self._running = []
             return
@@ -298,7 +312,7 @@ class Engine:
         elif len(job.output) >= params.max_new_tokens:
             finish = Finish("length", length=len(job.output))
         if finish is not None:
-            job.cache = None
+            self._drop_cache(job)
         job.sink(TokenEvent(token, now, finish))
         return finish is not None
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pdplan.profiles.executor import Executor
+from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun.admission import Admission, Overloaded
 from pdplan.realrun.engine import (
     CancelledEvent,
@@ -100,8 +101,10 @@ class WorkerService:
         metrics: WorkerMetrics,
         config: ServiceConfig,
         sender: KvSender | None = None,
+        new_cache: Callable[[int], KVCache] | None = None,
     ) -> None:
         self.executor, self.engine, self.budget, self.metrics = executor, engine, budget, metrics
+        self.new_cache = new_cache or executor.new_cache  # a decode worker passes its KvPool.take
         self.config = config
         self.sender = sender
         self.admission = Admission(budget, asyncio.get_running_loop(), config.max_queue)
@@ -264,7 +267,7 @@ class WorkerService:
                 try:
                     cache, meta, transfer_s = await claim.receive(
                         spec.kv_bytes_per_token(self.executor.dtype_name) * len(req.input_ids),
-                        self.executor.new_cache,
+                        self.new_cache,
                         req.sampling.max_new_tokens,
                         (
                             (spec.num_layers, spec.num_kv_heads, spec.head_dim),

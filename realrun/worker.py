@@ -74,6 +74,7 @@ async def serve(config: WorkerConfig) -> None:
     from pdplan.profiles.model_spec import load_model_spec
     from pdplan.realrun.engine import Engine, EngineConfig
     from pdplan.realrun.kv_budget import KvBudget
+    from pdplan.realrun.kv_pool import KvPool
     from pdplan.realrun.kv_sender import KvSender
     from pdplan.realrun.metrics import WorkerMetrics
     from pdplan.realrun.protocol import Limits
@@ -91,7 +92,8 @@ async def serve(config: WorkerConfig) -> None:
     engine_config = EngineConfig(
         config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed
     )
-    engine = Engine(executor, engine_config, metrics, budget)
+    pool = KvPool(executor.new_cache, budget) if config.role == "decode" else None
+    engine = Engine(executor, engine_config, metrics, budget, recycle=pool.give if pool else None)
     sender = None
     if config.role == "prefill":
         assert config.bootstrap_port is not None
@@ -102,6 +104,7 @@ async def serve(config: WorkerConfig) -> None:
     service = WorkerService(
         executor, engine, budget, metrics,
         ServiceConfig(config.role, config.max_queue, config.kv_timeout_s, config.kv_transport), sender,
+        new_cache=pool.take if pool else None,
     )  # fmt: skip
     context = spec.max_position_embeddings
     total = context if config.role == "prefill" else min(context, config.max_kv_tokens)
@@ -114,6 +117,10 @@ async def serve(config: WorkerConfig) -> None:
     metrics.gauge("kv_capacity_tokens", "KV tokens this worker may hold.", lambda: budget.capacity_tokens)
     if sender is not None:
         metrics.gauge("open_rooms", "KV hand-offs in progress.", lambda: sender.open_rooms)
+    if pool is not None:
+        metrics.gauge(
+            "kv_pool_idle_tokens", "Capacity of finished caches kept for reuse.", lambda: pool.idle_tokens
+        )
     model_path = config.weights or config.model
     server = WorkerServer(config, spec, service, tokenizer, limits, metrics, model_path)
 
