@@ -110,7 +110,7 @@ def _build(arrival: np.ndarray, prompt: pd.Series, output: pd.Series, source: st
         bad = (values < 1) | (values != np.floor(values))
         if bad.any():
             row = int(np.argmax(bad))
-            raise ConfigError(f"{source}: {name} row {row} is {values[row]!r}; expected an integer ≥ 1")
+            raise ConfigError(f"{source}: {name} row {row} is {values[row]:g}; expected an integer ≥ 1")
         lengths[name] = values.astype(np.int64)
     order = np.argsort(arrival, kind="stable")
     start = arrival[order[0]] if arrival.size else 0.0
