@@ -205,6 +205,7 @@ def test_model_from_a_config_directory(tmp_path: Path) -> None:
     assert load_profile(out).model.name == "cfg"
 
 
+@pytest.mark.slow  # as long as a --quick CPU profile (issue 2's target: ≤ 20 s)
 @pytest.mark.skipif(
     importlib.util.find_spec("pdplan.profiles.profiler") is None,
     reason="pdplan.profiles.profiler is not written yet",
