@@ -42,8 +42,10 @@ def _run_summary(run: RunData) -> list[Item]:
             items.append(Paragraph(_candidate_counts(run)))
         return items
     view = plan_view(plan)
-    rows = [view.cells("recommended")]
-    sentence = f"Recommended: {view.phrase} on {fmt_num(view.gpus)} GPUs"
+    # a search recommends; a simulate, deploy or bench run was handed its plan
+    lead = "Recommended" if run.candidates is not None else "Plan"
+    rows = [view.cells(lead.lower())]
+    sentence = f"{lead}: {view.phrase} on {fmt_num(view.gpus)} GPUs"
     if np.isfinite(view.goodput_rps):
         sentence += (
             f", sustaining {fmt_num(view.goodput_rps)} req/s within the SLO "
@@ -66,7 +68,7 @@ def _run_summary(run: RunData) -> list[Item]:
     items = [
         Paragraph(sentence + "."),
         Table(
-            "Recommended plan and the best plan of the other mode (predicted at goodput).",
+            f"{lead} and, after a search, the best plan of the other mode (predicted at goodput).",
             SUMMARY_HEADER,
             tuple(rows),
             highlight=(0,),

@@ -38,7 +38,7 @@ def test_single_plan_simulation_summary(tmp_path: Path) -> None:
     summary = {"throughput_rps": 3.5, "ttft_ms": {"p90": 420.0}, "tpot_ms": {"p90": 31.0}, "attainment": 0.95}
     run = RunData(path=tmp_path / "sim", meta={"kind": "simulate"}, plan=plan, summary=summary)
     texts = [i.text for i in build_summary([run]).items if i.kind == "paragraph"]
-    assert texts[0] == "Recommended: 2 colocated instances (TP 2) on 4 GPUs."
+    assert texts[0] == "Plan: 2 colocated instances (TP 2) on 4 GPUs."
     assert texts[1] == (
         "The simulated run served 3.5 req/s with TTFT p90 420 ms and TPOT p90 31 ms; "
         "95.0% of requests met the SLO."
