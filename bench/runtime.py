@@ -256,7 +256,7 @@ def profiled_latency() -> Any:
     except ImportError:
         return None
     hw = detect_cpu().to_dict()
-    profile = measure_profile(load_model_spec(MODEL), hardware=hw, device="cpu", tp=1, quick=True)
+    profile = measure_profile(load_model_spec(MODEL), hardware=hw, device="cpu", tp=1, quick=True, threads=1)
     return profile.latency
 
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import httpx
 
 #: Untied test model (see its config.json for why the catalog tiny-llama cannot serve these tests).
 TEST_MODEL = Path(__file__).resolve().parent / "models" / "pd-test-llama"
@@ -14,3 +19,34 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def start_worker(*args: str, timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m pdplan.realrun.worker ARGS --port <free>`` and wait for its /health."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pdplan.realrun.worker", *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("worker not healthy in time")
+
+
+def gauge(url: str, name: str) -> float:
+    """The value of ``pdplan_worker_<name>`` in a worker's /metrics."""
+    for line in httpx.get(f"{url}/metrics", timeout=5.0).text.splitlines():
+        if line.startswith(f"pdplan_worker_{name}{{"):
+            return float(line.split()[-1])
+    raise AssertionError(f"no metric {name}")
