@@ -182,8 +182,9 @@ class StepCoef:
 
     @classmethod
     def of(cls, model: LatencyModel) -> StepCoef:
-        a, b, c, d = (x / 1000.0 for x in model.prefill_coef)
-        e, f, g = (x / 1000.0 for x in model.decode_coef)
+        # Plain floats: numpy scalars (what a fit returns) are several times slower in the event loop.
+        a, b, c, d = (float(x) / 1000.0 for x in model.prefill_coef)
+        e, f, g = (float(x) / 1000.0 for x in model.decode_coef)
         return cls(a, b, c, d, e, f, g)
 
     def prefill_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int) -> float:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pdplan.planner.cli import deploy_cmd, profile_cmd, report_cmd
+from pdplan.planner.cli import deploy_cmd, profile_cmd, report_cmd, simulate_cmd
 from pdplan.profiles.errors import PdplanError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.command("profile")(profile_cmd.profile)
 app.command("deploy")(deploy_cmd.deploy)
 app.command("report")(report_cmd.report)
+app.command("simulate")(simulate_cmd.simulate)
 
 err_console = Console(stderr=True)
 

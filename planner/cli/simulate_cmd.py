@@ -1,0 +1,247 @@
+"""``pdplan simulate``: evaluate one plan on a workload (issue 3).
+
+``pdplan simulate --plan plan.yaml (--profile DIR [--profile DIR] | --model M --hardware H)
+(--workload W.yaml | --trace F [--trace-format F]) [--rate R] [--seed S] [--slo ...] --out DIR``
+
+Writes into ``--out`` (each file atomically): ``plan.yaml`` (the plan as simulated, with the
+workload and the ``predicted`` figures), ``requests.csv``, ``summary.yaml``, ``timeseries.csv``,
+``run.yaml``, then ``report.html`` when ``pdplan.reports`` provides ``write_report``. Input loading
+lives in ``pdplan.planner.inputs`` so the SLO search can share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pdplan.planner.inputs import RequestSource, load_trace, load_workload, role_profiles
+from pdplan.planner.plan import Plan, load_plan, save_plan
+from pdplan.planner.rundir import prepare_out, write_csv, write_run_yaml, write_yaml
+from pdplan.planner.slo import parse_slo
+from pdplan.profiles.errors import ConfigError
+from pdplan.sim.records import SimResult
+from pdplan.sim.simulate import SimOptions
+from pdplan.sim.simulate import simulate as run_simulation
+from pdplan.sim.summary import summarize
+from pdplan.sim.timeseries import timeseries
+
+log = logging.getLogger(__name__)
+console = Console()
+DEFAULT_WARMUP = 0.05
+
+
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write (created if needed).")],
+    plan: Annotated[Path | None, typer.Option("--plan", help="plan.yaml to evaluate.")] = None,
+    profile: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--profile", help="Profile directory; repeat for each TP the plan uses (matched by tp)."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Catalog name or config.json (analytic profile).")
+    ] = None,
+    hardware: Annotated[
+        str | None, typer.Option("--hardware", help="Hardware catalog name (analytic profile).")
+    ] = None,
+    workload: Annotated[
+        Path | None, typer.Option("--workload", help="Workload YAML (synthetic or trace).")
+    ] = None,
+    trace: Annotated[Path | None, typer.Option("--trace", help="Trace file to replay.")] = None,
+    trace_format: Annotated[
+        str | None, typer.Option("--trace-format", help="azure | mooncake | csv (default: guessed).")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option("--rate", help="Mean arrival rate to simulate (req/s).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed for drawing the workload and routing.")
+    ] = None,
+    slo: Annotated[
+        str | None, typer.Option("--slo", help='SLO, e.g. "ttft=1s,tpot=50ms" (default: the plan\'s).')
+    ] = None,
+    attainment: Annotated[
+        float | None,
+        typer.Option("--attainment", help="Fraction of requests that must meet the SLO (default 0.9)."),
+    ] = None,
+    warmup: Annotated[
+        float, typer.Option("--warmup", help="Fraction of the earliest requests left out of the summary.")
+    ] = DEFAULT_WARMUP,
+    sample_interval: Annotated[
+        float | None,
+        typer.Option("--sample-interval", help="Time-series interval in s (default: ≤ 1000 samples)."),
+    ] = None,
+) -> None:
+    """Simulate one plan on a workload and write its run directory."""
+    if plan is None:
+        raise ConfigError("--plan is required: pdplan simulate evaluates one plan.yaml")
+    _simulate_plan(
+        load_plan(plan),
+        out=out,
+        profile_dirs=profile or [],
+        model=model,
+        hardware=hardware,
+        source=_request_source(workload, trace, trace_format, rate, seed),
+        slo_text=slo,
+        attainment=attainment,
+        warmup=warmup,
+        sample_interval=sample_interval,
+        seed=seed,
+    )
+
+
+def _request_source(
+    workload: Path | None, trace: Path | None, trace_format: str | None, rate: float | None, seed: int | None
+) -> RequestSource:
+    if (workload is None) == (trace is None):
+        raise ConfigError("give exactly one of --workload W.yaml and --trace F")
+    if trace_format is not None and trace is None:
+        raise ConfigError("--trace-format applies to --trace only")
+    if workload is not None:
+        return load_workload(workload, seed=seed, rate_rps=rate)
+    assert trace is not None
+    return load_trace(trace, trace_format, rate_rps=rate)
+
+
+def _simulate_plan(
+    plan: Plan,
+    *,
+    out: Path,
+    profile_dirs: list[Path],
+    model: str | None,
+    hardware: str | None,
+    source: RequestSource,
+    slo_text: str | None,
+    attainment: float | None,
+    warmup: float,
+    sample_interval: float | None,
+    seed: int | None,
+) -> None:
+    if sample_interval is not None and not sample_interval > 0:
+        raise ConfigError(f"--sample-interval {sample_interval!r}; expected a positive number of seconds")
+    if not 0 <= warmup < 1:
+        raise ConfigError(f"--warmup {warmup!r}; expected a fraction in [0, 1)")
+    if not profile_dirs and not (model or hardware):
+        model, hardware = plan.model or None, plan.hardware or None
+    profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
+    first = next(iter(profiles.values()))
+    plan = replace(
+        plan,
+        slo=parse_slo(slo_text) if slo_text else plan.slo,
+        attainment=attainment if attainment is not None else plan.attainment,
+        model=plan.model or first.model.name,
+        hardware=plan.hardware or str(first.hardware.get("name", "")),
+    )
+    cluster = plan.cluster(profiles)
+    prepare_out(out)
+    requests = source.requests
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} requests"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("simulate", total=len(requests))
+        result = run_simulation(
+            requests,
+            cluster,
+            SimOptions(router=plan.router),
+            np.random.default_rng(seed or 0),
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    wall_s = time.perf_counter() - started
+    summary = _summary(plan, result, warmup)
+    log.info(
+        "simulated %d requests in %.2f s (%.0f req/s)",
+        len(requests),
+        wall_s,
+        len(requests) / max(wall_s, 1e-9),
+    )
+    predicted = _predicted(summary, source)
+    save_plan(replace(plan, workload=source.description, predicted=predicted), out / "plan.yaml")
+    write_csv(out / "requests.csv", result.records.to_frame())
+    write_yaml(out / "summary.yaml", summary)
+    write_csv(out / "timeseries.csv", timeseries(result, sample_interval))
+    write_run_yaml(out, "simulate")
+    _print(summary, out)
+    _report(out)
+
+
+def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:
+    slo = plan.slo
+    summary: dict[str, Any] = {"schema_version": 1, "mode": result.mode}
+    summary.update(
+        summarize(
+            result.records.columns(),
+            slo_ms=slo.per_request_ms if slo else None,
+            warmup_fraction=warmup,
+            utilisation=result.utilisation,
+            percentiles=slo.percentiles if slo else (50.0, 90.0, 99.0),
+        )
+    )
+    summary["kv_capacity_tokens"] = dict(result.kv_capacity_tokens)
+    summary["simulated_s"] = round(result.end_s, 6)
+    if slo is not None:
+        missed = slo.violations(summary, plan.attainment)
+        summary.update({"slo": slo.spec, "attainment_target": plan.attainment, "meets_slo": not missed})
+        if missed:
+            summary["slo_missed"] = "; ".join(missed)
+    return summary
+
+
+def _predicted(summary: dict[str, Any], source: RequestSource) -> dict[str, float | None]:
+    out: dict[str, float | None] = {"rate_rps": source.description.get("rate_rps")}
+    for metric in ("ttft", "tpot"):
+        stats = summary.get(f"{metric}_ms") or {}
+        for q in ("p50", "p90", "p99"):
+            out[f"{metric}_{q}_ms"] = stats.get(q)
+    out["attainment"] = summary.get("attainment")
+    return out
+
+
+def _print(summary: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"pdplan simulate → {out}", show_header=True)
+    table.add_column("metric")
+    for column in ("mean", "p50", "p90", "p99"):
+        table.add_column(column, justify="right")
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        stats = summary.get(metric) or {}
+        table.add_row(
+            metric[:-3].upper() + " (ms)", *(_fmt(stats.get(c)) for c in ("mean", "p50", "p90", "p99"))
+        )
+    console.print(table)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    util = ", ".join(f"{k} {v:.0%}" for k, v in summary["utilisation"].items())
+    console.print(f"requests: {counts} (warm-up excluded {summary['warmup_excluded']})")
+    rps, tokens = summary["throughput_rps"], summary["output_tokens_per_s"]
+    console.print(f"throughput {rps:.3f} req/s, {tokens:.1f} output tok/s; utilisation {util}")
+    if "slo" in summary:
+        verdict = "meets" if summary["meets_slo"] else f"misses ({summary.get('slo_missed')})"
+        console.print(f"SLO {summary['slo']}: attainment {summary['attainment']} → {verdict}")
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+def _report(out: Path) -> None:
+    try:
+        from pdplan.reports import write_report
+    except ImportError:
+        log.info("pdplan.reports.write_report is not available; no report.html")
+        return
+    path = write_report(out)
+    console.print(f"report: {path}")

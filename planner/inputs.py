@@ -1,0 +1,238 @@
+"""Reading what a command simulates: profiles per role, the request list, its description.
+
+The simulator takes values; this module opens the files. Shared by ``pdplan simulate`` (one plan)
+and the SLO search.
+
+Profiles per role: ``--profile DIR`` may be given several times, one per TP; each role of the plan
+takes the profile whose ``tp`` equals the role's (so a plan with prefill tp=1 and decode tp=2
+needs two profiles). ``--model M --hardware H`` instead builds an analytic profile per TP; with
+neither, the plan's own ``model`` and ``hardware`` are used that way.
+
+Workloads: a workload YAML (DESIGN.md) is either synthetic (``arrival``, ``prompt_tokens``,
+``output_tokens``; an ``empirical`` distribution may name ``path`` + ``column`` of a CSV instead of
+``values``) or a trace (``trace: {path, format, time_scale}``); relative paths are relative to the
+YAML file. ``--trace F`` replays a trace directly. ``--rate R`` sets the mean arrival rate: the
+arrival process's rate for synthetic workloads, a rescaling of the arrival times for traces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.profiles.profile import Profile, load_profile
+from pdplan.sim.requests import Requests
+from pdplan.sim.traces import TRACE_FORMATS, detect_format, parse_azure, parse_canonical, parse_mooncake
+from pdplan.sim.workload import draw_requests, workload_from_dict
+
+log = logging.getLogger(__name__)
+_TRACE_KEYS = ("path", "format", "time_scale")
+
+
+@dataclass(frozen=True)
+class RequestSource:
+    """The request list to simulate and a description of where it came from (for ``plan.yaml``)."""
+
+    requests: Requests
+    description: dict[str, Any]
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parsed YAML of ``path``.
+
+    Raises:
+        ConfigError: the file is missing or is not YAML.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r}: no such file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{what} {str(path)!r}: not readable YAML ({err})") from None
+
+
+def read_trace(path: Path, fmt: str | None = None) -> Requests:
+    """Requests from a trace file (``fmt`` = csv | azure | mooncake; guessed when ``None``).
+
+    Raises:
+        ConfigError: missing file, unknown format, unreadable or malformed content.
+    """
+    if not path.is_file():
+        raise ConfigError(f"trace {str(path)!r}: no such file")
+    if fmt is not None and fmt not in TRACE_FORMATS:
+        raise choices_error("--trace-format", fmt, TRACE_FORMATS)
+    source = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+            fmt = fmt or detect_format(path.name, first)
+            if fmt == "mooncake":
+                fh.seek(0)
+                return parse_mooncake(fh, source=source)
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ConfigError(f"trace {source!r}: not readable as {fmt or 'a trace'} ({err})") from None
+    return parse_azure(frame, source=source) if fmt == "azure" else parse_canonical(frame, source=source)
+
+
+def load_workload(path: Path, *, seed: int | None = None, rate_rps: float | None = None) -> RequestSource:
+    """The request list a workload YAML describes (``seed`` and ``rate_rps`` override its own).
+
+    Raises:
+        ConfigError: anything wrong in the file or the files it names (one line, naming the key).
+    """
+    data = read_yaml(path, "--workload")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"--workload {str(path)!r}: expected a mapping")
+    if "trace" in data:
+        return _trace_workload(path, data, rate_rps)
+    data = dict(data)
+    for key in ("prompt_tokens", "output_tokens"):
+        data[key] = _resolve_empirical(path, key, data.get(key))
+    try:
+        spec = workload_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"--workload {str(path)!r}: {err}") from None
+    if seed is not None:
+        spec = replace(spec, seed=seed)
+    if rate_rps is not None:
+        spec = spec.with_rate(check_rate(rate_rps))
+    described = {
+        "path": str(path),
+        "seed": spec.seed,
+        "rate_rps": spec.arrival.rate_rps,
+        "arrival": spec.arrival.process,
+    }
+    return RequestSource(draw_requests(spec), described)
+
+
+def load_trace(path: Path, fmt: str | None = None, *, rate_rps: float | None = None) -> RequestSource:
+    """The request list of ``--trace`` (rescaled to ``rate_rps`` when given)."""
+    requests = read_trace(path, fmt)
+    if rate_rps is not None:
+        requests = requests.at_rate(check_rate(rate_rps))
+    return RequestSource(requests, {"trace": str(path), "format": fmt or "auto", "rate_rps": _rate(requests)})
+
+
+def check_rate(rate_rps: float) -> float:
+    if not (isinstance(rate_rps, (int, float)) and np.isfinite(rate_rps) and rate_rps > 0):
+        raise ConfigError(f"--rate {rate_rps!r}; expected a positive number of requests per second")
+    return float(rate_rps)
+
+
+def role_profiles(
+    tps: Mapping[str, int],
+    profile_dirs: Sequence[Path] = (),
+    model: str | None = None,
+    hardware: str | None = None,
+) -> dict[str, Profile]:
+    """A profile for every role (``{"prefill": 1, "decode": 2}`` → profiles at those TPs).
+
+    Raises:
+        ConfigError: no profile source, a role whose TP has no profile, two profiles at one TP.
+        ProfileError: a profile that cannot be read, or a model that does not fit.
+    """
+    if profile_dirs and (model or hardware):
+        raise ConfigError("give either --profile or --model/--hardware, not both")
+    if profile_dirs:
+        by_tp: dict[int, Profile] = {}
+        for folder in profile_dirs:
+            profile = load_profile(folder)
+            if profile.tp in by_tp:
+                raise ConfigError(f"two --profile directories have tp={profile.tp}; give one per TP")
+            by_tp[profile.tp] = profile
+        out = {}
+        for role, tp in tps.items():
+            if tp not in by_tp:
+                raise ConfigError(
+                    f"the plan's {role}.tp={tp} has no matching --profile (given tp: "
+                    f"{sorted(by_tp)}); profile that TP or use --model/--hardware"
+                )
+            out[role] = by_tp[tp]
+        return out
+    if not (model and hardware):
+        raise ConfigError("need --profile DIR, or --model M with --hardware H (or a plan that names both)")
+    from pdplan.profiles.analytic import analytic_profile
+    from pdplan.profiles.model_spec import load_model_spec
+
+    spec = load_model_spec(model)
+    cache: dict[int, Profile] = {}
+    for tp in tps.values():
+        if tp not in cache:
+            cache[tp] = analytic_profile(spec, hardware, tp=tp)
+    return {role: cache[tp] for role, tp in tps.items()}
+
+
+def _trace_workload(path: Path, data: Mapping[str, Any], rate_rps: float | None) -> RequestSource:
+    unknown = [k for k in data if k not in ("trace", "name")]
+    if unknown:
+        raise ConfigError(
+            f"--workload {str(path)!r}: unknown keys {unknown} beside trace; valid: ['trace', 'name']"
+        )
+    spec = data["trace"]
+    if not isinstance(spec, Mapping) or "path" not in spec:
+        raise ConfigError(
+            f"--workload {str(path)!r}: trace needs a mapping with 'path' (keys {list(_TRACE_KEYS)})"
+        )
+    bad = [k for k in spec if k not in _TRACE_KEYS]
+    if bad:
+        raise ConfigError(f"--workload {str(path)!r}: trace: unknown keys {bad}; valid: {list(_TRACE_KEYS)}")
+    trace_path = path.parent / str(spec["path"])
+    requests = read_trace(trace_path, spec.get("format"))
+    scale = spec.get("time_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ConfigError(f"--workload {str(path)!r}: trace.time_scale={scale!r}; expected a positive number")
+    requests = requests.scaled(float(scale))
+    if rate_rps is not None:
+        requests = requests.at_rate(check_rate(rate_rps))
+    described = {
+        "path": str(path),
+        "trace": str(trace_path),
+        "time_scale": float(scale),
+        "rate_rps": _rate(requests),
+    }
+    return RequestSource(requests, described)
+
+
+def _resolve_empirical(path: Path, key: str, raw: Any) -> Any:
+    """``{dist: empirical, path, column}`` → ``{dist: empirical, values: [...]}``."""
+    if not (isinstance(raw, Mapping) and raw.get("dist") == "empirical" and "path" in raw):
+        return raw
+    bad = [k for k in raw if k not in ("dist", "path", "column")]
+    if bad:
+        raise ConfigError(
+            f"--workload {str(path)!r}: {key} (empirical): unknown keys {bad}; valid: "
+            "['dist', 'path', 'column'] or ['dist', 'values']"
+        )
+    csv = path.parent / str(raw["path"])
+    column = str(raw.get("column", key))
+    if not csv.is_file():
+        raise ConfigError(f"--workload {str(path)!r}: {key}.path {str(csv)!r}: no such file")
+    try:
+        values = pd.read_csv(csv, usecols=[column])[column]
+    except ValueError:
+        raise ConfigError(f"--workload {str(path)!r}: {key}: {str(csv)!r} has no column {column!r}") from None
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.floor(numbers))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ConfigError(
+            f"--workload {str(path)!r}: {key}: {str(csv)!r} column {column!r} row {row} is "
+            f"{values.iloc[row]!r}; expected integers ≥ 1"
+        )
+    return {"dist": "empirical", "values": numbers.astype(np.int64).tolist()}
+
+
+def _rate(requests: Requests) -> float | None:
+    try:
+        return round(requests.mean_rate_rps, 6)
+    except ConfigError:
+        return None

@@ -1,0 +1,287 @@
+"""``Plan``: a serving layout and what is predicted for it — ``plan.yaml`` (DESIGN.md schema).
+
+A plan composes the simulator's user-facing types (``PrefillPool``, ``DecodePool``,
+``ColocatedPool``, ``KvLink``) with the model and hardware names, the SLO, and the predicted
+figures. ``load_plan``/``plan_from_dict`` are strict: unknown keys are errors that list the valid
+ones, and every value is checked where the simulator's types are built. ``kv_transfer`` may give
+only a known ``link`` label (nvlink, infiniband, roce, pcie, tcp, loopback); the numbers then come
+from ``pdplan.profiles.hardware.link_preset``, and numbers given next to a label win.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO, parse_slo
+from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.profiles.profile import Profile
+from pdplan.sim.cluster import (
+    ColocatedCluster,
+    ColocatedPool,
+    DecodePool,
+    DisaggregatedCluster,
+    KvLink,
+    PrefillPool,
+)
+from pdplan.sim.costs import DEFAULT_GPU_MEMORY_UTILISATION, colocated_cluster, disaggregated_cluster
+from pdplan.sim.router import ROUTERS
+
+SCHEMA_VERSION = 1
+MODES = ("disaggregated", "colocated")
+PLAN_KEYS = (
+    "schema_version",
+    "mode",
+    "model",
+    "hardware",
+    "gpus",
+    "prefill",
+    "decode",
+    "colocated",
+    "kv_transfer",
+    "router",
+    "gpu_memory_utilisation",
+    "slo",
+    "attainment",
+    "workload",
+    "predicted",
+    "feasible",
+    "reason",
+)
+PREDICTED_KEYS = (
+    "goodput_rps",
+    "goodput_rps_per_gpu",
+    "rate_rps",
+    "ttft_p50_ms",
+    "ttft_p90_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p90_ms",
+    "tpot_p99_ms",
+    "attainment",
+)
+_SECTIONS: dict[str, type] = {"prefill": PrefillPool, "decode": DecodePool, "colocated": ColocatedPool}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One serving layout. ``prefill``/``decode``/``kv_transfer`` are set in ``disaggregated``
+    mode and ``colocated`` in ``colocated`` mode (an infeasible plan, ``feasible=False``, may
+    have none). ``gpus`` is derived from the pools."""
+
+    mode: str
+    prefill: PrefillPool | None = None
+    decode: DecodePool | None = None
+    colocated: ColocatedPool | None = None
+    kv_transfer: KvLink | None = None
+    model: str = ""
+    hardware: str = ""
+    router: str = "least_loaded"
+    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION
+    slo: SLO | None = None
+    attainment: float = DEFAULT_ATTAINMENT
+    workload: str | dict[str, Any] | None = None
+    predicted: dict[str, float | None] = field(default_factory=dict)
+    feasible: bool = True
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise choices_error("plan mode", self.mode, MODES)
+        if self.router not in ROUTERS:
+            raise choices_error("plan router", self.router, ROUTERS)
+        if not (isinstance(self.attainment, (int, float)) and 0 < self.attainment <= 1):
+            raise ConfigError(f"plan attainment={self.attainment!r}; expected a fraction in (0, 1]")
+        util = self.gpu_memory_utilisation
+        if not (isinstance(util, (int, float)) and 0 < util <= 1):
+            raise ConfigError(f"plan gpu_memory_utilisation={util!r}; expected a fraction in (0, 1]")
+        unknown = [k for k in self.predicted if k not in PREDICTED_KEYS]
+        if unknown:
+            raise ConfigError(f"plan predicted: unknown keys {unknown}; valid: {list(PREDICTED_KEYS)}")
+        if not self.feasible:
+            return
+        needed = ("prefill", "decode", "kv_transfer") if self.mode == "disaggregated" else ("colocated",)
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ConfigError(f"plan: mode {self.mode} needs {', '.join(missing)}")
+        extra = [
+            name
+            for name in ("prefill", "decode", "colocated", "kv_transfer")
+            if name not in needed and getattr(self, name) is not None
+        ]
+        if extra:
+            raise ConfigError(f"plan: mode {self.mode} does not use {', '.join(extra)}")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the layout uses (0 when it has no pools)."""
+        pools = (self.prefill, self.decode) if self.mode == "disaggregated" else (self.colocated,)
+        return sum(p.gpus for p in pools if p is not None)
+
+    @property
+    def tps(self) -> dict[str, int]:
+        """TP per role in use (``prefill``/``decode`` or ``colocated``)."""
+        pools = {"prefill": self.prefill, "decode": self.decode, "colocated": self.colocated}
+        return {role: pool.tp for role, pool in pools.items() if pool is not None}
+
+    def cluster(self, profiles: Mapping[str, Profile]) -> DisaggregatedCluster | ColocatedCluster:
+        """The cluster ``pdplan.sim.simulate`` takes, from a profile per role (keys as ``tps``).
+
+        Raises:
+            ConfigError: an infeasible plan. ProfileError: a profile's TP differs from its role's,
+            or the model does not fit.
+        """
+        if not self.feasible:
+            raise ConfigError(f"plan is infeasible ({self.reason or 'no reason given'}); nothing to simulate")
+        util = float(self.gpu_memory_utilisation)
+        if self.mode == "colocated":
+            assert self.colocated is not None
+            return colocated_cluster(self.colocated, profiles["colocated"], util)
+        assert self.prefill and self.decode and self.kv_transfer
+        pair = (profiles["prefill"], profiles["decode"])
+        return disaggregated_cluster(self.prefill, self.decode, self.kv_transfer, pair, util)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``plan.yaml`` mapping (DESIGN.md key order; absent sections left out)."""
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "mode": self.mode,
+            "model": self.model,
+            "hardware": self.hardware,
+            "gpus": self.gpus,
+        }
+        for name in ("prefill", "decode", "colocated", "kv_transfer"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = {f.name: getattr(value, f.name) for f in fields(value)}
+        out.update(
+            {
+                "router": self.router,
+                "gpu_memory_utilisation": self.gpu_memory_utilisation,
+                "slo": self.slo.spec if self.slo else None,
+                "attainment": self.attainment,
+                "workload": self.workload,
+                "predicted": dict(self.predicted),
+                "feasible": self.feasible,
+            }
+        )
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
+    """A ``Plan`` from a ``plan.yaml`` mapping (strict).
+
+    Raises:
+        ConfigError: unknown keys (the valid ones listed), a wrong schema version, bad values, or a
+            ``gpus`` that disagrees with the pools.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    _check_keys(source, data, PLAN_KEYS)
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{source}: schema_version {version!r}; expected {SCHEMA_VERSION}")
+    if "mode" not in data:
+        raise ConfigError(f"{source}: missing key 'mode' ({' or '.join(MODES)})")
+    kwargs: dict[str, Any] = {"mode": data["mode"]}
+    for name, cls in _SECTIONS.items():
+        if data.get(name) is not None:
+            kwargs[name] = _section(source, name, cls, data[name])
+    if data.get("kv_transfer") is not None:
+        kwargs["kv_transfer"] = kv_link_from_dict(data["kv_transfer"], source=source)
+    for key in ("model", "hardware", "router", "reason"):
+        if data.get(key) is not None:
+            kwargs[key] = str(data[key])
+    for key in ("gpu_memory_utilisation", "attainment", "workload", "feasible"):
+        if data.get(key) is not None:
+            kwargs[key] = data[key]
+    if data.get("slo"):
+        kwargs["slo"] = parse_slo(str(data["slo"]))
+    if data.get("predicted") is not None:
+        if not isinstance(data["predicted"], Mapping):
+            raise ConfigError(f"{source}: predicted must be a mapping of {list(PREDICTED_KEYS)}")
+        kwargs["predicted"] = dict(data["predicted"])
+    if not isinstance(kwargs.get("feasible", True), bool):
+        raise ConfigError(f"{source}: feasible={kwargs['feasible']!r}; expected true or false")
+    plan = Plan(**kwargs)
+    gpus = data.get("gpus")
+    if gpus is not None and plan.feasible and gpus != plan.gpus:
+        raise ConfigError(f"{source}: gpus={gpus!r} but the pools use {plan.gpus} (instances × tp)")
+    return plan
+
+
+def kv_link_from_dict(raw: Any, *, source: str = "plan") -> KvLink:
+    """A ``KvLink`` from ``{link, bandwidth_gbps, latency_ms, contention, layerwise_overlap}``; a
+    known ``link`` label fills the numbers that are not given."""
+    valid = ("link", *(f.name for f in fields(KvLink) if f.name != "link"))
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: kv_transfer must be a mapping with keys {list(valid)}")
+    _check_keys(f"{source}: kv_transfer", raw, valid)
+    values = dict(raw)
+    label = str(values.pop("link", "custom"))
+    if "bandwidth_gbps" not in values or "latency_ms" not in values:
+        from pdplan.profiles.hardware import link_preset
+
+        preset = link_preset(label)  # ConfigError listing the labels when unknown
+        values.setdefault("bandwidth_gbps", preset.bandwidth_gbps)
+        values.setdefault("latency_ms", preset.latency_ms)
+    try:
+        return KvLink(link=label, **values)
+    except TypeError as err:
+        raise ConfigError(f"{source}: kv_transfer: {err}") from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check ``plan.yaml``.
+
+    Raises:
+        ConfigError: missing or unreadable file, bad YAML, or anything ``plan_from_dict`` rejects.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--plan {str(file)!r}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"--plan {str(file)!r}: not readable YAML ({err})") from None
+    return plan_from_dict(data if data is not None else {}, source=str(file))
+
+
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    """Write ``plan.yaml`` atomically (temp file in the same directory, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(plan.to_dict(), fh, sort_keys=False)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _section(source: str, name: str, cls: type, raw: Any) -> Any:
+    valid = [f.name for f in fields(cls)]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: {name} must be a mapping with keys {valid}")
+    _check_keys(f"{source}: {name}", raw, tuple(valid))
+    if "instances" not in raw:
+        raise ConfigError(f"{source}: {name} needs 'instances'")
+    return cls(**{k: v for k, v in raw.items() if v is not None})
+
+
+def _check_keys(where: str, data: Mapping[str, Any], valid: tuple[str, ...]) -> None:
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid: {list(valid)}")

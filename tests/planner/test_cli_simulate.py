@@ -1,0 +1,225 @@
+"""``pdplan simulate``: run directories for both modes, profile matching, traces, bad input → exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plan_cases as pc
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pdplan.planner.cli.app import app, main
+from pdplan.planner.inputs import load_workload, read_trace
+from pdplan.planner.plan import load_plan
+from pdplan.sim import REQUEST_COLUMNS, TIMESERIES_COLUMNS
+
+TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces"
+runner = CliRunner()
+
+
+def _invoke(args: list[str]):
+    result = runner.invoke(app, ["simulate", *map(str, args)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def _exit_code(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["pdplan", "simulate", *map(str, args)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    return int(stop.value.code or 0), capsys.readouterr().err
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """Skip report.html (the reports' own tests cover it) where a test does not look at it."""
+    from pdplan.planner.cli import simulate_cmd
+
+    monkeypatch.setattr(simulate_cmd, "_report", lambda out: None)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "plan": pc.write_yaml(tmp_path / "plan.yaml", pc.DISAGG_PLAN),
+        "workload": pc.write_yaml(tmp_path / "workload.yaml", pc.WORKLOAD),
+        "profile": pc.profile_dir(tmp_path, tp=1),
+        "out": tmp_path / "run",
+    }
+
+
+def test_disaggregated_run_directory(inputs):
+    out = inputs["out"]
+    result = _invoke(
+        [
+            "--plan",
+            inputs["plan"],
+            "--profile",
+            inputs["profile"],
+            "--workload",
+            inputs["workload"],
+            "--out",
+            out,
+            "--warmup",
+            "0",
+        ]
+    )
+    assert "TTFT (ms)" in result.output and "SLO ttft=1000ms,tpot=50ms" in result.output
+    requests = pd.read_csv(out / "requests.csv")
+    assert tuple(requests.columns) == REQUEST_COLUMNS and len(requests) == 400
+    assert set(requests.status) == {"ok"}
+    summary = yaml.safe_load((out / "summary.yaml").read_text())
+    assert summary["counts"]["ok"] == 400 and summary["meets_slo"] is True
+    assert set(summary["utilisation"]) == {"prefill", "decode"}
+    # Constant profile: every prefill batch takes 40 ms and every decode step 8 ms.
+    ok = requests[requests.output_tokens > 1]
+    tpot = (ok.finish_s - ok.first_token_s) / (ok.output_tokens - 1)
+    assert tpot.min() >= 0.008 - 1e-12
+    assert ((requests.prefill_end_s - requests.prefill_start_s) >= 0.04 - 1e-12).all()
+    series = pd.read_csv(out / "timeseries.csv")
+    assert tuple(series.columns) == TIMESERIES_COLUMNS and set(series.role) == {"prefill", "decode"}
+    plan = load_plan(out / "plan.yaml")
+    assert plan.predicted["rate_rps"] == 8.0 and plan.predicted["ttft_p99_ms"] == summary["ttft_ms"]["p99"]
+    assert plan.workload["seed"] == 3  # type: ignore[index]
+    run = yaml.safe_load((out / "run.yaml").read_text())
+    assert run["kind"] == "simulate" and run["schema_version"] == 1 and "simpy" in run["versions"]
+    assert (out / "report.html").is_file()
+
+
+def test_same_inputs_same_requests(no_report, inputs, tmp_path):
+    args = ["--plan", inputs["plan"], "--profile", inputs["profile"], "--workload", inputs["workload"]]
+    _invoke([*args, "--out", tmp_path / "a"])
+    _invoke([*args, "--out", tmp_path / "b"])
+    assert (tmp_path / "a" / "requests.csv").read_text() == (tmp_path / "b" / "requests.csv").read_text()
+    _invoke([*args, "--out", tmp_path / "c", "--seed", "9", "--rate", "4"])
+    other = pd.read_csv(tmp_path / "c" / "requests.csv")
+    assert other.arrival_s.iloc[-1] > 1.5 * pd.read_csv(tmp_path / "a" / "requests.csv").arrival_s.iloc[-1]
+
+
+def test_profiles_are_matched_to_roles_by_tp(no_report, inputs, tmp_path):
+    plan = pc.write_yaml(tmp_path / "tp.yaml", {**pc.DISAGG_PLAN, "decode": {"instances": 1, "tp": 2}})
+    tp2 = pc.profile_dir(tmp_path, tp=2, decode_ms=4.0)
+    _invoke(
+        [
+            "--plan",
+            plan,
+            "--profile",
+            tp2,
+            "--profile",
+            inputs["profile"],
+            "--workload",
+            inputs["workload"],
+            "--out",
+            inputs["out"],
+        ]
+    )
+    requests = pd.read_csv(inputs["out"] / "requests.csv")
+    multi = requests[requests.output_tokens > 1]
+    assert ((multi.finish_s - multi.first_token_s) / (multi.output_tokens - 1)).min() == pytest.approx(0.004)
+
+
+def test_colocated_with_an_analytic_profile_and_a_trace(no_report, tmp_path):
+    plan = pc.write_yaml(tmp_path / "plan.yaml", pc.COLOCATED_PLAN)
+    trace = tmp_path / "trace.csv"
+    pd.DataFrame({"arrival_s": np.arange(50) * 0.1, "prompt_tokens": 200, "output_tokens": 20}).to_csv(
+        trace, index=False
+    )
+    out = tmp_path / "run"
+    _invoke(["--plan", plan, "--trace", trace, "--rate", "20", "--out", out, "--slo", "ttft=500ms"])
+    summary = yaml.safe_load((out / "summary.yaml").read_text())
+    assert summary["counts"]["ok"] == 50 and set(summary["utilisation"]) == {"colocated"}
+    assert summary["slo"] == "ttft=500ms"
+    requests = pd.read_csv(out / "requests.csv")
+    assert requests.arrival_s.iloc[-1] == pytest.approx(49 / 20)  # rescaled to 20 req/s
+    assert (requests.prefill_end_s == requests.first_token_s).all()
+
+
+def test_trace_workload_yaml_and_empirical_lengths(tmp_path):
+    pd.DataFrame(
+        {"arrival_s": [0.0, 2.0, 4.0], "prompt_tokens": [5, 6, 7], "output_tokens": [1, 2, 3]}
+    ).to_csv(tmp_path / "t.csv", index=False)
+    pc.write_yaml(tmp_path / "tw.yaml", {"trace": {"path": "t.csv", "format": "csv", "time_scale": 0.5}})
+    source = load_workload(tmp_path / "tw.yaml")
+    assert source.requests.arrival_s.tolist() == [0.0, 1.0, 2.0] and source.description["time_scale"] == 0.5
+    pd.DataFrame({"len": [10, 20, 30]}).to_csv(tmp_path / "lens.csv", index=False)
+    workload = {**pc.WORKLOAD, "prompt_tokens": {"dist": "empirical", "path": "lens.csv", "column": "len"}}
+    drawn = load_workload(pc.write_yaml(tmp_path / "emp.yaml", workload), rate_rps=2.0)
+    assert set(drawn.requests.prompt_tokens.tolist()) <= {10, 20, 30} and drawn.description["rate_rps"] == 2.0
+
+
+def test_real_azure_trace_replays_at_a_rate(tmp_path):
+    path = TRACES / "AzureLLMInferenceTrace_conv.csv"
+    if not path.is_file():
+        pytest.skip(f"shared trace {path} is absent")
+    requests = read_trace(path)
+    assert len(requests) == 19366 and requests.at_rate(2.0).mean_rate_rps == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"plan": {"mode": "disaggregated", "prefill": {"instances": 1}, "decod": {}}},
+            "unknown keys ['decod']; valid: ['schema_version'",
+        ),
+        ({"workload": {**pc.WORKLOAD, "arrivals": {}}}, "unknown keys ['arrivals']"),
+        (
+            {"workload": {**pc.WORKLOAD, "prompt_tokens": {"dist": "pareto", "alpha": 2}}},
+            "unknown workload.prompt_tokens.dist 'pareto'; valid: empirical, fixed, lognormal, uniform",
+        ),
+        (
+            {"workload": {**pc.WORKLOAD, "output_tokens": {"dist": "lognormal", "mean": -5, "cv": 1}}},
+            "lognormal.mean=-5.0; expected a positive number",
+        ),
+        ({"args": ["--rate", "-3"]}, "--rate -3.0; expected a positive number"),
+        ({"args": ["--slo", "ttft=fast"]}, "ttft='fast'; expected a positive number with a unit"),
+        ({"args": ["--warmup", "1.5"]}, "--warmup 1.5; expected a fraction in [0, 1)"),
+        (
+            {"no_workload": True, "args": ["--trace", "/no/such/trace.csv"]},
+            "trace '/no/such/trace.csv': no such file",
+        ),
+        ({"args": ["--trace", "x.csv"]}, "give exactly one of --workload W.yaml and --trace F"),
+        (
+            {"no_workload": True, "args": ["--trace", "{plan}", "--trace-format", "parquet"]},
+            "unknown --trace-format 'parquet'; valid: azure, csv, mooncake",
+        ),
+        ({"no_plan": True}, "--plan is required"),
+        (
+            {"plan": {**pc.DISAGG_PLAN, "decode": {"instances": 1, "tp": 4}}},
+            "the plan's decode.tp=4 has no matching --profile (given tp: [1])",
+        ),
+        (
+            {"plan": {**pc.DISAGG_PLAN, "kv_transfer": {"link": "carrier-pigeon"}}},
+            "unknown kv_transfer link 'carrier-pigeon'",
+        ),
+        (
+            {"no_profile": True, "args": ["--model", "llama-3.1-8b"]},
+            "need --profile DIR, or --model M with --hardware H",
+        ),
+        (
+            {
+                "no_profile": True,
+                "args": ["--model", "llama-3.1-70b", "--hardware", "h100-sxm"],
+                "plan": {**pc.DISAGG_PLAN, "model": "llama-3.1-70b"},
+            },
+            "has 72.0 GiB",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, inputs, change, message):
+    plan = pc.write_yaml(tmp_path / "p.yaml", change.get("plan", pc.DISAGG_PLAN))
+    workload = pc.write_yaml(tmp_path / "w.yaml", change.get("workload", pc.WORKLOAD))
+    args = [] if change.get("no_plan") else ["--plan", plan]
+    args += [] if change.get("no_profile") else ["--profile", inputs["profile"]]
+    args += [] if change.get("no_workload") else ["--workload", workload]
+    args += [a.replace("{plan}", str(plan)) for a in change.get("args", [])]
+    code, err = _exit_code(monkeypatch, capsys, [*args, "--out", tmp_path / "out"])
+    assert code == 2
+    text = " ".join(err.split())
+    assert message in text, text
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "requests.csv").exists()
