@@ -12,6 +12,7 @@ and no ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -284,7 +285,8 @@ class WorkerServer:
             self.metrics.inc("requests_total", status="error")
             payload = error_body(err.message, err.status, err.kind)
             payload["meta_info"] = {"id": req.rid, "finish_reason": {"type": "abort", "message": err.message}}
-            await response.write(sse(payload))
+            with contextlib.suppress(ConnectionResetError):  # the client may be gone as well
+                await response.write(sse(payload))
         except (ConnectionResetError, StopAsyncIteration) as err:
             log.info("stream of %s ended early: %r", req.rid, err)
             self.metrics.inc("requests_total", status="error")

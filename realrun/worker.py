@@ -121,7 +121,7 @@ async def serve(config: WorkerConfig) -> None:
         metrics.gauge(
             "kv_pool_idle_tokens", "Capacity of finished caches kept for reuse.", lambda: pool.idle_tokens
         )
-    model_path = config.weights or config.model
+    model_path = config.weights or _model_path(config.model)
     server = WorkerServer(config, spec, service, tokenizer, limits, metrics, model_path)
 
     loop = asyncio.get_running_loop()
@@ -150,6 +150,18 @@ async def serve(config: WorkerConfig) -> None:
         await sender.close()
     await runner.cleanup()
     service.close()
+
+
+def _model_path(model: str) -> str:
+    """What ``/model_info`` reports as ``model_path``: always a local path. sglang-router loads a
+    tokenizer from it; a bare catalog name would send it to the Hugging Face Hub."""
+    from importlib import resources
+
+    from pdplan.profiles.model_spec import catalog_names
+
+    if model in catalog_names():
+        return str(resources.files("pdplan.profiles") / "catalog" / f"{model}.json")
+    return str(Path(model).resolve())
 
 
 async def _watch_parent(parent_pid: int | None, stop: asyncio.Event) -> None:
