@@ -126,6 +126,10 @@ def save_profile(profile: Profile, out_dir: str | Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        # mkdtemp makes the folder 0700; give the result the permissions a plain mkdir would.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
     except OSError as err:
         raise ProfileError(f"cannot write profile to {str(out)!r}: {err.strerror or err}") from None
     try:
