@@ -32,6 +32,7 @@ from pdplan.realrun.kv_budget import KvBudget
 from pdplan.realrun.metrics import WorkerMetrics
 from pdplan.realrun.protocol import SamplingParams
 from pdplan.realrun.responses import Finish, Timeline
+from pdplan.realrun.sampler import sample
 
 log = logging.getLogger(__name__)
 ROLES = ("prefill", "decode", "colocated")
@@ -317,25 +318,7 @@ class Engine:
         return finish is not None
 
     def _sample(self, logits: torch.Tensor, jobs: list[Job]) -> list[int]:
-        """Greedy rows take the argmax; others sample from softmax(logits / T) after top-k/top-p."""
-        logits = logits.float()
-        out = logits.argmax(dim=-1).tolist()
-        for i, job in enumerate(jobs):
-            params = job.sampling
-            if params.is_greedy:
-                continue
-            row = logits[i] / params.temperature
-            if params.top_k > 0:
-                kth = torch.topk(row, params.top_k).values[-1]
-                row = row.masked_fill(row < kth, float("-inf"))
-            if params.top_p < 1.0:
-                # Nucleus sampling (Holtzman et al. 2020): keep the smallest set whose mass ≥ top_p.
-                sorted_row, order = torch.sort(row, descending=True)
-                mass = torch.softmax(sorted_row, dim=-1).cumsum(-1)
-                drop = mass - torch.softmax(sorted_row, dim=-1) > params.top_p
-                row = row.scatter(0, order[drop], float("-inf"))
-            if params.seed is not None and job.generator is None:
-                job.generator = torch.Generator().manual_seed(params.seed)
-            gen = job.generator or self._generator
-            out[i] = int(torch.multinomial(torch.softmax(row, dim=-1), 1, generator=gen))
-        return [int(t) for t in out]
+        for job in jobs:
+            if job.sampling.seed is not None and job.generator is None:
+                job.generator = torch.Generator().manual_seed(job.sampling.seed)
+        return sample(logits, [j.sampling for j in jobs], [j.generator or self._generator for j in jobs])

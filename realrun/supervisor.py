@@ -30,46 +30,12 @@ from typing import IO, Any
 
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.deployment import LaunchPlan, ProcessSpec
+from pdplan.realrun.procfs import group_members, is_alive, start_ticks
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
 DEPLOY_FILE = "deploy.json"
 Progress = Callable[[str], None]
-
-
-def start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux), ``None`` if it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
-def is_alive(pid: int, ticks: int | None) -> bool:
-    """Whether ``pid`` still runs *and* is the process that started at ``ticks`` (not a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0] != "Z" and (ticks is None or int(fields[19]) == ticks)
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs (not zombies) whose process group is ``pgid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
