@@ -276,5 +276,5 @@ class ColocatedRun:
             instance={"colocated": np.asarray(self.instance_of, dtype=np.int32)},
             kv_start_s=kv_start,
             transfer_end_s=transfer_end,
-            events=self.env.scheduled,
+            events=self.env.events_scheduled(),
         )

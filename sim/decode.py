@@ -32,7 +32,7 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING
 
-from pdplan.sim.kernel import INSTANCE, boundary_s, first_boundary_at_or_after
+from pdplan.sim.kernel import INSTANCE, first_boundary_at_or_after
 
 if TYPE_CHECKING:
     from simpy.events import Event
@@ -76,9 +76,10 @@ class DecodeInstance:
             if ready < self.wake_t:
                 self._schedule(ready, 0)
         elif self.batch < self.max_batch:
-            k = first_boundary_at_or_after(self.seg_t0, self.first, self.q, ready)
+            t0, first, q = self.seg_t0, self.first, self.q
+            k = first_boundary_at_or_after(t0, first, q, ready)
             if k < self.wake_k:
-                self._schedule(boundary_s(self.seg_t0, self.first, self.q, k), k)
+                self._schedule(t0 + (k * first + q * (k * (k - 1))), k)  # boundary_s, inlined
         return True
 
     def wait(self, rid: int) -> None:
@@ -88,13 +89,15 @@ class DecodeInstance:
     # --- internals -------------------------------------------------------------------------------
     def _transfer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> float:
         ready = self.run.transfer(rid, now, prefill_end, prefill_index)
-        self.ledger.kv_start_s[rid] = now
-        self.ledger.transfer_end_s[rid] = ready
+        ledger = self.ledger
+        ledger.kv_start_s[rid] = now
+        ledger.transfer_end_s[rid] = ready
         heappush(self.pending, (ready, rid))
         return ready
 
     def _schedule(self, time_s: float, k: int) -> None:
-        self.wake_t, self.wake_k = time_s, k
+        self.wake_t = time_s
+        self.wake_k = k
         self.wake = self.env.at(time_s, INSTANCE, self._on_wake)
 
     def _on_wake(self, event: Event) -> None:
@@ -102,17 +105,30 @@ class DecodeInstance:
             return  # superseded by a re-plan
         self.wake, self.wake_t = None, math.inf
         now = self.env.now
-        if self.batch:
-            steps = self.steps = self.steps + self.wake_k
-            self.ctx += self.batch * self.wake_k
+        batch = self.batch
+        if batch:
+            k = self.wake_k
+            steps = self.steps = self.steps + k
+            ctx = self.ctx + batch * k
             self.busy_s += now - self.seg_t0
             fin = self.fin
-            while fin and fin[0][0] == steps:
-                rid = heappop(fin)[1]
-                self.batch -= 1
-                self.ctx -= self.prompt[rid] + self.output[rid] - 1
-                self._release(rid, now)
-        self._admit(now)
+            if fin[0][0] == steps:
+                prompt, output, finish = self.prompt, self.output, self.ledger.finish_s
+                freed = 0
+                while fin and fin[0][0] == steps:
+                    rid = heappop(fin)[1]
+                    need = prompt[rid] + output[rid]
+                    batch -= 1
+                    ctx -= need - 1
+                    freed += need
+                    finish[rid] = now
+                self.batch = batch
+                self.kv_free += freed
+                self.run.decode_load[self.index] -= freed
+            self.ctx = ctx
+        pending = self.pending
+        if self.waiters or (pending and pending[0][0] <= now):
+            self._admit(now)
         self._plan(now)
 
     def _release(self, rid: int, now: float) -> None:
@@ -153,8 +169,9 @@ class DecodeInstance:
         first = self.first = self.e + self.f * batch + self.g * self.ctx
         q = self.q = self.g * batch * 0.5
         k = self.fin[0][0] - self.steps
-        if self.pending and batch < self.max_batch:
-            k_join = first_boundary_at_or_after(now, first, q, self.pending[0][0])
+        pending = self.pending
+        if pending and batch < self.max_batch:
+            k_join = first_boundary_at_or_after(now, first, q, pending[0][0])
             if k_join < k:
                 k = k_join
-        self._schedule(boundary_s(now, first, q, k), k)
+        self._schedule(now + (k * first + q * (k * (k - 1))), k)  # boundary_s, inlined

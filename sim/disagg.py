@@ -154,5 +154,5 @@ class Run:
             },
             kv_start_s=kv_start,
             transfer_end_s=transfer_end,
-            events=self.env.scheduled,
+            events=self.env.events_scheduled(),
         )

@@ -48,17 +48,18 @@ class _Wake(Event):
 
 
 class Kernel(simpy.Environment):
-    """``simpy.Environment`` plus scheduling at an absolute time; counts what it schedules."""
-
-    scheduled = 0
+    """``simpy.Environment`` plus scheduling at an absolute time."""
 
     def at(self, time_s: float, priority: int, callback: Callable[[Event], None]) -> Event:
         """Run ``callback(event)`` at ``time_s`` (≥ now) with ``priority``; returns the event."""
         assert time_s >= self._now, f"event at {time_s} is in the past (now {self._now})"
         event = _Wake(callback)
-        self.scheduled += 1
         heappush(self._queue, (time_s, priority, next(self._eid), event))
         return event
+
+    def events_scheduled(self) -> int:
+        """Events scheduled so far (SimPy numbers them; call when the run is over)."""
+        return next(self._eid)
 
 
 def boundary_s(t0: float, first: float, q: float, k: int) -> float:
@@ -78,6 +79,8 @@ def first_boundary_at_or_after(t0: float, first: float, q: float, time_s: float)
 
     Inverts the closed form for a guess, then settles rounding with exact comparisons: gallop
     from the guess to a bracket, then bisect (``boundary_s`` is monotone in k, in floats too).
+    ``boundary_s`` is inlined here (the same expression, so the same floats): this runs once per
+    join.
     """
     rel = time_s - t0
     if q > 0:
@@ -87,16 +90,22 @@ def first_boundary_at_or_after(t0: float, first: float, q: float, time_s: float)
         guess = rel / first
     else:
         return NEVER_STEPS
-    k = min(max(int(guess), 1), NEVER_STEPS)
+    k = int(guess) if guess < NEVER_STEPS else NEVER_STEPS
+    if k < 1:
+        k = 1
     # Bracket: boundary(lo) < time_s (lo = 0 stands for "before the first boundary") ≤ boundary(hi).
-    step = 1
-    if boundary_s(t0, first, q, k) >= time_s:
-        hi, lo = k, k - 1
+    if t0 + (k * first + q * (k * (k - 1))) >= time_s:
+        if k == 1:
+            return 1
+        j = k - 1
+        if t0 + (j * first + q * (j * (j - 1))) < time_s:
+            return k  # the usual case: the guess was exact
+        hi, lo, step = j, j - 1, 1
         while lo >= 1 and boundary_s(t0, first, q, lo) >= time_s:
             hi, step = lo, step * 2
             lo = max(hi - step, 0)
     else:
-        lo, hi = k, k + 1
+        lo, hi, step = k, k + 1, 1
         while hi < NEVER_STEPS and boundary_s(t0, first, q, hi) < time_s:
             lo, step = hi, step * 2
             hi = min(lo + step, NEVER_STEPS)

@@ -29,9 +29,7 @@ def _round_robin(loads: list[int], num_requests: int, rng: np.random.Generator) 
 
 
 def _least_loaded(loads: list[int], num_requests: int, rng: np.random.Generator) -> Chooser:
-    indices = range(len(loads))
-    key = loads.__getitem__
-    return lambda rid: min(indices, key=key)
+    return lambda rid: loads.index(min(loads))  # the first (lowest) index among equal loads
 
 
 def _random(loads: list[int], num_requests: int, rng: np.random.Generator) -> Chooser:
