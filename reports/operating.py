@@ -130,10 +130,8 @@ def timeseries_figure(timeseries: pd.DataFrame) -> MplFigure:
 def build_operating(runs: Sequence[RunData]) -> Section:
     """CDFs over every run with requests (a bench's ``predicted/`` included), time series and
     summary table per run."""
-    samples: list[tuple[str, dict[str, np.ndarray]]] = []
-    for run in _with_requests(runs):
-        assert run.requests is not None
-        samples.append((_sample_label(run), request_latencies(run.requests)))
+    samples = latency_samples(runs)
+    excluded = sum(_warmup(run) for run in _with_requests(runs))
     summaries = [run for run in runs if run.summary is not None]
     series = [run for run in runs if run.timeseries is not None]
     if not samples and not summaries and not series:
@@ -145,7 +143,8 @@ def build_operating(runs: Sequence[RunData]) -> Section:
         items.append(
             Figure(
                 "operating-cdf",
-                "TTFT and TPOT of every completed request (CDF); dashed: the SLO thresholds.",
+                "TTFT and TPOT of every completed request (CDF); dashed: the SLO thresholds."
+                + (" Warm-up requests are left out, as in summary.yaml." if excluded else ""),
                 to_svg(cdf_figure(samples, slo), "operating-cdf"),
             )
         )
@@ -176,6 +175,16 @@ def build_operating(runs: Sequence[RunData]) -> Section:
     return Section("operating", "Operating point", items=tuple(items), notes=tuple(notes))
 
 
+def latency_samples(runs: Sequence[RunData]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(label, latencies) of every run with requests, a bench's ``predicted/`` included, without
+    the warm-up requests its summary.yaml left out."""
+    samples = []
+    for run in _with_requests(runs):
+        assert run.requests is not None
+        samples.append((_sample_label(run), request_latencies(run.requests.iloc[_warmup(run) :])))
+    return samples
+
+
 def _with_requests(runs: Sequence[RunData]) -> list[RunData]:
     out = []
     for run in runs:
@@ -184,6 +193,13 @@ def _with_requests(runs: Sequence[RunData]) -> list[RunData]:
         if run.predicted is not None and run.predicted.requests is not None:
             out.append(run.predicted)
     return out
+
+
+def _warmup(run: RunData) -> int:
+    """How many of the earliest arrivals summary.yaml left out (``warmup_excluded``), so the CDF
+    describes the same requests as the summary's percentiles."""
+    value = (run.summary or {}).get("warmup_excluded")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _sample_label(run: RunData) -> str:

@@ -68,7 +68,9 @@ def _run_summary(run: RunData) -> list[Item]:
     items = [
         Paragraph(sentence + "."),
         Table(
-            f"{lead} and, after a search, the best plan of the other mode (predicted at goodput).",
+            "The recommended plan and the best plan of the other mode, predicted at their goodput."
+            if run.candidates is not None
+            else "The plan and its predicted latencies.",
             SUMMARY_HEADER,
             tuple(rows),
             highlight=(0,),

@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from pdplan.reports.figure import SLO_COLOR
-from pdplan.reports.operating import build_operating, cdf_figure, request_latencies, timeseries_figure
+from pdplan.reports.operating import (
+    build_operating,
+    cdf_figure,
+    latency_samples,
+    request_latencies,
+    timeseries_figure,
+)
 from pdplan.reports.rundir import RunData, load_run
 from pdplan.reports.slo import SloLine
 
@@ -119,3 +125,16 @@ def test_operating_section_absent_without_results(tmp_path: Path) -> None:
     section = build_operating([RunData(path=tmp_path / "prof")])
     assert section.absent is not None
     assert "prof has no requests.csv / summary.yaml / timeseries.csv" in section.absent
+
+
+def test_cdf_leaves_out_the_warmup_like_the_summary(tmp_path: Path) -> None:
+    requests = _requests().iloc[:3]  # TTFTs 500, 200, 1000 ms by arrival
+    run = RunData(path=tmp_path / "sim", requests=requests, summary={"warmup_excluded": 1})
+    ((label, values),) = latency_samples([run])
+    assert label == "sim (bench)"  # requests alone read as a bench run
+    assert values["ttft"].tolist() == pytest.approx([200.0, 1000.0])
+    figure = next(i for i in build_operating([run]).items if i.kind == "figure")
+    assert "Warm-up requests are left out" in figure.caption
+    plain = RunData(path=tmp_path / "sim", requests=requests)
+    assert latency_samples([plain])[0][1]["ttft"].tolist() == pytest.approx([500.0, 200.0, 1000.0])
+    assert "Warm-up" not in next(i for i in build_operating([plain]).items if i.kind == "figure").caption
