@@ -1,0 +1,156 @@
+"""One probe of the rate search: simulate a cluster at one request rate and judge it against the SLO.
+
+``SloTargets`` is the search's view of an SLO (DESIGN.md): the parsed ``SLO`` — per-request
+thresholds met jointly by at least ``attainment`` of the requests, and percentile thresholds
+(``ttft_p99=2s``) — plus that attainment target. Every probe of a search replays the *same*
+request list, time-scaled to the probe's rate (common random numbers), and leaves the first
+``warmup_fraction`` of arrivals out of every figure (the cluster starts empty).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO
+from pdplan.profiles.errors import ConfigError
+from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
+from pdplan.sim.records import SimResult
+from pdplan.sim.requests import Requests
+from pdplan.sim.simulate import SimOptions, simulate
+from pdplan.sim.summary import percentile_key, summarize
+
+PROBE_PERCENTILES = (50.0, 90.0, 99.0)
+PROBE_COLUMNS = (
+    "candidate_id",
+    "rate_rps",
+    "attainment",
+    "ttft_p50_ms",
+    "ttft_p90_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p90_ms",
+    "tpot_p99_ms",
+    "output_tokens_per_s",
+    "meets_slo",
+)
+
+
+@dataclass(frozen=True)
+class SloTargets:
+    """An SLO (``pdplan.planner.slo``) and the fraction of requests that must attain its
+    per-request thresholds."""
+
+    slo: SLO
+    attainment: float = DEFAULT_ATTAINMENT
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.attainment, (int, float)) and not isinstance(self.attainment, bool)) or not (
+            0 < self.attainment <= 1
+        ):
+            raise ConfigError(f"--attainment {self.attainment!r}; expected a fraction in (0, 1]")
+
+    @property
+    def per_request_ms(self) -> Mapping[str, float]:
+        return self.slo.per_request_ms
+
+    @property
+    def percentile_ms(self) -> tuple[tuple[str, float, float], ...]:
+        return self.slo.percentile_ms
+
+    @property
+    def attainment_thresholds_ms(self) -> dict[str, float]:
+        """What the ``attainment`` column counts: the per-request thresholds, or — for an SLO of
+        percentiles only — every threshold read as a per-request one (the strictest per metric)."""
+        if self.slo.per_request_ms:
+            return dict(self.slo.per_request_ms)
+        out: dict[str, float] = {}
+        for metric, _, limit in self.slo.percentile_ms:
+            out[metric] = min(out.get(metric, math.inf), limit)
+        return out
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of one probe (one row of ``probes.csv`` without the candidate id)."""
+
+    rate_rps: float
+    attainment: float
+    ttft_ms: tuple[float, float, float]  # p50, p90, p99
+    tpot_ms: tuple[float, float, float]
+    output_tokens_per_s: float
+    meets_slo: bool
+    num_requests: int
+    violated: str = ""  # the SLO terms that failed, e.g. "attainment 0.71 < 0.9" or "ttft_p99"
+
+    def row(self, candidate_id: str) -> dict[str, Any]:
+        return {
+            "candidate_id": candidate_id,
+            "rate_rps": self.rate_rps,
+            "attainment": self.attainment,
+            "ttft_p50_ms": self.ttft_ms[0],
+            "ttft_p90_ms": self.ttft_ms[1],
+            "ttft_p99_ms": self.ttft_ms[2],
+            "tpot_p50_ms": self.tpot_ms[0],
+            "tpot_p90_ms": self.tpot_ms[1],
+            "tpot_p99_ms": self.tpot_ms[2],
+            "output_tokens_per_s": self.output_tokens_per_s,
+            "meets_slo": self.meets_slo,
+        }
+
+
+def simulate_at(
+    cluster: DisaggregatedCluster | ColocatedCluster, requests: Requests, rate_rps: float
+) -> SimResult:
+    """``requests`` time-scaled to mean rate ``rate_rps``, simulated on ``cluster``."""
+    return simulate(requests.at_rate(rate_rps), cluster, SimOptions(router="least_loaded"))
+
+
+def judge(
+    result: SimResult, rate_rps: float, slo: SloTargets, warmup_fraction: float
+) -> tuple[Probe, dict[str, Any]]:
+    """The probe outcome of a finished simulation, and its summary (``summary.yaml`` figures).
+
+    The SLO is judged exactly as ``pdplan simulate --plan`` judges it (``SLO.violations``), so a
+    plan the search says holds at a rate also holds when simulated on its own.
+    """
+    summary = summarize(
+        result.records.columns(),
+        slo_ms=slo.attainment_thresholds_ms,
+        warmup_fraction=warmup_fraction,
+        utilisation=result.utilisation,
+        percentiles=slo.slo.percentiles,
+    )
+    failed = slo.slo.violations(summary, slo.attainment)
+    summary["slo"] = slo.slo.spec
+    probe = Probe(
+        rate_rps=float(rate_rps),
+        attainment=float(summary["attainment"] or 0.0),
+        ttft_ms=_triple(summary["ttft_ms"]),
+        tpot_ms=_triple(summary["tpot_ms"]),
+        output_tokens_per_s=float(summary["output_tokens_per_s"]),
+        meets_slo=not failed,
+        num_requests=len(result.records),
+        violated="; ".join(failed),
+    )
+    return probe, summary
+
+
+def run_probe(
+    cluster: DisaggregatedCluster | ColocatedCluster,
+    requests: Requests,
+    rate_rps: float,
+    slo: SloTargets,
+    warmup_fraction: float,
+) -> Probe:
+    """Simulate ``requests`` at ``rate_rps`` on ``cluster`` and judge the SLO."""
+    return judge(simulate_at(cluster, requests, rate_rps), rate_rps, slo, warmup_fraction)[0]
+
+
+def _triple(stats: Mapping[str, float] | None) -> tuple[float, float, float]:
+    if stats is None:
+        return (math.nan, math.nan, math.nan)
+    a, b, c = (float(stats[percentile_key(q)]) for q in PROBE_PERCENTILES)
+    return (a, b, c)

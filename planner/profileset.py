@@ -1,0 +1,116 @@
+"""``ProfileSet``: the profiles a search may use — one per TP, for one model on one hardware.
+
+From ``--profile DIR`` (repeatable; measured or analytic profile directories, one per TP) or from
+``--model M --hardware H`` (an analytic roofline profile per TP in ``DEFAULT_TPS``; a TP at which
+the model does not fit, or that does not divide its heads, is kept with the reason, so the search
+can report the candidates that need it as infeasible).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pdplan.profiles.errors import ConfigError, ProfileError
+from pdplan.profiles.profile import Profile, load_profile
+
+log = logging.getLogger(__name__)
+
+#: TP degrees tried with --model/--hardware (a node of 8 GPUs).
+DEFAULT_TPS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ProfileSet:
+    """Profiles by TP, for one model on one hardware; ``unfit`` maps each TP that was tried and
+    cannot serve the model to the reason."""
+
+    profiles: Mapping[int, Profile]
+    unfit: Mapping[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.profiles:
+            reasons = "; ".join(f"tp={tp}: {why}" for tp, why in sorted(self.unfit.items()))
+            raise ConfigError(f"no usable profile for the search ({reasons or 'none given'})")
+        first = self.any
+        for tp, prof in self.profiles.items():
+            if prof.tp != tp:
+                raise ConfigError(f"profile for tp={tp} was made at tp={prof.tp}")
+            if prof.model.name != first.model.name or prof.hardware.get("name") != first.hardware.get("name"):
+                raise ConfigError(
+                    f"profiles mix models or hardware: {first.model.name} on "
+                    f"{first.hardware.get('name')} and {prof.model.name} on {prof.hardware.get('name')}; "
+                    "a search uses one of each"
+                )
+
+    @property
+    def any(self) -> Profile:
+        """The profile of the smallest TP (model-wide facts are the same in all)."""
+        return self.profiles[min(self.profiles)]
+
+    @property
+    def tps(self) -> tuple[int, ...]:
+        return tuple(sorted(self.profiles))
+
+    @property
+    def model(self) -> str:
+        return self.any.model.name
+
+    @property
+    def hardware(self) -> str:
+        return str(self.any.hardware.get("name", "unknown"))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """The whole model's KV bytes per token (what crosses the KV link)."""
+        return self.any.model.kv_bytes_per_token(self.any.dtype)
+
+    @property
+    def num_layers(self) -> int:
+        return self.any.model.num_layers
+
+
+def load_profile_set(profile_dirs: Sequence[Path]) -> ProfileSet:
+    """Profiles read from directories, one per TP.
+
+    Raises:
+        ConfigError: two directories at one TP, or mixed models/hardware.
+        ProfileError: a directory that is not a readable profile.
+    """
+    by_tp: dict[int, Profile] = {}
+    for folder in profile_dirs:
+        profile = load_profile(folder)
+        if profile.tp in by_tp:
+            raise ConfigError(f"two --profile directories have tp={profile.tp}; give one per TP")
+        by_tp[profile.tp] = profile
+    return ProfileSet(by_tp)
+
+
+def analytic_profile_set(
+    model: str, hardware: str, tps: Sequence[int] = DEFAULT_TPS, dtype: str | None = None
+) -> ProfileSet:
+    """Analytic profiles of ``model`` on ``hardware`` at each TP that can serve it.
+
+    Raises:
+        ConfigError: unknown model or hardware, or no TP can serve the model (reasons listed).
+    """
+    from pdplan.profiles.analytic import analytic_profile
+    from pdplan.profiles.hardware import get_hardware
+    from pdplan.profiles.model_spec import load_model_spec
+
+    spec = load_model_spec(model)
+    hw = get_hardware(hardware)
+    profiles: dict[int, Profile] = {}
+    unfit: dict[int, str] = {}
+    for tp in tps:
+        try:
+            profiles[tp] = analytic_profile(spec, hw, tp=tp, dtype=dtype)
+        except ProfileError as err:  # the weights leave no room for KV
+            unfit[tp] = f"does not fit in memory: {err}"
+        except ConfigError as err:  # tp does not divide the heads
+            unfit[tp] = f"tp={tp} cannot shard the model: {err}"
+        if tp in unfit:
+            log.info("tp=%d left out: %s", tp, unfit[tp])
+    return ProfileSet(profiles, unfit)

@@ -1,0 +1,340 @@
+"""The search space: candidate layouts on a GPU budget, and the memory-fit filter.
+
+A ``Candidate`` is one layout the search may simulate: a disaggregated pair of pools (prefill
+instances × TP, decode instances × TP, their batch limits) or a colocated pool (instances × TP,
+policy, chunk size, batch limit). ``enumerate_candidates`` lists every layout of the grid that
+uses at most the GPU budget, in a fixed order (so candidate ids are stable); ``memory_fit``
+prices each role's instance (latency model + KV capacity) or says why it does not fit.
+
+Prefill pools always chunk at their token budget (``chunk_tokens = max_batch_tokens``), as
+SGLang's prefill servers do with ``--chunked-prefill-size``: a prompt longer than one batch is
+split instead of rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pdplan.profiles.errors import ConfigError, ProfileError, choices_error
+from pdplan.profiles.profile import Profile
+from pdplan.sim.cluster import (
+    ColocatedCluster,
+    ColocatedPool,
+    DecodePool,
+    DisaggregatedCluster,
+    InstanceCost,
+    KvLink,
+    PrefillPool,
+)
+from pdplan.sim.costs import instance_cost
+
+MODES = ("disaggregated", "colocated")
+POLICY_PREFILL_FIRST = "prefill-first"
+POLICY_CHUNKED = "chunked"
+
+
+@dataclass(frozen=True)
+class SpaceGrid:
+    """The batch limits the search tries for every instance count and TP.
+
+    Defaults: prefill token budgets around SGLang's chunked-prefill default (8192 on 80 GB GPUs);
+    decode batch caps around vLLM's ``max_num_seqs`` default (256); colocated chunk sizes from
+    Sarathi-Serve's range (512-2048 tokens, Agrawal et al., OSDI 2024) plus vLLM's unchunked
+    prefill-first scheduler with an 8192-token step.
+    """
+
+    prefill_max_batch_tokens: tuple[int, ...] = (4096, 16384)
+    prefill_max_batch_size: int = 64
+    decode_max_batch_size: tuple[int, ...] = (128, 256, 512)
+    colocated_max_batch_size: tuple[int, ...] = (128, 256)
+    colocated_chunk_tokens: tuple[int, ...] = (512, 2048)
+    colocated_prefill_first_tokens: tuple[int, ...] = (8192,)
+    tps: tuple[int, ...] = (1, 2, 4, 8)  # the search narrows this to the TPs it has profiles for
+
+    def __post_init__(self) -> None:
+        for name in (
+            "prefill_max_batch_tokens",
+            "decode_max_batch_size",
+            "colocated_max_batch_size",
+            "colocated_chunk_tokens",
+            "colocated_prefill_first_tokens",
+            "tps",
+        ):
+            values = getattr(self, name)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+                raise ConfigError(f"search grid {name}={values!r}; expected integers ≥ 1")
+        if self.prefill_max_batch_size < 1:
+            raise ConfigError(
+                f"search grid prefill_max_batch_size={self.prefill_max_batch_size!r}; expected ≥ 1"
+            )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One layout. Exactly the pools of its ``mode`` are set."""
+
+    candidate_id: str
+    mode: str
+    prefill: PrefillPool | None = None
+    decode: DecodePool | None = None
+    colocated: ColocatedPool | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise choices_error("mode", self.mode, MODES)
+        disagg = self.prefill is not None and self.decode is not None and self.colocated is None
+        colo = self.colocated is not None and self.prefill is None and self.decode is None
+        assert disagg if self.mode == "disaggregated" else colo, f"pools do not match mode {self.mode}"
+
+    @property
+    def gpus(self) -> int:
+        if self.colocated is not None:
+            return self.colocated.gpus
+        assert self.prefill is not None and self.decode is not None
+        return self.prefill.gpus + self.decode.gpus
+
+    @property
+    def tps(self) -> tuple[int, ...]:
+        """The TP degrees this layout needs profiles for (distinct, sorted)."""
+        if self.colocated is not None:
+            return (self.colocated.tp,)
+        assert self.prefill is not None and self.decode is not None
+        return tuple(sorted({self.prefill.tp, self.decode.tp}))
+
+    @property
+    def shape(self) -> str:
+        """Instance counts and TP, e.g. ``2P:1D (TP1)``, ``3P (TP2) : 2D (TP1)``, ``4× colocated (TP1)``."""
+        if self.colocated is not None:
+            return f"{self.colocated.instances}× colocated (TP{self.colocated.tp})"
+        assert self.prefill is not None and self.decode is not None
+        p, d = self.prefill, self.decode
+        if p.tp == d.tp:
+            return f"{p.instances}P:{d.instances}D (TP{p.tp})"
+        return f"{p.instances}P (TP{p.tp}) : {d.instances}D (TP{d.tp})"
+
+    @property
+    def limits(self) -> str:
+        """The batch limits in words."""
+        if self.colocated is not None:
+            c = self.colocated
+            step = f"chunk {c.chunk_tokens}" if c.policy == POLICY_CHUNKED else f"step {c.max_batch_tokens}"
+            return f"{c.policy}, {step}, max batch {c.max_batch_size}"
+        assert self.prefill is not None and self.decode is not None
+        return (
+            f"prefill {self.prefill.max_batch_tokens} tokens, decode max batch {self.decode.max_batch_size}"
+        )
+
+    @property
+    def pools(self) -> dict[str, PrefillPool | DecodePool | ColocatedPool]:
+        """The pools by role (``prefill``/``decode`` or ``colocated``)."""
+        if self.colocated is not None:
+            return {"colocated": self.colocated}
+        assert self.prefill is not None and self.decode is not None
+        return {"prefill": self.prefill, "decode": self.decode}
+
+    @property
+    def instances(self) -> dict[str, int]:
+        """Instance count per role (``prefill``/``decode`` or ``colocated``)."""
+        if self.colocated is not None:
+            return {"colocated": self.colocated.instances}
+        assert self.prefill is not None and self.decode is not None
+        return {"prefill": self.prefill.instances, "decode": self.decode.instances}
+
+    def unit(self) -> Candidate:
+        """The same TP and limits with one instance per role and no id: what per-instance
+        quantities (bounds, latency floors) depend on, so they can be cached across counts."""
+        if self.colocated is not None:
+            return Candidate("", self.mode, colocated=replace(self.colocated, instances=1))
+        assert self.prefill is not None and self.decode is not None
+        return Candidate(
+            "",
+            self.mode,
+            prefill=replace(self.prefill, instances=1),
+            decode=replace(self.decode, instances=1),
+        )
+
+    @property
+    def label(self) -> str:
+        """``mode shape`` — what tables and the verdict print."""
+        return f"{self.mode} {self.shape}"
+
+    def row(self) -> dict[str, Any]:
+        """The layout columns of ``candidates.csv`` (None where a column does not apply)."""
+        out: dict[str, Any] = {
+            "candidate_id": self.candidate_id,
+            "mode": self.mode,
+            "prefill_instances": None,
+            "prefill_tp": None,
+            "decode_instances": None,
+            "decode_tp": None,
+            "colocated_instances": None,
+            "colocated_tp": None,
+            "policy": None,
+            "max_batch_size": None,
+            "max_batch_tokens": None,
+            "chunk_tokens": None,
+            "gpus": self.gpus,
+        }
+        if self.colocated is not None:
+            c = self.colocated
+            out.update(
+                colocated_instances=c.instances,
+                colocated_tp=c.tp,
+                policy=c.policy,
+                max_batch_size=c.max_batch_size,
+                max_batch_tokens=c.max_batch_tokens,
+                chunk_tokens=c.chunk_tokens if c.policy == POLICY_CHUNKED else None,
+            )
+        else:
+            assert self.prefill is not None and self.decode is not None
+            out.update(
+                prefill_instances=self.prefill.instances,
+                prefill_tp=self.prefill.tp,
+                decode_instances=self.decode.instances,
+                decode_tp=self.decode.tp,
+                max_batch_size=self.decode.max_batch_size,
+                max_batch_tokens=self.prefill.max_batch_tokens,
+                chunk_tokens=self.prefill.chunk_tokens,
+            )
+        return out
+
+
+def enumerate_candidates(
+    max_gpus: int, *, modes: Sequence[str] = MODES, grid: SpaceGrid = SpaceGrid(), min_gpus: int = 1
+) -> list[Candidate]:
+    """Every layout of ``grid`` with ``min_gpus`` ≤ GPUs ≤ ``max_gpus``, ids ``c0000``, ``c0001`` …
+
+    Order: disaggregated before colocated; then TP (prefill, decode), instance counts, limits —
+    fixed, so the same arguments always give the same ids.
+
+    Raises:
+        ConfigError: ``max_gpus`` < 1 or an unknown mode.
+    """
+    if not isinstance(max_gpus, int) or max_gpus < 1:
+        raise ConfigError(f"--gpus {max_gpus!r}; expected an integer ≥ 1")
+    for mode in modes:
+        if mode not in MODES:
+            raise choices_error("--mode", mode, MODES)
+    shapes: list[tuple[str, dict[str, Any]]] = []
+    if "disaggregated" in modes:
+        shapes += [("disaggregated", s) for s in _disaggregated(max_gpus, grid)]
+    if "colocated" in modes:
+        shapes += [("colocated", s) for s in _colocated(max_gpus, grid)]
+    out: list[Candidate] = []
+    for mode, pools in shapes:
+        if sum(pool.gpus for pool in pools.values()) >= min_gpus:
+            out.append(Candidate(f"c{len(out):04d}", mode, **pools))
+    return out
+
+
+def _disaggregated(max_gpus: int, grid: SpaceGrid) -> list[dict[str, Any]]:
+    out = []
+    for p_tp in grid.tps:
+        for d_tp in grid.tps:
+            for p_n in range(1, (max_gpus - d_tp) // p_tp + 1):
+                for d_n in range(1, (max_gpus - p_n * p_tp) // d_tp + 1):
+                    for tokens in grid.prefill_max_batch_tokens:
+                        for batch in grid.decode_max_batch_size:
+                            out.append(
+                                {
+                                    "prefill": PrefillPool(
+                                        p_n, p_tp, tokens, grid.prefill_max_batch_size, tokens
+                                    ),
+                                    "decode": DecodePool(d_n, d_tp, batch),
+                                }
+                            )
+    return out
+
+
+def _colocated(max_gpus: int, grid: SpaceGrid) -> list[dict[str, Any]]:
+    out = []
+    for tp in grid.tps:
+        for n in range(1, max_gpus // tp + 1):
+            for batch in grid.colocated_max_batch_size:
+                for chunk in grid.colocated_chunk_tokens:
+                    pool = ColocatedPool(n, tp, POLICY_CHUNKED, batch, max(chunk, 8192), chunk)
+                    out.append({"colocated": pool})
+                for tokens in grid.colocated_prefill_first_tokens:
+                    pool = ColocatedPool(n, tp, POLICY_PREFILL_FIRST, batch, tokens, min(tokens, 2048))
+                    out.append({"colocated": pool})
+    return out
+
+
+# --- memory fit ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fit:
+    """Each role's instance cost (``prefill``/``decode`` or ``colocated``), or why a role cannot
+    run (``does not fit in memory: …`` when weights and activations leave no room for KV)."""
+
+    costs: Mapping[str, InstanceCost] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return not self.reason
+
+
+class CostCache:
+    """``InstanceCost`` per (TP, step tokens, batch size): one KV-capacity computation per key.
+
+    ``unfit`` maps a TP whose profile could not be built to the reason (``does not fit in memory:
+    …``, or why that TP cannot shard the model).
+    """
+
+    def __init__(self, profiles: Mapping[int, Profile], unfit: Mapping[int, str] | None = None) -> None:
+        self.profiles = dict(profiles)
+        self.unfit = dict(unfit or {})
+        self._costs: dict[tuple[int, int, int], InstanceCost | str] = {}
+
+    def cost(self, tp: int, step_tokens: int, batch_size: int) -> InstanceCost | str:
+        key = (tp, step_tokens, batch_size)
+        if key not in self._costs:
+            self._costs[key] = self._price(tp, step_tokens, batch_size)
+        return self._costs[key]
+
+    def _price(self, tp: int, step_tokens: int, batch_size: int) -> InstanceCost | str:
+        if tp not in self.profiles:
+            return self.unfit.get(tp, f"no profile at tp={tp}")
+        try:
+            return instance_cost(self.profiles[tp], max_step_tokens=step_tokens, max_batch_size=batch_size)
+        except ProfileError as err:
+            return f"does not fit in memory: {err}"
+
+
+def memory_fit(candidate: Candidate, cache: CostCache) -> Fit:
+    """Price each role of ``candidate``; a role that leaves no room for KV makes it not fit."""
+    if candidate.colocated is not None:
+        c = candidate.colocated
+        roles = {"colocated": cache.cost(c.tp, c.step_tokens, c.max_batch_size)}
+    else:
+        assert candidate.prefill is not None and candidate.decode is not None
+        p, d = candidate.prefill, candidate.decode
+        roles = {
+            "prefill": cache.cost(p.tp, p.step_tokens, p.max_batch_size),
+            "decode": cache.cost(d.tp, d.max_batch_size, d.max_batch_size),
+        }
+    for role, cost in roles.items():
+        if isinstance(cost, str):
+            return Fit(reason=f"{cost} ({role})")
+    return Fit(costs={role: cost for role, cost in roles.items() if isinstance(cost, InstanceCost)})
+
+
+def build_cluster(
+    candidate: Candidate, fit: Fit, link: KvLink, *, kv_bytes_per_token: int, num_layers: int
+) -> DisaggregatedCluster | ColocatedCluster:
+    """The cluster ``simulate`` takes, from a candidate that fits (costs already priced)."""
+    assert fit.fits, "only a candidate that fits is simulated"
+    if candidate.colocated is not None:
+        return ColocatedCluster(candidate.colocated, fit.costs["colocated"])
+    assert candidate.prefill is not None and candidate.decode is not None
+    return DisaggregatedCluster(
+        prefill=candidate.prefill,
+        decode=candidate.decode,
+        link=link,
+        prefill_cost=fit.costs["prefill"],
+        decode_cost=fit.costs["decode"],
+        kv_bytes_per_token=kv_bytes_per_token,
+        num_layers=num_layers,
+    )

@@ -1,0 +1,214 @@
+"""Running screened candidates over worker processes in waves, with deterministic pruning.
+
+Candidates are taken best bound first (by bound per GPU; with a target rate, fewest GPUs first).
+The first wave holds the top candidate of each mode, so each mode has a best plan ("incumbent")
+early; later waves hold ``WAVE_SIZE`` candidates. Before a wave starts, each of its candidates
+gets the rate it must hold to matter (``need``): the incumbent's goodput per GPU × its GPUs,
+raised by the rate search's tolerance (beating the best by less than the search's resolution is
+not a finding). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
+rate searches then run in parallel (``concurrent.futures``; one worker runs them inline), and
+their outcomes are recorded in submission order. Decisions use only what was known when the wave
+started, so the outcome is the same whatever the number of workers and however they are timed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pdplan.planner.evaluation import STATUS_INFEASIBLE, STATUS_OK, STATUS_PRUNED, Evaluation, rank_key
+from pdplan.planner.probe import Probe, SloTargets, run_probe
+from pdplan.planner.rate import BELOW_NEED, OK, RateOutcome, RatePolicy, find_goodput
+from pdplan.planner.screen import Screen, Screened
+from pdplan.planner.space import MODES
+from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
+from pdplan.sim.requests import Requests
+
+if TYPE_CHECKING:
+    from pdplan.planner.search import SearchSpec
+
+#: Candidates per wave after the first. Fixed (not tied to the worker count) so results are too.
+WAVE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything one worker needs to find one candidate's goodput (picklable)."""
+
+    cluster: DisaggregatedCluster | ColocatedCluster
+    requests: Requests
+    upper_rps: float
+    need_rps: float
+    slo: SloTargets
+    warmup_fraction: float
+    policy: RatePolicy
+
+
+def evaluate(task: Task) -> RateOutcome:
+    """The rate search of one candidate (in a worker process, or inline with one worker)."""
+
+    def probe(rate: float) -> Probe:
+        return run_probe(task.cluster, task.requests, rate, task.slo, task.warmup_fraction)
+
+    return find_goodput(
+        probe,
+        task.upper_rps,
+        target_attainment=task.slo.attainment,
+        need_rps=task.need_rps,
+        policy=task.policy,
+    )
+
+
+class InlineExecutor(Executor):
+    """Runs each task when it is submitted, in this process (``--workers 1``: no start-up cost)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def executor(workers: int) -> Executor:
+    """``workers`` processes (forkserver: they fork from a clean single-threaded server that has
+    imported the planner, so they start fast and inherit no threads of the caller, such as a
+    progress bar's), or the inline executor for one worker."""
+    if workers == 1:
+        return InlineExecutor()
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["pdplan.planner.waves"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class Scheduler:
+    """Runs screened candidates in waves; records each decision in ``decided`` and calls ``tick``."""
+
+    def __init__(
+        self,
+        spec: SearchSpec,
+        screen: Screen,
+        pool: Executor,
+        decided: dict[str, Evaluation],
+        tick: Callable[[], None],
+    ) -> None:
+        self.spec, self.screen, self.pool, self.decided, self.tick = spec, screen, pool, decided, tick
+        self.best: dict[str, Evaluation] = {}  # per mode, by the search's objective
+        self.rank = rank_key(spec.target_rate_rps)
+
+    def run(self, screened: Sequence[Screened]) -> None:
+        def order(s: Screened) -> tuple[Any, ...]:
+            c = s.candidate
+            if self.spec.target_rate_rps is not None:
+                return (c.gpus, -s.bound.rate_rps, c.candidate_id)
+            return (-s.bound_per_gpu, c.gpus, c.candidate_id)
+
+        ordered = sorted(screened, key=order)
+        first = []
+        for mode in MODES:
+            top = next((s for s in ordered if s.candidate.mode == mode), None)
+            if top is not None:
+                first.append(top)
+        queue = deque(s for s in ordered if s not in first)
+        wave = first
+        while wave:
+            tasks = []
+            for item in wave:
+                need, why = self._need(item)
+                if why:
+                    bound = item.bound.rate_rps
+                    self._decide(Evaluation(item.candidate, STATUS_PRUNED, why, bound_rps=bound))
+                else:
+                    tasks.append((item, need))
+            futures = [self.pool.submit(evaluate, self._task(item, need)) for item, need in tasks]
+            for (item, need), future in zip(tasks, futures, strict=True):
+                self._record(item, need, future.result())
+            wave = [queue.popleft() for _ in range(min(WAVE_SIZE, len(queue)))]
+
+    def _need(self, item: Screened) -> tuple[float, str]:
+        """The rate ``item`` must hold to matter, or why it cannot (pruned by its ceiling)."""
+        c, ceiling = item.candidate, item.ceiling_rps
+        best = self.best.get(c.mode)
+        target = self.spec.target_rate_rps
+        margin = 1.0 + self.spec.rate_policy.tolerance
+        if target is not None:
+            if ceiling <= target:
+                return 0.0, f"capacity bound {ceiling:.3g} req/s ({self._util()}) ≤ target {target:g} req/s"
+            if best is None or c.gpus < best.candidate.gpus:
+                return target, ""
+            if c.gpus > best.candidate.gpus:
+                return 0.0, (
+                    f"uses more GPUs than {best.candidate.candidate_id} ({best.candidate.gpus}), "
+                    f"which holds {target:g} req/s"
+                )
+            need = max(target, (best.goodput_rps or 0.0) * margin)
+        elif best is None:
+            return 0.0, ""
+        else:
+            need = (best.goodput_rps_per_gpu or 0.0) * c.gpus * margin
+        if ceiling <= need:
+            assert best is not None, "a need comes from a best plan"
+            return 0.0, (
+                f"capacity bound {ceiling / c.gpus:.3g} req/s per GPU ({self._util()}) cannot beat "
+                f"{best.candidate.candidate_id} ({best.goodput_rps_per_gpu or 0:.3g} per GPU)"
+            )
+        return need, ""
+
+    def _util(self) -> str:
+        return f"at {self.spec.max_utilisation:.0%} utilisation"
+
+    def _task(self, item: Screened, need: float) -> Task:
+        return Task(
+            cluster=self.screen.cluster(item.candidate),
+            requests=self.spec.requests.head(item.num_requests),
+            upper_rps=item.ceiling_rps,
+            need_rps=need,
+            slo=self.spec.slo,
+            warmup_fraction=self.spec.warmup_fraction,
+            policy=self.spec.rate_policy,
+        )
+
+    def _record(self, item: Screened, need: float, outcome: RateOutcome) -> None:
+        c = item.candidate
+        common: dict[str, Any] = {
+            "bound_rps": item.bound.rate_rps,
+            "probes": outcome.probes,
+            "num_requests": item.num_requests,
+        }
+        last = outcome.probes[-1]
+        target = self.spec.target_rate_rps
+        if outcome.status == OK:
+            evaluation = Evaluation(c, STATUS_OK, goodput_rps=outcome.goodput_rps, **common)
+            best = self.best.get(c.mode)
+            if best is None or self.rank(evaluation) < self.rank(best):
+                self.best[c.mode] = evaluation
+        elif outcome.status == BELOW_NEED and target is not None and need <= target:
+            why = f"misses the SLO at the target {target:g} req/s ({last.violated})"
+            evaluation = Evaluation(c, STATUS_INFEASIBLE, why, **common)
+        elif outcome.status == BELOW_NEED:
+            best = self.best[c.mode]
+            why = (
+                f"misses the SLO at {need:.3g} req/s, the rate it needs to beat "
+                f"{best.candidate.candidate_id} ({last.violated})"
+            )
+            evaluation = Evaluation(c, STATUS_PRUNED, why, **common)
+        else:
+            why = f"misses the SLO even at {last.rate_rps:.3g} req/s ({last.violated})"
+            evaluation = Evaluation(c, STATUS_INFEASIBLE, why, **common)
+        self._decide(evaluation)
+
+    def _decide(self, evaluation: Evaluation) -> None:
+        self.decided[evaluation.candidate.candidate_id] = evaluation
+        self.tick()
