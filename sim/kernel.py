@@ -54,7 +54,7 @@ class Kernel(simpy.Environment):
         """Run ``callback(event)`` at ``time_s`` (≥ now) with ``priority``; returns the event."""
         assert time_s >= self._now, f"event at {time_s} is in the past (now {self._now})"
         event = _Wake(callback)
-        heappush(self._queue, (time_s, priority, next(self._eid), event))
+        heappush(self._queue, (time_s, priority, next(self._eid), event))  # type: ignore[misc]
         return event
 
     def events_scheduled(self) -> int:

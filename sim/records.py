@@ -110,8 +110,13 @@ class Ledger:
 
     def __init__(self, num_requests: int) -> None:
         nan = array("d", [math.nan])
-        for name in _TIME_FIELDS + _DETAIL_FIELDS:
-            setattr(self, name, nan * num_requests)
+        self.first_token_s = nan * num_requests
+        self.finish_s = nan * num_requests
+        self.prefill_start_s = nan * num_requests
+        self.prefill_end_s = nan * num_requests
+        self.decode_start_s = nan * num_requests
+        self.kv_start_s = nan * num_requests
+        self.transfer_end_s = nan * num_requests
         self.rejected = array("b", bytes(num_requests))
 
     def finish(

@@ -28,7 +28,7 @@ class Requests:
 
     def __post_init__(self) -> None:
         arrival = np.array(self.arrival_s, dtype=np.float64)
-        columns = {"arrival_s": arrival}
+        columns: dict[str, np.ndarray] = {"arrival_s": arrival}
         for name in ("prompt_tokens", "output_tokens"):
             raw = np.asarray(getattr(self, name))
             if raw.size and not np.all(np.isfinite(raw.astype(np.float64))):

@@ -108,7 +108,7 @@ def summarize(
 
 
 def _columns(table: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for name in ("arrival_s", "output_tokens", "first_token_s", "finish_s", "status"):
         try:
             column = table[name]
