@@ -42,8 +42,8 @@ CANDIDATE_COLUMNS = (
 class Evaluation:
     """One candidate's fate: ``ok`` with its goodput, ``infeasible`` or ``pruned`` with why.
 
-    ``bound_rps`` is its capacity bound (when computed), ``num_requests`` the request prefix its
-    probes replayed.
+    ``bound_rps`` is its capacity bound (when computed) and ``bound_role`` the role that sets it;
+    ``num_requests`` is the request prefix its probes replayed.
     """
 
     candidate: Candidate
@@ -53,6 +53,7 @@ class Evaluation:
     goodput_rps: float | None = None
     probes: tuple[Probe, ...] = ()
     num_requests: int = 0
+    bound_role: str = ""  # the role whose capacity bound binds (prefill, decode, colocated)
 
     def __post_init__(self) -> None:
         assert self.status in (STATUS_OK, STATUS_INFEASIBLE, STATUS_PRUNED), f"status {self.status}"
@@ -68,6 +69,19 @@ class Evaluation:
         """The passing probe at the goodput (its operating point)."""
         passing = [p for p in self.probes if p.meets_slo]
         return max(passing, key=lambda p: p.rate_rps) if passing else None
+
+    @property
+    def limit(self) -> str:
+        """What stopped its goodput from going higher, from the lowest failing probe above it:
+        the SLO term that failed, or the capacity ceiling when no probe above it failed."""
+        above = [p for p in self.probes if not p.meets_slo and p.rate_rps > (self.goodput_rps or 0.0)]
+        if not above:
+            per_gpu = (self.bound_rps or 0.0) / self.candidate.gpus
+            return (
+                f"capacity: it holds the SLO up to the search's ceiling "
+                f"({self.bound_role} bound {per_gpu:.3g} req/s per GPU)"
+            )
+        return min(above, key=lambda p: p.rate_rps).violated
 
     def row(self) -> dict[str, Any]:
         """One ``candidates.csv`` row."""

@@ -109,7 +109,8 @@ class SearchSpec:
 @dataclass(frozen=True, eq=False)
 class SearchResult:
     """Every candidate's evaluation (in id order), the chosen one, the best of each mode, and the
-    chosen plan's run at its operating point (its goodput, on ``operating_requests`` requests)."""
+    chosen plan's run at its operating point: ``operating_rate_rps`` (its goodput, or the target
+    rate in rate mode) on ``operating_requests`` requests of the list."""
 
     spec: SearchSpec
     evaluations: tuple[Evaluation, ...]
@@ -118,6 +119,7 @@ class SearchResult:
     operating: SimResult | None
     operating_summary: Mapping[str, Any] | None
     operating_requests: int
+    operating_rate_rps: float | None
     wall_s: float
 
     def count(self, status: str) -> int:
@@ -164,7 +166,7 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
             progress(len(decided), total)
 
     tick()
-    log.info("search: %d candidates, %d infeasible before simulating", total, len(decided))
+    log.debug("search: %d candidates, %d infeasible before simulating", total, len(decided))
     with executor(spec.workers) as pool:
         Scheduler(spec, screen, pool, decided, tick).run(screened)
     evaluations = tuple(decided[c.candidate_id] for c in candidates)
@@ -173,13 +175,13 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
     for evaluation in ranked:
         best_by_mode.setdefault(evaluation.candidate.mode, evaluation)
     chosen = ranked[0] if ranked else None
-    operating, summary, prefix = None, None, 0
+    operating, summary, prefix, rate = None, None, 0, None
     if chosen is not None:
         assert chosen.goodput_rps is not None, "an ok evaluation has a goodput"
         prefix = chosen.num_requests
-        cluster = screen.cluster(chosen.candidate)
-        operating = simulate_at(cluster, spec.requests.head(prefix), chosen.goodput_rps)
-        _, summary = judge(operating, chosen.goodput_rps, spec.slo, spec.warmup_fraction)
+        rate = spec.target_rate_rps or chosen.goodput_rps
+        operating = simulate_at(screen.cluster(chosen.candidate), spec.requests.head(prefix), rate)
+        _, summary = judge(operating, rate, spec.slo, spec.warmup_fraction)
     return SearchResult(
         spec=spec,
         evaluations=evaluations,
@@ -188,6 +190,7 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
         operating=operating,
         operating_summary=summary,
         operating_requests=prefix,
+        operating_rate_rps=rate,
         wall_s=time.perf_counter() - start,
     )
 

@@ -105,9 +105,9 @@ class Candidate:
 
     @property
     def shape(self) -> str:
-        """Instance counts and TP, e.g. ``2P:1D (TP1)``, ``3P (TP2) : 2D (TP1)``, ``4× colocated (TP1)``."""
+        """Instance counts and TP, e.g. ``2P:1D (TP1)``, ``3P (TP2) : 2D (TP1)``, ``4× (TP1)``."""
         if self.colocated is not None:
-            return f"{self.colocated.instances}× colocated (TP{self.colocated.tp})"
+            return f"{self.colocated.instances}× (TP{self.colocated.tp})"
         assert self.prefill is not None and self.decode is not None
         p, d = self.prefill, self.decode
         if p.tp == d.tp:
@@ -116,15 +116,13 @@ class Candidate:
 
     @property
     def limits(self) -> str:
-        """The batch limits in words."""
+        """The batch limits, short: ``chunked 2048, batch ≤256`` or ``P 8192 tok, D batch ≤256``."""
         if self.colocated is not None:
             c = self.colocated
-            step = f"chunk {c.chunk_tokens}" if c.policy == POLICY_CHUNKED else f"step {c.max_batch_tokens}"
-            return f"{c.policy}, {step}, max batch {c.max_batch_size}"
+            step = c.chunk_tokens if c.policy == POLICY_CHUNKED else c.max_batch_tokens
+            return f"{c.policy} {step}, batch ≤{c.max_batch_size}"
         assert self.prefill is not None and self.decode is not None
-        return (
-            f"prefill {self.prefill.max_batch_tokens} tokens, decode max batch {self.decode.max_batch_size}"
-        )
+        return f"P {self.prefill.max_batch_tokens} tok, D batch ≤{self.decode.max_batch_size}"
 
     @property
     def pools(self) -> dict[str, PrefillPool | DecodePool | ColocatedPool]:
@@ -157,8 +155,13 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        """``mode shape`` — what tables and the verdict print."""
+        """``mode shape``, e.g. ``disaggregated 2P:1D (TP1)``, ``colocated 4× (TP1)``."""
         return f"{self.mode} {self.shape}"
+
+    @property
+    def description(self) -> str:
+        """Label and limits, e.g. ``colocated 4× (TP1), chunked 2048, batch ≤256``."""
+        return f"{self.label}, {self.limits}"
 
     def row(self) -> dict[str, Any]:
         """The layout columns of ``candidates.csv`` (None where a column does not apply)."""

@@ -184,6 +184,7 @@ class Scheduler:
         c = item.candidate
         common: dict[str, Any] = {
             "bound_rps": item.bound.rate_rps,
+            "bound_role": item.bound.limit,
             "probes": outcome.probes,
             "num_requests": item.num_requests,
         }

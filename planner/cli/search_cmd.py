@@ -1,0 +1,255 @@
+"""The SLO search: ``pdplan simulate --slo ... (--gpus N | --rate R) ... --out DIR``.
+
+Finds the layout (disaggregated P:D counts, TP per role, batch limits — or colocated) with the most
+goodput per GPU within a GPU budget, or the fewest GPUs that hold a target rate, and compares the
+best disaggregated plan with the best colocated one. A thin layer: read the inputs, build a
+``SearchSpec``, call ``pdplan.planner.search.run_search`` under a progress bar, write the run
+directory (``pdplan.planner.search_files``), print the top plans and the verdict, render the
+report. An SLO no layout can meet is a result: ``plan.yaml`` says ``feasible: false`` and why, and
+the command exits 0.
+
+Nothing heavy is imported at module level: ``pdplan --help`` loads this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from pdplan.planner.profileset import ProfileSet
+    from pdplan.planner.search import SearchResult
+    from pdplan.sim.requests import Requests
+
+MODE_CHOICES = ("both", "disaggregated", "colocated")
+TOP_PLANS = 5
+
+
+def search(
+    slo: Annotated[
+        str, typer.Option("--slo", help='SLO thresholds, e.g. "ttft=1s,tpot=50ms" or ttft_p99=2s.')
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write (created if missing).")],
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", help="GPU budget: best goodput per GPU on at most N GPUs.")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option("--rate", help="Target req/s: fewest GPUs (or lowest cost) holding it.")
+    ] = None,
+    attainment: Annotated[
+        float, typer.Option("--attainment", help="Fraction of requests that must meet the SLO.")
+    ] = 0.9,
+    mode: Annotated[
+        str, typer.Option("--mode", help="Layouts to search: both, disaggregated or colocated.")
+    ] = "both",
+    profile: Annotated[
+        list[Path] | None,
+        typer.Option("--profile", help="Profile directory (repeatable, one per TP)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Catalog model for analytic profiles (with --hardware).")
+    ] = None,
+    hardware: Annotated[
+        str | None, typer.Option("--hardware", help="Catalog GPU for analytic profiles (e.g. h100-sxm).")
+    ] = None,
+    workload: Annotated[
+        Path | None, typer.Option("--workload", help="Workload YAML (synthetic or trace).")
+    ] = None,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="Trace file (canonical CSV, Azure CSV or Mooncake JSONL).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Named workload: chat, code or summarize.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of the request list (a trace's starting point). Default: the workload's, or 0.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Worker processes (default: one per core).")
+    ] = None,
+    price_per_gpu_hour: Annotated[
+        float | None, typer.Option("--price-per-gpu-hour", help="GPU price, to rank and report in dollars.")
+    ] = None,
+    kv_link: Annotated[
+        str,
+        typer.Option("--kv-link", help="KV transfer link: nvlink, infiniband, roce, pcie, tcp, loopback."),
+    ] = "nvlink",
+) -> None:
+    """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
+    from pdplan.planner.probe import SloTargets
+    from pdplan.planner.rundir import prepare_out
+    from pdplan.planner.search import SearchSpec
+    from pdplan.planner.slo import parse_slo
+    from pdplan.planner.waves import default_workers
+    from pdplan.profiles.errors import ConfigError, choices_error
+
+    targets = SloTargets(parse_slo(slo), attainment)
+    if mode not in MODE_CHOICES:
+        raise choices_error("--mode", mode, MODE_CHOICES)
+    if (gpus is None) == (rate is None):
+        raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
+    profiles = _profiles(profile or [], model, hardware)
+    requests, described = _requests(workload, trace, preset, seed)
+    spec = SearchSpec(
+        profiles=profiles,
+        requests=requests,
+        slo=targets,
+        link=_link(kv_link),
+        max_gpus=gpus,
+        target_rate_rps=rate,
+        modes=("disaggregated", "colocated") if mode == "both" else (mode,),
+        price_per_gpu_hour=price_per_gpu_hour,
+        workers=workers if workers is not None else default_workers(),
+    )
+    prepare_out(out)
+    result = _run(spec)
+    _finish(out, result, described)
+
+
+def _profiles(dirs: list[Path], model: str | None, hardware: str | None) -> ProfileSet:
+    from pdplan.planner.profileset import analytic_profile_set, load_profile_set
+    from pdplan.profiles.errors import ConfigError
+
+    if dirs and (model or hardware):
+        raise ConfigError("give either --profile DIR... or --model M --hardware H, not both")
+    if dirs:
+        return load_profile_set(dirs)
+    if not (model and hardware):
+        raise ConfigError("need --profile DIR (repeatable), or --model M with --hardware H")
+    return analytic_profile_set(model, hardware)
+
+
+def _requests(
+    workload: Path | None, trace: Path | None, preset: str | None, seed: int | None
+) -> tuple[Requests, dict[str, Any]]:
+    """The search's request list and its description for ``plan.yaml``."""
+    from pdplan.planner import inputs
+    from pdplan.planner.presets import get_preset
+    from pdplan.planner.traffic import DETREND_BIN_S, trace_list, workload_list
+    from pdplan.profiles.errors import ConfigError
+    from pdplan.sim.workload import workload_from_dict
+
+    given = [
+        name for name, value in (("--workload", workload), ("--trace", trace), ("--preset", preset)) if value
+    ]
+    if len(given) != 1:
+        raise ConfigError(
+            "give exactly one of --workload W.yaml, --trace F, --preset chat|code|summarize "
+            f"(got {', '.join(given) or 'none'})"
+        )
+    if preset is not None:
+        chosen = get_preset(preset)
+        return workload_list(chosen.workload(seed=seed or 0)), {**chosen.to_dict(), "seed": seed or 0}
+    detrended = {"detrended_bin_s": DETREND_BIN_S, "seed": seed or 0}
+    if trace is not None:
+        return trace_list(inputs.read_trace(trace), seed or 0), {"trace": str(trace), **detrended}
+    assert workload is not None
+    data = inputs.read_yaml(workload, "--workload")
+    if isinstance(data, dict) and "trace" in data:
+        source = inputs.load_workload(workload)
+        return trace_list(source.requests, seed or 0), {**source.description, **detrended}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--workload {str(workload)!r}: expected a mapping")
+    data = {k: v for k, v in data.items() if k not in ("num_requests", "duration_s")}
+    for key in ("prompt_tokens", "output_tokens"):
+        # empirical lengths may name a CSV column; inputs resolves that (a public helper would be better)
+        data[key] = inputs._resolve_empirical(workload, key, data.get(key))
+    if seed is not None:
+        data["seed"] = seed
+    try:
+        spec = workload_from_dict({**data, "num_requests": 2})  # the search sets the count
+    except ConfigError as err:
+        raise ConfigError(f"--workload {str(workload)!r}: {err}") from None
+    return workload_list(spec), {"path": str(workload), "seed": spec.seed}
+
+
+def _link(label: str) -> Any:
+    from pdplan.profiles.hardware import link_preset
+    from pdplan.sim.cluster import KvLink
+
+    preset = link_preset(label)
+    return KvLink(preset.bandwidth_gbps, preset.latency_ms, link=label)
+
+
+def _run(spec: Any) -> SearchResult:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pdplan.planner.search import run_search
+
+    columns = (TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("search", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run_search(spec, progress=update)
+
+
+def _finish(out: Path, result: SearchResult, described: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from pdplan.planner.search_files import write_search_run
+    from pdplan.planner.verdict import verdict
+
+    plan = write_search_run(out, result, workload=described)
+    console = Console()
+    if result.chosen is not None:
+        console.print(_table(result))
+    counts = (
+        f"{len(result.evaluations)} candidates: {result.count('ok')} simulated to their goodput, "
+        f"{result.count('pruned')} pruned, {result.count('infeasible')} infeasible; "
+        f"{result.num_probes} probes in {result.wall_s:.1f} s"
+    )
+    console.print(counts, highlight=False)
+    if plan.feasible:
+        console.print("[bold]verdict:[/]", escape(verdict(result)), highlight=False, soft_wrap=True)
+    else:
+        console.print("[bold yellow]infeasible:[/]", escape(plan.reason), highlight=False, soft_wrap=True)
+    from pdplan.reports import write_report
+
+    report = write_report(out)
+    console.print(f"plan: {out / 'plan.yaml'}   report: {report}", highlight=False)
+
+
+def _table(result: SearchResult) -> Any:
+    from rich.table import Table
+
+    spec = result.spec
+    objective = "fewest GPUs at the target rate" if spec.target_rate_rps else "goodput per GPU"
+    table = Table(title=f"Top plans by {objective}")
+    numeric = ("#", "GPUs", "req/s", "/GPU", "TTFT p90", "TPOT p90")
+    for header in ("#", "id", "layout", "limits", *numeric[1:]):
+        table.add_column(header, justify="right" if header in numeric else "left")
+    if spec.price_per_gpu_hour is not None:
+        table.add_column("req/$", justify="right")
+    ranked = result.ranked()
+    shown = ranked[:TOP_PLANS]
+    for best in result.best_by_mode.values():  # the best of the other mode, if not in the top
+        if best not in shown:
+            shown.append(best)
+    for e in shown:
+        probe = e.operating_probe
+        cells = [
+            str(ranked.index(e) + 1),
+            e.candidate.candidate_id,
+            e.candidate.label,
+            e.candidate.limits,
+            str(e.candidate.gpus),
+            f"{e.goodput_rps:.3g}",
+            f"{e.goodput_rps_per_gpu:.3g}",
+            f"{probe.ttft_ms[1]:.0f} ms" if probe else "-",
+            f"{probe.tpot_ms[1]:.1f} ms" if probe else "-",
+        ]
+        if spec.price_per_gpu_hour is not None:
+            cells.append(f"{(e.goodput_rps_per_gpu or 0) * 3600 / spec.price_per_gpu_hour:,.0f}")
+        table.add_row(*cells, style="bold" if e is result.chosen else None)
+    return table
