@@ -14,12 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.summary import SLO_METRICS, percentile_key
 
 DEFAULT_ATTAINMENT = 0.9
 _KEY = re.compile(r"^(?P<metric>[a-z0-9]+?)(?:_p(?P<q>\d+(?:\.\d+)?))?$")
 _VALUE = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)(?:[eE](?P<exp>[-+]?\d+))?(?P<unit>ms|s)$")
+_HUGE, _HUGE_SEEN = 1e300, 1e200  # stand-in for +inf inside np.percentile, and what reads as inf
 _FORMAT = "expected comma-separated metric=value pairs such as ttft=1s,tpot=50ms,ttft_p99=2s"
 
 
@@ -53,21 +56,64 @@ class SLO:
         """Percentiles a summary must report to judge this SLO (with the usual 50/90/99)."""
         return tuple(sorted({50.0, 90.0, 99.0, *(q for _, q, _ in self.percentile_ms)}))
 
-    def violations(self, summary: Mapping[str, Any], attainment: float = DEFAULT_ATTAINMENT) -> list[str]:
-        """What the summary (``pdplan.sim.summarize`` with ``slo_ms=self.per_request_ms`` and
-        ``percentiles=self.percentiles``) misses; empty when the SLO holds. Percentiles are over
-        the ``ok`` requests; every other request already counts against attainment."""
+    def violations(
+        self,
+        summary: Mapping[str, Any],
+        attainment: float = DEFAULT_ATTAINMENT,
+        table: Mapping[str, Any] | None = None,
+        warmup_fraction: float = 0.0,
+    ) -> list[str]:
+        """What the run misses; empty when the SLO holds.
+
+        ``summary`` is ``pdplan.sim.summarize`` with ``slo_ms=self.per_request_ms`` (its
+        ``attainment`` counts every measured request; one that is not ``ok`` never attains).
+        Percentile thresholds are judged on ``table`` (the requests table) when given, with every
+        measured request that is not ``ok`` counted as infinitely slow — as the SLO search does, so
+        rejecting requests cannot make a percentile look better; without it, on the summary's
+        percentiles (``ok`` requests only, ``percentiles=self.percentiles``).
+        """
         out = []
         if self.per_request_ms:
             got = summary.get("attainment")
             if got is None or got < attainment:
                 out.append(f"attainment {got if got is not None else 'n/a'} < {attainment:g}")
+        latencies = _latencies_ms(table, warmup_fraction) if table is not None else None
         for metric, q, limit in self.percentile_ms:
-            stats = summary.get(f"{metric}_ms") or {}
-            value = stats.get(percentile_key(q))
+            if latencies is not None:
+                value = _percentile_with_inf(latencies[metric], q)
+            else:
+                value = (summary.get(f"{metric}_ms") or {}).get(percentile_key(q))
             if value is None or not value <= limit:
-                out.append(f"{metric}_p{q:g} {value if value is not None else 'n/a'} ms > {limit:g} ms")
+                shown = "n/a" if value is None else f"{value:g}"
+                out.append(f"{metric}_p{q:g} {shown} ms > {limit:g} ms")
         return out
+
+
+def _percentile_with_inf(values: np.ndarray, q: float) -> float | None:
+    """np.percentile (linear) where +inf entries stay infinite (numpy's lerp turns inf into nan)."""
+    if values.size == 0:
+        return None
+    value = float(np.percentile(np.where(np.isinf(values), _HUGE, values), q))
+    return math.inf if value > _HUGE_SEEN else value
+
+
+def _latencies_ms(table: Mapping[str, Any], warmup_fraction: float) -> dict[str, np.ndarray]:
+    """TTFT, TPOT (requests with > 1 output token) and E2E in ms of the measured requests;
+    +inf for a request that is not ``ok``."""
+    arrival = np.asarray(table["arrival_s"], dtype=np.float64)
+    first = np.asarray(table["first_token_s"], dtype=np.float64)
+    finish = np.asarray(table["finish_s"], dtype=np.float64)
+    outputs = np.asarray(table["output_tokens"], dtype=np.int64)
+    ok = np.asarray(table["status"]).astype(str) == "ok"
+    keep = np.ones(arrival.size, dtype=bool)
+    excluded = math.floor(warmup_fraction * arrival.size)
+    if excluded:
+        keep[np.argsort(arrival, kind="stable")[:excluded]] = False
+    with np.errstate(invalid="ignore"):
+        ttft = np.where(ok, (first - arrival) * 1000.0, np.inf)
+        e2e = np.where(ok, (finish - arrival) * 1000.0, np.inf)
+        tpot = np.where(ok, (finish - first) / np.maximum(outputs - 1, 1) * 1000.0, np.inf)
+    return {"ttft": ttft[keep], "e2e": e2e[keep], "tpot": tpot[keep & (outputs > 1)]}
 
 
 def parse_slo(text: str) -> SLO:

@@ -135,6 +135,9 @@ def _simulate_plan(
         model, hardware = plan.model or None, plan.hardware or None
     profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
     first = next(iter(profiles.values()))
+    other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})
+    if other:
+        log.warning("the plan names model %r but the profiles are of %s", plan.model, other)
     plan = replace(
         plan,
         slo=parse_slo(slo_text) if slo_text else plan.slo,
@@ -182,10 +185,11 @@ def _simulate_plan(
 
 def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:
     slo = plan.slo
+    columns = result.records.columns()
     summary: dict[str, Any] = {"schema_version": 1, "mode": result.mode}
     summary.update(
         summarize(
-            result.records.columns(),
+            columns,
             slo_ms=slo.per_request_ms if slo else None,
             warmup_fraction=warmup,
             utilisation=result.utilisation,
@@ -195,7 +199,7 @@ def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:
     summary["kv_capacity_tokens"] = dict(result.kv_capacity_tokens)
     summary["simulated_s"] = round(result.end_s, 6)
     if slo is not None:
-        missed = slo.violations(summary, plan.attainment)
+        missed = slo.violations(summary, plan.attainment, columns, warmup)
         summary.update({"slo": slo.spec, "attainment_target": plan.attainment, "meets_slo": not missed})
         if missed:
             summary["slo_missed"] = "; ".join(missed)

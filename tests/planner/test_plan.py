@@ -157,10 +157,25 @@ def test_parse_slo_errors(text, message):
 def test_slo_violations_read_a_summary():
     summary = {"attainment": 0.85, "ttft_ms": {"p99": 2100.0}, "tpot_ms": {"p99": 40.0}}
     slo = parse_slo("ttft=1s,ttft_p99=2s,tpot_p99=50ms")
-    assert slo.violations(summary, 0.9) == ["attainment 0.85 < 0.9", "ttft_p99 2100.0 ms > 2000 ms"]
-    assert slo.violations(summary, 0.8) == ["ttft_p99 2100.0 ms > 2000 ms"]
+    assert slo.violations(summary, 0.9) == ["attainment 0.85 < 0.9", "ttft_p99 2100 ms > 2000 ms"]
+    assert slo.violations(summary, 0.8) == ["ttft_p99 2100 ms > 2000 ms"]
     assert parse_slo("tpot_p99=50ms").violations(summary) == []
     assert parse_slo("tpot_p99=50ms").violations({"tpot_ms": None}) == ["tpot_p99 n/a ms > 50 ms"]
+
+
+def test_slo_percentiles_on_a_table_count_failures_as_infinitely_slow():
+    table = {
+        "arrival_s": [0.0, 1.0, 2.0, 3.0],
+        "first_token_s": [0.1, 1.1, 2.1, float("nan")],
+        "finish_s": [0.2, 1.2, 2.2, float("nan")],
+        "output_tokens": [2, 2, 2, 2],
+        "status": ["ok", "ok", "ok", "rejected"],
+    }
+    slo = parse_slo("ttft_p50=200ms,ttft_p90=200ms")
+    # Over ok requests alone every TTFT is 100 ms; with the rejected one as +inf, p90 is infinite.
+    assert slo.violations({"ttft_ms": {"p50": 100.0, "p90": 100.0}}) == []
+    assert slo.violations({}, table=table) == ["ttft_p90 inf ms > 200 ms"]
+    assert slo.violations({}, table=table, warmup_fraction=0.0) == slo.violations({}, table=table)
 
 
 def test_plan_is_frozen():

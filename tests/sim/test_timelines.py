@@ -149,3 +149,13 @@ def test_batch_limit_one_serialises_decode():
     result = simulate(reqs, sc.disagg(decode=DecodePool(1, max_batch_size=1)))
     # Both ready at 0.125 + 1/128; the second waits for the first's two steps.
     assert result.records.first_token_s.tolist() == [0.1328125, 0.1328125 + 2 / 64]
+
+
+def test_empty_and_single_request_runs():
+    empty = sc.requests([(0.0, 1, 1)]).head(0)
+    for cluster in (sc.disagg(), sc.colocated()):
+        result = simulate(empty, cluster)
+        assert len(result.records) == 0 and result.end_s == 0.0
+    # A lone request arriving late: times are relative to the first arrival.
+    single = simulate(sc.requests([(5.0, 128, 2)]), sc.disagg())
+    assert sc.timeline(single) == [(0.0, 0.0, 0.125, 0.1328125, 0.1328125 + 1 / 64)]
