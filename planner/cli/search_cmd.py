@@ -94,8 +94,8 @@ def search(
         raise choices_error("--mode", mode, MODE_CHOICES)
     if (gpus is None) == (rate is None):
         raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
-    profiles = _profiles(profile or [], model, hardware)
     requests, described = _requests(workload, trace, preset, seed)
+    profiles = _profiles(profile or [], model, hardware)
     spec = SearchSpec(
         profiles=profiles,
         requests=requests,
@@ -214,10 +214,13 @@ def _finish(out: Path, result: SearchResult, described: dict[str, Any]) -> None:
         console.print("[bold]verdict:[/]", escape(verdict(result)), highlight=False, soft_wrap=True)
     else:
         console.print("[bold yellow]infeasible:[/]", escape(plan.reason), highlight=False, soft_wrap=True)
+    console.print(f"plan: {out / 'plan.yaml'}   report: {_report(out)}", highlight=False)
+
+
+def _report(out: Path) -> Path:
     from pdplan.reports import write_report
 
-    report = write_report(out)
-    console.print(f"plan: {out / 'plan.yaml'}   report: {report}", highlight=False)
+    return write_report(out)
 
 
 def _table(result: SearchResult) -> Any:
