@@ -74,16 +74,17 @@ class InlineExecutor(Executor):
 
 
 def executor(workers: int) -> Executor:
-    """``workers`` processes (forkserver: they fork from a clean single-threaded server that has
-    imported the planner, so they start fast and inherit no threads of the caller, such as a
-    progress bar's), or the inline executor for one worker."""
+    """``workers`` processes, or the inline executor for one worker.
+
+    Workers are forked where the platform can (Linux): they start in milliseconds with the
+    planner already imported, where a fork server or spawned interpreters take seconds to import
+    it. Forking is safe because the search runs no threads of its own and the CLI's progress bar
+    refreshes from the calling thread (``auto_refresh=False``); elsewhere they are spawned.
+    """
     if workers == 1:
         return InlineExecutor()
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(["pdplan.planner.waves"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
 def default_workers() -> int:

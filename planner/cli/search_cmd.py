@@ -184,11 +184,12 @@ def _run(spec: Any) -> SearchResult:
     from pdplan.planner.search import run_search
 
     columns = (TextColumn("searching"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    # no refresh thread: the search forks its workers, and a forked child must not inherit threads
+    with Progress(*columns, console=Console(stderr=True), transient=True, auto_refresh=False) as bar:
         task = bar.add_task("search", total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total, refresh=True)
 
         return run_search(spec, progress=update)
 
