@@ -5,19 +5,21 @@ worker, and seconds from ``pdplan deploy`` to healthy.
    KV (8 layers x 4 KV heads x 64 dims, float32; 64 MiB by default) to a ``KvClaim`` in this process,
    over the abstract Unix socket (``auto``, what workers on one host use) and over TCP loopback.
    Throughput = payload bytes / (first to last payload byte received), the receiver writing straight
-   into a freshly allocated cache, as a decode worker does; checked bit for bit. Compared with one
-   ``copy_`` of the same bytes into warm memory (the strict baseline) and into fresh memory.
+   into a cache from the decode worker's ``KvPool`` (fresh memory for the first transfer, recycled
+   after, as in a worker that has served a few requests); checked bit for bit. Each transfer is
+   compared with the fastest of three ``copy_`` of the same bytes into warm memory timed just before
+   it (the ratio's median is the headline: pairing keeps a shared machine's drifting load out of it).
 2. **Decode step inside a worker vs profiled.** A colocated worker (tiny-llama, 1 torch thread) serves
-   B concurrent requests; its ``/server_info`` step log gives each step's (batch, context, ms). The same
-   executor steps are timed standalone in this process at the same batch and context (the profiler's
-   method: warm-up, repeat, median), and against the fitted latency model of a quick measured profile
-   when ``pdplan.profiles.profiler`` is available.
+   B concurrent requests; its ``/server_info`` step log gives each step's (batch, context, ms). Right
+   after each round the same executor step is timed standalone in this process at the same batch and
+   context (warm-up, repeat, median: the worker's own overhead), and every step is compared with the
+   fitted latency model of a profile measured here with 1 thread (what the simulator would assume).
 3. **Deploy to healthy.** ``pdplan deploy`` (1 prefill + 1 decode, tiny-llama) from launch until
    ``deploy.json`` says ready (and the supervisor's own first-spawn-to-ready time), then ``--stop``.
 
 The machine may be shared: figures are noisy. Prints a table, writes bench/results/runtime.json.
 
-    .venv/bin/python bench/runtime.py [--payload-mib 64] [--repeats 5]
+    .venv/bin/python bench/runtime.py [--payload-mib 64] [--repeats 5] [--quick-profile]
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from pdplan.profiles.model_spec import load_model_spec
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-llama"
 BATCHES = (1, 4, 8)
+PROMPT_TOKENS, NEW_TOKENS = 64, 32  # decode rounds: each request's prompt and output
 
 
 def free_port() -> int:
@@ -126,16 +129,25 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
             spec.num_layers, spec.num_kv_heads, spec.head_dim, capacity, dtype=torch.float32, device="cpu"
         )
 
-    async def receive_all() -> tuple[float, list[float], list[float], KVCache]:
+    async def receive_all() -> tuple[float, list[float], list[float], list[float], KVCache]:
         # Caches come from the decode worker's KvPool: the first transfer lands in fresh memory, the
         # later ones in a recycled cache, as in a decode worker that has served a few requests.
+        # Each transfer is paired with a memcpy of the same bytes timed just before it, so the ratio
+        # compares the two under the same load on a shared machine.
         caches = KvPool(new_cache, KvBudget(4 * tokens))
         pool = ThreadPoolExecutor(1)
-        payload_s, handoff_s = [], []
+        src, dst = torch.empty(payload, dtype=torch.uint8).random_(), torch.empty(payload, dtype=torch.uint8)
+        dst.copy_(src)
+        payload_s, handoff_s, ratios = [], [], []
         first_s = 0.0
         cache = None
         for room in range(1, repeats + 2):
             claim = await _claim_when_listening(Bootstrap("127.0.0.1", port, room), prompt, transport)
+            copy_s = float("inf")
+            for _ in range(3):  # the fastest of three: the strictest memcpy baseline
+                copy_start = time.perf_counter()
+                dst.copy_(src)
+                copy_s = min(copy_s, time.perf_counter() - copy_start)
             start = time.perf_counter()
             async with claim:
                 cache, _, seconds = await claim.receive(payload, caches.take, 16, expect, pool, 60.0)
@@ -144,13 +156,14 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
             else:
                 payload_s.append(seconds)
                 handoff_s.append(time.perf_counter() - start)
+                ratios.append(copy_s / seconds)
             if room <= repeats:
                 caches.give(cache)
         pool.shutdown()
         assert cache is not None
-        return first_s, payload_s, handoff_s, cache
+        return first_s, payload_s, handoff_s, ratios, cache
 
-    first_s, payload_s, handoff_s, cache = asyncio.run(receive_all())
+    first_s, payload_s, handoff_s, ratios, cache = asyncio.run(receive_all())
     child.join(30)
     reference = filled_cache(tokens, seed=0)
     exact = torch.equal(cache.k[:, :, :tokens], reference.k[:, :, :tokens]) and torch.equal(
@@ -163,6 +176,7 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
         "payload_gbps_best": payload / min(payload_s) / 1e9,
         "first_transfer_gbps_fresh_memory": payload / first_s / 1e9,
         "handoff_ms_median": 1000 * statistics.median(handoff_s),
+        "vs_paired_memcpy_median": statistics.median(ratios),
         "bit_exact": bool(exact),
     }
 
@@ -200,35 +214,25 @@ def _wait_health(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120
     raise RuntimeError("worker not healthy in time")
 
 
-def worker_steps(prompt_tokens: int, new_tokens: int) -> dict[int, list[tuple[int, int, float]]]:
-    """(batch, context, ms) of every decode step a real colocated worker ran, by batch size."""
-    port = free_port()
-    argv = [sys.executable, "-m", "pdplan.realrun.worker", "--role", "colocated", "--model", MODEL,
-            "--port", str(port), "--threads", "1", "--max-batch-size", "16"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    by_batch: dict[int, list[tuple[int, int, float]]] = {}
-    try:
-        _wait_health(url, proc)
-        seen = 0
-        sampling = {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
-        with httpx.Client(timeout=120.0) as client, ThreadPoolExecutor(max(BATCHES)) as pool:
-            for round_, batch in enumerate((1, *BATCHES)):  # round 0 warms the worker up
-                bodies = [
-                    {"input_ids": [(97 * b + 13 * i) % 32000 + 3 for i in range(prompt_tokens)],
-                     "sampling_params": sampling}
-                    for b in range(batch)
-                ]  # fmt: skip
-                list(pool.map(lambda body: client.post(f"{url}/generate", json=body), bodies))
-                steps = client.get(f"{url}/server_info").json()["internal_states"][0]["recent_decode_steps"]
-                fresh, seen = steps[seen:], len(steps)
-                if round_ > 0:
-                    rows = [(st["batch_size"], st["context_tokens"], st["step_ms"]) for st in fresh]
-                    by_batch.setdefault(batch, []).extend(r for r in rows if r[0] == batch)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-    return by_batch
+def worker_round(client: httpx.Client, url: str, batch: int, prompt_tokens: int, new_tokens: int) -> None:
+    """``batch`` concurrent greedy requests, so the worker's running batch holds ``batch`` sequences."""
+    sampling = {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
+    bodies = [
+        {
+            "input_ids": [(97 * b + 13 * i) % 32000 + 3 for i in range(prompt_tokens)],
+            "sampling_params": sampling,
+        }
+        for b in range(batch)
+    ]
+    with ThreadPoolExecutor(batch) as pool:
+        for reply in pool.map(lambda body: client.post(f"{url}/generate", json=body), bodies):
+            reply.raise_for_status()
+
+
+def worker_steps(client: httpx.Client, url: str) -> list[tuple[int, int, float]]:
+    """(batch, context, ms) of the decode steps in a worker's /server_info log."""
+    steps = client.get(f"{url}/server_info").json()["internal_states"][0]["recent_decode_steps"]
+    return [(st["batch_size"], st["context_tokens"], st["step_ms"]) for st in steps]
 
 
 def standalone_step_ms(executor: Executor, batch: int, context: int, repeats: int = 15) -> float:
@@ -248,39 +252,69 @@ def standalone_step_ms(executor: Executor, batch: int, context: int, repeats: in
     return 1000 * statistics.median(times)
 
 
-def profiled_latency() -> Any:
-    """The fitted latency model of a quick measured profile (1 thread), or None without a profiler."""
+def profiled_latency(quick: bool) -> Any:
+    """The fitted latency model of a measured profile (1 thread, the profiler's default CPU grid, or
+    its quick grid), or None without a profiler."""
     try:
-        from pdplan.profiles.hardware import detect_cpu
         from pdplan.profiles.profiler import measure_profile
-    except ImportError:
+    except ModuleNotFoundError as err:
+        if err.name != "pdplan.profiles.profiler":
+            raise
         return None
+    from pdplan.profiles.hardware import detect_cpu
+
     hw = detect_cpu().to_dict()
-    profile = measure_profile(load_model_spec(MODEL), hardware=hw, device="cpu", tp=1, quick=True, threads=1)
+    profile = measure_profile(load_model_spec(MODEL), hardware=hw, device="cpu", tp=1, quick=quick, threads=1)
     return profile.latency
 
 
-def decode_step_figures(prompt_tokens: int, new_tokens: int) -> list[dict[str, Any]]:
+def _batch_row(
+    client: httpx.Client, url: str, executor: Executor, latency: Any, batch: int, rounds: int
+) -> dict[str, Any]:
+    """Alternate worker rounds and standalone timings at the same shape, pairing them in time."""
+    measured: list[tuple[int, int, float]] = []
+    worker_ms, alone_ms, ratios = [], [], []
+    for _ in range(rounds):
+        seen = len(worker_steps(client, url))
+        worker_round(client, url, batch, PROMPT_TOKENS, NEW_TOKENS)
+        steps = [r for r in worker_steps(client, url)[seen:] if r[0] == batch]
+        worker_ms.append(statistics.median(ms for _, _, ms in steps))
+        alone_ms.append(standalone_step_ms(executor, batch, int(statistics.median(c for _, c, _ in steps))))
+        ratios.append(worker_ms[-1] / alone_ms[-1])
+        measured += steps
+    row: dict[str, Any] = {
+        "batch_size": batch,
+        "context_tokens_median": int(statistics.median(c for _, c, _ in measured)),
+        "steps": len(measured),
+        "worker_ms_median": statistics.median(worker_ms),
+        "standalone_ms_median": statistics.median(alone_ms),
+        "worker_over_standalone": statistics.median(ratios),
+    }
+    if latency is not None:
+        predicted = statistics.median(latency.decode_ms(b, c) for b, c, _ in measured)
+        ratio = statistics.median(ms / latency.decode_ms(b, c) for b, c, ms in measured)
+        row |= {"profile_ms_median": predicted, "worker_over_profile": ratio}
+    return row
+
+
+def decode_step_figures(quick_profile: bool, rounds: int = 3) -> list[dict[str, Any]]:
+    """One row per batch size: worker vs standalone executor vs the profile's latency model."""
     torch.set_num_threads(1)
-    steps = worker_steps(prompt_tokens, new_tokens)
+    latency = profiled_latency(quick_profile)
     executor = Executor(load_model_spec(MODEL), seed=0)
-    latency = profiled_latency()
-    rows = []
-    for batch in BATCHES:
-        measured = steps.get(batch, [])
-        if not measured:
-            continue
-        context = int(statistics.median(c for _, c, _ in measured))
-        worker_ms = statistics.median(ms for _, _, ms in measured)
-        alone_ms = standalone_step_ms(executor, batch, context)
-        row = {"batch_size": batch, "context_tokens_median": context, "steps": len(measured),
-               "worker_ms_median": worker_ms, "standalone_ms_median": alone_ms,
-               "worker_over_standalone": worker_ms / alone_ms}  # fmt: skip
-        if latency is not None:
-            predicted = statistics.median(latency.decode_ms(b, c) for b, c, _ in measured)
-            row |= {"profile_ms_median": predicted, "worker_over_profile": worker_ms / predicted}
-        rows.append(row)
-    return rows
+    port = free_port()
+    argv = [sys.executable, "-m", "pdplan.realrun.worker", "--role", "colocated", "--model", MODEL,
+            "--port", str(port), "--threads", "1", "--max-batch-size", "16"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(url, proc)
+        with httpx.Client(timeout=120.0) as client:
+            worker_round(client, url, 1, PROMPT_TOKENS, NEW_TOKENS)  # warm-up
+            return [_batch_row(client, url, executor, latency, batch, rounds) for batch in BATCHES]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
 
 
 # --- 3. deploy to healthy ------------------------------------------------------------------------------
@@ -293,6 +327,7 @@ def deploy_to_healthy(repeats: int) -> list[dict[str, float]]:
             "schema_version: 1\nmode: disaggregated\nmodel: tiny-llama\n"
             "prefill: {instances: 1, tp: 1, max_batch_tokens: 2048, max_batch_size: 8}\n"
             "decode: {instances: 1, tp: 1, max_batch_size: 16, max_kv_tokens: 16384}\n"
+            "kv_transfer: {link: loopback}\n"
         )
         for i in range(repeats):
             run = Path(tmp) / f"run{i}"
@@ -322,6 +357,9 @@ def main() -> None:
     parser.add_argument("--payload-mib", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--deploys", type=int, default=2)
+    parser.add_argument(
+        "--quick-profile", action="store_true", help="profile on the quick grid (faster, rougher)"
+    )
     args = parser.parse_args()
     spec = load_model_spec(MODEL)
     tokens = args.payload_mib * 2**20 // spec.kv_bytes_per_token("float32")
@@ -332,7 +370,7 @@ def main() -> None:
     for row in transfers:
         row["vs_memcpy_warm"] = row["payload_gbps_median"] / copy["warm_gbps_median"]
         row["vs_memcpy_fresh"] = row["payload_gbps_median"] / copy["fresh_gbps_median"]
-    steps = decode_step_figures(prompt_tokens=64, new_tokens=32)
+    steps = decode_step_figures(quick_profile=args.quick_profile)
     deploys = deploy_to_healthy(args.deploys)
     results = {
         "machine": {
@@ -347,8 +385,9 @@ def main() -> None:
             "kv_payload_mib": args.payload_mib,
             "kv_tokens": tokens,
             "repeats": args.repeats,
-            "decode_prompt_tokens": 64,
-            "decode_new_tokens": 32,
+            "decode_prompt_tokens": PROMPT_TOKENS,
+            "decode_new_tokens": NEW_TOKENS,
+            "profile_grid": "quick" if args.quick_profile else "default",
         },
         "kv_transfer": transfers,
         "memcpy": copy,
@@ -380,7 +419,7 @@ def print_table(r: dict[str, Any]) -> None:
         f"{copy['warm_gbps_median']:.2f} GB/s into warm memory, {copy['fresh_gbps_median']:.2f} into fresh"
     )
     rows = [
-        [t["transport"], f"{t['payload_gbps_median']:.2f}", f"{t['vs_memcpy_warm']:.2f}",
+        [t["transport"], f"{t['payload_gbps_median']:.2f}", f"{t['vs_paired_memcpy_median']:.2f}",
          f"{t['first_transfer_gbps_fresh_memory']:.2f}", f"{t['handoff_ms_median']:.1f}", str(t["bit_exact"])]
         for t in r["kv_transfer"]
     ]  # fmt: skip

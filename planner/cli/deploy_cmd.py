@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,19 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TARGETS = ("local",)
-_GROUP_KEYS = {
-    "prefill": ("instances", "tp", "max_batch_tokens", "max_batch_size"),
-    "decode": ("instances", "tp", "max_batch_size", "max_kv_tokens"),
-    "colocated": (
-        "instances",
-        "tp",
-        "max_batch_size",
-        "max_batch_tokens",
-        "chunk_tokens",
-        "policy",
-        "max_kv_tokens",
-    ),
-}
 
 
 class _Stop(BaseException):
@@ -109,74 +96,47 @@ def deploy(
     _run(plan, launch, out or Path("runs") / time.strftime("deploy-%Y%m%d-%H%M%S"))
 
 
-def _load_spec(plan: Path, weights: Path | None, tokenizer: str | None, seed: int) -> DeploymentSpec:
-    """``plan.yaml`` (DESIGN.md's Plan schema) → the deployment's part of it.
+def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, seed: int) -> DeploymentSpec:
+    """``plan.yaml`` (read strictly by ``pdplan.planner.plan.load_plan``) → what the deployment runs.
 
-    Thin strict reader of the role sections; the rest of the plan (SLOs, prediction) does not change
-    what runs.
+    The local runtime schedules prompts whole (no chunked prefill): a plan's ``chunk_tokens`` becomes
+    the prefill token budget per batch, with a warning.
     """
-    import yaml
-
+    from pdplan.planner.plan import load_plan
     from pdplan.profiles.errors import ConfigError
-    from pdplan.realrun.deployment import DeploymentSpec
+    from pdplan.realrun.deployment import DeploymentSpec, InstanceGroup
 
-    try:
-        data = yaml.safe_load(plan.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"plan {str(plan)!r} is not readable YAML: {err}") from None
-    if not isinstance(data, dict) or data.get("schema_version") != 1:
-        raise ConfigError(f"plan {str(plan)!r}: expected a mapping with schema_version: 1")
-    if data.get("feasible") is False:
+    plan = load_plan(plan_path)
+    if not plan.feasible:
         raise ConfigError(
-            f"plan {str(plan)!r} is infeasible ({data.get('reason', 'no reason given')}); nothing to deploy"
+            f"plan {str(plan_path)!r} is infeasible ({plan.reason or 'no reason given'}); nothing to deploy"
         )
-    mode = data.get("mode")
-    roles = {"disaggregated": ("prefill", "decode"), "colocated": ("colocated",)}
-    if mode not in roles:
-        raise ConfigError(f"plan mode={mode!r}; expected disaggregated or colocated")
+    if not plan.model:
+        raise ConfigError(f"plan {str(plan_path)!r}: model is empty; expected a catalog name or a model path")
     groups = []
-    for role in roles[mode]:
-        section = data.get(role)
-        if not isinstance(section, dict):
-            raise ConfigError(f"plan {str(plan)!r}: mode {mode} needs a {role}: section")
-        unknown = sorted(set(section) - set(_GROUP_KEYS[role]))
-        if unknown:
-            raise ConfigError(f"plan {role}: unknown keys {unknown}; valid: {sorted(_GROUP_KEYS[role])}")
-        groups.append(_group(role, section))
-    model = data.get("model")
-    if not isinstance(model, str):
-        raise ConfigError(f"plan model={model!r}; expected a catalog name or a model path")
+    if plan.mode == "disaggregated":
+        assert plan.prefill is not None and plan.decode is not None, "checked by Plan"
+        p, d = plan.prefill, plan.decode
+        if p.chunk_tokens is not None:
+            log.warning("prefill.chunk_tokens=%d: the local runtime does not split prompts; it caps "
+                        "prefill batches at %d tokens instead", p.chunk_tokens, p.step_tokens)  # fmt: skip
+        groups.append(InstanceGroup("prefill", p.instances, p.tp, p.max_batch_size, p.step_tokens))
+        groups.append(InstanceGroup("decode", d.instances, d.tp, d.max_batch_size, 2048, d.max_kv_tokens))
+    else:
+        assert plan.colocated is not None, "checked by Plan"
+        c = plan.colocated
+        if c.policy == "chunked":
+            log.warning("colocated policy 'chunked' runs prefill-first locally, with prefill batches "
+                        "of at most chunk_tokens=%d tokens", c.chunk_tokens)  # fmt: skip
+        groups.append(
+            InstanceGroup(
+                "colocated", c.instances, c.tp, c.max_batch_size, c.step_tokens, c.max_kv_tokens, c.policy
+            )
+        )
     if weights is not None and not weights.is_dir():
         raise ConfigError(f"--weights {str(weights)!r}: not a directory")
     tok = tokenizer or (str(weights) if weights is not None else "bytes")
-    return DeploymentSpec(model, mode, tuple(groups), str(weights) if weights else None, tok, seed)
-
-
-def _group(role: str, section: dict[str, Any]) -> Any:
-    from pdplan.profiles.errors import ConfigError
-    from pdplan.realrun.deployment import InstanceGroup
-
-    for key, value in section.items():
-        if key != "policy" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"plan {role}.{key}={value!r}; expected a positive integer")
-    policy = section.get("policy")
-    tokens = section.get("max_batch_tokens", 2048)
-    if role == "colocated" and policy == "chunked":
-        # The local runtime schedules colocated workers prefill-first (whole prompts); a chunked plan
-        # runs with its chunk size as the prefill token budget.
-        log.warning(
-            "colocated policy 'chunked' runs prefill-first with max_batch_tokens=chunk_tokens locally"
-        )
-        tokens = section.get("chunk_tokens", tokens)
-    return InstanceGroup(
-        role=role,
-        instances=section.get("instances", 1),
-        tp=section.get("tp", 1),
-        max_batch_size=section.get("max_batch_size", 32),
-        max_batch_tokens=tokens,
-        max_kv_tokens=section.get("max_kv_tokens"),
-        policy=policy,
-    )
+    return DeploymentSpec(plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed)
 
 
 def _print_launch(launch: LaunchPlan, show_commands: bool) -> None:

@@ -27,6 +27,8 @@ def free_port() -> int:
 
 def write_plan(path: Path, mode: str = "disaggregated", **sections: dict[str, Any]) -> Path:
     plan: dict[str, Any] = {"schema_version": 1, "mode": mode, "model": str(TEST_MODEL), "hardware": "cpu"}
+    if mode == "disaggregated":
+        plan["kv_transfer"] = {"link": "loopback"}
     plan.update(sections)
     path.write_text(yaml.safe_dump(plan))
     return path

@@ -37,9 +37,10 @@ def test_dry_run_prints_every_process_and_the_router_command(tmp_path: Path) -> 
     ("sections", "message"),
     [
         ({"prefill": {"instances": 1, "tp": 2}, "decode": {"instances": 1}}, "tp=2"),
-        ({"prefill": {"instances": 1}}, "needs a decode: section"),
-        ({"prefill": {"instances": 1, "gpus": 3}, "decode": {"instances": 1}}, "unknown keys"),
-        ({"prefill": {"instances": "two"}, "decode": {"instances": 1}}, "expected a positive integer"),
+        ({"prefill": {"instances": 1}}, "needs decode"),
+        ({"prefill": {"instances": 1, "gpus": 3}, "decode": {"instances": 1}}, "unknown keys ['gpus']"),
+        ({"prefill": {"instances": "two"}, "decode": {"instances": 1}}, "prefill.instances='two'"),
+        ({"feasible": False, "reason": "TTFT bound"}, "infeasible (TTFT bound)"),
     ],
 )
 def test_bad_plans_exit_2_with_one_line(
