@@ -71,7 +71,7 @@ def _rate_sentence(
     if other is not None:
         theirs = other.candidate.gpus
         text += (
-            f"; the best {other.candidate.mode} plan ({other.candidate.label}) needs {theirs} GPUs "
+            f"; the best {other.candidate.mode} plan ({other.candidate.shape}) needs {theirs} GPUs "
             f"({theirs / gpus:.2f}× as many)"
         )
     elif others:

@@ -131,22 +131,25 @@ class Scheduler:
                 if why:
                     bound = item.bound.rate_rps
                     self._decide(Evaluation(item.candidate, STATUS_PRUNED, why, bound_rps=bound))
-                else:
-                    tasks.append((item, need))
-            futures = [self.pool.submit(evaluate, self._task(item, need)) for item, need in tasks]
-            for (item, need), future in zip(tasks, futures, strict=True):
-                self._record(item, need, future.result())
+                else:  # the plan it must beat, as known when the wave starts
+                    tasks.append((item, need, self.best.get(item.candidate.mode)))
+            futures = [self.pool.submit(evaluate, self._task(item, need)) for item, need, _ in tasks]
+            for (item, need, against), future in zip(tasks, futures, strict=True):
+                self._record(item, need, against, future.result())
             wave = [queue.popleft() for _ in range(min(WAVE_SIZE, len(queue)))]
 
     def _need(self, item: Screened) -> tuple[float, str]:
-        """The rate ``item`` must hold to matter, or why it cannot (pruned by its ceiling)."""
+        """The rate ``item`` must hold to matter, or why it cannot (pruned by its ceiling).
+
+        Reasons name the plan to beat, not the candidate's own figures, so that ``candidates.csv``
+        groups them (its probes and bound are in ``probes.csv`` and the evaluation)."""
         c, ceiling = item.candidate, item.ceiling_rps
         best = self.best.get(c.mode)
         target = self.spec.target_rate_rps
         margin = 1.0 + self.spec.rate_policy.tolerance
         if target is not None:
             if ceiling <= target:
-                return 0.0, f"capacity bound {ceiling:.3g} req/s ({self._util()}) ≤ target {target:g} req/s"
+                return 0.0, f"capacity bound ({self._util()}) below the target {target:g} req/s"
             if best is None or c.gpus < best.candidate.gpus:
                 return target, ""
             if c.gpus > best.candidate.gpus:
@@ -160,12 +163,16 @@ class Scheduler:
         else:
             need = (best.goodput_rps_per_gpu or 0.0) * c.gpus * margin
         if ceiling <= need:
-            assert best is not None, "a need comes from a best plan"
-            return 0.0, (
-                f"capacity bound {ceiling / c.gpus:.3g} req/s per GPU ({self._util()}) cannot beat "
-                f"{best.candidate.candidate_id} ({best.goodput_rps_per_gpu or 0:.3g} per GPU)"
-            )
+            return 0.0, f"capacity bound ({self._util()}) cannot beat {self._name(best)}"
         return need, ""
+
+    def _name(self, best: Evaluation | None) -> str:
+        """The plan to beat, e.g. ``c0100 (17.6 req/s per GPU)``."""
+        assert best is not None, "a need comes from a best plan"
+        c = best.candidate
+        if self.spec.target_rate_rps is not None:
+            return f"{c.candidate_id} ({best.goodput_rps or 0:.3g} req/s on {c.gpus} GPUs)"
+        return f"{c.candidate_id} ({best.goodput_rps_per_gpu or 0:.3g} req/s per GPU)"
 
     def _util(self) -> str:
         return f"at {self.spec.max_utilisation:.0%} utilisation"
@@ -181,7 +188,7 @@ class Scheduler:
             policy=self.spec.rate_policy,
         )
 
-    def _record(self, item: Screened, need: float, outcome: RateOutcome) -> None:
+    def _record(self, item: Screened, need: float, against: Evaluation | None, outcome: RateOutcome) -> None:
         c = item.candidate
         common: dict[str, Any] = {
             "bound_rps": item.bound.rate_rps,
@@ -197,17 +204,13 @@ class Scheduler:
             if best is None or self.rank(evaluation) < self.rank(best):
                 self.best[c.mode] = evaluation
         elif outcome.status == BELOW_NEED and target is not None and need <= target:
-            why = f"misses the SLO at the target {target:g} req/s ({last.violated})"
+            why = f"misses the SLO at the target {target:g} req/s"
             evaluation = Evaluation(c, STATUS_INFEASIBLE, why, **common)
         elif outcome.status == BELOW_NEED:
-            best = self.best[c.mode]
-            why = (
-                f"misses the SLO at {need:.3g} req/s, the rate it needs to beat "
-                f"{best.candidate.candidate_id} ({last.violated})"
-            )
+            why = f"misses the SLO at the rate needed to beat {self._name(against)}"
             evaluation = Evaluation(c, STATUS_PRUNED, why, **common)
         else:
-            why = f"misses the SLO even at {last.rate_rps:.3g} req/s ({last.violated})"
+            why = f"misses the SLO at every rate tried, down to {last.rate_rps:.3g} req/s ({last.violated})"
             evaluation = Evaluation(c, STATUS_INFEASIBLE, why, **common)
         self._decide(evaluation)
 
