@@ -242,3 +242,44 @@ def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_
     if not _port_free(opts.host, opts.port):
         raise DeployError(f"--port {opts.port} is already in use on {opts.host}")
     return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
+
+
+def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptions) -> str:
+    """On CPU, refuse a deployment whose weights alone do not fit the memory available now; return a
+    one-line memory summary (weights + the most KV the workers may hold; float32 on CPU).
+
+    Raises:
+        DeployError: the workers' weights exceed ``MemAvailable``.
+    """
+    from pdplan.profiles.model_spec import load_model_spec
+
+    model = load_model_spec(spec.model)
+    weights = model.weight_bytes("float32") * len(launch.workers)
+    kv = sum(
+        (g.max_kv_tokens or opts.default_kv_tokens) * g.instances * model.kv_bytes_per_token("float32")
+        for g in spec.groups
+    )
+    available = _mem_available_bytes()
+    gib = 1 << 30
+    summary = f"memory: weights {weights / gib:.2f} GiB + KV up to {kv / gib:.2f} GiB"
+    if available is None:
+        return summary
+    if weights > available:
+        raise DeployError(
+            f"{len(launch.workers)} workers of {model.name} need {weights / gib:.1f} GiB for weights alone "
+            f"(float32 on CPU); {available / gib:.1f} GiB is available"
+        )
+    return f"{summary} of {available / gib:.1f} GiB available"
+
+
+def _mem_available_bytes() -> int | None:
+    from pathlib import Path
+
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None

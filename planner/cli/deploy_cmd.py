@@ -83,14 +83,14 @@ def deploy(
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
-    from pdplan.realrun.deployment import LaunchOptions, build_launch
+    from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory
 
     spec = _load_spec(plan, weights, tokenizer, seed)
     device_list = tuple(d.strip() for d in devices.split(",") if d.strip())
-    launch = build_launch(
-        spec, LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)
-    )
-    _print_launch(launch, show_commands=dry_run)
+    opts = LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)
+    launch = build_launch(spec, opts)
+    memory = check_cpu_memory(spec, launch, opts) if device_list == ("cpu",) else ""
+    _print_launch(launch, show_commands=dry_run, memory=memory)
     if dry_run:
         return
     _run(plan, launch, out or Path("runs") / time.strftime("deploy-%Y%m%d-%H%M%S"))
@@ -139,7 +139,7 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
     return DeploymentSpec(plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed)
 
 
-def _print_launch(launch: LaunchPlan, show_commands: bool) -> None:
+def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -154,6 +154,8 @@ def _print_launch(launch: LaunchPlan, show_commands: bool) -> None:
         )
     console.print(table)
     console.print(f"threads: {launch.cpu_note}", highlight=False)
+    if memory:
+        console.print(memory, highlight=False)
     if show_commands:
         for p in (*launch.workers, launch.router):
             extra = "  (+ --parent-pid <pid of pdplan deploy>)" if p.role != "router" else ""

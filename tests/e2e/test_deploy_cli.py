@@ -67,3 +67,19 @@ def test_unknown_target_and_missing_record(tmp_path: Path, pdplan_script: Path) 
         [str(pdplan_script), "deploy", "--stop", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "deploy.json" in done.stderr
+
+
+def test_weights_beyond_memory_are_refused_before_starting(tmp_path: Path, pdplan_script: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "schema_version: 1\nmode: disaggregated\nmodel: llama-3.1-70b\nprefill: {instances: 1}\n"
+        "decode: {instances: 1}\nkv_transfer: {link: loopback}\n"
+    )
+    done = subprocess.run(
+        [str(pdplan_script), "deploy", str(plan), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "for weights alone" in done.stderr
+    assert not (tmp_path / "run").exists()
