@@ -50,8 +50,9 @@ def small_spec(profiles: ProfileSet, **overrides) -> SearchSpec:
 def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     """Re-simulated on another seed's requests, the chosen plan holds the SLO at its predicted
     goodput and misses it at 1.15× that rate. TPOT binds here (20 ms: a decode batch of ~130
-    chat requests), so the goodput is set by the SLO, below the capacity ceiling; 300-s windows
-    (~8,000 requests) keep the seed-to-seed spread of attainment to a few points."""
+    chat requests), so the goodput is set by the SLO, below the capacity ceiling, where attainment
+    falls gradually with rate and varies from seed to seed; 900-s windows (~29,000 requests)
+    narrow that spread: at the predicted goodput seeds 1-8 attain 0.92-0.95 (target 0.9)."""
     slo = SloTargets(parse_slo("ttft=1s,tpot=20ms"))
     spec = SearchSpec(
         profiles=profiles,
@@ -61,7 +62,7 @@ def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
         max_gpus=2,
         modes=("disaggregated",),
         grid=SpaceGrid(tps=(1,)),
-        window_s=300.0,
+        window_s=900.0,
     )
     result = run_search(spec)
     chosen = result.chosen
