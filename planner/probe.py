@@ -115,17 +115,19 @@ def judge(
 ) -> tuple[Probe, dict[str, Any]]:
     """The probe outcome of a finished simulation, and its summary (``summary.yaml`` figures).
 
-    The SLO is judged exactly as ``pdplan simulate --plan`` judges it (``SLO.violations``), so a
-    plan the search says holds at a rate also holds when simulated on its own.
+    The SLO is judged exactly as ``pdplan simulate --plan`` judges it (``SLO.violations`` on the
+    requests table: a percentile counts every measured request that is not ``ok`` as infinitely
+    slow), so a plan the search says holds at a rate also holds when simulated on its own.
     """
+    columns = result.records.columns()
     summary = summarize(
-        result.records.columns(),
+        columns,
         slo_ms=slo.attainment_thresholds_ms,
         warmup_fraction=warmup_fraction,
         utilisation=result.utilisation,
         percentiles=slo.slo.percentiles,
     )
-    failed = slo.slo.violations(summary, slo.attainment)
+    failed = slo.slo.violations(summary, slo.attainment, columns, warmup_fraction)
     if failed and slo.per_request_ms and failed[0].startswith("attainment"):
         failed[0] += f" ({_shares(result, slo, warmup_fraction)})"
     summary["slo"] = slo.slo.spec

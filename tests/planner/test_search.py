@@ -135,3 +135,13 @@ def test_an_slo_below_one_prefill_is_infeasible_with_the_reason(profiles: Profil
     assert all(e.status == STATUS_INFEASIBLE for e in result.evaluations)
     assert result.num_probes == 0
     assert "TTFT bound" in verdict(result)
+
+
+def test_percentile_slo_holds_at_the_operating_point(profiles: ProfileSet) -> None:
+    slo = SloTargets(parse_slo("ttft_p99=2s,tpot_p90=40ms"))
+    result = run_search(small_spec(profiles, slo=slo, max_gpus=2))
+    assert result.chosen is not None and result.operating_summary is not None
+    summary = result.operating_summary
+    assert summary["ttft_ms"]["p99"] <= 2000 and summary["tpot_ms"]["p90"] <= 40
+    above = [p for p in result.chosen.probes if not p.meets_slo]
+    assert all("_p" in p.violated for p in above), "misses name the percentile that failed"
