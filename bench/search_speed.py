@@ -55,7 +55,7 @@ ARGS = [
 def run(workers: int | None, out: Path) -> dict[str, object]:
     """One search in a fresh ``pdplan`` process; its figures from the run directory."""
     script = Path(sys.executable).parent / "pdplan"
-    command = [str(script), "search", *ARGS, "--out", str(out)]
+    command = [str(script), "simulate", *ARGS, "--out", str(out)]
     if workers is not None:
         command += ["--workers", str(workers)]
     load = os.getloadavg()[0]

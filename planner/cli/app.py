@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pdplan.planner.cli import deploy_cmd, profile_cmd, report_cmd, search_cmd, simulate_cmd
+from pdplan.planner.cli import deploy_cmd, profile_cmd, report_cmd, simulate_cmd
 from pdplan.profiles.errors import PdplanError
 
 app = typer.Typer(
@@ -29,7 +29,6 @@ app.command("profile")(profile_cmd.profile)
 app.command("deploy")(deploy_cmd.deploy)
 app.command("report")(report_cmd.report)
 app.command("simulate")(simulate_cmd.simulate)
-app.command("search")(search_cmd.search)
 
 err_console = Console(stderr=True)
 

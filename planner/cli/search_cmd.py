@@ -1,4 +1,4 @@
-"""The SLO search: ``pdplan simulate --slo ... (--gpus N | --rate R) ... --out DIR``.
+"""The SLO search behind ``pdplan simulate --slo ... (--gpus N | --rate R) ... --out DIR``.
 
 Finds the layout (disaggregated P:D counts, TP per role, batch limits — or colocated) with the most
 goodput per GPU within a GPU budget, or the fewest GPUs that hold a target rate, and compares the

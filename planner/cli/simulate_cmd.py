@@ -15,27 +15,18 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from pdplan.planner.inputs import RequestSource, load_trace, load_workload, role_profiles
-from pdplan.planner.plan import Plan, load_plan, save_plan
-from pdplan.planner.rundir import prepare_out, write_csv, write_run_yaml, write_yaml
-from pdplan.planner.slo import parse_slo
 from pdplan.profiles.errors import ConfigError
-from pdplan.sim.records import SimResult
-from pdplan.sim.simulate import SimOptions
-from pdplan.sim.simulate import simulate as run_simulation
-from pdplan.sim.summary import summarize
-from pdplan.sim.timeseries import timeseries
+
+if TYPE_CHECKING:
+    from pdplan.planner.inputs import RequestSource
+    from pdplan.planner.plan import Plan
+    from pdplan.sim.records import SimResult
 
 log = logging.getLogger(__name__)
-console = Console()
 DEFAULT_WARMUP = 0.05
 
 
@@ -81,10 +72,75 @@ def simulate(
         float | None,
         typer.Option("--sample-interval", help="Time-series interval in s (default: ≤ 1000 samples)."),
     ] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", help="Search: best goodput per GPU on at most N GPUs.")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="Search: both (default), disaggregated or colocated.")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Search: named workload chat, code or summarize.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Search: worker processes (default: one per core).")
+    ] = None,
+    price_per_gpu_hour: Annotated[
+        float | None, typer.Option("--price-per-gpu-hour", help="Search: rank and report in dollars.")
+    ] = None,
+    kv_link: Annotated[
+        str | None,
+        typer.Option("--kv-link", help="Search: KV link nvlink (default), infiniband, roce, pcie, tcp."),
+    ] = None,
 ) -> None:
-    """Simulate one plan on a workload and write its run directory."""
+    """Simulate one plan (--plan), or search layouts against an SLO (--slo with --gpus N or --rate R).
+
+    With --plan: evaluate that plan on the workload and write its run directory. Without --plan, --slo searches P:D ratio, TP and batch limits (and colocated layouts) for the most goodput per GPU on at most --gpus GPUs, or the fewest GPUs that hold --rate req/s, and writes plan.yaml.
+    """  # noqa: E501 (one line per paragraph: typer reflows the help text)
+    search_only = {
+        "--gpus": gpus,
+        "--mode": mode,
+        "--preset": preset,
+        "--workers": workers,
+        "--price-per-gpu-hour": price_per_gpu_hour,
+        "--kv-link": kv_link,
+    }
     if plan is None:
-        raise ConfigError("--plan is required: pdplan simulate evaluates one plan.yaml")
+        if slo is None:
+            raise ConfigError(
+                "give --plan plan.yaml to evaluate one plan, or --slo SLO with --gpus N or --rate R to search"
+            )
+        plan_only = {"--trace-format": trace_format, "--sample-interval": sample_interval}
+        given = [name for name, value in plan_only.items() if value is not None]
+        if warmup != DEFAULT_WARMUP:
+            given.append("--warmup")
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to --plan runs only, not to the --slo search")
+        from pdplan.planner.cli.search_cmd import search
+
+        search(
+            slo=slo,
+            out=out,
+            gpus=gpus,
+            rate=rate,
+            attainment=0.9 if attainment is None else attainment,
+            mode=mode or "both",
+            profile=profile,
+            model=model,
+            hardware=hardware,
+            workload=workload,
+            trace=trace,
+            preset=preset,
+            seed=seed,
+            workers=workers,
+            price_per_gpu_hour=price_per_gpu_hour,
+            kv_link=kv_link or "nvlink",
+        )
+        return
+    given = [name for name, value in search_only.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to the --slo search only, not to --plan runs")
+    from pdplan.planner.plan import load_plan
+
     _simulate_plan(
         load_plan(plan),
         out=out,
@@ -103,6 +159,8 @@ def simulate(
 def _request_source(
     workload: Path | None, trace: Path | None, trace_format: str | None, rate: float | None, seed: int | None
 ) -> RequestSource:
+    from pdplan.planner.inputs import load_trace, load_workload
+
     if (workload is None) == (trace is None):
         raise ConfigError("give exactly one of --workload W.yaml and --trace F")
     if trace_format is not None and trace is None:
@@ -127,6 +185,18 @@ def _simulate_plan(
     sample_interval: float | None,
     seed: int | None,
 ) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pdplan.planner.inputs import role_profiles
+    from pdplan.planner.plan import save_plan
+    from pdplan.planner.rundir import prepare_out, write_csv, write_run_yaml, write_yaml
+    from pdplan.planner.slo import parse_slo
+    from pdplan.sim.simulate import SimOptions
+    from pdplan.sim.simulate import simulate as run_simulation
+    from pdplan.sim.timeseries import timeseries
+
     if sample_interval is not None and not sample_interval > 0:
         raise ConfigError(f"--sample-interval {sample_interval!r}; expected a positive number of seconds")
     if not 0 <= warmup < 1:
@@ -184,6 +254,8 @@ def _simulate_plan(
 
 
 def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:
+    from pdplan.sim.summary import summarize
+
     slo = plan.slo
     columns = result.records.columns()
     summary: dict[str, Any] = {"schema_version": 1, "mode": result.mode}
@@ -217,6 +289,10 @@ def _predicted(summary: dict[str, Any], source: RequestSource) -> dict[str, floa
 
 
 def _print(summary: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
     table = Table(title=f"pdplan simulate → {out}", show_header=True)
     table.add_column("metric")
     for column in ("mean", "p50", "p90", "p99"):
@@ -248,4 +324,4 @@ def _report(out: Path) -> None:
         log.info("pdplan.reports.write_report is not available; no report.html")
         return
     path = write_report(out)
-    console.print(f"report: {path}")
+    typer.echo(f"report: {path}")

@@ -22,13 +22,13 @@ MODEL = ["--model", "llama-3.1-8b", "--hardware", "h100-sxm"]
 
 
 def _invoke(args: list[str]):
-    result = runner.invoke(app, ["search", *map(str, args)])
+    result = runner.invoke(app, ["simulate", *map(str, args)])
     assert result.exit_code == 0, (result.output, result.exception)
     return result
 
 
 def _exit_code(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["pdplan", "search", *map(str, args)])
+    monkeypatch.setattr(sys, "argv", ["pdplan", "simulate", *map(str, args)])
     with pytest.raises(SystemExit) as stop:
         main()
     return int(stop.value.code or 0), capsys.readouterr().err

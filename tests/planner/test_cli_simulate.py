@@ -187,7 +187,7 @@ def test_real_azure_trace_replays_at_a_rate(tmp_path):
             {"no_workload": True, "args": ["--trace", "{plan}", "--trace-format", "parquet"]},
             "unknown --trace-format 'parquet'; valid: azure, csv, mooncake",
         ),
-        ({"no_plan": True}, "--plan is required"),
+        ({"no_plan": True}, "give --plan plan.yaml to evaluate one plan, or --slo"),
         (
             {"plan": {**pc.DISAGG_PLAN, "decode": {"instances": 1, "tp": 4}}},
             "the plan's decode.tp=4 has no matching --profile (given tp: [1])",
@@ -223,3 +223,23 @@ def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, inputs,
     assert message in text, text
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "requests.csv").exists()
+
+
+def test_search_and_plan_options_do_not_mix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--plan runs reject the search's options and the search rejects --plan-only ones (exit 2)."""
+    import sys
+    from unittest import mock
+
+    from pdplan.planner.cli.app import main
+
+    cases = [
+        (["--plan", str(tmp_path / "p.yaml"), "--gpus", "4"], "--gpus apply to the --slo search only"),
+        (["--slo", "ttft=1s", "--gpus", "4", "--sample-interval", "1"], "--sample-interval apply to --plan"),
+    ]
+    for args, message in cases:
+        argv = ["pdplan", "simulate", "--out", str(tmp_path / "o"), *args]
+        with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2, args
+        assert message in " ".join(capsys.readouterr().err.split())
+        assert not (tmp_path / "o").exists()
