@@ -177,6 +177,7 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
         "first_transfer_gbps_fresh_memory": payload / first_s / 1e9,
         "handoff_ms_median": 1000 * statistics.median(handoff_s),
         "vs_paired_memcpy_median": statistics.median(ratios),
+        "vs_paired_memcpy_each": ratios,
         "bit_exact": bool(exact),
     }
 
@@ -235,7 +236,7 @@ def worker_steps(client: httpx.Client, url: str) -> list[tuple[int, int, float]]
     return [(st["batch_size"], st["context_tokens"], st["step_ms"]) for st in steps]
 
 
-def standalone_step_ms(executor: Executor, batch: int, context: int, repeats: int = 15) -> float:
+def standalone_step_ms(executor: Executor, batch: int, context: int, repeats: int = NEW_TOKENS) -> float:
     """Median executor decode step at ``batch`` sequences holding ``context`` tokens in total."""
     per_seq = max(1, context // batch)
     prompts = [[(31 * b + i) % 32000 + 3 for i in range(per_seq)] for b in range(batch)]
@@ -289,6 +290,7 @@ def _batch_row(
         "worker_ms_median": statistics.median(worker_ms),
         "standalone_ms_median": statistics.median(alone_ms),
         "worker_over_standalone": statistics.median(ratios),
+        "worker_over_standalone_rounds": ratios,
     }
     if latency is not None:
         predicted = statistics.median(latency.decode_ms(b, c) for b, c, _ in measured)
@@ -297,7 +299,7 @@ def _batch_row(
     return row
 
 
-def decode_step_figures(quick_profile: bool, rounds: int = 3) -> list[dict[str, Any]]:
+def decode_step_figures(quick_profile: bool, rounds: int = 5) -> list[dict[str, Any]]:
     """One row per batch size: worker vs standalone executor vs the profile's latency model."""
     torch.set_num_threads(1)
     latency = profiled_latency(quick_profile)
