@@ -208,7 +208,8 @@ def pareto_figure(points: pd.DataFrame) -> MplFigure:
             )
         ax.set_xlabel("tokens/s per user (1000 / TPOT p50)")
         ax.set_ylabel("output tokens/s per GPU")
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # an infeasible search has no probes to label
+            ax.legend(fontsize=7, loc="best")
     return fig
 
 
