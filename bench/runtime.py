@@ -3,12 +3,14 @@ worker, and seconds from ``pdplan deploy`` to healthy.
 
 1. **KV transfer vs memcpy.** A prefill-side ``KvSender`` in a child process hands a tiny-llama-layout
    KV (8 layers x 4 KV heads x 64 dims, float32; 64 MiB by default) to a ``KvClaim`` in this process,
-   over the abstract Unix socket (``auto``, what workers on one host use) and over TCP loopback.
-   Throughput = payload bytes / (first to last payload byte received), the receiver writing straight
-   into a cache from the decode worker's ``KvPool`` (fresh memory for the first transfer, recycled
-   after, as in a worker that has served a few requests); checked bit for bit. Each transfer is
-   compared with the fastest of three ``copy_`` of the same bytes into warm memory timed just before
-   it (the ratio's median is the headline: pairing keeps a shared machine's drifting load out of it).
+   three ways: over the abstract Unix socket with the decode cache in shared memory, so the prefill
+   writes it in place (what two CPU workers on one host do); over the Unix socket with a private
+   cache (payload through the socket); over TCP loopback (what workers on two hosts do). Throughput
+   = payload bytes / (READY sent until the KV is complete in the cache, KV already computed), into a
+   cache from the decode worker's ``KvPool`` (fresh memory for the first transfer, recycled after, as
+   in a worker that has served a few requests); checked bit for bit. Each transfer is compared with
+   the fastest of three ``copy_`` of the same bytes into warm memory timed just before it (the
+   ratio's median is the headline: pairing keeps a shared machine's drifting load out of it).
 2. **Decode step inside a worker vs profiled.** A colocated worker (tiny-llama, 1 torch thread) serves
    B concurrent requests; its ``/server_info`` step log gives each step's (batch, context, ms). Right
    after each round the same executor step is timed standalone in this process at the same batch and
@@ -111,9 +113,12 @@ async def _claim_when_listening(boot: Any, prompt: tuple[int, ...], transport: s
     raise RuntimeError("the KV sender never listened")
 
 
-def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
+def kv_transfer(transport: str, shared: bool, tokens: int, repeats: int) -> dict[str, Any]:
+    """``transport`` auto (Unix socket) or tcp; ``shared``: the decode caches live in shared memory
+    (what a CPU decode worker uses), so over the Unix socket the prefill writes them in place."""
     from pdplan.realrun.kv_budget import KvBudget
     from pdplan.realrun.kv_pool import KvPool
+    from pdplan.realrun.kv_shm import SharedCaches
     from pdplan.realrun.protocol import Bootstrap
 
     spec = load_model_spec(MODEL)
@@ -129,16 +134,20 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
             spec.num_layers, spec.num_kv_heads, spec.head_dim, capacity, dtype=torch.float32, device="cpu"
         )
 
-    async def receive_all() -> tuple[float, list[float], list[float], list[float], KVCache]:
+    async def receive_all() -> tuple[float, list[float], list[float], list[float], KVCache, str]:
         # Caches come from the decode worker's KvPool: the first transfer lands in fresh memory, the
         # later ones in a recycled cache, as in a decode worker that has served a few requests.
         # Each transfer is paired with a memcpy of the same bytes timed just before it, so the ratio
         # compares the two under the same load on a shared machine.
-        caches = KvPool(new_cache, KvBudget(4 * tokens))
+        shm = (
+            SharedCaches(spec.num_layers, spec.num_kv_heads, spec.head_dim, torch.float32) if shared else None
+        )
+        caches = KvPool(shm.allocate if shm else new_cache, KvBudget(4 * tokens))
         pool = ThreadPoolExecutor(1)
         src, dst = torch.empty(payload, dtype=torch.uint8).random_(), torch.empty(payload, dtype=torch.uint8)
         dst.copy_(src)
         payload_s, handoff_s, ratios = [], [], []
+        ways: set[str] = set()
         first_s = 0.0
         cache = None
         for room in range(1, repeats + 2):
@@ -149,8 +158,12 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
                 dst.copy_(src)
                 copy_s = min(copy_s, time.perf_counter() - copy_start)
             start = time.perf_counter()
+            cache = caches.take(tokens + 16)
             async with claim:
-                cache, _, seconds = await claim.receive(payload, caches.take, 16, expect, pool, 60.0)
+                meta, seconds = await claim.receive(
+                    payload, cache, expect, pool, 60.0, shm.fd_of(cache) if shm else None
+                )
+            ways.add("in place (shared memory)" if meta.in_place else "over the socket")
             if room == 1:
                 first_s = seconds
             else:
@@ -161,16 +174,19 @@ def kv_transfer(transport: str, tokens: int, repeats: int) -> dict[str, Any]:
                 caches.give(cache)
         pool.shutdown()
         assert cache is not None
-        return first_s, payload_s, handoff_s, ratios, cache
+        assert len(ways) == 1, ways
+        return first_s, payload_s, handoff_s, ratios, cache, ways.pop()
 
-    first_s, payload_s, handoff_s, ratios, cache = asyncio.run(receive_all())
+    first_s, payload_s, handoff_s, ratios, cache, way = asyncio.run(receive_all())
     child.join(30)
     reference = filled_cache(tokens, seed=0)
     exact = torch.equal(cache.k[:, :, :tokens], reference.k[:, :, :tokens]) and torch.equal(
         cache.v[:, :, :tokens], reference.v[:, :, :tokens]
     )
     return {
-        "transport": "unix (abstract)" if transport == "auto" else "tcp loopback",
+        "transport": ("unix (abstract)" if transport == "auto" else "tcp loopback")
+        + (" + shm" if shared else ""),
+        "payload": way,
         "payload_bytes": payload,
         "payload_gbps_median": payload / statistics.median(payload_s) / 1e9,
         "payload_gbps_best": payload / min(payload_s) / 1e9,
@@ -367,7 +383,10 @@ def main() -> None:
     tokens = args.payload_mib * 2**20 // spec.kv_bytes_per_token("float32")
     started = time.time()
     load = os.getloadavg()[0]
-    transfers = [kv_transfer(t, tokens, args.repeats) for t in ("auto", "tcp")]
+    transfers = [
+        kv_transfer(t, shm, tokens, args.repeats)
+        for t, shm in (("auto", True), ("auto", False), ("tcp", False))
+    ]
     copy = memcpy(transfers[0]["payload_bytes"], args.repeats)
     for row in transfers:
         row["vs_memcpy_warm"] = row["payload_gbps_median"] / copy["warm_gbps_median"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun import kv_wire as wire
 from pdplan.realrun.kv_sender import HandoffError
-from pdplan.realrun.kv_views import expected_meta, receive_buffers
+from pdplan.realrun.kv_views import expected_meta, receive_views
 from pdplan.realrun.protocol import Bootstrap
 
 T = TypeVar("T")
@@ -83,49 +83,62 @@ class KvClaim:
     async def receive(
         self,
         max_payload_bytes: int,
-        new_cache: Callable[[int], KVCache],
-        reserve_tokens: int,
+        cache: KVCache,
         expect: tuple[tuple[int, int, int], str, int],
         pool: ThreadPoolExecutor,
         timeout_s: float,
-    ) -> tuple[KVCache, wire.KvMeta, float]:
-        """Send READY, then read the header and payload into a new cache.
+        shared_fd: int | None = None,
+    ) -> tuple[wire.KvMeta, float]:
+        """Send READY, then take the KV into ``cache`` (empty, with room for the prompt).
 
         ``expect`` is ``((num_layers, num_kv_heads, head_dim), dtype, prompt_tokens)`` of this worker.
-        Returns the cache (valid up to the prompt), the header, and the payload's transfer seconds.
+        ``shared_fd`` is the cache's shared-memory descriptor (``kv_shm``): over a Unix socket it
+        goes with READY, and the prefill writes the KV straight into the cache. Returns the header
+        and the seconds from READY until the KV was complete in the cache.
 
         Raises:
             HandoffError: the prefill failed, hung up, broke the protocol, or timed out (504).
         """
-        loop = self._loop
+        loop, room = self._loop, self.bootstrap.room
+        if self._sock.family != socket.AF_UNIX:
+            shared_fd = None
         try:
-            body = wire.READY_BODY.pack(max_payload_bytes)
-            await wire.send_frame(loop, self._sock, wire.READY, self.bootstrap.room, body)
+            flags = wire.READY_SHARED_FD if shared_fd is not None else 0
+            body = wire.READY_BODY.pack(max_payload_bytes, cache.capacity, flags)
+            start = time.perf_counter()
+            if shared_fd is not None:
+                await wire.send_frame_fds(loop, self._sock, wire.READY, room, body, [shared_fd])
+            else:
+                await wire.send_frame(loop, self._sock, wire.READY, room, body)
             frame = await asyncio.wait_for(wire.read_frame(loop, self._sock), timeout_s)
             if frame.kind == wire.ERROR:
                 status, message = wire.unpack_error(frame.body)
                 raise HandoffError(f"prefill worker: {message}", status)
-            if frame.kind != wire.KV or frame.room != self.bootstrap.room:
-                raise wire.WireError(f"expected KV for room {self.bootstrap.room}, got {frame.name}")
+            if frame.kind != wire.KV or frame.room != room:
+                raise wire.WireError(f"expected KV for room {room}, got {frame.name}")
             meta = wire.unpack_kv_meta(frame.body, max_payload_bytes)
             expected_meta(expect[0], expect[1], expect[2], meta)
-            cache, views, finish = receive_buffers(new_cache, meta, reserve_tokens)
-            start = time.perf_counter()
-            self._sock.settimeout(timeout_s)  # blocking with a deadline, for the receiving thread
-            try:
-                await loop.run_in_executor(pool, wire.recv_views, self._sock, views)
-            finally:
-                self._sock.setblocking(False)
+            if meta.in_place:
+                if shared_fd is None:
+                    raise wire.WireError("KV announced as written in place, but no shared buffer was offered")
+                cache.length = meta.prompt_tokens
+            else:
+                views, finish = receive_views(cache, meta.prompt_tokens)
+                self._sock.settimeout(timeout_s)  # blocking with a deadline, for the receiving thread
+                try:
+                    await loop.run_in_executor(pool, wire.recv_views, self._sock, views)
+                finally:
+                    self._sock.setblocking(False)
+                finish()
             elapsed = time.perf_counter() - start
-            finish()
-            await wire.send_frame(loop, self._sock, wire.ACK, self.bootstrap.room)
+            await wire.send_frame(loop, self._sock, wire.ACK, room)
         except TimeoutError:
             raise HandoffError(f"no KV from the prefill worker within {timeout_s:g} s", 504) from None
         except wire.WireError as err:
             raise HandoffError(f"KV hand-off broke the protocol: {err}", 502) from None
         except OSError as err:
             raise HandoffError(f"KV hand-off connection failed: {err}", 502) from None
-        return cache, meta, elapsed
+        return meta, elapsed
 
     def _peer_failure(self, peer: asyncio.Future[Any]) -> HandoffError:
         exc = peer.exception()

@@ -23,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pdplan.realrun import kv_wire as wire
 from pdplan.realrun.engine import PrefilledEvent
+from pdplan.realrun.kv_shm import SharedWriter
 from pdplan.realrun.kv_views import kv_meta, send_views
 from pdplan.realrun.metrics import WorkerMetrics
 
@@ -81,6 +83,7 @@ class KvSender:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sockets: list[socket.socket] = []
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kv-send")
+        self._writer = SharedWriter()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -97,6 +100,7 @@ class KvSender:
         for lsock in self._sockets:
             lsock.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._writer.close()
 
     @property
     def open_rooms(self) -> int:
@@ -233,12 +237,36 @@ class KvSender:
         assert room.prompt is not None
         if len(room.prompt) != prompt_tokens or wire.prompt_digest(room.prompt) != digest:
             raise HandoffError(f"room {room.room}: the decode side holds a different prompt", 409)
-        ready = await self._guard(room, conn, wire.read_frame(loop, conn), self.kv_timeout_s, "no READY")
+        read = wire.read_frame_fds(loop, conn) if conn.family == socket.AF_UNIX else _no_fds(loop, conn)
+        ready, fds = await self._guard(room, conn, read, self.kv_timeout_s, "no READY")
+        try:
+            await self._send(loop, conn, room, ready, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        ack = await self._guard(room, conn, wire.read_frame(loop, conn), self.kv_timeout_s, "no ACK")
+        if ack.kind != wire.ACK:
+            raise wire.WireError(f"expected ACK, got {ack.name}")
+        if not room.result.done():
+            room.result.set_result(None)
+
+    async def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: socket.socket,
+        room: Room,
+        ready: wire.Frame,
+        fds: list[int],
+    ) -> None:
+        """Once the KV is computed: write it into the decode's shared buffer (when READY brought
+        one), or send it over the connection; then the KV header."""
         if ready.kind == wire.ABORT:
             raise HandoffError("decode worker aborted the room", 409)
         if ready.kind != wire.READY or len(ready.body) != wire.READY_BODY.size:
             raise wire.WireError(f"expected READY, got {ready.name}")
-        (max_payload,) = wire.READY_BODY.unpack(ready.body)
+        max_payload, capacity, flags = wire.READY_BODY.unpack(ready.body)
+        if bool(flags & wire.READY_SHARED_FD) != bool(fds) or flags & ~wire.READY_SHARED_FD:
+            raise wire.WireError(f"READY flags {flags:#x} with {len(fds)} descriptors")
         await self._guard(
             room, conn, room.kv_ready.wait(), self.kv_timeout_s, "KV not ready", watch_peer=True
         )
@@ -247,21 +275,24 @@ class KvSender:
         meta = kv_meta(event.cache, self.dtype, event.token, event.start_s, event.end_s)
         if meta.payload_bytes > max_payload:
             raise HandoffError(f"KV of {meta.payload_bytes} bytes exceeds the decode's {max_payload}", 507)
-        views = send_views(event.cache)
         start = time.perf_counter()
-        await wire.send_frame(loop, conn, wire.KV, room.room, wire.pack_kv_meta(meta))
-        conn.settimeout(self.kv_timeout_s)  # blocking with a deadline, for the sending thread
-        try:
-            await loop.run_in_executor(self._pool, wire.send_views, conn, views)
-        finally:
-            conn.setblocking(False)
-        ack = await self._guard(room, conn, wire.read_frame(loop, conn), self.kv_timeout_s, "no ACK")
-        if ack.kind != wire.ACK:
-            raise wire.WireError(f"expected ACK, got {ack.name}")
+        if fds:
+            await loop.run_in_executor(self._pool, self._writer.write, fds[0], capacity, event.cache)
+            await wire.send_frame(
+                loop, conn, wire.KV, room.room, wire.pack_kv_meta(replace(meta, in_place=True))
+            )
+        else:
+            views = send_views(event.cache)
+            await wire.send_frame(loop, conn, wire.KV, room.room, wire.pack_kv_meta(meta))
+            conn.settimeout(self.kv_timeout_s)  # blocking with a deadline, for the sending thread
+            try:
+                await loop.run_in_executor(self._pool, wire.send_views, conn, views)
+            finally:
+                conn.setblocking(False)
         self.metrics.observe("kv_transfer_seconds", time.perf_counter() - start)
-        self.metrics.inc("kv_transfer_bytes_total", meta.payload_bytes)
-        if not room.result.done():
-            room.result.set_result(None)
+        self.metrics.inc(
+            "kv_transfer_bytes_total", meta.payload_bytes, label="shared_memory" if fds else "socket"
+        )
 
     async def _guard(
         self,
@@ -305,3 +336,7 @@ class KvSender:
         # If the peer is gone it sees the closed connection instead.
         with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(wire.send_frame(loop, conn, wire.ERROR, room_id, body), 1.0)
+
+
+async def _no_fds(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[wire.Frame, list[int]]:
+    return await wire.read_frame(loop, conn), []

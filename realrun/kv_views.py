@@ -64,22 +64,18 @@ def expected_meta(spec_shape: tuple[int, int, int], dtype: str, prompt_tokens: i
         raise WireError(f"KV shapes {list(meta.shapes)} for {meta.prompt_tokens} tokens; expected 2 × {want}")
 
 
-def receive_buffers(
-    new_cache: Callable[[int], KVCache], meta: KvMeta, reserve_tokens: int
-) -> tuple[KVCache, list[memoryview], Callable[[], None]]:
-    """A fresh cache with room for ``prompt + reserve_tokens`` positions, the byte views the payload
-    is read into, and a ``finish`` to call once every byte arrived (sets ``length``; copies a CUDA
-    staging buffer onto the device)."""
-    length = meta.prompt_tokens
-    cache = new_cache(length + reserve_tokens)
+def receive_views(cache: KVCache, length: int) -> tuple[list[memoryview], Callable[[], None]]:
+    """The byte views a payload of ``length`` positions is read into, and a ``finish`` to call once
+    every byte arrived (sets ``length``; copies a CUDA staging buffer onto the device)."""
+    assert cache.length == 0 and length <= cache.capacity, "an empty cache with room for the prompt"
     if cache.device.type == "cpu":
         views = _slices(cache.k, cache.v, length)
 
         def finish() -> None:
             cache.length = length
 
-        return cache, views, finish
-    shape = meta.shapes[0]
+        return views, finish
+    shape = (cache.num_layers, int(cache.k.shape[1]), length, int(cache.k.shape[3]))
     k_host = torch.empty(shape, dtype=cache.dtype, pin_memory=True)
     v_host = torch.empty_like(k_host)
 
@@ -88,4 +84,4 @@ def receive_buffers(
         cache.v[:, :, :length].copy_(v_host)
         cache.length = length
 
-    return cache, [_byte_view(k_host), _byte_view(v_host)], finish_device
+    return [_byte_view(k_host), _byte_view(v_host)], finish_device

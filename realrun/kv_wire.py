@@ -7,20 +7,24 @@ Every message starts with a 20-byte frame header, little-endian::
 followed by ``body_bytes`` (at most :data:`MAX_BODY_BYTES`) of a kind-specific body:
 
     CLAIM  decode → prefill   prompt_tokens u32 | prompt_hash u64   ("room R is mine, for this prompt")
-    READY  decode → prefill   max_payload_bytes u64                 ("KV space reserved: send")
+    READY  decode → prefill   max_payload_bytes u64 | capacity_tokens u32 | flags u32
+                              ("KV space reserved: send"; flag SHARED_FD: the decode cache's
+                              shared-memory descriptor rides along (SCM_RIGHTS), see kv_shm)
     ABORT  decode → prefill   UTF-8 reason                          ("drop room R")
     KV     prefill → decode   first_token i64 | prompt_tokens u32 | prefill_start f64 | prefill_end f64
-                              | dtype u8 | ndim u8 | num_tensors u16 | dims u32 × ndim × num_tensors
-                              | payload_bytes u64, then ``payload_bytes`` raw bytes: the tensors in
-                              order, each C-contiguous
+                              | dtype u8 | ndim u8 | num_tensors u16 | flags u32 | dims u32 × ndim ×
+                              num_tensors | payload_bytes u64, then ``payload_bytes`` raw bytes: the
+                              tensors in order, each C-contiguous — unless flag IN_PLACE says the
+                              prefill already wrote them into the decode's shared buffer
     ERROR  either way         status u16 (the HTTP status to report) | UTF-8 message
     ACK    decode → prefill   (empty)                               ("all bytes received")
 
 The receiver checks magic, version, kind, room, body size, dtype, rank, tensor count and that
 ``payload_bytes`` equals the bytes the shapes imply and stays within its reservation, *before*
 reading any payload. Connections are TCP, or — when the bootstrap host is a loopback address on
-Linux — a Unix socket in the abstract namespace named after the bootstrap port (no file to clean up;
-about twice TCP loopback's throughput, see ``bench/runtime.py``).
+Linux — a Unix socket in the abstract namespace named after the bootstrap port (no file to clean
+up), over which a CPU decode worker passes its cache's shared-memory descriptor so the payload moves
+in one memcpy instead of through the socket (``bench/runtime.py`` measures all three ways).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import asyncio
 import hashlib
 import ipaddress
 import math
+import os
 import socket
 import struct
 import sys
@@ -40,15 +45,17 @@ MAGIC = b"PDKV"
 VERSION = 1
 FRAME = struct.Struct("<4sHHQI")
 CLAIM_BODY = struct.Struct("<IQ")
-READY_BODY = struct.Struct("<Q")
+READY_BODY = struct.Struct("<QII")
 ERROR_STATUS = struct.Struct("<H")
-KV_FIXED = struct.Struct("<qIddBBH")
+KV_FIXED = struct.Struct("<qIddBBHI")
 PAYLOAD_BYTES = struct.Struct("<Q")
 MAX_BODY_BYTES = 64 * 1024
 MAX_TENSORS = 16
 MAX_NDIM = 8
 
 CLAIM, READY, ABORT, KV, ERROR, ACK = 1, 2, 3, 4, 5, 6
+READY_SHARED_FD = 1  # READY flag: one descriptor (the decode cache's shared memory) accompanies it
+KV_IN_PLACE = 1  # KV flag: the payload was written into that shared memory, none follows
 KIND_NAMES = {CLAIM: "CLAIM", READY: "READY", ABORT: "ABORT", KV: "KV", ERROR: "ERROR", ACK: "ACK"}
 
 #: dtype name → (wire code, bytes per element)
@@ -81,6 +88,7 @@ class KvMeta:
     prefill_end_s: float
     dtype: str
     shapes: tuple[tuple[int, ...], ...]
+    in_place: bool = False
 
     @property
     def payload_bytes(self) -> int:
@@ -138,7 +146,7 @@ def pack_kv_meta(meta: KvMeta) -> bytes:
     dims = [d for shape in meta.shapes for d in shape]
     fixed = KV_FIXED.pack(
         meta.first_token, meta.prompt_tokens, meta.prefill_start_s, meta.prefill_end_s,
-        code, ndim, len(meta.shapes),
+        code, ndim, len(meta.shapes), KV_IN_PLACE if meta.in_place else 0,
     )  # fmt: skip
     return fixed + struct.pack(f"<{len(dims)}I", *dims) + PAYLOAD_BYTES.pack(meta.payload_bytes)
 
@@ -147,7 +155,9 @@ def unpack_kv_meta(body: bytes, max_payload_bytes: int) -> KvMeta:
     """Parse and check a KV header; the payload it announces must fit ``max_payload_bytes``."""
     if len(body) < KV_FIXED.size:
         raise WireError(f"KV header of {len(body)} bytes is shorter than {KV_FIXED.size}")
-    first, prompt_tokens, t0, t1, code, ndim, count = KV_FIXED.unpack_from(body)
+    first, prompt_tokens, t0, t1, code, ndim, count, flags = KV_FIXED.unpack_from(body)
+    if flags & ~KV_IN_PLACE:
+        raise WireError(f"unknown KV flags {flags:#x}")
     if code not in _DTYPE_BY_CODE:
         raise WireError(f"unknown dtype code {code}; expected one of {sorted(_DTYPE_BY_CODE)}")
     if not 1 <= ndim <= MAX_NDIM or not 1 <= count <= MAX_TENSORS:
@@ -158,7 +168,9 @@ def unpack_kv_meta(body: bytes, max_payload_bytes: int) -> KvMeta:
     dims = struct.unpack_from(f"<{ndim * count}I", body, KV_FIXED.size)
     (announced,) = PAYLOAD_BYTES.unpack_from(body, expected - PAYLOAD_BYTES.size)
     shapes = tuple(tuple(dims[i * ndim : (i + 1) * ndim]) for i in range(count))
-    meta = KvMeta(int(first), int(prompt_tokens), float(t0), float(t1), _DTYPE_BY_CODE[code], shapes)
+    meta = KvMeta(
+        int(first), int(prompt_tokens), float(t0), float(t1), _DTYPE_BY_CODE[code], shapes, bool(flags)
+    )
     if announced != meta.payload_bytes:
         raise WireError(f"KV header announces {announced} bytes; its shapes imply {meta.payload_bytes}")
     if announced > max_payload_bytes:
@@ -219,6 +231,58 @@ async def send_frame(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, kind: int, room: int, body: bytes = b""
 ) -> None:
     await loop.sock_sendall(sock, pack_frame(kind, room, body))
+
+
+async def _wait_io(loop: asyncio.AbstractEventLoop, sock: socket.socket, write: bool) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, wake)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def send_frame_fds(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, kind: int, room: int, body: bytes, fds: list[int]
+) -> None:
+    """Send one frame with ``fds`` attached to its first byte (Unix sockets only)."""
+    data = pack_frame(kind, room, body)
+    while True:
+        try:
+            sent = socket.send_fds(sock, [data], fds)
+            break
+        except BlockingIOError:
+            await _wait_io(loop, sock, write=True)
+    if sent < len(data):
+        await loop.sock_sendall(sock, data[sent:])
+
+
+async def read_frame_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> tuple[Frame, list[int]]:
+    """Read one frame and up to one descriptor sent with it (the caller must close it)."""
+    while True:
+        try:
+            head, fds, _flags, _addr = socket.recv_fds(sock, FRAME.size, 1)
+            break
+        except BlockingIOError:
+            await _wait_io(loop, sock, write=False)
+    try:
+        if not head:
+            raise WireError("peer closed the connection")
+        if len(head) < FRAME.size:
+            head += await recv_exact(loop, sock, FRAME.size - len(head))
+        kind, room, body_bytes = unpack_header(head)
+        body = await recv_exact(loop, sock, body_bytes) if body_bytes else b""
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return Frame(kind, room, body), list(fds)
 
 
 # --- addresses -------------------------------------------------------------------------------------

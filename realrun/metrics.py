@@ -44,10 +44,14 @@ class Histogram:
         return out
 
 
+#: counter → (help, the name of its one label)
 _COUNTERS = {
-    "requests_total": "Requests that ended, by status (ok, error, rejected).",
-    "generated_tokens_total": "Output tokens emitted by this worker.",
-    "kv_transfer_bytes_total": "KV payload bytes sent (prefill) or received (decode).",
+    "requests_total": ("Requests that ended, by status (ok, error, rejected).", "status"),
+    "generated_tokens_total": ("Output tokens emitted by this worker.", ""),
+    "kv_transfer_bytes_total": (
+        "KV payload bytes sent (prefill) or received (decode), by path (shared_memory, socket).",
+        "path",
+    ),
 }
 _HISTOGRAMS = {
     "ttft_seconds": "Arrival at this worker to its first output token.",
@@ -72,10 +76,11 @@ class WorkerMetrics:
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self._gauges[name] = (help_text, read)
 
-    def inc(self, name: str, value: float = 1.0, status: str = "") -> None:
-        assert name in _COUNTERS, name
+    def inc(self, name: str, value: float = 1.0, label: str = "") -> None:
+        """Add ``value`` to counter ``name`` (``label``: the value of its label, if it has one)."""
+        assert name in _COUNTERS and bool(label) == bool(_COUNTERS[name][1]), (name, label)
         with self._lock:
-            key = (name, status)
+            key = (name, label)
             self._counters[key] = self._counters.get(key, 0.0) + value
 
     def observe(self, name: str, value_s: float) -> None:
@@ -92,9 +97,9 @@ class WorkerMetrics:
         with self._lock:
             return list(self.steps)
 
-    def counter(self, name: str, status: str = "") -> float:
+    def counter(self, name: str, label: str = "") -> float:
         with self._lock:
-            return self._counters.get((name, status), 0.0)
+            return self._counters.get((name, label), 0.0)
 
     def render(self) -> str:
         role = f'role="{self.role}"'
@@ -103,12 +108,12 @@ class WorkerMetrics:
             full = f"pdplan_worker_{name}"
             lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge", f"{full}{{{role}}} {read()}"]
         with self._lock:
-            for name, help_text in _COUNTERS.items():
+            for name, (help_text, key) in _COUNTERS.items():
                 full = f"pdplan_worker_{name}"
                 lines += [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
-                entries = sorted((s, v) for (n, s), v in self._counters.items() if n == name)
-                for status, value in entries or [("", 0.0)]:
-                    labels = f'{role},status="{status}"' if status else role
+                entries = sorted((lab, v) for (n, lab), v in self._counters.items() if n == name)
+                for label, value in entries or [("", 0.0)]:
+                    labels = f'{role},{key}="{label}"' if label else role
                     lines.append(f"{full}{{{labels}}} {value:g}")
             for name, help_text in _HISTOGRAMS.items():
                 full = f"pdplan_worker_{name}"

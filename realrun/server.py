@@ -183,10 +183,10 @@ class WorkerServer:
                 raise ServiceError("worker is shutting down", 503, "shutting_down")
             reqs = parse_generate(await self._body(request), self.limits, self._encode())
         except RequestError as err:
-            self.metrics.inc("requests_total", status="rejected")
+            self.metrics.inc("requests_total", label="rejected")
             return _error(err.message, err.status, "bad_request")
         except ServiceError as err:
-            self.metrics.inc("requests_total", status="rejected")
+            self.metrics.inc("requests_total", label="rejected")
             return _error(err.message, err.status, err.kind)
         if len(reqs) == 1:
             return await self._serve(request, reqs[0])
@@ -202,16 +202,16 @@ class WorkerServer:
                 raise ServiceError("worker is shutting down", 503, "shutting_down")
             req = parse_completion(await self._body(request), self.limits, self._encode())
         except RequestError as err:
-            self.metrics.inc("requests_total", status="rejected")
+            self.metrics.inc("requests_total", label="rejected")
             return _error(err.message, err.status, "bad_request")
         except ServiceError as err:
-            self.metrics.inc("requests_total", status="rejected")
+            self.metrics.inc("requests_total", label="rejected")
             return _error(err.message, err.status, err.kind)
         return await self._serve(request, req)
 
     def _fail(self, err: ServiceError, started: bool) -> web.Response:
         rejected = not started and (err.status < 500 or err.kind == "overloaded")
-        self.metrics.inc("requests_total", status="rejected" if rejected else "error")
+        self.metrics.inc("requests_total", label="rejected" if rejected else "error")
         return _error(err.message, err.status, err.kind)
 
     async def _collect(self, req: GenerateRequest) -> dict[str, Any] | web.Response:
@@ -225,7 +225,7 @@ class WorkerServer:
             return self._fail(err, bool(outputs))
         finally:
             await gen.aclose()
-        self.metrics.inc("requests_total", status="ok")
+        self.metrics.inc("requests_total", label="ok")
         return self._final_body(req, outputs)
 
     def _final_body(self, req: GenerateRequest, outputs: list[Output]) -> dict[str, Any]:
@@ -280,13 +280,13 @@ class WorkerServer:
                 usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
                 await response.write(sse(completion_chunk(req.rid, model, "", None, usage) | {"choices": []}))
             await response.write(SSE_DONE)
-            self.metrics.inc("requests_total", status="ok")
+            self.metrics.inc("requests_total", label="ok")
         except ServiceError as err:
-            self.metrics.inc("requests_total", status="error")
+            self.metrics.inc("requests_total", label="error")
             payload = error_body(err.message, err.status, err.kind)
             payload["meta_info"] = {"id": req.rid, "finish_reason": {"type": "abort", "message": err.message}}
             with contextlib.suppress(ConnectionResetError):  # the client may be gone as well
                 await response.write(sse(payload))
         except (ConnectionResetError, StopAsyncIteration) as err:
             log.info("stream of %s ended early: %r", req.rid, err)
-            self.metrics.inc("requests_total", status="error")
+            self.metrics.inc("requests_total", label="error")

@@ -39,6 +39,7 @@ from pdplan.realrun.engine import (
     TokenEvent,
 )
 from pdplan.realrun.kv_budget import KvBudget
+from pdplan.realrun.kv_pool import KvPool
 from pdplan.realrun.kv_receiver import KvClaim, send_abort
 from pdplan.realrun.kv_sender import HandoffError, KvSender
 from pdplan.realrun.metrics import WorkerMetrics
@@ -101,10 +102,12 @@ class WorkerService:
         metrics: WorkerMetrics,
         config: ServiceConfig,
         sender: KvSender | None = None,
-        new_cache: Callable[[int], KVCache] | None = None,
+        caches: KvPool | None = None,
+        shared_fd: Callable[[KVCache], int | None] | None = None,
     ) -> None:
         self.executor, self.engine, self.budget, self.metrics = executor, engine, budget, metrics
-        self.new_cache = new_cache or executor.new_cache  # a decode worker passes its KvPool.take
+        self.caches = caches  # a decode worker's pool (its caches may live in shared memory)
+        self.shared_fd = shared_fd  # a pooled cache's shared-memory descriptor, for kv_shm
         self.config = config
         self.sender = sender
         self.admission = Admission(budget, asyncio.get_running_loop(), config.max_queue)
@@ -261,23 +264,23 @@ class WorkerService:
             raise ServiceError(f"worker overloaded: {err}", 503, "overloaded") from None
         tokens = len(req.input_ids) + req.sampling.max_new_tokens
         spec = self.executor.spec
+        expect = (
+            (spec.num_layers, spec.num_kv_heads, spec.head_dim),
+            self.executor.dtype_name,
+            len(req.input_ids),
+        )
+        max_payload = spec.kv_bytes_per_token(self.executor.dtype_name) * len(req.input_ids)
         try:
             async with await KvClaim.open(boot, req.input_ids, transport) as claim:
                 await claim.guard(self.admission.acquire(tokens))
+                cache = self.caches.take(tokens) if self.caches else self.executor.new_cache(tokens)
                 try:
-                    cache, meta, transfer_s = await claim.receive(
-                        spec.kv_bytes_per_token(self.executor.dtype_name) * len(req.input_ids),
-                        self.new_cache,
-                        req.sampling.max_new_tokens,
-                        (
-                            (spec.num_layers, spec.num_kv_heads, spec.head_dim),
-                            self.executor.dtype_name,
-                            len(req.input_ids),
-                        ),
-                        self._pool,
-                        self.config.kv_timeout_s,
+                    fd = self.shared_fd(cache) if self.shared_fd else None
+                    meta, transfer_s = await claim.receive(
+                        max_payload, cache, expect, self._pool, self.config.kv_timeout_s, fd
                     )
                 except BaseException:
+                    # The cache is dropped, not recycled: a prefill may still hold its shared memory.
                     self.budget.release(tokens)
                     raise
         except HandoffError as err:
@@ -285,7 +288,8 @@ class WorkerService:
         except Overloaded as err:
             raise ServiceError(f"worker overloaded: {err}", 503, "overloaded") from None
         self.metrics.observe("kv_transfer_seconds", transfer_s)
-        self.metrics.inc("kv_transfer_bytes_total", meta.payload_bytes)
+        path = "shared_memory" if meta.in_place else "socket"
+        self.metrics.inc("kv_transfer_bytes_total", meta.payload_bytes, label=path)
         job, channel = self._new_job(req, lambda job, _event: self._release(job))
         job.reserved_tokens = tokens
         job.cache, job.first_token = cache, meta.first_token

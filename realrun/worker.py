@@ -76,6 +76,8 @@ async def serve(config: WorkerConfig) -> None:
     from pdplan.realrun.kv_budget import KvBudget
     from pdplan.realrun.kv_pool import KvPool
     from pdplan.realrun.kv_sender import KvSender
+    from pdplan.realrun.kv_shm import SharedCaches
+    from pdplan.realrun.kv_wire import has_abstract_unix
     from pdplan.realrun.metrics import WorkerMetrics
     from pdplan.realrun.protocol import Limits
     from pdplan.realrun.server import WorkerServer
@@ -92,7 +94,13 @@ async def serve(config: WorkerConfig) -> None:
     engine_config = EngineConfig(
         config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed
     )
-    pool = KvPool(executor.new_cache, budget) if config.role == "decode" else None
+    pool, shared = None, None
+    if config.role == "decode":
+        if executor.device.type == "cpu" and has_abstract_unix():
+            # Pooled caches in shared memory: a prefill on this host writes the KV straight in.
+            s = executor.spec
+            shared = SharedCaches(s.num_layers, s.num_kv_heads, s.head_dim, executor.dtype)
+        pool = KvPool(shared.allocate if shared else executor.new_cache, budget)
     engine = Engine(executor, engine_config, metrics, budget, recycle=pool.give if pool else None)
     sender = None
     if config.role == "prefill":
@@ -104,7 +112,7 @@ async def serve(config: WorkerConfig) -> None:
     service = WorkerService(
         executor, engine, budget, metrics,
         ServiceConfig(config.role, config.max_queue, config.kv_timeout_s, config.kv_transport), sender,
-        new_cache=pool.take if pool else None,
+        caches=pool, shared_fd=shared.fd_of if shared else None,
     )  # fmt: skip
     context = spec.max_position_embeddings
     total = context if config.role == "prefill" else min(context, config.max_kv_tokens)

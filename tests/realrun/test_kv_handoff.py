@@ -16,6 +16,7 @@ from realrun_helpers import free_port  # noqa: E402
 from pdplan.realrun.engine import PrefilledEvent  # noqa: E402
 from pdplan.realrun.kv_receiver import KvClaim, send_abort  # noqa: E402
 from pdplan.realrun.kv_sender import HandoffError, KvSender  # noqa: E402
+from pdplan.realrun.kv_shm import SharedCaches  # noqa: E402
 from pdplan.realrun.metrics import WorkerMetrics  # noqa: E402
 from pdplan.realrun.protocol import Bootstrap  # noqa: E402
 
@@ -44,10 +45,24 @@ async def _sender(executor: Any, metrics: WorkerMetrics | None = None, **timeout
     return sender
 
 
-@pytest.mark.parametrize("transport", ["auto", "tcp"])
+def _shared(executor: Any) -> SharedCaches:
+    spec = executor.spec
+    return SharedCaches(spec.num_layers, spec.num_kv_heads, spec.head_dim, executor.dtype)
+
+
+# (transport, decode cache in shared memory, payload written in place by the prefill)
+WAYS = [("auto", True, True), ("auto", False, False), ("tcp", True, False), ("tcp", False, False)]
+
+
+@pytest.mark.parametrize(
+    ("transport", "shared", "in_place"), WAYS, ids=["shm", "unix", "tcp-shm-offer", "tcp"]
+)
 @pytest.mark.parametrize("claim_first", [False, True])
-def test_handoff_is_lossless(executor: Any, transport: str, claim_first: bool) -> None:
+def test_handoff_is_lossless(
+    executor: Any, transport: str, shared: bool, in_place: bool, claim_first: bool
+) -> None:
     event = _prefilled(executor)
+    caches = _shared(executor) if shared else None
 
     async def scenario() -> tuple[Any, Any, float]:
         metrics = WorkerMetrics("prefill")
@@ -56,26 +71,24 @@ def test_handoff_is_lossless(executor: Any, transport: str, claim_first: bool) -
         if not claim_first:
             room = sender.register(42, PROMPT)
         pool = ThreadPoolExecutor(1)
+        n = len(PROMPT)
+        cache = caches.allocate(n + 8) if caches else executor.new_cache(n + 8)
         async with await KvClaim.open(boot, PROMPT, transport) as claim:
             if claim_first:
                 await asyncio.sleep(0.05)
                 room = sender.register(42, PROMPT)
             sender.kv_ready(42, event)
-            cache, meta, _ = await claim.receive(
-                _payload(executor, len(PROMPT)),
-                executor.new_cache,
-                8,
-                _expect(executor, len(PROMPT)),
-                pool,
-                5.0,
-            )
+            fd = caches.fd_of(cache) if caches else None
+            meta, _ = await claim.receive(_payload(executor, n), cache, _expect(executor, n), pool, 5.0, fd)
         await asyncio.wait_for(room.result, 5.0)
         await sender.close()
         pool.shutdown()
-        return cache, meta, metrics.counter("kv_transfer_bytes_total")
+        path = "shared_memory" if in_place else "socket"
+        return cache, meta, metrics.counter("kv_transfer_bytes_total", path)
 
     cache, meta, sent = asyncio.run(scenario())
     n = len(PROMPT)
+    assert meta.in_place is in_place
     assert cache.length == n and cache.capacity >= n + 8
     assert torch.equal(cache.k[:, :, :n], event.cache.k[:, :, :n])
     assert torch.equal(cache.v[:, :, :n], event.cache.v[:, :, :n])
@@ -92,14 +105,12 @@ def test_received_cache_decodes_like_the_original(executor: Any) -> None:
         sender.register(7, PROMPT)
         sender.kv_ready(7, event)
         pool = ThreadPoolExecutor(1)
+        n = len(PROMPT)
+        caches = _shared(executor)
+        cache = caches.allocate(n + 8)
         async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 7), PROMPT) as claim:
-            cache, _, _ = await claim.receive(
-                _payload(executor, len(PROMPT)),
-                executor.new_cache,
-                8,
-                _expect(executor, len(PROMPT)),
-                pool,
-                5.0,
+            await claim.receive(
+                _payload(executor, n), cache, _expect(executor, n), pool, 5.0, caches.fd_of(cache)
             )
         await sender.close()
         return cache
@@ -202,13 +213,9 @@ def test_mismatches_are_refused_on_both_sides(
         n = len(claimed_prompt)
         async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 17), claimed_prompt) as claim:
             with pytest.raises(HandoffError) as decode_err:
+                cache = executor.new_cache(n + 4)
                 await claim.receive(
-                    _payload(executor, n) + reservation_delta,
-                    executor.new_cache,
-                    4,
-                    _expect(executor, n),
-                    pool,
-                    5.0,
+                    _payload(executor, n) + reservation_delta, cache, _expect(executor, n), pool, 5.0
                 )
         with pytest.raises(HandoffError) as prefill_err:
             await asyncio.wait_for(room.result, 5.0)
@@ -218,3 +225,30 @@ def test_mismatches_are_refused_on_both_sides(
     decode_err, prefill_err = asyncio.run(scenario())
     assert prefill_err.status == status
     assert decode_err.status == status
+
+
+def test_prefill_refuses_a_shared_buffer_of_the_wrong_size(executor: Any) -> None:
+    """The prefill checks the descriptor it is handed before writing into it."""
+    event = _prefilled(executor)
+    caches = _shared(executor)
+
+    async def scenario() -> tuple[HandoffError, HandoffError]:
+        sender = await _sender(executor)
+        room = sender.register(19, PROMPT)
+        sender.kv_ready(19, event)
+        n = len(PROMPT)
+        small = caches.allocate(n + 8)
+        big = caches.allocate(n + 500)  # claims small's capacity but hands over big's memory
+        pool = ThreadPoolExecutor(1)
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 19), PROMPT) as claim:
+            with pytest.raises(HandoffError) as decode_err:
+                await claim.receive(
+                    _payload(executor, n), small, _expect(executor, n), pool, 5.0, caches.fd_of(big)
+                )
+        with pytest.raises(HandoffError) as prefill_err:
+            await asyncio.wait_for(room.result, 5.0)
+        await sender.close()
+        return decode_err.value, prefill_err.value
+
+    decode_err, prefill_err = asyncio.run(scenario())
+    assert "shared KV buffer" in prefill_err.message and "shared KV buffer" in decode_err.message
