@@ -387,6 +387,11 @@ def main() -> None:
         kv_transfer(t, shm, tokens, args.repeats)
         for t, shm in (("auto", True), ("auto", False), ("tcp", False))
     ]
+    # The fixed cost of one hand-off (control round trips across two processes): a 16-token KV.
+    small = {
+        t: kv_transfer(t, shm, 16, args.repeats)["handoff_ms_median"]
+        for t, shm in (("auto", True), ("tcp", False))
+    }
     copy = memcpy(transfers[0]["payload_bytes"], args.repeats)
     for row in transfers:
         row["vs_memcpy_warm"] = row["payload_gbps_median"] / copy["warm_gbps_median"]
@@ -411,6 +416,7 @@ def main() -> None:
             "profile_grid": "quick" if args.quick_profile else "default",
         },
         "kv_transfer": transfers,
+        "kv_handoff_ms_16_tokens": {"unix (abstract) + shm": small["auto"], "tcp loopback": small["tcp"]},
         "memcpy": copy,
         "decode_step": steps,
         "deploy_to_healthy": deploys,
@@ -445,6 +451,8 @@ def print_table(r: dict[str, Any]) -> None:
         for t in r["kv_transfer"]
     ]  # fmt: skip
     print(_table(["transport", "GB/s", "/memcpy", "GB/s fresh mem", "hand-off ms", "exact"], rows))
+    fixed = ", ".join(f"{k} {v:.2f} ms" for k, v in r["kv_handoff_ms_16_tokens"].items())
+    print(f"  hand-off of a 16-token KV (fixed cost per request): {fixed}")
     print("decode step (tiny-llama, 1 torch thread): inside a worker vs standalone executor vs profile")
     rows = []
     for st in r["decode_step"]:

@@ -267,9 +267,10 @@ class KvSender:
         max_payload, capacity, flags = wire.READY_BODY.unpack(ready.body)
         if bool(flags & wire.READY_SHARED_FD) != bool(fds) or flags & ~wire.READY_SHARED_FD:
             raise wire.WireError(f"READY flags {flags:#x} with {len(fds)} descriptors")
-        await self._guard(
-            room, conn, room.kv_ready.wait(), self.kv_timeout_s, "KV not ready", watch_peer=True
-        )
+        if not room.kv_ready.is_set():
+            await self._guard(
+                room, conn, room.kv_ready.wait(), self.kv_timeout_s, "KV not ready", watch_peer=True
+            )
         event = room.prefilled
         assert event is not None
         meta = kv_meta(event.cache, self.dtype, event.token, event.start_s, event.end_s)
