@@ -45,7 +45,7 @@ from pdplan.profiles.executor import TORCH_DTYPES, Executor, default_dtype, pars
 from pdplan.profiles.kv_cache import CAPACITY_ALIGN_TOKENS, KVCache
 from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, shard_spec
 from pdplan.profiles.profile import Profile
-from pdplan.profiles.timing import OpTimer, PointTiming, TimingBudget, time_point
+from pdplan.profiles.timing import Calls, OpTimer, Samples, TimingBudget, cpu_clock, measure_rounds
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,28 @@ def _pairs(
     return tuple((a, b) for b in seconds for a in firsts if keep(a, b))
 
 
-# CPU: the regime a CPU instance serves (prefill batches up to 2k tokens, decode batches up to 64
-# with up to 2k context each), kept to ~90 s for a 40M-parameter model on two cores.
+# CPU (one thread by default, see ``measure_profile``): the regime a CPU instance serves, prefill
+# batches up to 2k tokens and decode batches of 4-64 sequences with up to 2k context each, in about
+# a minute for tiny-llama (40M parameters). Decode starts at batch 4: at 1-2 rows MKL runs
+# matrix-vector kernels ~2× cheaper per step than the batched GEMMs the linear decode model
+# describes, so the fit over-predicts (conservatively) the lightest steps instead of bending the
+# line where batches are large.
 CPU_GRID = Grid(
-    prefill=_pairs((1, 2, 4, 8), (32, 64, 128, 256, 512, 1024, 2048), lambda s, n: 64 <= s * n <= 2048),
-    decode=_pairs((1, 4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
-    budget=TimingBudget(warmup=1, point_budget_s=0.8, min_repeats=3, max_repeats=25, breakdown_repeats=2),
+    prefill=(
+        *((1, 64), (2, 64), (1, 128), (2, 128), (4, 64), (1, 256), (1, 512), (8, 64)),
+        *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048), (8, 256)),
+    ),
+    decode=_pairs((4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
+    budget=TimingBudget(
+        warmup=1, point_budget_s=0.8, min_repeats=3, max_repeats=30, breakdown_repeats=1, passes=3
+    ),
 )
 CPU_QUICK_GRID = Grid(
-    prefill=_pairs((1, 4), (64, 256, 512, 1024), lambda s, n: s * n <= 1024),
-    decode=_pairs((1, 8, 32), (16, 512, 1024), lambda b, c: b * c <= 16384),
-    budget=TimingBudget(warmup=1, point_budget_s=0.3, min_repeats=3, max_repeats=10, breakdown_repeats=1),
+    prefill=((1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256), (1, 384), (1, 512)),
+    decode=(*_pairs((4, 8, 16, 32), (16, 512), lambda b, c: True), (4, 1024), (8, 1024)),
+    budget=TimingBudget(
+        warmup=1, point_budget_s=0.3, min_repeats=4, max_repeats=12, breakdown_repeats=1, passes=2
+    ),
 )
 # CUDA: realistic serving shapes for 7-70B models on one H100-class GPU (prefill batches up to
 # 16k tokens, decode batches up to 256 with contexts up to 8k); trimmed to the memory first.
@@ -91,12 +102,16 @@ CUDA_GRID = Grid(
     decode=_pairs(
         (1, 8, 16, 32, 64, 128, 256), (128, 512, 1024, 2048, 4096, 8192), lambda b, c: b * c <= 262144
     ),
-    budget=TimingBudget(warmup=2, point_budget_s=0.5, min_repeats=5, max_repeats=50, breakdown_repeats=3),
+    budget=TimingBudget(
+        warmup=2, point_budget_s=0.5, min_repeats=5, max_repeats=50, breakdown_repeats=3, passes=2
+    ),
 )
 CUDA_QUICK_GRID = Grid(
     prefill=_pairs((1, 4, 16), (256, 1024, 4096), lambda s, n: s * n <= 16384),
     decode=_pairs((1, 16, 64, 256), (512, 2048, 8192), lambda b, c: b * c <= 262144),
-    budget=TimingBudget(warmup=2, point_budget_s=0.2, min_repeats=5, max_repeats=20, breakdown_repeats=1),
+    budget=TimingBudget(
+        warmup=2, point_budget_s=0.2, min_repeats=5, max_repeats=20, breakdown_repeats=1, passes=1
+    ),
 )
 
 
@@ -222,54 +237,70 @@ class AllReduceModel:
 
 
 # --- measuring --------------------------------------------------------------------------------
-def _instrument(ex: Executor) -> Callable[[OpTimer | None], None]:
-    def attach(timer: OpTimer | None) -> None:
-        ex.op_timer = timer
+@dataclass(frozen=True)
+class _Shape:
+    """One grid point."""
 
-    return attach
+    phase: str  # prefill | decode
+    first: int  # num_seqs | batch_size
+    second: int  # seq_len | context_len
 
+    @property
+    def keys(self) -> dict[str, int]:
+        if self.phase == "prefill":
+            return {"num_seqs": self.first, "seq_len": self.second}
+        return {"batch_size": self.first, "context_len": self.second}
 
-def _measure_prefill(ex: Executor, grid: Grid, num_seqs: int, seq_len: int, rng: np.random.Generator):
-    vocab = ex.full_spec.vocab_size
-    prompts = rng.integers(0, vocab, size=(num_seqs, seq_len)).tolist()
-    return time_point(lambda: ex.prefill(prompts), ex.device, grid.budget, instrument=_instrument(ex))
-
-
-def _filled_caches(ex: Executor, batch_size: int, context_len: int, gen: torch.Generator) -> list[KVCache]:
-    """``batch_size`` caches of ``context_len`` random positions, each in its own storage (so
-    attention reads ``batch_size`` distinct caches, as in serving)."""
-    s = ex.spec
-    source = torch.empty(
-        (s.num_layers, s.num_kv_heads, context_len, s.head_dim), dtype=ex.dtype, device=ex.device
-    ).normal_(generator=gen)
-    caches = []
-    for _ in range(batch_size):
-        cache = ex.new_cache(context_len + 1)
-        cache.k[:, :, :context_len].copy_(source)
-        cache.v[:, :, :context_len].copy_(source)
-        cache.length = context_len
-        caches.append(cache)
-    return caches
+    @property
+    def tokens(self) -> int:
+        """Tokens through the GEMMs (and so through the all-reduces) in one forward."""
+        return self.first * self.second if self.phase == "prefill" else self.first
 
 
-def _measure_decode(
-    ex: Executor,
-    grid: Grid,
-    batch_size: int,
-    context_len: int,
-    rng: np.random.Generator,
-    gen: torch.Generator,
-) -> PointTiming:
-    caches = _filled_caches(ex, batch_size, context_len, gen)
-    tokens = rng.integers(0, ex.full_spec.vocab_size, size=batch_size).tolist()
+class _Bench:
+    """Builds the inputs of a shape's forward: random prompts, or caches filled with random KV."""
 
-    def rewind() -> None:
-        for cache in caches:
-            cache.truncate(context_len)
+    def __init__(self, ex: Executor) -> None:
+        self.ex = ex
+        self.rng = np.random.default_rng(0)
+        self.gen = torch.Generator(device=ex.device)
+        self.gen.manual_seed(0)
 
-    return time_point(
-        lambda: ex.decode(tokens, caches), ex.device, grid.budget, instrument=_instrument(ex), before=rewind
-    )
+    def instrument(self, timer: OpTimer | None) -> None:
+        self.ex.op_timer = timer
+
+    def calls(self, shape: _Shape) -> Calls:
+        """One forward of ``shape`` on new inputs."""
+        ex, vocab = self.ex, self.ex.full_spec.vocab_size
+        if shape.phase == "prefill":
+            prompts = self.rng.integers(0, vocab, size=(shape.first, shape.second)).tolist()
+            return Calls(lambda: ex.prefill(prompts), before=None)
+        caches = self._filled_caches(shape.first, shape.second)
+        tokens = self.rng.integers(0, vocab, size=shape.first).tolist()
+
+        def rewind() -> None:
+            for cache in caches:
+                cache.truncate(shape.second)
+
+        return Calls(lambda: ex.decode(tokens, caches), before=rewind)
+
+    def _filled_caches(self, batch_size: int, context_len: int) -> list[KVCache]:
+        """``batch_size`` caches of ``context_len`` random positions, each in its own storage (so
+        attention reads ``batch_size`` distinct caches, as in serving). The reserved tail is
+        zeroed so that no page is first touched inside a timed step."""
+        ex, s = self.ex, self.ex.spec
+        shape = (s.num_layers, s.num_kv_heads, context_len, s.head_dim)
+        source = torch.empty(shape, dtype=ex.dtype, device=ex.device).normal_(generator=self.gen)
+        caches = []
+        for _ in range(batch_size):
+            cache = ex.new_cache(context_len + 1)
+            cache.k[:, :, :context_len].copy_(source)
+            cache.v[:, :, :context_len].copy_(source)
+            cache.k[:, :, context_len:].zero_()
+            cache.v[:, :, context_len:].zero_()
+            cache.length = context_len
+            caches.append(cache)
+        return caches
 
 
 # --- the profile ------------------------------------------------------------------------------
@@ -281,16 +312,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def _spread_row(timing: PointTiming, extra_ms: float) -> dict[str, float | int]:
-    t = np.asarray(timing.times_ms)
-    return {
-        "latency_ms": float(np.median(t)) + extra_ms,
-        "p10_ms": float(np.percentile(t, 10)) + extra_ms,
-        "p90_ms": float(np.percentile(t, 90)) + extra_ms,
-        "repeats": len(t),
-    }
 
 
 def _check_hardware(hardware: dict[str, Any]) -> int:
@@ -316,6 +337,7 @@ class _Run:
     weights: Path | None
     threads: int
     quick: bool
+    clock: str = ""
 
 
 def measure_profile(
@@ -348,9 +370,10 @@ def measure_profile(
         progress: called with ``(points done, points total)`` before the first and after each point.
         grid: the shapes and timing budget; default :func:`default_grid` for the device and ``quick``.
         threads: CPU threads for the measurement (``torch.set_num_threads``, restored afterwards);
-            ``None`` keeps torch's current setting. Recorded as ``hardware["cpu_threads"]``. Match
-            it to the threads each CPU instance gets when serving: two instances sharing two cores
-            should be profiled with one thread each.
+            default 1 on the CPU (one core per CPU instance, as when a prefill and a decode worker
+            share a small machine; it also makes the timing clock immune to other processes, see
+            ``timing.py``), torch's current setting on a GPU. Recorded as
+            ``hardware["cpu_threads"]``; serve with the same count.
 
     Raises:
         ConfigError: bad device, dtype, tp, threads, weights or hardware dict.
@@ -379,52 +402,58 @@ def measure_profile(
         latency_us=float(DEFAULT_LINK_LATENCY_US if latency is None else latency),
     )
     saved_threads = torch.get_num_threads()
-    run = _Run(spec, dev, dtype_name, tp, grid, allreduce, weights, threads or saved_threads, quick)
+    if threads is None:
+        threads = 1 if dev.type == "cpu" else saved_threads
+    run = _Run(spec, dev, dtype_name, tp, grid, allreduce, weights, threads, quick)
     torch.set_num_threads(run.threads)
+    run = dataclasses.replace(run, clock=cpu_clock()[0])
     try:
-        rows = _measure_grid(run, progress)
+        measured = _measure_grid(run, progress)
     finally:
         torch.set_num_threads(saved_threads)
-    return _build_profile(run, hardware, rows)
+    return _build_profile(run, hardware, _tables(run, measured))
 
 
-def _measure_grid(run: _Run, progress: Callable[[int, int], None] | None) -> dict[str, list[dict[str, Any]]]:
-    """Rows of the prefill, decode and ops tables, one grid point after another."""
+def _measure_grid(run: _Run, progress: Callable[[int, int], None] | None) -> list[tuple[_Shape, Samples]]:
+    """Every grid shape with its samples (``timing.measure_rounds``)."""
     grid = run.grid
-    total = len(grid.prefill) + len(grid.decode)
-    if progress is not None:
-        progress(0, total)
+    shapes = [_Shape("prefill", *p) for p in grid.prefill] + [_Shape("decode", *d) for d in grid.decode]
     ex = Executor(run.spec, device=str(run.device), dtype=run.dtype, weights=run.weights, tp=run.tp)
-    rng = np.random.default_rng(0)
-    gen = torch.Generator(device=ex.device)
-    gen.manual_seed(0)
+    bench = _Bench(ex)
+    ex.decode([0], ex.prefill([[0] * 16])[1])  # first calls of the process: library set-up, page-ins
+    samples = measure_rounds(
+        len(shapes), lambda i: bench.calls(shapes[i]), ex.device, grid.budget,
+        instrument=bench.instrument, progress=progress,
+    )  # fmt: skip
+    return list(zip(shapes, samples, strict=True))
+
+
+def _tables(run: _Run, measured: list[tuple[_Shape, Samples]]) -> dict[str, pd.DataFrame]:
+    """The prefill, decode and ops tables; the modelled all-reduce is added to every time."""
     rows: dict[str, list[dict[str, Any]]] = {"prefill": [], "decode": [], "ops": []}
-    points = [("prefill", s, n) for s, n in grid.prefill] + [("decode", b, c) for b, c in grid.decode]
-    for done, (phase, a, b) in enumerate(points, start=1):
-        if phase == "prefill":
-            timing = _measure_prefill(ex, grid, a, b, rng)
-            keys = {"num_seqs": a, "seq_len": b}
-            extra = run.allreduce.step_ms(a * b)
-        else:
-            timing = _measure_decode(ex, grid, a, b, rng, gen)
-            keys = {"batch_size": a, "context_len": b}
-            extra = run.allreduce.step_ms(a)
-        rows[phase].append({**keys, **_spread_row(timing, extra)})
-        for op, ms in [*timing.ops_ms.items(), ("allreduce", extra)]:
-            rows["ops"].append({"phase": phase, **keys, "op": op, "latency_ms": ms})
-        log.debug("%s %s: %.3f ms", phase, keys, rows[phase][-1]["latency_ms"])
-        if progress is not None:
-            progress(done, total)
-    return rows
-
-
-def _build_profile(run: _Run, hardware: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> Profile:
+    for shape, sample in measured:
+        extra = run.allreduce.step_ms(shape.tokens)
+        t = np.asarray(sample.times_ms)
+        rows[shape.phase].append(
+            {
+                **shape.keys,
+                "latency_ms": float(np.median(t)) + extra,
+                "p10_ms": float(np.percentile(t, 10)) + extra,
+                "p90_ms": float(np.percentile(t, 90)) + extra,
+                "repeats": len(t),
+            }
+        )
+        for op, ms in [*sample.ops_ms.items(), ("allreduce", extra)]:
+            rows["ops"].append({"phase": shape.phase, **shape.keys, "op": op, "latency_ms": ms})
     ops = pd.DataFrame(
-        rows["ops"],
-        columns=["phase", "num_seqs", "seq_len", "batch_size", "context_len", "op", "latency_ms"],
+        rows["ops"], columns=["phase", "num_seqs", "seq_len", "batch_size", "context_len", "op", "latency_ms"]
     )
     for col in ("num_seqs", "seq_len", "batch_size", "context_len"):
         ops[col] = ops[col].astype("Int64")
+    return {"prefill": pd.DataFrame(rows["prefill"]), "decode": pd.DataFrame(rows["decode"]), "ops": ops}
+
+
+def _build_profile(run: _Run, hardware: dict[str, Any], tables: dict[str, pd.DataFrame]) -> Profile:
     hw = dict(hardware)
     hw.setdefault("device", str(run.device))
     on_cpu = run.device.type == "cpu"
@@ -433,10 +462,9 @@ def _build_profile(run: _Run, hardware: dict[str, Any], rows: dict[str, list[dic
     budget = run.grid.budget
     notes = (
         f"measured executor on {run.device} ({'quick' if run.quick else 'default'} grid"
-        + (f", {run.threads} CPU threads" if on_cpu else "")
+        + (f", {run.threads} CPU threads, clock: {run.clock}" if on_cpu else ", clock: CUDA events")
         + f"); latency_ms = median of {budget.min_repeats}-{budget.max_repeats} repeats "
-        f"(~{budget.point_budget_s:g} s timed per point after {budget.warmup} warm-up + 1 sizing "
-        "call), "
+        f"(~{budget.point_budget_s:g} s timed per point in {1 + budget.passes} rounds), "
         "p10_ms/p90_ms = spread; ops = medians of a separate instrumented pass"
     )
     if run.tp > 1:
@@ -447,9 +475,9 @@ def _build_profile(run: _Run, hardware: dict[str, Any], rows: dict[str, list[dic
         hardware=hw,
         dtype=run.dtype,
         tp=run.tp,
-        prefill=pd.DataFrame(rows["prefill"]),
-        decode=pd.DataFrame(rows["decode"]),
-        ops=ops,
+        prefill=tables["prefill"],
+        decode=tables["decode"],
+        ops=tables["ops"],
         versions=_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=notes,

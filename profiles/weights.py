@@ -4,6 +4,12 @@ The executor keeps q/k/v fused into one ``[q + 2·kv, hidden]`` matrix and gate/
 ``[2·intermediate, hidden]`` matrix, so each decoder layer runs four GEMMs. A TP shard holds rank
 0's slice of every split matrix (Megatron-style: heads and the MLP's intermediate dimension by rows
 or columns, embedding and LM head by vocab rows); its cost equals every other rank's.
+
+Layout: matrices have the logical shape ``[out, in]`` of ``nn.Linear`` everywhere. On a GPU they
+are stored row-major (cuBLAS's preferred "TN" GEMM). On the CPU they are stored column-major (each
+a transposed view of a contiguous ``[in, out]`` tensor), so ``F.linear`` runs MKL's
+non-transposed GEMM, which is 20–40 % faster for the few-row products of decode steps and equal
+for prefill-sized ones (measured on a 2-core EPYC, tiny-llama shapes).
 """
 
 from __future__ import annotations
@@ -19,6 +25,13 @@ from pdplan.profiles.errors import ConfigError
 from pdplan.profiles.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+def gemm_layout(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (logical ``[out, in]``) in the storage order its device's GEMM prefers."""
+    if matrix.device.type == "cpu":
+        return matrix.t().contiguous().t()
+    return matrix.contiguous()
 
 
 @dataclass
@@ -64,7 +77,10 @@ def random_weights(shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
     gen.manual_seed(seed)
 
     def normal(*shape: int, fan_in: int) -> torch.Tensor:
-        out = torch.empty(shape, dtype=dtype, device=device)
+        if len(shape) == 2 and device.type == "cpu":  # column-major, see the module docstring
+            out = torch.empty(shape[::-1], dtype=dtype, device=device).t()
+        else:
+            out = torch.empty(shape, dtype=dtype, device=device)
         return out.normal_(0.0, fan_in**-0.5, generator=gen)
 
     def ones(n: int) -> torch.Tensor:
@@ -83,7 +99,11 @@ def random_weights(shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
         )
         for _ in range(shard.num_layers)
     ]
+    # An untied embedding is only gathered from: keep it row-major. A tied one is also the LM head,
+    # the largest GEMM of a decode step, so it takes the GEMM layout.
     embed = normal(shard.vocab_size, h, fan_in=1)
+    if not shard.tie_word_embeddings:
+        embed = embed.contiguous()
     lm_head = embed if shard.tie_word_embeddings else normal(shard.vocab_size, h, fan_in=h)
     return ModelWeights(embed=embed, layers=layers, norm=ones(h), lm_head=lm_head)
 
@@ -179,12 +199,12 @@ def load_weights(
         layers.append(
             LayerWeights(
                 input_norm=get(p + "input_layernorm.weight", (h,)),
-                qkv=qkv,
+                qkv=gemm_layout(qkv),
                 qkv_bias=bias,
-                o=get(att + "o_proj.weight", (h, spec.q_size), cols=q_rows),
+                o=gemm_layout(get(att + "o_proj.weight", (h, spec.q_size), cols=q_rows)),
                 post_norm=get(p + "post_attention_layernorm.weight", (h,)),
-                gate_up=gate_up,
-                down=get(p + "mlp.down_proj.weight", (h, spec.intermediate_size), cols=i_rows),
+                gate_up=gemm_layout(gate_up),
+                down=gemm_layout(get(p + "mlp.down_proj.weight", (h, spec.intermediate_size), cols=i_rows)),
             )
         )
     assert d * shard.num_heads == q_rows, "shard's q rows are whole heads"
@@ -193,9 +213,9 @@ def load_weights(
     if spec.tie_word_embeddings or not ckpt.has("lm_head.weight"):
         if not spec.tie_word_embeddings:
             raise ConfigError(f"weights {str(folder)!r}: tensor 'lm_head.weight' is missing")
-        lm_head = embed
+        embed = lm_head = gemm_layout(embed)
     else:
-        lm_head = get("lm_head.weight", vocab, rows=shard.vocab_size)
+        lm_head = gemm_layout(get("lm_head.weight", vocab, rows=shard.vocab_size))
     log.info("loaded %d layers from %s", spec.num_layers, folder)
     norm = get("model.norm.weight", (h,))
     return ModelWeights(embed=embed, layers=layers, norm=norm, lm_head=lm_head)
