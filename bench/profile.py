@@ -84,18 +84,9 @@ def decode_compare(repeats: int) -> list[dict[str, object]]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for batch, context in DECODE_CASES:
-        kv_shape = (s.num_layers, s.num_kv_heads, context, s.head_dim)
-        k = torch.randn(kv_shape, generator=gen)
-        v = torch.randn(kv_shape, generator=gen)
+        caches = ex.filled_caches(batch, context, generator=gen)
+        k, v = caches[0].to_tensors()  # the same keys and values go into transformers' cache
         tokens = torch.randint(0, spec.vocab_size, (batch,), generator=gen)
-
-        caches = []
-        for _ in range(batch):
-            cache = ex.new_cache(context + 1)
-            cache.k[:, :, :context].copy_(k)
-            cache.v[:, :, :context].copy_(v)
-            cache.length = context
-            caches.append(cache)
         token_ids = tokens.tolist()
         ours = time_call(
             lambda caches=caches, token_ids=token_ids: ex.decode(token_ids, caches),

@@ -158,6 +158,26 @@ class Executor:
         )
 
     @torch.no_grad()
+    def filled_caches(
+        self, batch_size: int, context_len: int, *, generator: torch.Generator
+    ) -> list[KVCache]:
+        """``batch_size`` caches holding ``context_len`` random positions each, in separate storage
+        (as in serving), with room for one more token — inputs for timing a decode step without
+        prefilling. The reserved tail is zeroed so no page is first touched inside a timed step."""
+        s = self.spec
+        shape = (s.num_layers, s.num_kv_heads, context_len, s.head_dim)
+        source = torch.empty(shape, dtype=self.dtype, device=self.device).normal_(generator=generator)
+        caches = []
+        for _ in range(batch_size):
+            cache = self.new_cache(context_len + 1)
+            for part in (cache.k, cache.v):
+                part[:, :, :context_len].copy_(source)
+                part[:, :, context_len:].zero_()
+            cache.length = context_len
+            caches.append(cache)
+        return caches
+
+    @torch.no_grad()
     def prefill(
         self, prompts: Sequence[Sequence[int]], *, reserve_tokens: int = 0
     ) -> tuple[torch.Tensor, list[KVCache]]:

@@ -28,7 +28,8 @@ import torch
 CAPACITY_ALIGN_TOKENS = 64
 
 
-def _aligned(tokens: int) -> int:
+def aligned_capacity(tokens: int) -> int:
+    """``tokens`` rounded up to a multiple of :data:`CAPACITY_ALIGN_TOKENS` (the capacity held)."""
     return -(-tokens // CAPACITY_ALIGN_TOKENS) * CAPACITY_ALIGN_TOKENS
 
 
@@ -59,7 +60,7 @@ class KVCache:
         device: torch.device | str,
     ) -> KVCache:
         """An empty cache (``length`` 0) with room for ``capacity_tokens`` (aligned up)."""
-        shape = (num_layers, num_kv_heads, _aligned(max(capacity_tokens, 1)), head_dim)
+        shape = (num_layers, num_kv_heads, aligned_capacity(max(capacity_tokens, 1)), head_dim)
         # Positions at or past ``length`` are never read, so the storage needs no initialising.
         k = torch.empty(shape, dtype=dtype, device=device)
         return cls(k, torch.empty_like(k), 0)
@@ -96,7 +97,7 @@ class KVCache:
         """Make room for ``total_tokens`` positions (doubling, aligned); keeps the valid prefix."""
         if total_tokens <= self.capacity:
             return
-        new_capacity = _aligned(max(total_tokens, 2 * self.capacity))
+        new_capacity = aligned_capacity(max(total_tokens, 2 * self.capacity))
         shape = (self.k.shape[0], self.k.shape[1], new_capacity, self.k.shape[3])
         k = torch.empty(shape, dtype=self.k.dtype, device=self.k.device)
         v = torch.empty_like(k)

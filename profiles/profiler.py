@@ -9,11 +9,14 @@ weights; cost depends on shapes) and times
   every (batch_size, context_len) of the grid (caches are filled with random keys and values and
   truncated back to ``context_len`` before every timed step, so every repeat sees the same shape).
 
-Discipline (as gpt-fast/nanoGPT): untimed warm-up calls, the device synchronised around each timed
-call (CUDA events on a GPU, ``perf_counter`` on the CPU), repeats chosen so each point gets about
-the same timed wall time (small points get more repeats), the **median** kept as ``latency_ms`` and
-the 10th/90th percentiles as the spread. A separate pass with op sections (device synchronised
-around each) gives the ``gemm | attention | other`` breakdown in ``ops``.
+Discipline (as gpt-fast/nanoGPT, details in ``timing.py``): untimed warm-up calls; the device
+synchronised around each timed call (CUDA events on a GPU; on the CPU the thread's CPU time when
+torch runs one thread — the default here — else wall time); repeats chosen so each point gets about
+the same timed time (small points get more) and spread over several rounds of the whole grid; the
+Python garbage collector paused while timing; the **median** kept as ``latency_ms`` and the
+10th/90th percentiles and the sample count as the spread (``p10_ms``, ``p90_ms``, ``repeats``).
+Separate instrumented calls with op sections (device synchronised around each) give the
+``gemm | attention | other`` breakdown in ``ops``; attention includes the KV cache writes.
 
 Tensor parallelism on one device (``tp > 1``): the executor runs rank 0's shard, and the two
 all-reduces per layer of Megatron-style TP (after attention, after the MLP; Shoeybi et al. 2019)
@@ -42,7 +45,7 @@ import torch
 
 from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.executor import TORCH_DTYPES, Executor, default_dtype, parse_device
-from pdplan.profiles.kv_cache import CAPACITY_ALIGN_TOKENS, KVCache
+from pdplan.profiles.kv_cache import aligned_capacity
 from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, shard_spec
 from pdplan.profiles.profile import Profile
 from pdplan.profiles.timing import Calls, OpTimer, Samples, TimingBudget, cpu_clock, measure_rounds
@@ -81,18 +84,18 @@ def _pairs(
 CPU_GRID = Grid(
     prefill=(
         *((1, 64), (2, 64), (1, 128), (2, 128), (4, 64), (1, 256), (1, 512), (8, 64)),
-        *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048), (8, 256)),
+        *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048)),
     ),
     decode=_pairs((4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
     budget=TimingBudget(
-        warmup=1, point_budget_s=0.8, min_repeats=3, max_repeats=30, breakdown_repeats=1, passes=3
+        warmup=1, point_budget_s=0.8, min_repeats=3, max_repeats=30, breakdown_repeats=1, passes=5
     ),
 )
 CPU_QUICK_GRID = Grid(
-    prefill=((1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256), (1, 384), (1, 512)),
+    prefill=((2, 32), (1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256), (1, 384), (1, 512)),
     decode=(*_pairs((4, 8, 16, 32), (16, 512), lambda b, c: True), (4, 1024), (8, 1024)),
     budget=TimingBudget(
-        warmup=1, point_budget_s=0.3, min_repeats=4, max_repeats=12, breakdown_repeats=1, passes=2
+        warmup=1, point_budget_s=0.3, min_repeats=4, max_repeats=12, breakdown_repeats=1, passes=3
     ),
 )
 # CUDA: realistic serving shapes for 7-70B models on one H100-class GPU (prefill batches up to
@@ -122,10 +125,6 @@ def default_grid(device: torch.device, quick: bool) -> Grid:
 
 
 # --- memory -----------------------------------------------------------------------------------
-def _aligned(tokens: int) -> int:
-    return -(-tokens // CAPACITY_ALIGN_TOKENS) * CAPACITY_ALIGN_TOKENS
-
-
 @dataclass(frozen=True)
 class MemoryNeed:
     """Bytes the measurement holds at its peak on the device (per GPU for a TP shard)."""
@@ -150,8 +149,8 @@ class MemoryNeed:
 def _kv_tokens(phase: str, a: int, b: int) -> int:
     """Cache positions held by one grid point (capacity, aligned) — decode adds the source block."""
     if phase == "prefill":
-        return a * _aligned(b + 1)
-    return a * _aligned(b + 1) + b
+        return a * aligned_capacity(b + 1)
+    return a * aligned_capacity(b + 1) + b
 
 
 def _activation_bytes(shard: ModelSpec, tokens: int, seqs: int, dtype: str) -> int:
@@ -258,13 +257,19 @@ class _Shape:
 
 
 class _Bench:
-    """Builds the inputs of a shape's forward: random prompts, or caches filled with random KV."""
+    """Builds the inputs of a shape's forward: random prompts, or caches filled with random KV.
 
-    def __init__(self, ex: Executor) -> None:
+    Decode caches are kept for the next rounds while they fit in ``keep_bytes`` (memory the grid's
+    largest point leaves free), and rebuilt otherwise: filling them costs more than a step.
+    """
+
+    def __init__(self, ex: Executor, keep_bytes: int) -> None:
         self.ex = ex
         self.rng = np.random.default_rng(0)
         self.gen = torch.Generator(device=ex.device)
         self.gen.manual_seed(0)
+        self.keep_bytes = keep_bytes
+        self.kept: dict[_Shape, Calls] = {}
 
     def instrument(self, timer: OpTimer | None) -> None:
         self.ex.op_timer = timer
@@ -275,32 +280,21 @@ class _Bench:
         if shape.phase == "prefill":
             prompts = self.rng.integers(0, vocab, size=(shape.first, shape.second)).tolist()
             return Calls(lambda: ex.prefill(prompts), before=None)
-        caches = self._filled_caches(shape.first, shape.second)
+        if shape in self.kept:
+            return self.kept[shape]
+        caches = ex.filled_caches(shape.first, shape.second, generator=self.gen)
         tokens = self.rng.integers(0, vocab, size=shape.first).tolist()
 
         def rewind() -> None:
             for cache in caches:
                 cache.truncate(shape.second)
 
-        return Calls(lambda: ex.decode(tokens, caches), before=rewind)
-
-    def _filled_caches(self, batch_size: int, context_len: int) -> list[KVCache]:
-        """``batch_size`` caches of ``context_len`` random positions, each in its own storage (so
-        attention reads ``batch_size`` distinct caches, as in serving). The reserved tail is
-        zeroed so that no page is first touched inside a timed step."""
-        ex, s = self.ex, self.ex.spec
-        shape = (s.num_layers, s.num_kv_heads, context_len, s.head_dim)
-        source = torch.empty(shape, dtype=ex.dtype, device=ex.device).normal_(generator=self.gen)
-        caches = []
-        for _ in range(batch_size):
-            cache = ex.new_cache(context_len + 1)
-            cache.k[:, :, :context_len].copy_(source)
-            cache.v[:, :, :context_len].copy_(source)
-            cache.k[:, :, context_len:].zero_()
-            cache.v[:, :, context_len:].zero_()
-            cache.length = context_len
-            caches.append(cache)
-        return caches
+        calls = Calls(lambda: ex.decode(tokens, caches), before=rewind)
+        held = sum(cache.nbytes for cache in caches)
+        if held <= self.keep_bytes:
+            self.keep_bytes -= held
+            self.kept[shape] = calls
+        return calls
 
 
 # --- the profile ------------------------------------------------------------------------------
@@ -337,6 +331,7 @@ class _Run:
     weights: Path | None
     threads: int
     quick: bool
+    keep_bytes: int = 0
     clock: str = ""
 
 
@@ -404,7 +399,10 @@ def measure_profile(
     saved_threads = torch.get_num_threads()
     if threads is None:
         threads = 1 if dev.type == "cpu" else saved_threads
-    run = _Run(spec, dev, dtype_name, tp, grid, allreduce, weights, threads, quick)
+    # Decode inputs may stay allocated between rounds in what the largest point leaves free.
+    spare = int(memory * MEMORY_UTILISATION) - memory_need(shard, grid, dtype_name).total_bytes
+    keep = max(0, min(spare, memory // 4))
+    run = _Run(spec, dev, dtype_name, tp, grid, allreduce, weights, threads, quick, keep)
     torch.set_num_threads(run.threads)
     run = dataclasses.replace(run, clock=cpu_clock()[0])
     try:
@@ -419,7 +417,7 @@ def _measure_grid(run: _Run, progress: Callable[[int, int], None] | None) -> lis
     grid = run.grid
     shapes = [_Shape("prefill", *p) for p in grid.prefill] + [_Shape("decode", *d) for d in grid.decode]
     ex = Executor(run.spec, device=str(run.device), dtype=run.dtype, weights=run.weights, tp=run.tp)
-    bench = _Bench(ex)
+    bench = _Bench(ex, run.keep_bytes)
     ex.decode([0], ex.prefill([[0] * 16])[1])  # first calls of the process: library set-up, page-ins
     samples = measure_rounds(
         len(shapes), lambda i: bench.calls(shapes[i]), ex.device, grid.budget,

@@ -213,8 +213,10 @@ def measure_rounds(
     total = num_shapes * (1 + budget.passes)
     if progress is not None:
         progress(0, total)
+    run: Calls | None = None
     for round_ in range(1 + budget.passes):
         for i, sample in enumerate(samples):
+            run = None  # free the previous shape's inputs (KV caches) before building these
             run = calls(i)
             if round_ == 0:
                 sample.times_ms += time_call(

@@ -76,12 +76,13 @@ def random_weights(shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
 
-    def normal(*shape: int, fan_in: int) -> torch.Tensor:
-        if len(shape) == 2 and device.type == "cpu":  # column-major, see the module docstring
-            out = torch.empty(shape[::-1], dtype=dtype, device=device).t()
-        else:
-            out = torch.empty(shape, dtype=dtype, device=device)
-        return out.normal_(0.0, fan_in**-0.5, generator=gen)
+    def normal(*shape: int, fan_in: int, gemm: bool = True) -> torch.Tensor:
+        # Drawn into contiguous storage (7× faster than into a strided view), then viewed
+        # column-major on the CPU when used in GEMMs (see the module docstring).
+        column_major = gemm and len(shape) == 2 and device.type == "cpu"
+        out = torch.empty(shape[::-1] if column_major else shape, dtype=dtype, device=device)
+        out.normal_(0.0, fan_in**-0.5, generator=gen)
+        return out.t() if column_major else out
 
     def ones(n: int) -> torch.Tensor:
         return torch.ones(n, dtype=dtype, device=device)
@@ -101,9 +102,7 @@ def random_weights(shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
     ]
     # An untied embedding is only gathered from: keep it row-major. A tied one is also the LM head,
     # the largest GEMM of a decode step, so it takes the GEMM layout.
-    embed = normal(shard.vocab_size, h, fan_in=1)
-    if not shard.tie_word_embeddings:
-        embed = embed.contiguous()
+    embed = normal(shard.vocab_size, h, fan_in=1, gemm=shard.tie_word_embeddings)
     lm_head = embed if shard.tie_word_embeddings else normal(shard.vocab_size, h, fan_in=h)
     return ModelWeights(embed=embed, layers=layers, norm=ones(h), lm_head=lm_head)
 
