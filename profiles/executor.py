@@ -191,8 +191,14 @@ class Executor:
         Returns:
             ``(logits, caches)``: logits of each prompt's last token ``[len(prompts), vocab_size]``
             in the executor's dtype, and one new ``KVCache`` per prompt with ``length = len(prompt)``.
+
+        Raises:
+            ConfigError: an empty prompt, or a token id outside the model's vocabulary.
         """
-        assert prompts and all(len(p) > 0 for p in prompts), "prompts must be non-empty lists"
+        if not prompts or not all(prompts):
+            raise ConfigError("prefill: expected one or more non-empty prompts")
+        for prompt in prompts:
+            self._check_tokens(prompt)
         lengths = [len(p) for p in prompts]
         with self._op("other"):
             ids = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=self.device)
@@ -230,8 +236,12 @@ class Executor:
 
         Appends each token's keys and values to its cache (``length`` grows by one; capacity
         doubles when full) and returns the next-token logits ``[len(tokens), vocab_size]``.
+
+        Raises:
+            ConfigError: a token id outside the model's vocabulary.
         """
         assert len(tokens) == len(caches) and tokens, "one token per cache, at least one"
+        self._check_tokens(tokens)
         for cache in caches:
             self._check_cache(cache)
         lengths = [c.length for c in caches]
@@ -244,26 +254,34 @@ class Executor:
         group = self.spec.num_heads // num_kv
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            outs = []
-            for i, cache in enumerate(caches):
-                pos = lengths[i]
-                cache.k[layer, :, pos].copy_(k[i])
-                cache.v[layer, :, pos].copy_(v[i])
-                # One query per sequence: fold the query heads of each KV group into the query
-                # length, so grouped-query attention needs no expanded K/V (head j uses KV head j//g).
-                att = F.scaled_dot_product_attention(
-                    q[i].view(1, num_kv, group, d),
-                    cache.k[layer, None, :, : pos + 1],
-                    cache.v[layer, None, :, : pos + 1],
-                )
-                outs.append(att.view(1, -1))
-            return torch.cat(outs)
+            keys = [c.k[layer] for c in caches]  # [kvh, capacity, d] each
+            values = [c.v[layer] for c in caches]
+            # Append every sequence's new key and value with one multi-tensor copy each.
+            torch._foreach_copy_([kc[:, p] for kc, p in zip(keys, lengths, strict=True)], k.unbind(0))
+            torch._foreach_copy_([vc[:, p] for vc, p in zip(values, lengths, strict=True)], v.unbind(0))
+            # One query per sequence: fold the query heads of each KV group into the query length,
+            # so grouped-query attention needs no expanded K/V (query head j uses KV head j // g).
+            queries = q.view(len(caches), 1, num_kv, group, d).unbind(0)
+            outs = [
+                F.scaled_dot_product_attention(qi, kc[None, :, : p + 1], vc[None, :, : p + 1])
+                for qi, kc, vc, p in zip(queries, keys, values, lengths, strict=True)
+            ]
+            return torch.cat(outs).view(len(caches), -1)
 
         hidden = self._forward(ids, positions, attend)
         logits = self._logits(hidden)
         for cache in caches:
             cache.length += 1
         return logits
+
+    def _check_tokens(self, tokens: Sequence[int]) -> None:
+        vocab = self.full_spec.vocab_size
+        low, high = min(tokens), max(tokens)
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ConfigError(
+                f"token id {bad} is outside the vocabulary of {self.full_spec.name!r}: [0, {vocab})"
+            )
 
     def _check_cache(self, cache: KVCache) -> None:
         s = self.spec

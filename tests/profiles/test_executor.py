@@ -188,6 +188,14 @@ def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
         Executor(spec, dtype="int8")
     with pytest.raises(ConfigError, match=r"no model\.safetensors"):
         Executor(spec, weights=tmp_path)
+    ex = Executor(spec)
+    with pytest.raises(ConfigError, match="token id 64 is outside the vocabulary"):
+        ex.prefill([[1, 64]])
+    with pytest.raises(ConfigError, match="non-empty prompts"):
+        ex.prefill([[1], []])
+    _, caches = ex.prefill([[1, 2]])
+    with pytest.raises(ConfigError, match="token id -1"):
+        ex.decode([-1], caches)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             Executor(spec, device="cuda")
