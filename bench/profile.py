@@ -23,6 +23,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 # This script's name shadows the standard library's ``profile`` (which transformers imports through
 # cProfile): take bench/ off the import path before importing anything that might need it.
@@ -31,6 +32,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from pdplan.profiles.executor import Executor  # noqa: E402
+from pdplan.profiles.hardware import detect_cpu  # noqa: E402
 from pdplan.profiles.model_spec import load_model_spec, read_config  # noqa: E402
 from pdplan.profiles.profiler import measure_profile  # noqa: E402
 from pdplan.profiles.timing import time_call  # noqa: E402
@@ -42,10 +44,11 @@ DECODE_CASES = [(1, 128), (8, 512), (16, 1024), (32, 256), (32, 2048)]
 TARGETS = {"default_wall_s": 90.0, "quick_wall_s": 20.0, "loo_median": 0.05, "loo_max": 0.15}
 
 
-def profile_run(quick: bool, threads: int) -> dict[str, object]:
+def profile_run(quick: bool, threads: int) -> dict[str, Any]:
     """Time one ``measure_profile`` run and collect its fit errors."""
     spec = load_model_spec(MODEL)
-    hardware = {"name": "cpu", "memory_bytes": 8 << 30, "device": "cpu"}
+    hardware = detect_cpu().to_dict()  # as `pdplan profile --device cpu` builds it
+    hardware["device"] = "cpu"
     t0 = time.perf_counter()
     profile = measure_profile(spec, hardware=hardware, quick=quick, threads=threads)
     wall = time.perf_counter() - t0
@@ -73,7 +76,7 @@ def _hf_model():
     return model.to(torch.float32)
 
 
-def decode_compare(repeats: int) -> list[dict[str, object]]:
+def decode_compare(repeats: int) -> list[dict[str, Any]]:
     """Median ms of one decode step, executor vs transformers, on identical shapes."""
     from transformers import DynamicCache
 
@@ -130,6 +133,26 @@ def decode_compare(repeats: int) -> list[dict[str, object]]:
     return rows
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _meets(runs: list[dict[str, Any]]) -> dict[str, bool]:
+    """Each run against the targets: wall time, and LOO median and max of both tables."""
+    return {
+        run["grid"]: run["wall_s"] <= TARGETS[f"{run['grid']}_wall_s"]
+        and all(run["loo"][phase]["median"] <= TARGETS["loo_median"] for phase in ("prefill", "decode"))
+        and all(run["loo"][phase]["max"] <= TARGETS["loo_max"] for phase in ("prefill", "decode"))
+        for run in runs
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument(
@@ -156,12 +179,14 @@ def main() -> int:
         runs.append(run)
     compare = decode_compare(args.repeats)
 
+    meets = _meets(runs)
+    print(f"  targets (wall ≤ 90 s / 20 s, LOO median ≤ 5 %, max ≤ 15 %) met: {meets}")
     result = {
         "benchmark": "profile",
         "model": MODEL,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(),
             "cores": os.cpu_count(),
             "threads": args.threads,
             "load_average_start": round(started, 2),
@@ -169,6 +194,7 @@ def main() -> int:
         },
         "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
         "targets": TARGETS,
+        "meets_targets": meets,
         "profiles": runs,
         "decode_vs_transformers": compare,
         "command": " ".join([".venv/bin/python", "bench/profile.py", *sys.argv[1:]]),

@@ -8,8 +8,19 @@ untied LM head. The arithmetic mirrors ``transformers``' reference models so tha
 
 Batching: a prefill packs every prompt's tokens into one ``[total_tokens, hidden]`` matrix for the
 GEMMs (no padding) and runs causal attention per sequence; a decode step runs the GEMMs over one token
-per sequence and attention per sequence against its own cache. The profiler measures this executor,
-so profiles describe the engine that the local runtime serves with.
+per sequence and attention per sequence against its own cache (``kv_cache.py``: contiguous, no copy
+to gather a batch). The profiler measures this executor, so profiles describe the engine that the
+local runtime serves with. Known limit: on a GPU the per-sequence attention launches a few kernels
+per sequence and layer, so decode batches of hundreds are launch-bound; a varlen (paged) attention
+kernel is what would lift that.
+
+API in short (shapes for the model's shard; ``T`` tokens, ``n`` sequences)::
+
+    ex = Executor(spec, device="cpu", dtype=None, seed=0, weights=None, tp=1)
+    logits, caches = ex.prefill([[ids...], ...], reserve_tokens=0)   # [n, vocab], n × KVCache
+    logits = ex.decode([next_id, ...], caches)                        # [n, vocab]; lengths += 1
+    k, v = caches[0].to_tensors()            # [layers, kv_heads, length, head_dim], contiguous
+    cache = KVCache.from_tensors(k, v, reserve_tokens=64)
 
 A TP shard (``tp > 1``) is rank 0's slice of the model, run on one device without communication: it
 has the per-GPU cost of tensor parallelism minus the all-reduces, which the profiler adds from a
