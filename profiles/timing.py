@@ -5,7 +5,7 @@ synchronised before and after), as gpt-fast and nanoGPT do. On the CPU the clock
 ``perf_counter`` (wall time), except when torch runs on **one thread**: then it is the calling
 thread's CPU time (``time.thread_time``), which is where all the forward's work runs. On an idle
 machine the two agree; on a shared one the thread clock leaves out the time the OS gave to other
-processes, so a profile measured next to other work still describes the idle machine.
+processes (their contention for caches and memory bandwidth still shows, in the spread).
 
 ``OpTimer`` is the optional hook the executor uses to attribute time to op categories: every
 section synchronises the device on entry and exit, so it is for a separate breakdown pass, never
