@@ -129,8 +129,9 @@ class ColocatedInstance:
             self.mode = STEP
         elif self.batch:
             self.mode = SEGMENT
-            first = self.first = self.coef.de + self.coef.df * self.batch + self.coef.dg * self.ctx
-            q = self.q = self.coef.dg * self.batch * 0.5
+            coef, batch, knee = self.coef, self.batch, self.coef.dk  # StepCoef.decode_s, inlined
+            first = self.first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            q = self.q = coef.dg * batch * 0.5
             k = self.fin[0][0] - self.steps
             self._schedule(boundary_s(now, first, q, k), k)
         else:

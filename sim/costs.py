@@ -17,7 +17,7 @@ Also holds ``StepCoef``, the simulator's internal view of a ``LatencyModel`` wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pdplan.profiles.errors import ProfileError
 from pdplan.profiles.latency_model import LatencyModel
@@ -169,7 +169,8 @@ def _check_tp(role: str, tp: int, profile: Profile) -> None:
 class StepCoef:
     """A ``LatencyModel``'s coefficients in seconds (the simulator's clock).
 
-    prefill_s = pa + pb·seqs + pc·Σn + pd·Σ(n² + 2np); decode step = de + df·B + dg·C.
+    prefill_s = pa + pb·seqs + pc·max(Σn, pk) + pd·Σ(n² + 2np); decode step = de + df·max(B, dk) + dg·C,
+    with ``pk`` (tokens) and ``dk`` (sequences) the model's roofline knees (0: none).
     """
 
     pa: float
@@ -179,16 +180,27 @@ class StepCoef:
     de: float
     df: float
     dg: float
+    pk: float = 0.0
+    dk: float = 0.0
+    mixed_floor: float = field(init=False)  # max(pc·pk, df·dk): see ``mixed_s``
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mixed_floor", max(self.pc * self.pk, self.df * self.dk))
 
     @classmethod
     def of(cls, model: LatencyModel) -> StepCoef:
         # Plain floats: numpy scalars (what a fit returns) are several times slower in the event loop.
         a, b, c, d = (float(x) / 1000.0 for x in model.prefill_coef)
         e, f, g = (float(x) / 1000.0 for x in model.decode_coef)
-        return cls(a, b, c, d, e, f, g)
+        return cls(a, b, c, d, e, f, g, float(model.prefill_knee_tokens), float(model.decode_knee_batch))
 
     def prefill_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int) -> float:
-        return self.pa + self.pb * num_seqs + self.pc * sum_tokens + self.pd * sum_pairs
+        tokens = sum_tokens if sum_tokens > self.pk else self.pk
+        return self.pa + self.pb * num_seqs + self.pc * tokens + self.pd * sum_pairs
+
+    def decode_s(self, batch: int, context: int) -> float:
+        """One decode step of ``batch`` sequences holding ``context`` tokens (the segment's first)."""
+        return self.de + self.df * (batch if batch > self.dk else self.dk) + self.dg * context
 
     def mixed_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int, batch: int, context: int) -> float:
         """One colocated step: prompt chunks (``num_seqs``, Σn, Σpairs) + ``batch`` decodes.
@@ -200,13 +212,24 @@ class StepCoef:
         costs over its token composition) applied to our fitted terms; Sarathi-Serve (Agrawal et
         al., OSDI 2024) shows the decodes ride along almost free in a chunk's GEMMs, which the
         shared fixed cost captures. Pure-prefill and pure-decode steps use their own formulas.
+
+        The roofline knees are read the same way: below its knee each phase's GEMM time is the
+        weight read (pc·pk for a prefill, df·dk for a decode step), which one mixed step also
+        pays only once, so the token terms cost max(pc·Σn + df·B, pc·pk, df·dk) — the larger
+        weight-read floor, or the two phases' compute when that is larger. With no decodes or no
+        chunk this is exactly the pure step's term, and with zero knees the plain sum.
         """
         if batch == 0:
             return self.prefill_s(num_seqs, sum_tokens, sum_pairs)
         if num_seqs == 0:
-            return self.de + self.df * batch + self.dg * context
+            return self.decode_s(batch, context)
+        fixed = self.pa if self.pa > self.de else self.de
+        floor = self.mixed_floor
+        if floor > self.pc * sum_tokens + self.df * batch:
+            return fixed + self.pb * num_seqs + floor + self.pd * sum_pairs + self.dg * context
+        # the same terms in the same order as before knees existed: bit-identical when they are 0
         return (
-            max(self.pa, self.de)
+            fixed
             + self.pb * num_seqs
             + self.pc * sum_tokens
             + self.pd * sum_pairs

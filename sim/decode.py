@@ -16,7 +16,8 @@ Life of a request here (disaggregated mode):
 
 Between membership changes the batch is unchanged, so the instance schedules one event at the
 next change — the earliest finish or the first boundary at or after the earliest pending ready
-time — and sums the steps in closed form (``kernel.boundary_s``). A request's finish is a step
+time — and sums the steps in closed form (``kernel.boundary_s``; the batch size, and so the
+roofline knee's max(B, B0), is constant between changes). A request's finish is a step
 count (``finish_step``), so nothing per request is touched between changes. When a new transfer
 would join before the planned event, the instance re-plans and the superseded event is ignored
 when it fires.
@@ -47,7 +48,7 @@ class DecodeInstance:
         coef = run.decode_coef
         self.run, self.env, self.index = run, run.env, index
         self.prompt, self.output, self.ledger = run.prompt, run.output, run.ledger
-        self.e, self.f, self.g = coef.de, coef.df, coef.dg
+        self.e, self.f, self.g, self.knee = coef.de, coef.df, coef.dg, coef.dk
         self.max_batch = run.cluster.decode.max_batch_size
         self.kv_free = run.cluster.decode_cost.kv_capacity_tokens
         self.batch = 0  # sequences in the running batch
@@ -166,7 +167,9 @@ class DecodeInstance:
                 self._schedule(self.pending[0][0], 0)
             return
         self.seg_t0 = now
-        first = self.first = self.e + self.f * batch + self.g * self.ctx
+        # StepCoef.decode_s, inlined: below the roofline knee a step costs as if it held knee sequences
+        knee = self.knee
+        first = self.first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
         q = self.q = self.g * batch * 0.5
         k = self.fin[0][0] - self.steps
         pending = self.pending

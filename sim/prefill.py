@@ -6,7 +6,8 @@ order while it has fewer than ``max_batch_size`` prompts and token budget left
 (``PrefillPool.step_tokens``). With chunking, the prompt that does not fit is split: its first
 part fills the budget and it stays at the head of the queue with its progress, so only the head
 can be part-done. Its time comes from the latency model's sums (``prefill_ms_sums`` with
-``sum_pairs = Σ n² + 2·n·p`` for n new tokens after p already done).
+``sum_pairs = Σ n² + 2·n·p`` for n new tokens after p already done; a batch below the roofline
+knee costs as if it held knee tokens).
 
 When the batch ends, every prompt it completed is offered to its decode instance (KV reserved,
 transfer started) or queued there until KV frees. Under layer-wise overlap the offer is made
@@ -36,7 +37,7 @@ class PrefillInstance:
         pool, coef = run.cluster.prefill, run.prefill_coef
         self.run, self.env, self.index = run, run.env, index
         self.prompt, self.ledger = run.prompt, run.ledger
-        self.pa, self.pb, self.pc, self.pd = coef.pa, coef.pb, coef.pc, coef.pd
+        self.pa, self.pb, self.pc, self.pd, self.knee = coef.pa, coef.pb, coef.pc, coef.pd, coef.pk
         self.budget = pool.step_tokens
         self.max_size = pool.max_batch_size
         self.chunking = pool.chunk_tokens is not None
@@ -80,7 +81,8 @@ class PrefillInstance:
             done = 0
         assert num_seqs > 0, "a queued prompt always fits an empty batch (longer ones are rejected)"
         self.head_done = done
-        end = now + (self.pa + self.pb * num_seqs + self.pc * tokens + self.pd * pairs)
+        gemm_tokens = tokens if tokens > self.knee else self.knee  # StepCoef.prefill_s, inlined
+        end = now + (self.pa + self.pb * num_seqs + self.pc * gemm_tokens + self.pd * pairs)
         self.busy, self.completing, self.batch_tokens, self.batch_t0 = True, completing, tokens, now
         if self.overlap:
             decodes, decode_of = self.run.decodes, self.run.decode_of

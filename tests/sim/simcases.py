@@ -65,7 +65,8 @@ def colocated(latency: LatencyModel | None = None, *, kv_tokens: int = 100_000, 
 
 
 def random_model(rng: np.random.Generator) -> LatencyModel:
-    """A latency model with every term non-zero and awkward (non-dyadic) coefficients."""
+    """A latency model with every term non-zero and awkward (non-dyadic) coefficients, and most of
+    the time roofline knees in the range of the tests' batches (≤ 1200 tokens, ≤ 8 sequences)."""
     return LatencyModel(
         (
             float(rng.uniform(1, 10)),
@@ -74,6 +75,8 @@ def random_model(rng: np.random.Generator) -> LatencyModel:
             float(rng.uniform(0, 1e-5)),
         ),
         (float(rng.uniform(3, 12)), float(rng.uniform(0, 0.2)), float(rng.uniform(0, 1e-4))),
+        prefill_knee_tokens=float(rng.uniform(0, 600)) if rng.random() < 0.7 else 0.0,
+        decode_knee_batch=float(rng.uniform(0, 8)) if rng.random() < 0.7 else 0.0,
     )
 
 

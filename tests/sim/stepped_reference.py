@@ -2,8 +2,9 @@
 
 They plug into the simulator's runs in place of ``DecodeInstance`` / ``ColocatedInstance`` and
 must give exactly the same records. They share only the admission *rules* (stated in the sim
-module docstrings) and the boundary-time expression ``boundary_s`` (a segment restarts whenever
-membership changes); everything the coalescing does — step counting, context sums, finish
+module docstrings), the boundary-time expression ``boundary_s`` (a segment restarts whenever
+membership changes) and ``StepCoef``'s prefill and mixed-step costs; a decode step's cost (roofline
+knee included) is written out here; everything the coalescing does — step counting, context sums, finish
 detection, cutting runs for joins — is done here the plain way, one step at a time.
 """
 
@@ -15,12 +16,16 @@ from collections import deque
 from pdplan.sim.kernel import INSTANCE, boundary_s
 
 
+def _first_step_s(coef, batch, ctx):
+    """One decode step, written out here (not ``StepCoef.decode_s``): e + f·max(B, B0) + g·C."""
+    return coef.de + coef.df * max(batch, coef.dk) + coef.dg * ctx
+
+
 class SteppedDecode:
     def __init__(self, run, index):
         self.run, self.env, self.index = run, run.env, index
         self.prompt, self.output, self.ledger = run.prompt, run.output, run.ledger
-        coef = run.decode_coef
-        self.e, self.f, self.g = coef.de, coef.df, coef.dg
+        self.coef = run.decode_coef
         self.max_batch = run.cluster.decode.max_batch_size
         self.kv_free = run.cluster.decode_cost.kv_capacity_tokens
         self.running: dict[int, list[int]] = {}  # rid -> [steps left, context tokens]
@@ -76,7 +81,7 @@ class SteppedDecode:
             if changed or self.segment is None:
                 batch = len(self.running)
                 ctx = sum(s[1] for s in self.running.values())
-                self.segment = (now, self.e + self.f * batch + self.g * ctx, self.g * batch * 0.5, 0)
+                self.segment = (now, _first_step_s(self.coef, batch, ctx), self.coef.dg * batch * 0.5, 0)
             t0, first, q, k = self.segment
             self.segment = (t0, first, q, k + 1)
             self.last_t = now
@@ -203,12 +208,7 @@ class SteppedColocated:
         if changed or self.segment is None:
             batch = len(self.running)
             ctx = sum(s[1] for s in self.running.values())
-            self.segment = (
-                now,
-                self.coef.de + self.coef.df * batch + self.coef.dg * ctx,
-                self.coef.dg * batch * 0.5,
-                0,
-            )
+            self.segment = (now, _first_step_s(self.coef, batch, ctx), self.coef.dg * batch * 0.5, 0)
         t0, first, q, k = self.segment
         self.segment = (t0, first, q, k + 1)
         self.env.at(boundary_s(t0, first, q, k + 1), INSTANCE, self._on_wake)

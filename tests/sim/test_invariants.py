@@ -102,9 +102,10 @@ def test_determinism(seed, n, dyadic, colocated, router):
 
 
 def _scaled_model(model: LatencyModel, factor: float) -> LatencyModel:
-    return LatencyModel(
-        tuple(c * factor for c in model.prefill_coef),  # type: ignore[arg-type]
-        tuple(c * factor for c in model.decode_coef),  # type: ignore[arg-type]
+    return replace(  # knees are in tokens and sequences: they do not scale with time
+        model,
+        prefill_coef=tuple(c * factor for c in model.prefill_coef),
+        decode_coef=tuple(c * factor for c in model.decode_coef),
     )
 
 
