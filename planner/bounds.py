@@ -1,20 +1,25 @@
 """Closed-form capacity upper bounds and static infeasibility, for pruning the search.
 
 **Capacity bound.** Over a long run at arrival rate λ spread over an instance's requests, the
-instance's busy time cannot exceed the elapsed time. The latency model is linear in its terms
-(``pdplan.profiles.latency_model``), so summing step times over all steps gives, per request
-(Σ over steps of a sum of terms = Σ over requests of each request's share):
+instance's busy time cannot exceed the elapsed time. The latency model is linear in its terms but
+for the roofline knees (``pdplan.profiles.latency_model``: c·max(Σn, T0), f·max(B, B0)), so
+summing step times over all steps gives, per request (Σ over steps of a sum of terms = Σ over
+requests of each request's share; for a knee term Σ_steps max(x, T0) ≥ max(Σx, T0·steps), and
+both grow with the number of steps, so its lower bound may be used):
 
-- prefill (``PrefillPool``, chunked at its token budget S, at most M prompts per batch):
-  ``pa·max(E[p]/S, 1/M) + pb + pc·E[p] + pd·E[p²]`` — batches ≥ tokens / S and ≥ prompts / M;
-  a chunked prompt's query-key pairs sum to p² whatever the chunking (Σ n² + 2·n·prior = p²).
+- prefill (``PrefillPool``, chunked at its token budget S, at most M prompts per batch), with
+  N = max(E[p]/S, 1/M) batches per request (batches ≥ tokens / S and ≥ prompts / M):
+  ``pa·N + pb + pc·max(E[p], T0·N) + pd·E[p²]``; a chunked prompt's query-key pairs sum to p²
+  whatever the chunking (Σ n² + 2·n·prior = p²).
 - decode (continuous batching, at most B sequences and K KV tokens): each request runs o − 1
   steps at contexts p … p + o − 2, and holds p + o KV tokens while in the batch, so the number of
-  steps is ≥ Σ(o − 1)/B and ≥ Σ(o − 1)(p + o)/K, and
-  ``e·max(E[o−1]/B, E[(o−1)(p+o)]/K) + f·E[o−1] + g·E[(o−1)p + (o−1)(o−2)/2]``.
+  steps per request is N ≥ E[o − 1]/B and ≥ E[(o − 1)(p + o)]/K, and
+  ``e·N + f·max(E[o−1], B0·N) + g·E[(o−1)p + (o−1)(o−2)/2]``.
 - colocated: both, with the per-step fixed cost counted once per step — ``min(pa, e)`` per step
-  for chunked steps (whose token budget C also holds the decodes: steps ≥ (Σp + Σ(o−1))/C), or
-  ``pa`` per prefill step plus ``e`` per decode step under prefill-first.
+  for chunked steps (whose token budget C also holds the decodes: steps ≥ (Σp + Σ(o−1))/C), whose
+  token terms are ≥ pc·Σn + f·B and ≥ min(pc·T0, f·B0) in every step (pure prefill, pure decode or
+  mixed; ``StepCoef.mixed_s``); or ``pa`` per prefill step plus ``e`` per decode step, each with
+  its own knee, under prefill-first.
 
 λ ≤ instances / (time per request); the candidate's bound is the minimum over its roles. Rejected
 requests (longer than any instance holds) do no work, so the sums run over the served ones while λ
@@ -38,6 +43,7 @@ import numpy as np
 
 from pdplan.planner.probe import SloTargets
 from pdplan.planner.space import POLICY_CHUNKED, Candidate
+from pdplan.profiles.latency_model import LatencyModel
 from pdplan.sim.cluster import InstanceCost, KvLink
 from pdplan.sim.requests import Requests
 
@@ -79,36 +85,51 @@ def capacity_bound(candidate: Candidate, costs: Mapping[str, InstanceCost], dema
     steps = o - 1.0
     if candidate.colocated is not None:
         pool, latency = candidate.colocated, costs["colocated"].latency
+        decode_steps = max(steps.sum() / pool.max_batch_size, _kv_steps(p, o, costs["colocated"]))
+        if pool.policy != POLICY_CHUNKED:
+            batches = max(p.sum() / pool.max_batch_tokens, p.size / pool.max_batch_size)
+            work_ms = _prefill_ms(p, latency, batches) + _decode_ms(p, o, latency, decode_steps)
+            return Bound(_rate(pool.instances, work_ms, n), {"colocated": _rate(pool.instances, work_ms, n)})
         pa, pb, pc, pd = latency.prefill_coef
         e, f, g = latency.decode_coef
-        decode_steps = max(steps.sum() / pool.max_batch_size, _kv_steps(p, o, costs["colocated"]))
-        if pool.policy == POLICY_CHUNKED:
-            all_steps = max(decode_steps, (p.sum() + steps.sum()) / pool.chunk_tokens)
-            fixed = min(pa, e) * all_steps
-        else:
-            fixed = pa * max(p.sum() / pool.max_batch_tokens, p.size / pool.max_batch_size) + e * decode_steps
-        work_ms = fixed + _prefill_terms(p, pb, pc, pd) + _decode_terms(p, o, f, g)
+        all_steps = max(decode_steps, (p.sum() + steps.sum()) / pool.chunk_tokens)
+        floor = min(pc * latency.prefill_knee_tokens, f * latency.decode_knee_batch)
+        tokens_ms = max(pc * p.sum() + f * steps.sum(), floor * all_steps)
+        work_ms = min(pa, e) * all_steps + tokens_ms + _prefill_rest(p, pb, pd) + _context_ms(p, o, g)
         return Bound(_rate(pool.instances, work_ms, n), {"colocated": _rate(pool.instances, work_ms, n)})
     assert candidate.prefill is not None and candidate.decode is not None
     pre, dec = candidate.prefill, candidate.decode
-    pa, pb, pc, pd = costs["prefill"].latency.prefill_coef
     batches = max(p.sum() / pre.step_tokens, p.size / pre.max_batch_size)
-    prefill_ms = pa * batches + _prefill_terms(p, pb, pc, pd)
-    e, f, g = costs["decode"].latency.decode_coef
+    prefill_ms = _prefill_ms(p, costs["prefill"].latency, batches)
     decode_steps = max(steps.sum() / dec.max_batch_size, _kv_steps(p, o, costs["decode"]))
-    decode_ms = e * decode_steps + _decode_terms(p, o, f, g)
+    decode_ms = _decode_ms(p, o, costs["decode"].latency, decode_steps)
     by_role = {"prefill": _rate(pre.instances, prefill_ms, n), "decode": _rate(dec.instances, decode_ms, n)}
     return Bound(min(by_role.values()), by_role)
 
 
-def _prefill_terms(p: np.ndarray, pb: float, pc: float, pd: float) -> float:
-    return float(pb * p.size + pc * p.sum() + pd * np.square(p).sum())
+def _prefill_ms(p: np.ndarray, latency: LatencyModel, batches: float) -> float:
+    """Least total prefill time of prompts ``p`` in at least ``batches`` batches."""
+    pa, pb, pc, pd = latency.prefill_coef
+    gemm = max(float(p.sum()), latency.prefill_knee_tokens * batches)
+    return pa * batches + pc * gemm + _prefill_rest(p, pb, pd)
 
 
-def _decode_terms(p: np.ndarray, o: np.ndarray, f: float, g: float) -> float:
+def _decode_ms(p: np.ndarray, o: np.ndarray, latency: LatencyModel, num_steps: float) -> float:
+    """Least total decode time of requests (p, o) in at least ``num_steps`` steps."""
+    e, f, g = latency.decode_coef
+    gemm = max(float((o - 1.0).sum()), latency.decode_knee_batch * num_steps)
+    return e * num_steps + f * gemm + _context_ms(p, o, g)
+
+
+def _prefill_rest(p: np.ndarray, pb: float, pd: float) -> float:
+    """The per-sequence and query-key-pair prefill terms (the same whatever the batching)."""
+    return float(pb * p.size + pd * np.square(p).sum())
+
+
+def _context_ms(p: np.ndarray, o: np.ndarray, g: float) -> float:
+    """The per-context-token decode term: step j of a request reads p + j tokens of KV."""
     steps = o - 1.0
-    context = steps * p + steps * (steps - 1.0) / 2.0
-    return float(f * steps.sum() + g * context.sum())
+    return float(g * (steps * p + steps * (steps - 1.0) / 2.0).sum())
 
 
 def _kv_steps(p: np.ndarray, o: np.ndarray, cost: InstanceCost) -> float:
@@ -168,11 +189,15 @@ def latency_floor(
         transfer_ms = link.latency_ms + p * kv_bytes_per_token / (link.bandwidth_gbps * 1e6)
     pa, pb, pc, pd = latency.prefill_coef
     chunks = np.ceil(p / step)
-    ttft = chunks * (pa + pb) + pc * p + pd * p * p + transfer_ms
+    # its chunks hold ≥ p tokens in ≥ ``chunks`` steps, each at least at the knee: max(p, chunks·T0)
+    gemm = np.maximum(p, chunks * latency.prefill_knee_tokens)
+    ttft = chunks * (pa + pb) + pc * gemm + pd * p * p + transfer_ms
     decode = costs["colocated" if candidate.colocated is not None else "decode"].latency
     e, f, g = decode.decode_coef
-    # mean step of a request decoding alone: context p … p + o − 2, i.e. p + (o − 2)/2 on average
-    tpot = np.where(steps > 0, e + f + g * (p + np.maximum(steps - 1.0, 0.0) / 2.0), 0.0)
+    # mean step of a request decoding alone: context p … p + o − 2, i.e. p + (o − 2)/2 on average;
+    # a batch of one below the knee costs as if it held B0 sequences
+    per_seq = f * max(1.0, decode.decode_knee_batch)
+    tpot = np.where(steps > 0, e + per_seq + g * (p + np.maximum(steps - 1.0, 0.0) / 2.0), 0.0)
     return Floor(ttft, tpot, ttft + tpot * steps, _served(candidate, costs, demand))
 
 
