@@ -244,16 +244,33 @@ def _run_profile(profile: Profile, key: str) -> list[Item]:
 def _model_table(profile: Profile) -> Table:
     model = profile.latency
     rows = []
-    for phase, coef, terms, loo in (
-        ("prefill", model.prefill_coef, ("base", "per seq", "per token", "per pair"), model.prefill_loo),
-        ("decode", model.decode_coef, ("base", "per seq", "per context token"), model.decode_loo),
+    for phase, coef, terms, knee, unit, loo in (
+        (
+            "prefill",
+            model.prefill_coef,
+            ("base", "per seq", "per token", "per pair"),
+            model.prefill_knee_tokens,
+            "tokens",
+            model.prefill_loo,
+        ),
+        (
+            "decode",
+            model.decode_coef,
+            ("base", "per seq", "per context token"),
+            model.decode_knee_batch,
+            "seqs",
+            model.decode_loo,
+        ),
     ):
         formula = " + ".join(f"{c:.4g}·{t}" for c, t in zip(coef, terms, strict=True))
         median = f"{100 * loo.median:.1f}%" if loo else "—"
         worst = f"{100 * loo.max:.1f}%" if loo else "—"
-        rows.append((phase, formula + " ms", median, worst, str(loo.num_points) if loo else "—"))
+        shown_knee = f"{knee:,.0f} {unit}" if knee > 0 else "none"
+        rows.append((phase, formula + " ms", median, worst, str(loo.num_points) if loo else "—", shown_knee))
     return Table(
-        "Fitted latency model and its leave-one-out relative error.",
-        ("phase", "model (ms)", "LOO median error", "LOO max error", "points"),
+        "Fitted latency model and its leave-one-out relative error. Below the roofline knee a step "
+        "is bound by reading the weights: a prefill of fewer tokens, or a decode step of fewer "
+        "sequences, costs as much as one at the knee (the per-token or per-seq term counts the knee).",
+        ("phase", "model (ms)", "LOO median error", "LOO max error", "points", "roofline knee"),
         tuple(rows),
     )

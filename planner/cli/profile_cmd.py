@@ -216,8 +216,6 @@ def _print_summary(result: Profile, out: Path, wall_s: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pdplan.profiles.latency_model import DECODE_TERMS, PREFILL_TERMS
-
     lat = result.latency
     table = Table(
         title=f"{result.method} profile: {result.model.name} on "
@@ -228,11 +226,11 @@ def _print_summary(result: Profile, out: Path, wall_s: float) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("points", f"prefill {len(result.prefill)}, decode {len(result.decode)}")
-    for phase, terms, coef, loo in (
-        ("prefill", PREFILL_TERMS, lat.prefill_coef, lat.prefill_loo),
-        ("decode", DECODE_TERMS, lat.decode_coef, lat.decode_loo),
-    ):
-        table.add_row(f"{phase} fit", ", ".join(f"{t}={c:.4g}" for t, c in zip(terms, coef, strict=True)))
+    fitted = lat.to_dict()  # the coefficients and knees as profile.yaml names them
+    for phase, loo in (("prefill", lat.prefill_loo), ("decode", lat.decode_loo)):
+        terms = fitted[phase]
+        assert isinstance(terms, dict)
+        table.add_row(f"{phase} fit", ", ".join(f"{t}={c:.4g}" for t, c in terms.items()))
         if loo is not None:
             table.add_row(
                 f"{phase} LOO error", f"median {loo.median:.1%}, max {loo.max:.1%} ({loo.num_points} points)"
