@@ -80,10 +80,11 @@ def _pairs(
 # a minute for tiny-llama (40M parameters). Decode starts at batch 4: at 1-2 rows MKL runs
 # matrix-vector kernels ~2× cheaper per step than the batched GEMMs the linear decode model
 # describes, so the fit over-predicts (conservatively) the lightest steps instead of bending the
-# line where batches are large.
+# line where batches are large. The smallest token count (64) and batch (4) each appear in two or
+# more points, so that leaving one out (the fit's LOO error) never leaves the low end to a knee.
 CPU_GRID = Grid(
     prefill=(
-        *((1, 64), (2, 64), (1, 128), (2, 128), (4, 64), (1, 256), (1, 512), (8, 64)),
+        *((2, 32), (1, 64), (2, 64), (1, 128), (2, 128), (4, 64), (1, 256), (1, 512), (8, 64)),
         *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048)),
     ),
     decode=_pairs((4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
