@@ -363,11 +363,12 @@ def measure_profile(
         dtype: float32 | float16 | bfloat16; default float32 on CPU, bfloat16 on CUDA.
         quick: a smaller grid with fewer repeats (seconds instead of a minute on a CPU).
         weights: an HF model directory (real weights); ``None`` for seeded random weights.
-        progress: called with ``(points done, points total)`` before the first and after each point.
+        progress: called with ``(done, total)`` measurement steps (grid points × rounds), first
+            with ``(0, total)``.
         grid: the shapes and timing budget; default :func:`default_grid` for the device and ``quick``.
         threads: CPU threads for the measurement (``torch.set_num_threads``, restored afterwards);
             default 1 on the CPU (one core per CPU instance, as when a prefill and a decode worker
-            share a small machine; it also makes the timing clock immune to other processes, see
+            share a small machine; it also lets the clock leave out other processes' time, see
             ``timing.py``), torch's current setting on a GPU. Recorded as
             ``hardware["cpu_threads"]``; serve with the same count.
 
