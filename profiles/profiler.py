@@ -9,14 +9,12 @@ weights; cost depends on shapes) and times
   every (batch_size, context_len) of the grid (caches are filled with random keys and values and
   truncated back to ``context_len`` before every timed step, so every repeat sees the same shape).
 
-Discipline (as gpt-fast/nanoGPT, details in ``timing.py``): untimed warm-up calls; the device
-synchronised around each timed call (CUDA events on a GPU; on the CPU the thread's CPU time when
-torch runs one thread — the default here — else wall time); repeats chosen so each point gets about
-the same timed time (small points get more) and spread over several rounds of the whole grid; the
-Python garbage collector paused while timing; the **median** kept as ``latency_ms`` and the
-10th/90th percentiles and the sample count as the spread (``p10_ms``, ``p90_ms``, ``repeats``).
-Separate instrumented calls with op sections (device synchronised around each) give the
-``gemm | attention | other`` breakdown in ``ops``; attention includes the KV cache writes.
+Discipline (as gpt-fast/nanoGPT; ``timing.py``): warm-up calls; the device synchronised around each
+timed call (CUDA events; on the CPU the thread's CPU time when torch runs one thread, the default
+here); repeats sized so each point gets about the same timed time and spread over several rounds
+of the grid; the garbage collector paused; the **median** as ``latency_ms``, ``p10_ms``/``p90_ms``
+and ``repeats`` as the spread. Separate instrumented calls give the ``gemm | attention | other``
+breakdown in ``ops`` (attention includes the KV cache writes).
 
 Tensor parallelism on one device (``tp > 1``): the executor runs rank 0's shard, and the two
 all-reduces per layer of Megatron-style TP (after attention, after the MLP; Shoeybi et al. 2019)
@@ -62,11 +60,13 @@ _MIN_PREFILL_POINTS, _MIN_DECODE_POINTS = 4, 3
 
 @dataclass(frozen=True)
 class Grid:
-    """The shapes measured, and how long each is timed."""
+    """The shapes measured, and how long each is timed (per phase: decode steps are cheap, and
+    their many points pin three coefficients, so they get more samples for the same wall time)."""
 
     prefill: tuple[tuple[int, int], ...]  # (num_seqs, seq_len)
     decode: tuple[tuple[int, int], ...]  # (batch_size, context_len)
-    budget: TimingBudget
+    prefill_budget: TimingBudget
+    decode_budget: TimingBudget
 
 
 def _pairs(
@@ -88,34 +88,31 @@ CPU_GRID = Grid(
         *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048)),
     ),
     decode=_pairs((4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
-    budget=TimingBudget(
-        warmup=1, point_budget_s=0.8, min_repeats=3, max_repeats=30, breakdown_repeats=1, passes=5
-    ),
+    prefill_budget=TimingBudget(point_budget_s=0.8, min_repeats=3, max_repeats=30, passes=5),
+    decode_budget=TimingBudget(point_budget_s=1.0, min_repeats=5, max_repeats=40, passes=5),
 )
 CPU_QUICK_GRID = Grid(
     prefill=((2, 32), (1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256), (1, 384), (1, 512)),
     decode=(*_pairs((4, 8, 16, 32), (16, 512), lambda b, c: True), (4, 1024), (8, 1024)),
-    budget=TimingBudget(
-        warmup=1, point_budget_s=0.3, min_repeats=4, max_repeats=12, breakdown_repeats=1, passes=3
-    ),
+    prefill_budget=TimingBudget(point_budget_s=0.35, min_repeats=4, max_repeats=16, passes=5),
+    decode_budget=TimingBudget(point_budget_s=0.45, min_repeats=6, max_repeats=24, passes=5),
 )
 # CUDA: realistic serving shapes for 7-70B models on one H100-class GPU (prefill batches up to
 # 16k tokens, decode batches up to 256 with contexts up to 8k); trimmed to the memory first.
+_CUDA_BUDGET = TimingBudget(0.5, min_repeats=5, max_repeats=50, passes=2, warmup=2, breakdown_repeats=3)
+_CUDA_QUICK_BUDGET = TimingBudget(0.2, min_repeats=5, max_repeats=20, passes=1, warmup=2)
+_CONTEXTS = (128, 512, 1024, 2048, 4096, 8192)
 CUDA_GRID = Grid(
     prefill=_pairs((1, 2, 4, 8, 16), (128, 256, 512, 1024, 2048, 4096, 8192), lambda s, n: s * n <= 16384),
-    decode=_pairs(
-        (1, 8, 16, 32, 64, 128, 256), (128, 512, 1024, 2048, 4096, 8192), lambda b, c: b * c <= 262144
-    ),
-    budget=TimingBudget(
-        warmup=2, point_budget_s=0.5, min_repeats=5, max_repeats=50, breakdown_repeats=3, passes=2
-    ),
+    decode=_pairs((1, 8, 16, 32, 64, 128, 256), _CONTEXTS, lambda b, c: b * c <= 262144),
+    prefill_budget=_CUDA_BUDGET,
+    decode_budget=_CUDA_BUDGET,
 )
 CUDA_QUICK_GRID = Grid(
     prefill=_pairs((1, 4, 16), (256, 1024, 4096), lambda s, n: s * n <= 16384),
     decode=_pairs((1, 16, 64, 256), (512, 2048, 8192), lambda b, c: b * c <= 262144),
-    budget=TimingBudget(
-        warmup=2, point_budget_s=0.2, min_repeats=5, max_repeats=20, breakdown_repeats=1, passes=1
-    ),
+    prefill_budget=_CUDA_QUICK_BUDGET,
+    decode_budget=_CUDA_QUICK_BUDGET,
 )
 
 
@@ -139,12 +136,9 @@ class MemoryNeed:
         return self.weights_bytes + self.kv_bytes + self.activation_bytes
 
     def describe(self) -> str:
-        gib = 1 << 30
-        return (
-            f"{self.total_bytes} bytes ({self.total_bytes / gib:.2f} GiB: weights "
-            f"{self.weights_bytes / gib:.2f} + KV {self.kv_bytes / gib:.2f} + activations "
-            f"{self.activation_bytes / gib:.2f})"
-        )
+        w, kv, act = (b / (1 << 30) for b in (self.weights_bytes, self.kv_bytes, self.activation_bytes))
+        gib = f"{w + kv + act:.2f} GiB: weights {w:.2f} + KV {kv:.2f} + activations {act:.2f}"
+        return f"{self.total_bytes} bytes ({gib})"
 
 
 def _kv_tokens(phase: str, a: int, b: int) -> int:
@@ -274,6 +268,9 @@ class _Bench:
 
     def instrument(self, timer: OpTimer | None) -> None:
         self.ex.op_timer = timer
+
+    def calls_of(self, shapes: list[_Shape]) -> Callable[[int], Calls]:
+        return lambda i: self.calls(shapes[i])
 
     def calls(self, shape: _Shape) -> Calls:
         """One forward of ``shape`` on new inputs."""
@@ -417,15 +414,30 @@ def measure_profile(
 def _measure_grid(run: _Run, progress: Callable[[int, int], None] | None) -> list[tuple[_Shape, Samples]]:
     """Every grid shape with its samples (``timing.measure_rounds``)."""
     grid = run.grid
-    shapes = [_Shape("prefill", *p) for p in grid.prefill] + [_Shape("decode", *d) for d in grid.decode]
+    phases = [
+        ([_Shape("prefill", *p) for p in grid.prefill], grid.prefill_budget),
+        ([_Shape("decode", *d) for d in grid.decode], grid.decode_budget),
+    ]
     ex = Executor(run.spec, device=str(run.device), dtype=run.dtype, weights=run.weights, tp=run.tp)
     bench = _Bench(ex, run.keep_bytes)
     ex.decode([0], ex.prefill([[0] * 16])[1])  # first calls of the process: library set-up, page-ins
-    samples = measure_rounds(
-        len(shapes), lambda i: bench.calls(shapes[i]), ex.device, grid.budget,
-        instrument=bench.instrument, progress=progress,
-    )  # fmt: skip
-    return list(zip(shapes, samples, strict=True))
+    total = sum(len(shapes) * (1 + budget.passes) for shapes, budget in phases)
+    done = [0]
+
+    def step() -> None:
+        if progress is not None:
+            progress(done[0], total)
+        done[0] += 1
+
+    step()
+    measured: list[tuple[_Shape, Samples]] = []
+    for shapes, budget in phases:
+        calls = bench.calls_of(shapes)
+        samples = measure_rounds(
+            len(shapes), calls, ex.device, budget, instrument=bench.instrument, step=step
+        )
+        measured += zip(shapes, samples, strict=True)
+    return measured
 
 
 def _tables(run: _Run, measured: list[tuple[_Shape, Samples]]) -> dict[str, pd.DataFrame]:
@@ -459,13 +471,14 @@ def _build_profile(run: _Run, hardware: dict[str, Any], tables: dict[str, pd.Dat
     on_cpu = run.device.type == "cpu"
     if on_cpu:
         hw["cpu_threads"] = run.threads
-    budget = run.grid.budget
+    pre, dec = run.grid.prefill_budget, run.grid.decode_budget
     notes = (
         f"measured executor on {run.device} ({'quick' if run.quick else 'default'} grid"
         + (f", {run.threads} CPU threads, clock: {run.clock}" if on_cpu else ", clock: CUDA events")
-        + f"); latency_ms = median of {budget.min_repeats}-{budget.max_repeats} repeats "
-        f"(~{budget.point_budget_s:g} s timed per point in {1 + budget.passes} rounds), "
-        "p10_ms/p90_ms = spread; ops = medians of a separate instrumented pass"
+        + f"); latency_ms = median of {pre.min_repeats}-{pre.max_repeats} (prefill) and "
+        f"{dec.min_repeats}-{dec.max_repeats} (decode) repeats spread over {1 + pre.passes} and "
+        f"{1 + dec.passes} rounds of the grid, p10_ms/p90_ms = spread; ops = medians of separate "
+        "instrumented calls"
     )
     if run.tp > 1:
         notes += f"; tp={run.tp}: rank-0 shard measured + modelled {run.allreduce.describe()}"

@@ -139,12 +139,12 @@ class TimingBudget:
     (the first when ``passes`` is 0) also runs ``breakdown_repeats`` instrumented calls.
     """
 
-    warmup: int
     point_budget_s: float
     min_repeats: int
     max_repeats: int
-    breakdown_repeats: int
     passes: int
+    warmup: int = 1
+    breakdown_repeats: int = 1
 
     def repeats_for(self, first_ms: float) -> int:
         wanted = math.ceil(self.point_budget_s * 1e3 / max(first_ms, 1e-3))
@@ -201,18 +201,15 @@ def measure_rounds(
     budget: TimingBudget,
     *,
     instrument: Callable[[OpTimer | None], None],
-    progress: Callable[[int, int], None] | None = None,
+    step: Callable[[], None] | None = None,
 ) -> list[Samples]:
     """Time shapes ``0 .. num_shapes-1`` in rounds (see :class:`TimingBudget`).
 
     ``calls(i)`` builds shape ``i``'s inputs afresh (it is called once per round that times it)
     and must leave nothing cold for the first call (page faults, lazy allocation): later rounds
-    time it without a warm-up. ``progress(done, total)`` counts shape-rounds.
+    time it without a warm-up. ``step()`` is called after each shape of each round.
     """
     samples = [Samples() for _ in range(num_shapes)]
-    total = num_shapes * (1 + budget.passes)
-    if progress is not None:
-        progress(0, total)
     run: Calls | None = None
     for round_ in range(1 + budget.passes):
         for i, sample in enumerate(samples):
@@ -231,7 +228,7 @@ def measure_rounds(
                 sample.ops_ms = op_breakdown(
                     run.fn, device, repeats=budget.breakdown_repeats, instrument=instrument, before=run.before
                 )
-            if progress is not None:
-                progress(round_ * num_shapes + i + 1, total)
+            if step is not None:
+                step()
     assert all(len(s.times_ms) == s.repeats for s in samples), "every shape got its repeats"
     return samples

@@ -31,12 +31,12 @@ MICRO = replace(
 HARDWARE = {"name": "cpu", "memory_bytes": 8 << 30}
 # One thread: a shared machine oversubscribed with OpenMP threads gives wildly noisy timings.
 THREADS = 1
+BUDGET = TimingBudget(point_budget_s=0.03, min_repeats=3, max_repeats=8, passes=1)
 SMALL_GRID = Grid(
     prefill=((1, 16), (1, 64), (2, 64), (1, 256), (4, 128), (1, 512)),
     decode=((1, 16), (4, 16), (16, 16), (1, 512), (8, 256), (16, 512)),
-    budget=TimingBudget(
-        warmup=1, point_budget_s=0.03, min_repeats=3, max_repeats=8, breakdown_repeats=1, passes=1
-    ),
+    prefill_budget=BUDGET,
+    decode_budget=BUDGET,
 )
 
 
