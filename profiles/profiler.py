@@ -88,7 +88,7 @@ CPU_GRID = Grid(
         *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048)),
     ),
     decode=_pairs((4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
-    prefill_budget=TimingBudget(point_budget_s=0.8, min_repeats=3, max_repeats=30, passes=5),
+    prefill_budget=TimingBudget(point_budget_s=0.8, min_repeats=4, max_repeats=30, passes=5),
     decode_budget=TimingBudget(point_budget_s=1.0, min_repeats=5, max_repeats=40, passes=5),
 )
 CPU_QUICK_GRID = Grid(

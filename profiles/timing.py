@@ -194,6 +194,12 @@ class Samples:
     ops_ms: dict[str, float] = field(default_factory=dict)
 
 
+def _share(remaining: int, passes: int, round_: int) -> int:
+    """Round ``round_``'s (1..passes) share of ``remaining`` repeats, spread evenly over the rounds
+    (2 repeats over 5 rounds go to rounds 3 and 5), so a shape's samples span the whole phase."""
+    return remaining * round_ // passes - remaining * (round_ - 1) // passes
+
+
 def measure_rounds(
     num_shapes: int,
     calls: Callable[[int], Calls],
@@ -211,23 +217,28 @@ def measure_rounds(
     """
     samples = [Samples() for _ in range(num_shapes)]
     run: Calls | None = None
+    breakdown_round = min(1, budget.passes)  # a warm shape: round 0 already ran it
     for round_ in range(1 + budget.passes):
         for i, sample in enumerate(samples):
-            run = None  # free the previous shape's inputs (KV caches) before building these
-            run = calls(i)
-            if round_ == 0:
-                sample.times_ms += time_call(
-                    run.fn, device, warmup=budget.warmup, repeats=1, before=run.before
-                )
-                sample.repeats = budget.repeats_for(sample.times_ms[0])
-            else:
-                count = math.ceil((sample.repeats - len(sample.times_ms)) / (1 + budget.passes - round_))
-                if count > 0:
-                    sample.times_ms += time_call(run.fn, device, warmup=0, repeats=count, before=run.before)
-            if round_ == min(1, budget.passes):  # a warm shape: round 0 already ran it
-                sample.ops_ms = op_breakdown(
-                    run.fn, device, repeats=budget.breakdown_repeats, instrument=instrument, before=run.before
-                )
+            count = 1 if round_ == 0 else _share(sample.repeats - 1, budget.passes, round_)
+            if count or round_ == breakdown_round:
+                run = None  # free the previous shape's inputs (KV caches) before building these
+                run = calls(i)
+                warmup = budget.warmup if round_ == 0 else 0
+                if count:
+                    sample.times_ms += time_call(
+                        run.fn, device, warmup=warmup, repeats=count, before=run.before
+                    )
+                if round_ == 0:
+                    sample.repeats = budget.repeats_for(sample.times_ms[0])
+                if round_ == breakdown_round:
+                    sample.ops_ms = op_breakdown(
+                        run.fn,
+                        device,
+                        repeats=budget.breakdown_repeats,
+                        instrument=instrument,
+                        before=run.before,
+                    )
             if step is not None:
                 step()
     assert all(len(s.times_ms) == s.repeats for s in samples), "every shape got its repeats"
