@@ -48,7 +48,12 @@ def profile(
     tp: Annotated[int, typer.Option("--tp", help="Tensor parallelism: profile one GPU's shard.")] = 1,
     quick: Annotated[bool, typer.Option("--quick", help="Measured runs: a smaller grid.")] = False,
     dtype: Annotated[
-        str | None, typer.Option("--dtype", help="float32, float16 or bfloat16 (default: config's).")
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA; "
+            "analytic: the config's).",
+        ),
     ] = None,
     weights: Annotated[
         Path | None,
