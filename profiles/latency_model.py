@@ -110,7 +110,10 @@ class LatencyModel:
         if q <= 0:
             return int(budget_ms // first) if first > 0 else 2**62
         lin = first - q
-        k = int((-lin + math.sqrt(lin * lin + 4 * q * budget_ms)) / (2 * q))
+        root = math.sqrt(lin * lin + 4 * q * budget_ms)
+        # The positive root of q·k² + lin·k − budget; the second form avoids cancellation when
+        # lin ≫ q·budget (tiny context cost), which made the walk below take millions of steps.
+        k = int(2 * budget_ms / (lin + root)) if lin > 0 else int((root - lin) / (2 * q))
         while k > 0 and self.decode_steps_ms(batch_size, sum_context, k) > budget_ms:
             k -= 1
         while self.decode_steps_ms(batch_size, sum_context, k + 1) <= budget_ms:
