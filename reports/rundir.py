@@ -18,30 +18,12 @@ import yaml
 
 from pdplan.profiles.errors import PdplanError
 from pdplan.profiles.profile import Profile, load_profile
+from pdplan.sim.records import REQUEST_COLUMNS
+from pdplan.sim.timeseries import TIMESERIES_COLUMNS
 
 log = logging.getLogger(__name__)
 
-REQUEST_COLUMNS = (
-    "req_id",
-    "arrival_s",
-    "prompt_tokens",
-    "output_tokens",
-    "first_token_s",
-    "finish_s",
-    "prefill_start_s",
-    "prefill_end_s",
-    "decode_start_s",
-    "status",
-)
-TIMESERIES_COLUMNS = (
-    "time_s",
-    "role",
-    "instance",
-    "queue_len",
-    "batch_size",
-    "kv_used_tokens",
-    "kv_capacity_tokens",
-)
+# The search's files (written by pdplan.planner, which reports may not import: DESIGN.md's arrows).
 CANDIDATE_COLUMNS = (
     "candidate_id",
     "mode",
