@@ -76,11 +76,8 @@ class Evaluation:
         the SLO term that failed, or the capacity ceiling when no probe above it failed."""
         above = [p for p in self.probes if not p.meets_slo and p.rate_rps > (self.goodput_rps or 0.0)]
         if not above:
-            per_gpu = (self.bound_rps or 0.0) / self.candidate.gpus
-            return (
-                f"capacity: it holds the SLO up to the search's ceiling "
-                f"({self.bound_role} bound {per_gpu:.3g} req/s per GPU)"
-            )
+            top = max((p.rate_rps for p in self.probes), default=0.0)
+            return f"none found: it held the SLO at every rate tried, up to {top:.3g} req/s"
         return min(above, key=lambda p: p.rate_rps).violated
 
     def row(self) -> dict[str, Any]:
@@ -101,3 +98,29 @@ def rank_key(target_rate_rps: float | None) -> Callable[[Evaluation], tuple[Any,
     if target_rate_rps is not None:
         return lambda e: (e.candidate.gpus, -(e.goodput_rps or 0.0), e.candidate.candidate_id)
     return lambda e: (-(e.goodput_rps_per_gpu or 0.0), e.candidate.gpus, e.candidate.candidate_id)
+
+
+def simplicity_key(candidate: Candidate) -> tuple[Any, ...]:
+    """Simpler first: fewer GPUs, fewer instances, smaller TP, colocated before disaggregated."""
+    return (
+        candidate.gpus,
+        sum(candidate.instances.values()),
+        max(candidate.tps),
+        candidate.mode != "colocated",
+        candidate.candidate_id,
+    )
+
+
+def choose(ranked: list[Evaluation], tolerance: float) -> tuple[Evaluation, Evaluation | None]:
+    """The plan to recommend from evaluations ranked by goodput per GPU, and — when it is not the
+    top one — the top one it tied with.
+
+    Candidates within the rate search's resolution of the best goodput per GPU (``1 + tolerance``)
+    cannot be told apart by the search; among them the simplest wins (``simplicity_key``).
+    """
+    assert ranked, "choose among at least one evaluation"
+    best = ranked[0]
+    top = best.goodput_rps_per_gpu or 0.0
+    tied = [e for e in ranked if (e.goodput_rps_per_gpu or 0.0) * (1.0 + tolerance) >= top]
+    chosen = min(tied, key=lambda e: simplicity_key(e.candidate))
+    return chosen, (best if chosen is not best else None)

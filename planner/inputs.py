@@ -31,7 +31,7 @@ from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.profile import Profile, load_profile
 from pdplan.sim.requests import Requests
 from pdplan.sim.traces import TRACE_FORMATS, detect_format, parse_azure, parse_canonical, parse_mooncake
-from pdplan.sim.workload import draw_requests, workload_from_dict
+from pdplan.sim.workload import Workload, draw_requests, workload_from_dict
 
 log = logging.getLogger(__name__)
 _TRACE_KEYS = ("path", "format", "time_scale")
@@ -43,6 +43,7 @@ class RequestSource:
 
     requests: Requests
     description: dict[str, Any]
+    workload: Workload | None = None  # the synthetic workload drawn (None for a trace)
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -111,7 +112,7 @@ def load_workload(path: Path, *, seed: int | None = None, rate_rps: float | None
         "rate_rps": spec.arrival.rate_rps,
         "arrival": spec.arrival.process,
     }
-    return RequestSource(draw_requests(spec), described)
+    return RequestSource(draw_requests(spec), described, spec)
 
 
 def load_trace(path: Path, fmt: str | None = None, *, rate_rps: float | None = None) -> RequestSource:

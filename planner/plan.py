@@ -53,7 +53,17 @@ PLAN_KEYS = (
     "predicted",
     "feasible",
     "reason",
+    "traffic",
+    "confirmed",
+    "tie",
+    "target",
+    "budget",
+    "cost",
 )
+#: What a search adds about its promise (free-form, for people and reports; never simulated):
+#: how the traffic was judged, the confirmation on the user's replays, a tie, a target rate's
+#: check, the chosen unit scaled to the budget, and the cost.
+NOTE_KEYS = ("traffic", "confirmed", "tie", "target", "budget", "cost")
 PREDICTED_KEYS = (
     "goodput_rps",
     "goodput_rps_per_gpu",
@@ -90,6 +100,7 @@ class Plan:
     predicted: dict[str, float | None] = field(default_factory=dict)
     feasible: bool = True
     reason: str = ""
+    notes: dict[str, Any] = field(default_factory=dict)  # NOTE_KEYS
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,6 +112,9 @@ class Plan:
         util = self.gpu_memory_utilisation
         if not (isinstance(util, (int, float)) and 0 < util <= 1):
             raise ConfigError(f"plan gpu_memory_utilisation={util!r}; expected a fraction in (0, 1]")
+        bad = [k for k in self.notes if k not in NOTE_KEYS]
+        if bad:
+            raise ConfigError(f"plan: unknown keys {bad}; valid: {list(NOTE_KEYS)}")
         unknown = [k for k in self.predicted if k not in PREDICTED_KEYS]
         if unknown:
             raise ConfigError(f"plan predicted: unknown keys {unknown}; valid: {list(PREDICTED_KEYS)}")
@@ -173,6 +187,7 @@ class Plan:
         )
         if self.reason:
             out["reason"] = self.reason
+        out.update({k: self.notes[k] for k in NOTE_KEYS if k in self.notes})
         return out
 
 
@@ -209,6 +224,11 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
         if not isinstance(data["predicted"], Mapping):
             raise ConfigError(f"{source}: predicted must be a mapping of {list(PREDICTED_KEYS)}")
         kwargs["predicted"] = dict(data["predicted"])
+    notes = {k: data[k] for k in NOTE_KEYS if data.get(k) is not None}
+    for key, value in notes.items():
+        if not isinstance(value, (Mapping, str)):
+            raise ConfigError(f"{source}: {key} must be a mapping or a string; got {value!r}")
+    kwargs["notes"] = notes
     if not isinstance(kwargs.get("feasible", True), bool):
         raise ConfigError(f"{source}: feasible={kwargs['feasible']!r}; expected true or false")
     plan = Plan(**kwargs)

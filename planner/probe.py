@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO
+from pdplan.planner.stability import backlog_growth
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
-from pdplan.sim.records import SimResult
+from pdplan.sim.records import UNFINISHED, SimResult
 from pdplan.sim.requests import Requests
-from pdplan.sim.simulate import SimOptions, simulate
+from pdplan.sim.simulate import EarlyStop, SimOptions, simulate
 from pdplan.sim.summary import percentile_key, summarize
 
 PROBE_PERCENTILES = (50.0, 90.0, 99.0)
@@ -111,13 +112,18 @@ def simulate_at(
 
 
 def judge(
-    result: SimResult, rate_rps: float, slo: SloTargets, warmup_fraction: float
+    result: SimResult,
+    rate_rps: float,
+    slo: SloTargets,
+    warmup_fraction: float,
+    stability: bool = False,
 ) -> tuple[Probe, dict[str, Any]]:
     """The probe outcome of a finished simulation, and its summary (``summary.yaml`` figures).
 
     The SLO is judged exactly as ``pdplan simulate --plan`` judges it (``SLO.violations`` on the
     requests table: a percentile counts every measured request that is not ``ok`` as infinitely
-    slow), so a plan the search says holds at a rate also holds when simulated on its own.
+    slow; with ``stability``, a run whose backlog grows fails too, ``pdplan.planner.stability``),
+    so a plan the search says holds at a rate also holds when simulated on its own.
     """
     columns = result.records.columns()
     summary = summarize(
@@ -130,6 +136,11 @@ def judge(
     failed = slo.slo.violations(summary, slo.attainment, columns, warmup_fraction)
     if failed and slo.per_request_ms and failed[0].startswith("attainment"):
         failed[0] += f" ({_shares(result, slo, warmup_fraction)})"
+    if stability:
+        test = backlog_growth(columns, warmup_fraction)
+        summary["backlog_growth_fraction"] = test.growth_fraction
+        if not test.stable:
+            failed.append(test.violation)
     summary["slo"] = slo.slo.spec
     probe = Probe(
         rate_rps=float(rate_rps),
@@ -150,9 +161,50 @@ def run_probe(
     rate_rps: float,
     slo: SloTargets,
     warmup_fraction: float,
+    stability: bool = False,
 ) -> Probe:
     """Simulate ``requests`` at ``rate_rps`` on ``cluster`` and judge the SLO."""
-    return judge(simulate_at(cluster, requests, rate_rps), rate_rps, slo, warmup_fraction)[0]
+    return judge(simulate_at(cluster, requests, rate_rps), rate_rps, slo, warmup_fraction, stability)[0]
+
+
+def simulate_requests(
+    cluster: DisaggregatedCluster | ColocatedCluster, requests: Requests, stop: EarlyStop | None = None
+) -> SimResult:
+    """``requests`` as given (already at their rate), simulated as ``pdplan simulate --plan`` does."""
+    return simulate(requests, cluster, SimOptions(router="least_loaded"), np.random.default_rng(0), stop=stop)
+
+
+def early_stop(slo: SloTargets, requests: Requests, warmup_fraction: float) -> EarlyStop | None:
+    """When a probe may stop early: once more measured requests have waited past the TTFT
+    threshold than the attainment target allows, it has failed whatever happens next (a late first
+    token never becomes on time). ``None`` without a per-request TTFT threshold."""
+    limit_ms = slo.per_request_ms.get("ttft")
+    n = len(requests)
+    if limit_ms is None or n < 2:
+        return None
+    excluded = math.floor(warmup_fraction * n)
+    max_late = math.floor((1.0 - slo.attainment) * (n - excluded))
+    every = max(requests.span_s / 64.0, limit_ms / 1000.0)
+    return EarlyStop(limit_ms / 1000.0, max_late, excluded, every)
+
+
+def probe_requests(
+    cluster: DisaggregatedCluster | ColocatedCluster,
+    requests: Requests,
+    rate_rps: float,
+    slo: SloTargets,
+    warmup_fraction: float,
+    stability: bool,
+) -> Probe:
+    """One probe of ``requests`` (already at ``rate_rps``), stopped early once it has certainly failed."""
+    stop = early_stop(slo, requests, warmup_fraction)
+    result = simulate_requests(cluster, requests, stop)
+    probe = judge(result, rate_rps, slo, warmup_fraction, stability)[0]
+    if stop is not None and not probe.meets_slo and np.any(result.records.status_code == UNFINISHED):
+        # the attainment of a stopped run counts its unfinished requests as misses: an upper bound
+        why = f"stopped early: more than {stop.max_late} measured requests waited > {stop.ttft_s:g} s"
+        probe = replace(probe, violated=f"{probe.violated}; {why}" if probe.violated else why)
+    return probe
 
 
 def _shares(result: SimResult, slo: SloTargets, warmup_fraction: float) -> str:

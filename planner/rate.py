@@ -1,11 +1,12 @@
-"""Finding a candidate's goodput: bisection on request rate, with early stops.
+"""Finding a candidate's goodput: bisection on request rate, bracketed by probes, with early stops.
 
 Goodput is the highest rate at which the SLO holds (DESIGN.md). Attainment falls with rate, so
-the search brackets the goodput between a rate that met the SLO (``lo``) and one that did not
-(``hi``) and halves the bracket geometrically until ``hi / lo ≤ 1 + tolerance``; the goodput
-reported is ``lo``, a rate that was simulated and met the SLO. The capacity bound
-(``pdplan.planner.bounds``) is the first ``hi``: no rate above it can hold (the queues grow
-without limit), so it is never probed.
+the search brackets the goodput between a rate that met the SLO (``lo``) and a rate that was
+*simulated and missed it* (``hi``), and halves the bracket geometrically until
+``hi / lo ≤ 1 + tolerance``; the goodput reported is ``lo``. The capacity bound
+(``pdplan.planner.bounds``) only guides and prunes: it is where the search looks for the first
+failing rate, and if a probe there still holds (a finite replay can), the search keeps climbing
+until one fails. A bound is never reported as a goodput.
 
 Early stops, which is where a search saves most of its probes:
 
@@ -37,13 +38,17 @@ class RatePolicy:
     probe's share of the bound when there is nothing to beat (the simulated goodput of the
     standard search sits at 0.8-1.0 of it). ``clear_margin``: attainment this far below target is
     a clear violation (step down by half). ``min_fraction``: give up below this share of the
-    bound.
+    bound. ``climb``: the factor to step up by when a probe at or above the bound still holds;
+    ``max_over_bound``: how far above the bound to climb before giving up on finding a failing
+    rate (the outcome then says the goodput is at least the last rate that held).
     """
 
     tolerance: float = 0.025
     start_fraction: float = 0.85
     clear_margin: float = 0.25
     min_fraction: float = 1.0 / 64
+    climb: float = 1.25
+    max_over_bound: float = 4.0
 
     def __post_init__(self) -> None:
         assert 0 < self.tolerance < 1, "tolerance is a fraction"
@@ -59,6 +64,7 @@ class RateOutcome:
     status: str
     goodput_rps: float | None
     probes: tuple[Probe, ...]
+    bracketed: bool = True  # a failing probe above the goodput was simulated
 
     @property
     def best_probe(self) -> Probe | None:
@@ -74,31 +80,38 @@ def find_goodput(
     target_attainment: float,
     need_rps: float = 0.0,
     policy: RatePolicy = RatePolicy(),
+    start_rps: float | None = None,
 ) -> RateOutcome:
-    """The highest rate below ``upper_rps`` at which ``probe(rate).meets_slo``, to ``policy.tolerance``.
+    """The highest rate at which ``probe(rate).meets_slo``, bracketed by a failing probe above it
+    to within ``policy.tolerance``.
 
     Args:
         probe: simulates one rate (deterministic for a rate).
-        upper_rps: a rate known not to hold (the capacity bound); never probed.
+        upper_rps: the capacity bound: where the first failing rate is looked for.
         target_attainment: the SLO's attainment target (for the clear-violation step).
         need_rps: the rate the candidate must hold to matter (0: no incumbent). Must be below
             ``upper_rps`` (the caller prunes otherwise).
         policy: tolerance and start.
+        start_rps: the first rate to probe when there is nothing to beat (default: the policy's
+            share of the bound).
     """
     assert math.isfinite(upper_rps) and upper_rps > 0, f"upper bound {upper_rps} must be finite and > 0"
     assert need_rps < upper_rps, "the caller prunes candidates whose bound is below the need"
     probes: list[Probe] = []
     lo: float | None = None
-    hi = upper_rps
-    rate = need_rps if need_rps > 0 else policy.start_fraction * upper_rps
+    hi: float | None = None  # the lowest rate simulated that missed the SLO
+    if need_rps > 0:
+        rate = need_rps
+    else:
+        rate = start_rps if start_rps is not None else policy.start_fraction * upper_rps
     floor = policy.min_fraction * upper_rps
     while True:
         result = probe(rate)
         probes.append(result)
         if result.meets_slo:
-            lo = rate
+            lo = rate if lo is None else max(lo, rate)
         else:
-            hi = rate
+            hi = rate if hi is None else min(hi, rate)
             if need_rps > 0 and rate <= need_rps:
                 return RateOutcome(BELOW_NEED, None, tuple(probes))
         if lo is None:
@@ -106,6 +119,11 @@ def find_goodput(
             rate *= 0.5 if clear else 0.8
             if rate < floor:
                 return RateOutcome(NEVER, None, tuple(probes))
+            continue
+        if hi is None:  # nothing has failed yet: look at the bound, then above it
+            if lo >= policy.max_over_bound * upper_rps:
+                return RateOutcome(OK, lo, tuple(probes), bracketed=False)
+            rate = upper_rps if lo < upper_rps / (1.0 + policy.tolerance) else lo * policy.climb
             continue
         if hi / lo <= 1.0 + policy.tolerance:
             return RateOutcome(OK, lo, tuple(probes))

@@ -6,12 +6,13 @@ request prefix it will be simulated on. Bounds and floors depend only on TP and 
 instance per role: bounds scale linearly with instance counts) and on the prefix, so they are
 computed once per (TP, limits, prefix) and shared by every instance count.
 
-The prefix spans ``window_s`` seconds at the candidate's bound, at least ``min_requests``
-requests, rounded up to ``PREFIX_STEP`` (so prefixes, and the caches keyed by them, are shared).
-The bisection's ceiling is ``max_utilisation`` × the bound: a finite simulation cannot resolve
-queueing that close to saturation — the relaxation time of a queue grows like 1/(1 − √ρ)²
-(Morse 1955; an M/M/1 queue at ρ = 0.99 needs ~40,000 service times to forget its start) — so
-above it a probe passes only because the window ends before the queue has built up.
+Every probe replays the whole request list of the search's traffic (``pdplan.planner.traffic``).
+The bound prunes (``max_utilisation`` × the bound is the rate a candidate must be able to reach
+to matter) and tells the rate search where to look for a failing rate; it is never a result:
+a finite window cannot resolve queueing close to saturation — the relaxation time of a queue
+grows like 1/(1 − √ρ)² (Morse 1955; an M/M/1 queue at ρ = 0.99 needs ~40,000 service times to
+forget its start) — which is why synthetic probes apply the stability test and a plan's promise
+is confirmed on the user's replays (``pdplan.planner.confirm``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 if TYPE_CHECKING:
     from pdplan.planner.search import SearchSpec
 
-#: Request prefixes are rounded up to a multiple of this, so bounds and floors are shared.
-PREFIX_STEP = 250
-
 
 @dataclass(frozen=True)
 class Screened:
@@ -63,7 +61,7 @@ class Screen:
     def __init__(self, spec: SearchSpec) -> None:
         self.spec = spec
         self.costs = CostCache(spec.profiles.profiles, spec.profiles.unfit)
-        self.demand = Demand.of(spec.requests)
+        self.demand = Demand.of(spec.traffic.requests)
         self._bounds: dict[tuple[Candidate, int], Bound] = {}
         self._floors: dict[tuple[Candidate, int], str] = {}
 
@@ -82,10 +80,8 @@ class Screen:
         return Screened(candidate, fit, bound, bound.rate_rps * self.spec.max_utilisation, n)
 
     def prefix_for(self, bound_rps: float) -> int:
-        """Requests spanning ``window_s`` at ``bound_rps`` (≥ ``min_requests``, ≤ the list)."""
-        spec = self.spec
-        want = max(spec.min_requests, math.ceil(bound_rps * spec.window_s / PREFIX_STEP) * PREFIX_STEP)
-        return min(len(spec.requests), want)
+        """Requests a probe replays: the whole list (a probe is the user's replay, ``traffic``)."""
+        return len(self.spec.requests)
 
     def cluster(self, candidate: Candidate) -> DisaggregatedCluster | ColocatedCluster:
         """The cluster ``simulate`` takes (the candidate must fit)."""

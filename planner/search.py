@@ -19,14 +19,13 @@ The algorithm (DESIGN.md, "The search"):
    keep the best of each mode for the verdict, and re-simulate the chosen plan at its operating
    point for its ``requests.csv``, ``summary.yaml`` and time series.
 
-Every probe replays a prefix of one request list (common random numbers, ``pdplan.planner.traffic``)
-spanning ``window_s`` seconds at the candidate's capacity bound (at least ``min_requests``), and
-measures the requests after the first ``warmup_fraction``. The window is fixed in *seconds*, not
-requests: on a chat workload, a fixed 3,000 requests judged 12P:8D on 7 s of traffic — too short
-for its queues to fill — and put it 19 % above its goodput on 120-s windows, while 60-s windows
-stay within 3 % of that (5 % on the detrended Azure conversation trace). 60 s × the bound is
-1,500-20,000 requests for the standard search's layouts, so p90 attainment is measured on at
-least ~1,200 requests (binomial standard error ≤ 0.9 points).
+What the probes replay is the search's ``Traffic`` (``pdplan.planner.traffic``): a trace whole,
+as recorded (a probe *is* the user's replay), its stationary view when asked for, or a synthetic
+workload's own request count drawn with its seed, these two with the stability test. The
+chosen plan's goodput is then confirmed on the user's own replays (``pdplan.planner.confirm``): that confirmed rate is the
+promise in ``plan.yaml``. Candidates whose goodput per GPU is within the rate search's resolution
+of the best are a tie, broken toward fewer GPUs and simpler layouts. With a GPU budget, the chosen
+unit is also scaled to fill it and its goodput searched the same way.
 """
 
 from __future__ import annotations
@@ -39,11 +38,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pdplan.planner.evaluation import STATUS_OK, Evaluation, rank_key
-from pdplan.planner.probe import SloTargets, judge, simulate_at
+from pdplan.planner.probe import SloTargets, judge, simulate_requests
 from pdplan.planner.profileset import ProfileSet
+from pdplan.planner.promise import BudgetUse, Promise, Settler
 from pdplan.planner.rate import RatePolicy
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.space import MODES, Candidate, SpaceGrid, enumerate_candidates
+from pdplan.planner.traffic import Traffic
 from pdplan.planner.waves import Scheduler, executor
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.sim.cluster import KvLink
@@ -61,14 +62,13 @@ class SearchSpec:
     """What to search. Exactly one of ``max_gpus`` (best goodput per GPU within the budget) and
     ``target_rate_rps`` (fewest GPUs — or lowest cost — holding that rate) is set.
 
-    ``requests`` is the search's request list (``pdplan.planner.traffic``); ``window_s``,
-    ``min_requests`` and ``warmup_fraction`` say how much of it a probe replays and measures;
-    ``max_utilisation`` caps every rate probed at that share of the capacity bound
-    (``pdplan.planner.screen``).
+    ``traffic`` is what probes replay and how the user's replays are drawn
+    (``pdplan.planner.traffic``); ``max_utilisation`` × the capacity bound is the most a candidate
+    is credited with when pruning (``pdplan.planner.screen``); ``confirm`` re-checks the chosen plans on the user's replays.
     """
 
     profiles: ProfileSet
-    requests: Requests
+    traffic: Traffic
     slo: SloTargets
     link: KvLink
     max_gpus: int | None = None
@@ -76,12 +76,10 @@ class SearchSpec:
     modes: tuple[str, ...] = MODES
     grid: SpaceGrid = field(default_factory=SpaceGrid)
     price_per_gpu_hour: float | None = None
-    window_s: float = 60.0
-    min_requests: int = 2000
-    warmup_fraction: float = 0.2
-    max_utilisation: float = 0.95
+    max_utilisation: float = 1.0
     rate_policy: RatePolicy = field(default_factory=RatePolicy)
     workers: int = 1
+    confirm: bool = True
 
     def __post_init__(self) -> None:
         if (self.max_gpus is None) == (self.target_rate_rps is None):
@@ -104,16 +102,24 @@ class SearchSpec:
             raise ConfigError(f"--workers {self.workers!r}; expected an integer ≥ 1")
         if len(self.requests) < 2:
             raise ConfigError(f"the search needs ≥ 2 requests; got {len(self.requests)}")
-        assert self.window_s > 0 and self.min_requests >= 2, "window and prefix must be positive"
-        assert 0 <= self.warmup_fraction < 1, "warm-up is a fraction"
         assert 0 < self.max_utilisation <= 1, "max_utilisation is a fraction"
+
+    @property
+    def requests(self) -> Requests:
+        """The list probes replay (prefixes of it for synthetic traffic)."""
+        return self.traffic.requests
+
+    @property
+    def warmup_fraction(self) -> float:
+        return self.traffic.warmup_fraction
 
 
 @dataclass(frozen=True, eq=False)
 class SearchResult:
     """Every candidate's evaluation (in id order), the chosen one, the best of each mode, and the
-    chosen plan's run at its operating point: ``operating_rate_rps`` (its goodput, or the target
-    rate in rate mode) on ``operating_requests`` requests of the list."""
+    chosen plan's run at its operating point: ``operating_rate_rps`` (its confirmed goodput, or the
+    target rate in rate mode) on the user's default replay (``operating_requests`` requests); and
+    the promise (confirmations, tie, target check, budget use: ``pdplan.planner.promise``)."""
 
     spec: SearchSpec
     evaluations: tuple[Evaluation, ...]
@@ -124,6 +130,16 @@ class SearchResult:
     operating_requests: int
     operating_rate_rps: float | None
     wall_s: float
+    promise: Promise | None = None
+
+    @property
+    def tie_with(self) -> Evaluation | None:
+        """The top plan by goodput per GPU, when the chosen one won a tie against it."""
+        return None if self.promise is None else self.promise.tie_with
+
+    @property
+    def budget(self) -> BudgetUse | None:
+        return None if self.promise is None else self.promise.budget
 
     def count(self, status: str) -> int:
         return sum(1 for e in self.evaluations if e.status == status)
@@ -173,18 +189,24 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
     with executor(spec.workers) as pool:
         Scheduler(spec, screen, pool, decided, tick).run(screened)
     evaluations = tuple(decided[c.candidate_id] for c in candidates)
+    promise = Settler(spec, screen, evaluations).settle()
+    evaluations = promise.evaluations
     ranked = sorted((e for e in evaluations if e.status == STATUS_OK), key=rank_key(spec.target_rate_rps))
     best_by_mode: dict[str, Evaluation] = {}
     for evaluation in ranked:
         best_by_mode.setdefault(evaluation.candidate.mode, evaluation)
-    chosen = ranked[0] if ranked else None
-    operating, summary, prefix, rate = None, None, 0, None
+    chosen = promise.chosen
+    if chosen is not None:
+        best_by_mode[chosen.candidate.mode] = chosen
+    operating, summary, count, rate = None, None, 0, None
     if chosen is not None:
         assert chosen.goodput_rps is not None, "an ok evaluation has a goodput"
-        prefix = chosen.num_requests
         rate = spec.target_rate_rps or chosen.goodput_rps
-        operating = simulate_at(screen.cluster(chosen.candidate), spec.requests.head(prefix), rate)
-        _, summary = judge(operating, rate, spec.slo, spec.warmup_fraction)
+        replay = spec.traffic.replays(rate)[0]  # what `pdplan simulate --plan` draws by default
+        count = len(replay)
+        operating = simulate_requests(screen.cluster(chosen.candidate), replay)
+        traffic = spec.traffic
+        _, summary = judge(operating, rate, spec.slo, traffic.warmup_fraction, traffic.stability)
     return SearchResult(
         spec=spec,
         evaluations=evaluations,
@@ -192,9 +214,10 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
         best_by_mode=best_by_mode,
         operating=operating,
         operating_summary=summary,
-        operating_requests=prefix,
+        operating_requests=count,
         operating_rate_rps=rate,
         wall_s=time.perf_counter() - start,
+        promise=promise,
     )
 
 

@@ -18,10 +18,14 @@ from pdplan.planner.plan import Plan, save_plan
 from pdplan.planner.probe import PROBE_COLUMNS
 from pdplan.planner.rundir import write_csv, write_run_yaml, write_yaml
 from pdplan.planner.search import SearchResult
+from pdplan.planner.space import Candidate
 from pdplan.planner.verdict import infeasible_reason
+from pdplan.sim.cluster import KvLink
 from pdplan.sim.timeseries import timeseries
 
 _LATENCY_KEYS = ("ttft", "tpot")
+#: The chosen unit scaled to fill the GPU budget, written beside plan.yaml.
+BUDGET_PLAN = "plan_budget.yaml"
 
 
 def candidates_frame(result: SearchResult) -> pd.DataFrame:
@@ -61,16 +65,96 @@ def plan_of(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan
         stats = summary.get(f"{metric}_ms") or {}
         for q in ("p50", "p90", "p99"):
             predicted[f"{metric}_{q}_ms"] = stats.get(q)
+    common["notes"] = notes_of(result)
+    return _layout_plan(c, spec.link, predicted, common)
+
+
+def _layout_plan(
+    c: Candidate, link: KvLink, predicted: dict[str, float | None], common: dict[str, Any]
+) -> Plan:
     if c.colocated is not None:
         return Plan(mode=c.mode, colocated=c.colocated, predicted=predicted, **common)
     return Plan(
-        mode=c.mode,
-        prefill=c.prefill,
-        decode=c.decode,
-        kv_transfer=spec.link,
-        predicted=predicted,
-        **common,
+        mode=c.mode, prefill=c.prefill, decode=c.decode, kv_transfer=link, predicted=predicted, **common
     )
+
+
+def notes_of(result: SearchResult) -> dict[str, Any]:
+    """``plan.yaml``'s notes on the promise (``pdplan.planner.plan.NOTE_KEYS``)."""
+    spec, chosen, promise = result.spec, result.chosen, result.promise
+    assert chosen is not None and chosen.goodput_rps is not None
+    notes: dict[str, Any] = {"traffic": spec.traffic.describe()}
+    cid = chosen.candidate.candidate_id
+    if promise is not None and cid in promise.confirmations:
+        notes["confirmed"] = promise.confirmations[cid].describe()
+    if result.tie_with is not None:
+        top = result.tie_with
+        notes["tie"] = (
+            f"{top.candidate.label} ({top.candidate.gpus} GPUs) reached {top.goodput_rps_per_gpu:.4g} req/s "
+            f"per GPU, within the search's resolution (±{spec.rate_policy.tolerance:.1%}) of this plan's "
+            f"{chosen.goodput_rps_per_gpu:.4g}: a tie, broken toward fewer GPUs and the simpler layout"
+        )
+    if spec.target_rate_rps is not None:
+        probe = promise.target_probe if promise is not None else None
+        notes["target"] = {
+            "rate_rps": spec.target_rate_rps,
+            "held": bool(probe is not None and probe.meets_slo),
+            "gpus": chosen.candidate.gpus,
+            "attainment": None if probe is None else round(probe.attainment, 6),
+        }
+    budget = result.budget
+    if budget is not None:
+        notes["budget"] = {
+            "gpus": spec.max_gpus,
+            "replicas": budget.replicas,
+            "gpus_used": budget.gpus_used,
+            "layout": budget.candidate.description,
+            "goodput_rps": _round(budget.goodput_rps),
+            "goodput_rps_per_gpu": _round(
+                None if budget.goodput_rps is None else budget.goodput_rps / budget.gpus_used
+            ),
+            "fails_at_rps": _round(budget.fails_at_rps),
+            "plan": BUDGET_PLAN,
+        }
+    if spec.price_per_gpu_hour is not None:
+        notes["cost"] = _cost(result)
+    return notes
+
+
+def _cost(result: SearchResult) -> dict[str, Any]:
+    spec, chosen = result.spec, result.chosen
+    assert chosen is not None and spec.price_per_gpu_hour is not None
+    per_hour = chosen.candidate.gpus * spec.price_per_gpu_hour
+    tokens_per_s = float((result.operating_summary or {}).get("output_tokens_per_s") or 0.0)
+    per_million = per_hour / (tokens_per_s * 3600.0) * 1e6 if tokens_per_s > 0 else None
+    return {
+        "price_per_gpu_hour": spec.price_per_gpu_hour,
+        "gpus": chosen.candidate.gpus,
+        "per_hour": round(per_hour, 6),
+        "rate_rps": _round(result.operating_rate_rps),
+        "per_million_output_tokens": _round(per_million),
+    }
+
+
+def budget_plan(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan | None:
+    """The chosen unit scaled to the budget, as a plan of its own (``plan_budget.yaml``)."""
+    budget, spec = result.budget, result.spec
+    if budget is None or budget.goodput_rps is None:
+        return None
+    predicted: dict[str, float | None] = {
+        "goodput_rps": _round(budget.goodput_rps),
+        "goodput_rps_per_gpu": _round(budget.goodput_rps / budget.gpus_used),
+        "rate_rps": _round(budget.goodput_rps),
+    }
+    common: dict[str, Any] = {
+        "model": spec.profiles.model,
+        "hardware": spec.profiles.hardware,
+        "slo": spec.slo.slo,
+        "attainment": spec.slo.attainment,
+        "workload": workload,
+        "notes": {"traffic": spec.traffic.describe()},
+    }
+    return _layout_plan(budget.candidate, spec.link, predicted, common)
 
 
 def write_search_run(
@@ -81,6 +165,9 @@ def write_search_run(
     write_csv(out / "probes.csv", probes_frame(result))
     plan = plan_of(result, workload)
     save_plan(plan, out / "plan.yaml")
+    scaled = budget_plan(result, workload)
+    if scaled is not None:
+        save_plan(scaled, out / BUDGET_PLAN)
     if result.operating is not None and result.operating_summary is not None:
         write_csv(out / "requests.csv", result.operating.records.to_frame())
         write_yaml(out / "summary.yaml", dict(result.operating_summary))

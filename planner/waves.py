@@ -1,11 +1,14 @@
 """Running screened candidates over worker processes in waves, with deterministic pruning.
 
-Candidates are taken best bound first (by bound per GPU; with a target rate, fewest GPUs first).
+Candidates are taken best bound first (by bound per GPU, larger layouts first among equal bounds
+since pooling serves bursts better, so a strong incumbent comes early; with a target rate,
+fewest GPUs first).
 The first wave holds the top candidate of each mode, so each mode has a best plan ("incumbent")
 early; later waves hold ``WAVE_SIZE`` candidates. Before a wave starts, each of its candidates
 gets the rate it must hold to matter (``need``): the incumbent's goodput per GPU × its GPUs,
 raised by the rate search's tolerance (beating the best by less than the search's resolution is
-not a finding). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
+not a finding) — or lowered by it for a simpler layout, which wins a tie
+(``evaluation.choose``). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
 rate searches then run in parallel (``concurrent.futures``; one worker runs them inline), and
 their outcomes are recorded in submission order. Decisions use only what was known when the wave
 started, so the outcome is the same whatever the number of workers and however they are timed.
@@ -21,13 +24,20 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pdplan.planner.evaluation import STATUS_INFEASIBLE, STATUS_OK, STATUS_PRUNED, Evaluation, rank_key
-from pdplan.planner.probe import Probe, SloTargets, run_probe
+from pdplan.planner.evaluation import (
+    STATUS_INFEASIBLE,
+    STATUS_OK,
+    STATUS_PRUNED,
+    Evaluation,
+    rank_key,
+    simplicity_key,
+)
+from pdplan.planner.probe import Probe, SloTargets, probe_requests
 from pdplan.planner.rate import BELOW_NEED, OK, RateOutcome, RatePolicy, find_goodput
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.space import MODES
+from pdplan.planner.traffic import Traffic
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
-from pdplan.sim.requests import Requests
 
 if TYPE_CHECKING:
     from pdplan.planner.search import SearchSpec
@@ -41,19 +51,22 @@ class Task:
     """Everything one worker needs to find one candidate's goodput (picklable)."""
 
     cluster: DisaggregatedCluster | ColocatedCluster
-    requests: Requests
+    traffic: Traffic
     upper_rps: float
     need_rps: float
     slo: SloTargets
-    warmup_fraction: float
     policy: RatePolicy
 
 
 def evaluate(task: Task) -> RateOutcome:
     """The rate search of one candidate (in a worker process, or inline with one worker)."""
+    traffic = task.traffic
 
     def probe(rate: float) -> Probe:
-        return run_probe(task.cluster, task.requests, rate, task.slo, task.warmup_fraction)
+        requests = traffic.probe_list(rate)
+        return probe_requests(
+            task.cluster, requests, rate, task.slo, traffic.warmup_fraction, traffic.stability
+        )
 
     return find_goodput(
         probe,
@@ -114,7 +127,7 @@ class Scheduler:
             c = s.candidate
             if self.spec.target_rate_rps is not None:
                 return (c.gpus, -s.bound.rate_rps, c.candidate_id)
-            return (-s.bound_per_gpu, c.gpus, c.candidate_id)
+            return (-s.bound_per_gpu, -c.gpus, c.candidate_id)  # ties: pooling favours the larger
 
         ordered = sorted(screened, key=order)
         first = []
@@ -160,8 +173,10 @@ class Scheduler:
             need = max(target, (best.goodput_rps or 0.0) * margin)
         elif best is None:
             return 0.0, ""
-        else:
-            need = (best.goodput_rps_per_gpu or 0.0) * c.gpus * margin
+        else:  # a simpler layout wins a tie (``evaluation.choose``), so it only needs to tie
+            even = (best.goodput_rps_per_gpu or 0.0) * c.gpus
+            simpler = simplicity_key(c) < simplicity_key(best.candidate)
+            need = even / margin if simpler else even * margin
         if ceiling <= need:
             return 0.0, f"capacity bound ({self._util()}) cannot beat {self._name(best)}"
         return need, ""
@@ -180,11 +195,10 @@ class Scheduler:
     def _task(self, item: Screened, need: float) -> Task:
         return Task(
             cluster=self.screen.cluster(item.candidate),
-            requests=self.spec.requests.head(item.num_requests),
+            traffic=self.spec.traffic,
             upper_rps=item.ceiling_rps,
             need_rps=need,
             slo=self.spec.slo,
-            warmup_fraction=self.spec.warmup_fraction,
             policy=self.spec.rate_policy,
         )
 

@@ -12,16 +12,39 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import simpy
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.disagg import Run
+from pdplan.sim.kernel import INSTANCE
 from pdplan.sim.records import SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import ROUTERS
 
 log = logging.getLogger(__name__)
+#: Early-stop checks run after every other event at their time.
+_CHECK = INSTANCE + 1
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Stop a run once it has certainly missed a TTFT threshold for too many requests.
+
+    ``max_late`` requests among those from index ``measured_from`` on (in arrival order) may wait more than
+    ``ttft_s`` for their first token; once more have (they got it late, or are still waiting past
+    it), no later event can undo that, and the run stops. Checked every ``every_s`` of simulated
+    time up to the last arrival. Requests not finished when it stops are ``unfinished``.
+    """
+
+    ttft_s: float
+    max_late: int
+    measured_from: int
+    every_s: float
+
+    def __post_init__(self) -> None:
+        assert self.ttft_s > 0 and self.every_s > 0 and self.max_late >= 0, "early-stop values"
 
 
 @dataclass(frozen=True)
@@ -50,6 +73,7 @@ def simulate(
     options: SimOptions | None = None,
     rng: np.random.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop: EarlyStop | None = None,
 ) -> SimResult:
     """Simulate ``requests`` on ``cluster``.
 
@@ -61,6 +85,8 @@ def simulate(
         rng: the generator the ``random`` router draws from (``default_rng(0)`` when omitted);
             nothing else in a run is random.
         progress: called as ``progress(arrived, total)`` about every 1% of arrivals.
+        stop: stop early once a TTFT threshold is certainly missed too often (the SLO search's
+            failing probes need not run to the end).
 
     Returns:
         ``SimResult``: the records, per-role busy time, and the per-request details the time
@@ -76,6 +102,29 @@ def simulate(
     else:
         raise TypeError(f"cluster must be a DisaggregatedCluster or ColocatedCluster, not {type(cluster)}")
     run.progress = progress
+    if stop is not None and len(requests):
+        _install_stop(run, stop)
     result = run.run(options.max_time_s)
     log.debug("simulated %d requests with %d events", len(requests), result.events)
     return result
+
+
+def _install_stop(run: Run | ColocatedRun, stop: EarlyStop) -> None:
+    """Schedule the early-stop checks (``EarlyStop``) on ``run``'s kernel."""
+    arrival = run.arrival_np
+    first = np.frombuffer(run.ledger.first_token_s, dtype=np.float64)  # live view of the ledger
+    measured = np.arange(arrival.size) >= stop.measured_from
+
+    def check(_event: object) -> None:
+        now = run.env.now
+        waited = np.where(np.isnan(first), now, first) - arrival
+        late = int(np.count_nonzero(measured & (arrival <= now) & (waited > stop.ttft_s)))
+        if late > stop.max_late:
+            log.debug("early stop at %.3f s: %d late first tokens > %d", now, late, stop.max_late)
+            raise simpy.core.StopSimulation(None)
+
+    last = float(arrival[-1])
+    t = stop.every_s
+    while t <= last + stop.ttft_s:
+        run.env.at(t, _CHECK, check)
+        t += stop.every_s

@@ -21,6 +21,7 @@ import typer
 if TYPE_CHECKING:
     from pdplan.planner.profileset import ProfileSet
     from pdplan.planner.search import SearchResult
+    from pdplan.planner.traffic import Traffic
     from pdplan.sim.requests import Requests
 
 MODE_CHOICES = ("both", "disaggregated", "colocated")
@@ -80,6 +81,12 @@ def search(
         str,
         typer.Option("--kv-link", help="KV transfer link: nvlink, infiniband, roce, pcie, tcp, loopback."),
     ] = "nvlink",
+    traffic: Annotated[
+        str | None,
+        typer.Option(
+            "--traffic", help="A trace as-recorded (default: whole, with its swings) or stationary."
+        ),
+    ] = None,
 ) -> None:
     """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
     from pdplan.planner.probe import SloTargets
@@ -94,11 +101,11 @@ def search(
         raise choices_error("--mode", mode, MODE_CHOICES)
     if (gpus is None) == (rate is None):
         raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
-    requests, described = _requests(workload, trace, preset, seed)
+    views, described = _traffic(workload, trace, preset, seed, traffic)
     profiles = _profiles(profile or [], model, hardware)
     spec = SearchSpec(
         profiles=profiles,
-        requests=requests,
+        traffic=views,
         slo=targets,
         link=_link(kv_link),
         max_gpus=gpus,
@@ -125,15 +132,19 @@ def _profiles(dirs: list[Path], model: str | None, hardware: str | None) -> Prof
     return analytic_profile_set(model, hardware)
 
 
-def _requests(
-    workload: Path | None, trace: Path | None, preset: str | None, seed: int | None
-) -> tuple[Requests, dict[str, Any]]:
-    """The search's request list and its description for ``plan.yaml``."""
+def _traffic(
+    workload: Path | None,
+    trace: Path | None,
+    preset: str | None,
+    seed: int | None,
+    traffic: str | None,
+) -> tuple[Traffic, dict[str, Any]]:
+    """The search's traffic (``pdplan.planner.traffic``) and the workload's description for
+    ``plan.yaml``."""
     from pdplan.planner import inputs
+    from pdplan.planner import traffic as views
     from pdplan.planner.presets import get_preset
-    from pdplan.planner.traffic import DETREND_BIN_S, trace_list, workload_list
-    from pdplan.profiles.errors import ConfigError
-    from pdplan.sim.workload import workload_from_dict
+    from pdplan.profiles.errors import ConfigError, choices_error
 
     given = [
         name for name, value in (("--workload", workload), ("--trace", trace), ("--preset", preset)) if value
@@ -143,30 +154,42 @@ def _requests(
             "give exactly one of --workload W.yaml, --trace F, --preset chat|code|summarize "
             f"(got {', '.join(given) or 'none'})"
         )
+    if traffic is not None and traffic not in views.TRACE_TRAFFIC:
+        raise choices_error("--traffic", traffic, views.TRACE_TRAFFIC)
     if preset is not None:
+        if traffic is not None:
+            raise ConfigError("--traffic applies to a trace; a preset is synthetic (stationary) traffic")
         chosen = get_preset(preset)
-        return workload_list(chosen.workload(seed=seed or 0)), {**chosen.to_dict(), "seed": seed or 0}
-    detrended = {"detrended_bin_s": DETREND_BIN_S, "seed": seed or 0}
+        load = chosen.workload(num_requests=views.PRESET_REPLAY_REQUESTS, seed=seed or 0)
+        described = {**chosen.to_dict(), "num_requests": load.num_requests, "seed": load.seed}
+        return views.synthetic(load), described
     if trace is not None:
-        return trace_list(inputs.read_trace(trace), seed or 0), {"trace": str(trace), **detrended}
+        return _trace_traffic(inputs.read_trace(trace), traffic, seed), {"trace": str(trace)}
     assert workload is not None
     data = inputs.read_yaml(workload, "--workload")
     if isinstance(data, dict) and "trace" in data:
         source = inputs.load_workload(workload)
-        return trace_list(source.requests, seed or 0), {**source.description, **detrended}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--workload {str(workload)!r}: expected a mapping")
-    data = {k: v for k, v in data.items() if k not in ("num_requests", "duration_s")}
-    for key in ("prompt_tokens", "output_tokens"):
-        # empirical lengths may name a CSV column; inputs resolves that (a public helper would be better)
-        data[key] = inputs._resolve_empirical(workload, key, data.get(key))
-    if seed is not None:
-        data["seed"] = seed
-    try:
-        spec = workload_from_dict({**data, "num_requests": 2})  # the search sets the count
-    except ConfigError as err:
-        raise ConfigError(f"--workload {str(workload)!r}: {err}") from None
-    return workload_list(spec), {"path": str(workload), "seed": spec.seed}
+        described = {k: v for k, v in source.description.items() if k != "rate_rps"}
+        return _trace_traffic(source.requests, traffic, seed), described
+    if traffic is not None:
+        raise ConfigError("--traffic applies to a trace; this workload is synthetic (stationary) traffic")
+    source = inputs.load_workload(workload, seed=seed)
+    spec = source.workload
+    assert spec is not None, "a synthetic workload file gives its Workload"
+    described = {"path": str(workload), "seed": spec.seed}
+    if spec.num_requests is not None:
+        described["num_requests"] = spec.num_requests
+    else:
+        described["duration_s"] = spec.duration_s
+    return views.synthetic(spec), described
+
+
+def _trace_traffic(trace: Requests, traffic: str | None, seed: int | None) -> Traffic:
+    from pdplan.planner import traffic as views
+
+    if traffic == views.STATIONARY:
+        return views.stationary(trace, seed or 0)
+    return views.as_recorded(trace)
 
 
 def _link(label: str) -> Any:

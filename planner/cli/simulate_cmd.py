@@ -91,6 +91,13 @@ def simulate(
         str | None,
         typer.Option("--kv-link", help="Search: KV link nvlink (default), infiniband, roce, pcie, tcp."),
     ] = None,
+    traffic: Annotated[
+        str | None,
+        typer.Option(
+            "--traffic",
+            help="A trace as-recorded (default: replayed whole, with its swings) or stationary (detrended).",
+        ),
+    ] = None,
 ) -> None:
     """Simulate one plan (--plan), or search layouts against an SLO (--slo with --gpus N or --rate R).
 
@@ -99,7 +106,6 @@ def simulate(
     search_only = {
         "--gpus": gpus,
         "--mode": mode,
-        "--preset": preset,
         "--workers": workers,
         "--price-per-gpu-hour": price_per_gpu_hour,
         "--kv-link": kv_link,
@@ -134,6 +140,7 @@ def simulate(
             workers=workers,
             price_per_gpu_hour=price_per_gpu_hour,
             kv_link=kv_link or "nvlink",
+            traffic=traffic,
         )
         return
     given = [name for name, value in search_only.items() if value is not None]
@@ -147,7 +154,7 @@ def simulate(
         profile_dirs=profile or [],
         model=model,
         hardware=hardware,
-        source=_request_source(workload, trace, trace_format, rate, seed),
+        source=_request_source(workload, trace, trace_format, rate, seed, preset, traffic),
         slo_text=slo,
         attainment=attainment,
         warmup=warmup,
@@ -157,18 +164,54 @@ def simulate(
 
 
 def _request_source(
-    workload: Path | None, trace: Path | None, trace_format: str | None, rate: float | None, seed: int | None
+    workload: Path | None,
+    trace: Path | None,
+    trace_format: str | None,
+    rate: float | None,
+    seed: int | None,
+    preset: str | None = None,
+    traffic: str | None = None,
 ) -> RequestSource:
-    from pdplan.planner.inputs import load_trace, load_workload
+    """The request list of a ``--plan`` run: exactly what the search replays as "the same traffic"
+    (``pdplan.planner.traffic``), so a plan's promise can be checked with this command."""
+    from pdplan.planner import traffic as views
+    from pdplan.planner.inputs import RequestSource, check_rate, load_trace, load_workload
+    from pdplan.planner.presets import get_preset
+    from pdplan.profiles.errors import choices_error
+    from pdplan.sim.workload import draw_requests
 
-    if (workload is None) == (trace is None):
-        raise ConfigError("give exactly one of --workload W.yaml and --trace F")
+    given = [n for n, v in (("--workload", workload), ("--trace", trace), ("--preset", preset)) if v]
+    if len(given) != 1:
+        raise ConfigError(
+            f"give exactly one of --workload W.yaml, --trace F and --preset P (got {given or 'none'})"
+        )
     if trace_format is not None and trace is None:
         raise ConfigError("--trace-format applies to --trace only")
+    if traffic is not None and traffic not in views.TRACE_TRAFFIC:
+        raise choices_error("--traffic", traffic, views.TRACE_TRAFFIC)
+    if preset is not None:
+        if traffic is not None:
+            raise ConfigError("--traffic applies to a trace; a preset is synthetic (stationary) traffic")
+        spec = get_preset(preset).workload(num_requests=views.PRESET_REPLAY_REQUESTS, seed=seed or 0)
+        if rate is not None:
+            spec = spec.with_rate(check_rate(rate))
+        described = {"preset": preset, "seed": spec.seed, "rate_rps": spec.arrival.rate_rps}
+        return RequestSource(draw_requests(spec), {**described, "traffic": views.SYNTHETIC}, spec)
     if workload is not None:
-        return load_workload(workload, seed=seed, rate_rps=rate)
-    assert trace is not None
-    return load_trace(trace, trace_format, rate_rps=rate)
+        source = load_workload(workload, seed=seed, rate_rps=rate)
+        kind = views.SYNTHETIC if source.workload is not None else views.AS_RECORDED
+        if traffic is not None and kind == views.SYNTHETIC:
+            raise ConfigError("--traffic applies to a trace; this workload is synthetic (stationary) traffic")
+    else:
+        assert trace is not None
+        source = load_trace(trace, trace_format, rate_rps=rate)
+        kind = views.AS_RECORDED
+    if traffic == views.STATIONARY:
+        flat = views.trace_list(source.requests, seed or 0)
+        flat = flat.at_rate(rate) if rate is not None else flat
+        kind = views.STATIONARY
+        source = RequestSource(flat, {**source.description, "detrended_bin_s": views.DETREND_BIN_S})
+    return RequestSource(source.requests, {**source.description, "traffic": kind}, source.workload)
 
 
 def _simulate_plan(
@@ -236,7 +279,8 @@ def _simulate_plan(
             progress=lambda done, total: bar.update(task, completed=done),
         )
     wall_s = time.perf_counter() - started
-    summary = _summary(plan, result, warmup)
+    stability = source.description.get("traffic") in ("synthetic", "stationary")
+    summary = _summary(plan, result, warmup, stability)
     log.info(
         "simulated %d requests in %.2f s (%.0f req/s)",
         len(requests),
@@ -253,7 +297,9 @@ def _simulate_plan(
     _report(out)
 
 
-def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:
+def _summary(plan: Plan, result: SimResult, warmup: float, stability: bool = False) -> dict[str, Any]:
+    """summary.yaml; the SLO judged as the search judges it (stability test for stationary traffic)."""
+    from pdplan.planner.stability import backlog_growth
     from pdplan.sim.summary import summarize
 
     slo = plan.slo
@@ -270,8 +316,13 @@ def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:
     )
     summary["kv_capacity_tokens"] = dict(result.kv_capacity_tokens)
     summary["simulated_s"] = round(result.end_s, 6)
+    if stability:
+        test = backlog_growth(columns, warmup)
+        summary["backlog_growth_fraction"] = test.growth_fraction
     if slo is not None:
         missed = slo.violations(summary, plan.attainment, columns, warmup)
+        if stability and not test.stable:
+            missed.append(test.violation)
         summary.update({"slo": slo.spec, "attainment_target": plan.attainment, "meets_slo": not missed})
         if missed:
             summary["slo_missed"] = "; ".join(missed)

@@ -182,7 +182,7 @@ def test_real_azure_trace_replays_at_a_rate(tmp_path):
             {"no_workload": True, "args": ["--trace", "/no/such/trace.csv"]},
             "trace '/no/such/trace.csv': no such file",
         ),
-        ({"args": ["--trace", "x.csv"]}, "give exactly one of --workload W.yaml and --trace F"),
+        ({"args": ["--trace", "x.csv"]}, "give exactly one of --workload W.yaml, --trace F and --preset P"),
         (
             {"no_workload": True, "args": ["--trace", "{plan}", "--trace-format", "parquet"]},
             "unknown --trace-format 'parquet'; valid: azure, csv, mooncake",
