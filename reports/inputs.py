@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, fmt_num, new_figure, style, to_svg
+from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, new_figure, style, to_svg
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Item, Paragraph, Section, Table
+from pdplan.reports.units import fmt_num
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure

@@ -21,9 +21,8 @@ from pdplan.reports.figure import (
     Margins,
     bin_series,
     downsample_sorted,
-    fmt_ms,
-    fmt_num,
     log_axis,
+    ms_axis,
     new_figure,
     style,
     to_svg,
@@ -31,6 +30,8 @@ from pdplan.reports.figure import (
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
 from pdplan.reports.slo import SloLine, parse_slo, slo_for
+from pdplan.reports.traffic_time import traffic_items
+from pdplan.reports.units import fmt_ms, fmt_num, fmt_pct, fmt_rps, fmt_tok_s
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -86,7 +87,8 @@ def cdf_figure(samples: Sequence[tuple[str, dict[str, np.ndarray]]], slo: Sequen
                     ax.axhline(line.percentile / 100, color=SLO_COLOR, linestyle=":", linewidth=1)
             if low > 0 and high / low > 100:
                 log_axis(ax, "x")
-            ax.set_xlabel(f"{metric.upper()} (ms)")
+            ms_axis(ax.xaxis)
+            ax.set_xlabel(metric.upper())
             ax.set_ylabel("fraction of requests")
             ax.set_ylim(0, 1.01)
             ax.legend(loc="lower right", fontsize=7)
@@ -149,6 +151,7 @@ def build_operating(runs: Sequence[RunData]) -> Section:
             )
         )
         items.extend(Paragraph(_attainment_text(label, values, slo)) for label, values in samples if slo)
+        items.extend(traffic_items([run for run in runs if run.requests is not None], slo))
     else:
         items.append(Paragraph("No latency CDFs: no run has a readable requests.csv."))
     if summaries:
@@ -243,24 +246,31 @@ def _summary_table(runs: Sequence[RunData]) -> Table:
         for stat in ("mean", "p50", "p90", "p99"):
             cells = [fmt_ms(_get(run.summary, metric, stat)) for run in runs]
             rows.append((f"{metric[:-3].upper()} {stat}", *cells))
-    for key, name in (
-        ("throughput_rps", "throughput (req/s)"),
-        ("output_tokens_per_s", "output tokens/s"),
-        ("attainment", "SLO attainment"),
+    for key, name, fmt in (
+        ("throughput_rps", "throughput", fmt_rps),
+        ("output_tokens_per_s", "output tokens", fmt_tok_s),
+        ("attainment", "SLO attainment", fmt_pct),
     ):
-        rows.append((name, *(fmt_num(_get(run.summary, key)) for run in runs)))
+        rows.append((name, *(fmt(_get(run.summary, key)) for run in runs)))
     statuses = sorted({s for run in runs for s in _counts(run.summary)})
     for status in statuses:
         rows.append((f"requests {status}", *(fmt_num(_counts(run.summary).get(status)) for run in runs)))
     roles = sorted({r for run in runs for r in _dict(_get(run.summary, "utilisation"))})
-    for role in roles:
+    for role in roles:  # summary.yaml's "utilisation": the share of time an instance had work
         rows.append(
             (
-                f"utilisation {role}",
-                *(fmt_num(_dict(_get(run.summary, "utilisation")).get(role)) for run in runs),
+                f"busy time {role}",
+                *(fmt_pct(_dict(_get(run.summary, "utilisation")).get(role)) for run in runs),
             )
         )
-    return Table("summary.yaml of each run.", header, tuple(rows))
+    caption = "summary.yaml of each run."
+    if roles:
+        caption += (
+            " Busy time: the share of the run during which an instance had work (a batch in flight). "
+            "A decode instance is busy whenever any request is decoding, so busy time can be near "
+            "100% far below the goodput: it is not a measure of headroom."
+        )
+    return Table(caption, header, tuple(rows))
 
 
 def _dict(value: Any) -> dict[str, Any]:

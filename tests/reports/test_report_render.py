@@ -69,6 +69,7 @@ def test_write_report_for_a_search_run(tmp_path: Path, search_run: Path) -> None
         "search-attainment",
         "search-pareto",
         "operating-cdf",
+        "operating-traffic",
         "operating-timeseries",
         "inputs-traffic",
     ]
@@ -87,7 +88,7 @@ def test_combined_report_has_every_section(
     html = out.read_text()
     _check_self_contained(html)
     assert all(_sections(html).values()) and len(_sections(html)) == 6
-    assert len(_figures(html)) == 11
+    assert len(_figures(html)) == 13  # a traffic-over-time figure for the search and the bench
     assert "<title>All &lt;in&gt; one</title>" in html
 
 
