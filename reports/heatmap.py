@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
 OK, PRUNED, INFEASIBLE, UNTRIED = 0, 1, 2, 3
-PRUNED_RGB = (0.55, 0.55, 0.55)
-INFEASIBLE_RGB = (0.80, 0.33, 0.0)  # the palette's vermilion, lighter than the SLO lines' use
-BACKGROUND_RGB = (0.97, 0.97, 0.97)
+PRUNED_RGB = (0.45, 0.45, 0.45)
+INFEASIBLE_RGB = (0.80, 0.33, 0.0)  # the palette's vermilion
+BACKGROUND_RGB = (1.0, 1.0, 1.0)  # untried cells stay blank
 MAX_LABELLED_CELLS = 20  # per axis: beyond this, values are read from the colour bar
 MAX_TICKS = 16  # per axis
 IMAGE_PX = 720  # the heatmap image's longer side, in pixels (hatching included)
@@ -35,19 +35,19 @@ IMAGE_PX = 720  # the heatmap image's longer side, in pixels (hatching included)
 # (substring of a reason, what it means): the planner's reasons carry numbers and candidate ids,
 # so candidates are counted by the kind of reason, not by its exact text.
 _PRUNED_KINDS = (
-    ("capacity bound", "its capacity bound cannot beat the best plan"),
-    ("upper bound", "its capacity bound cannot beat the best plan"),
-    ("rate needed to beat", "one probe: misses the SLO at the rate it needs to beat the best plan"),
-    ("more gpus than", "uses more GPUs than a plan that holds the target"),
+    ("capacity bound", "by their capacity bound, below the best plan's goodput"),
+    ("upper bound", "by their capacity bound, below the best plan's goodput"),
+    ("rate needed to beat", "after one probe, missing the SLO at the rate needed to beat the best plan"),
+    ("more gpus than", "using more GPUs than a plan that holds the target"),
 )
 _INFEASIBLE_KINDS = (
-    ("does not fit", "does not fit in memory"),
-    ("kv capacity", "KV capacity: requests do not fit in an instance's KV cache"),
-    ("ttft bound", "latency floor: TTFT too long even on an idle cluster"),
-    ("tpot bound", "latency floor: TPOT too long even on an idle cluster"),
-    ("e2e bound", "latency floor: E2E too long even on an idle cluster"),
-    ("at the target", "misses the SLO at the target rate"),
-    ("every rate", "misses the SLO at every rate tried"),
+    ("does not fit", "do not fit in memory"),
+    ("kv capacity", "KV capacity: the requests do not fit in an instance's KV cache"),
+    ("ttft bound", "latency floor: TTFT above the SLO even on an idle cluster"),
+    ("tpot bound", "latency floor: TPOT above the SLO even on an idle cluster"),
+    ("e2e bound", "latency floor: E2E above the SLO even on an idle cluster"),
+    ("at the target", "miss the SLO at the target rate"),
+    ("every rate", "miss the SLO at every rate tried"),
 )
 
 
@@ -74,22 +74,24 @@ def reason_kinds(candidates: pd.DataFrame) -> pd.Series:
 
 
 def pruning_sentence(candidates: pd.DataFrame) -> str:
-    """How many candidates were simulated, pruned and infeasible, and why, in one paragraph."""
-    total = len(candidates)
+    """How many candidates were simulated, pruned and infeasible, and why, in a few sentences."""
     status = candidates["status"].astype(str)
     kinds = reason_kinds(candidates)
-    parts = [f"Of {fmt_count(total)} candidates, {fmt_count((status == 'ok').sum())} met the SLO"]
+    text = f"Of {fmt_count(len(candidates))} candidates, {fmt_count((status == 'ok').sum())} met the SLO."
     for name, meaning in (
-        ("pruned", "pruned (set aside because they could not beat the best plan; not infeasible)"),
-        ("infeasible", "infeasible (cannot meet the SLO on this traffic)"),
+        (
+            "pruned",
+            "were pruned: set aside because they could not beat the best plan, not because they fail the SLO",
+        ),
+        ("infeasible", "are infeasible: they cannot meet the SLO on this traffic"),
     ):
         mine = kinds[status.loc[kinds.index] == name]
         if mine.empty:
             continue
         counts = mine.value_counts()
         why = "; ".join(f"{fmt_count(n)} {kind}" for kind, n in counts.items())
-        parts.append(f"{fmt_count(len(mine))} were {meaning}: {why}")
-    return ", ".join(parts[:1]) + (": " + " — ".join(parts[1:]) if len(parts) > 1 else "") + "."
+        text += f" {fmt_count(len(mine))} {meaning} ({why})."
+    return text
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,10 @@ def heatmap_grid(candidates: pd.DataFrame) -> HeatmapGrid:
 def _hatch(rows: int, cols: int, cross: bool) -> np.ndarray:
     """Pixels on diagonal lines (and their mirror when ``cross``), continuous across cells."""
     y, x = np.mgrid[0:rows, 0:cols]
-    period = 6
-    mask = (x + y) % period == 0
+    period = 7
+    mask = (x + y) % period < 2
     if cross:
-        mask |= (x - y) % period == 0
+        mask |= (x - y) % period < 2
     return mask
 
 

@@ -18,7 +18,7 @@ from pdplan.reports.figure import COLORS, Margins, log_axis, new_figure, style, 
 from pdplan.reports.roofline import Roofline, decode_work, prefill_work, roofline_for
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
-from pdplan.reports.units import fmt_num
+from pdplan.reports.units import fmt_ms_fine, fmt_num
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -270,15 +270,18 @@ def _model_table(profile: Profile) -> Table:
             model.decode_loo,
         ),
     ):
-        formula = " + ".join(f"{c:.4g}·{t}" for c, t in zip(coef, terms, strict=True))
+        formula = " + ".join(
+            fmt_ms_fine(c) if t == "base" else f"{fmt_ms_fine(c)} {t}"
+            for c, t in zip(coef, terms, strict=True)
+        )
         median = f"{100 * loo.median:.1f}%" if loo else "—"
         worst = f"{100 * loo.max:.1f}%" if loo else "—"
         shown_knee = f"{knee:,.0f} {unit}" if knee > 0 else "none"
-        rows.append((phase, formula + " ms", median, worst, str(loo.num_points) if loo else "—", shown_knee))
+        rows.append((phase, formula, median, worst, str(loo.num_points) if loo else "—", shown_knee))
     return Table(
         "Fitted latency model and its leave-one-out relative error. Below the roofline knee a step "
         "is bound by reading the weights: a prefill of fewer tokens, or a decode step of fewer "
         "sequences, costs as much as one at the knee (the per-token or per-seq term counts the knee).",
-        ("phase", "model (ms)", "LOO median error", "LOO max error", "points", "roofline knee"),
+        ("phase", "model", "LOO median error", "LOO max error", "points", "roofline knee"),
         tuple(rows),
     )

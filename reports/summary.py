@@ -18,7 +18,7 @@ from pdplan.reports.plans import SUMMARY_HEADER, candidate_view, plan_view, rank
 from pdplan.reports.promise import promise_lines
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Heading, Item, Paragraph, Section, Table
-from pdplan.reports.units import fmt_ms, fmt_num, fmt_rps
+from pdplan.reports.units import fmt_count, fmt_ms, fmt_num, fmt_pct, fmt_rps
 
 
 def build_summary(runs: Sequence[RunData]) -> Section:
@@ -98,8 +98,8 @@ def _run_summary(run: RunData, notes: list[str]) -> list[Item]:
 def _candidate_counts(run: RunData) -> str:
     assert run.candidates is not None
     counts = run.candidates["status"].value_counts()
-    parts = [f"{int(counts[s])} {s}" for s in ("ok", "infeasible", "pruned") if s in counts]
-    return f"Chosen among {len(run.candidates)} candidates ({', '.join(parts)})."
+    parts = [f"{fmt_count(counts[s])} {s}" for s in ("ok", "infeasible", "pruned") if s in counts]
+    return f"Chosen among {fmt_count(len(run.candidates))} candidates ({', '.join(parts)})."
 
 
 def _measured_sentence(run: RunData) -> str:
@@ -113,6 +113,12 @@ def _measured_sentence(run: RunData) -> str:
         f"{fmt_ms(ttft.get('p90'))} and TPOT p90 {fmt_ms(tpot.get('p90'))}"
     )
     attainment = summary.get("attainment")
-    if attainment is not None:
-        text += f"; {100 * float(attainment):.1f}% of requests met the SLO"
+    if isinstance(attainment, (int, float)) and not isinstance(attainment, bool):
+        text += f"; {fmt_pct(attainment)} of requests met the SLO"
+        target = (run.plan or {}).get("attainment")
+        if isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1:
+            if attainment >= target:
+                text += f", at or above the {fmt_pct(target, 0)} target: the plan holds at this rate"
+            else:
+                text += f", below the {fmt_pct(target, 0)} target: the plan does NOT hold at this rate"
     return text + "."

@@ -22,7 +22,7 @@ from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, new_figure, style,
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Item, Paragraph
 from pdplan.reports.slo import SloLine
-from pdplan.reports.units import fmt_num, fmt_pct, fmt_rps, fmt_s
+from pdplan.reports.units import fmt_count, fmt_pct, fmt_rps, fmt_s
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -178,7 +178,7 @@ def traffic_figure(bins: TrafficBins, target: float | None) -> MplFigure:
 def traffic_sentence(bins: TrafficBins, target: float | None) -> str:
     """The figure in words: mean, peak and peak-to-mean; attainment range; bins below target."""
     minutes = bins.width_s == MINUTE_S
-    word = "minute" if minutes else f"{fmt_s(bins.width_s)} bin"
+    word = "minute" if minutes else f"{fmt_s(bins.width_s).replace(' ', '-')} bin"
 
     def at(i: int) -> str:
         start = float(bins.start_s[i])
@@ -200,8 +200,8 @@ def traffic_sentence(bins: TrafficBins, target: float | None) -> str:
         )
         if target is not None:
             below = int((attain[finite] < target).sum())
-            text += f"; {below} of {int(finite.sum())} {word}s below the {fmt_pct(target, 0)} target"
-    return text + f" ({fmt_num(int(bins.arrivals.sum()))} requests)."
+            text += f"; {below} of the {int(finite.sum())} {word}s below the {fmt_pct(target, 0)} target"
+    return text + f" ({fmt_count(bins.arrivals.sum())} requests)."
 
 
 def attainment_target(run: RunData) -> float | None:

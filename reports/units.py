@@ -79,6 +79,20 @@ def fmt_ms(value: Any) -> str:
     return f"{_sig(seconds, 3)} s"
 
 
+def fmt_ms_fine(value: Any) -> str:
+    """A small duration given in ms, e.g. a latency model's per-token cost: ``1.85 ms``,
+    ``20.5 µs``, ``0.598 ns``; ``0`` below a thousandth of a nanosecond (a term the fit zeroed)."""
+    number = _finite(value)
+    if number is None:
+        return MISSING
+    for scale, unit in ((1.0, "ms"), (1e-3, "µs"), (1e-6, "ns")):
+        if abs(number) >= scale:
+            return f"{_sig(number / scale, 4)} {unit}"
+    if abs(number) >= 1e-9:
+        return f"{_sig(number / 1e-6, 3)} ns"
+    return "0"
+
+
 def fmt_s(value: Any) -> str:
     """A duration given in seconds, printed as ``fmt_ms`` prints it."""
     number = _finite(value)

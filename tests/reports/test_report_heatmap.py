@@ -81,17 +81,16 @@ def test_cells_are_ok_pruned_infeasible_or_untried() -> None:
 
 
 def test_reasons_are_counted_by_kind_not_by_their_numbers() -> None:
-    assert reason_kind("pruned", CAP) == "its capacity bound cannot beat the best plan"
-    assert reason_kind("pruned", PROBE).startswith("one probe")
-    assert reason_kind("infeasible", MEM) == "does not fit in memory"
+    assert reason_kind("pruned", CAP) == "by their capacity bound, below the best plan's goodput"
+    assert reason_kind("pruned", PROBE).startswith("after one probe")
+    assert reason_kind("infeasible", MEM) == "do not fit in memory"
     assert reason_kind("infeasible", FLOOR).startswith("latency floor: TTFT")
-    assert reason_kind("infeasible", EVERY) == "misses the SLO at every rate tried"
+    assert reason_kind("infeasible", EVERY) == "miss the SLO at every rate tried"
     assert reason_kind("infeasible", "odd thing: 12 of 14") == "odd thing"
     text = pruning_sentence(_small())
-    assert text.startswith("Of 8 candidates, 2 met the SLO")
-    assert "3 were pruned (set aside because they could not beat the best plan; not infeasible)" in text
-    assert "2 its capacity bound cannot beat the best plan; 1 one probe" in text
-    assert "3 were infeasible" in text and "1 does not fit in memory" in text
+    assert text.startswith("Of 8 candidates, 2 met the SLO. 3 were pruned: set aside because they could not")
+    assert "(2 by their capacity bound, below the best plan's goodput; 1 after one probe" in text
+    assert "3 are infeasible" in text and "1 do not fit in memory" in text
 
 
 def test_legend_tells_pruned_from_infeasible_and_outlines_the_chosen_plan() -> None:
@@ -126,7 +125,12 @@ def test_section_says_how_many_were_pruned_and_why(tmp_path) -> None:
     assert "Hatched //" in heatmap.caption and "cross-hatched" in heatmap.caption
     assert "none feasible" not in heatmap.caption
     reasons = next(i for i in section.items if i.kind == "table" and "by reason" in i.caption)
-    assert ("pruned", "its capacity bound cannot beat the best plan", "2", f"c4: {CAP}") in reasons.rows
+    assert (
+        "pruned",
+        "by their capacity bound, below the best plan's goodput",
+        "2",
+        f"c4: {CAP}",
+    ) in reasons.rows
 
 
 def _big_search(prefill_max: int = 127, per_cell: int = 10) -> pd.DataFrame:

@@ -135,7 +135,7 @@ def test_search_section_figures(tmp_path) -> None:
     section = build_search([run])
     assert section.figure_keys == ("search-heatmap", "search-attainment", "search-pareto")
     reasons = next(i for i in section.items if i.kind == "table" and "by reason" in i.caption)
-    assert reasons.rows == (("infeasible", "does not fit in memory", "1", "c3: does not fit in memory"),)
+    assert reasons.rows == (("infeasible", "do not fit in memory", "1", "c3: does not fit in memory"),)
     no_probes = build_search([RunData(path=tmp_path / "s", candidates=_candidates())])
     assert no_probes.figure_keys == ("search-heatmap",)
     assert any("probes.csv" in getattr(i, "text", "") for i in no_probes.items)
