@@ -13,7 +13,7 @@ from typing import Any
 
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Item, Paragraph, Table
-from pdplan.reports.units import MISSING, fmt_num, fmt_s
+from pdplan.reports.units import MISSING, fmt_s
 
 ROLE_ORDER = ("router", "prefill", "decode", "colocated")
 HEADER = (
@@ -57,6 +57,13 @@ def _cpus(values: list[Any]) -> str:
     return ", ".join(ranges)
 
 
+def _ident(value: Any) -> str:
+    """A PID, port or thread count: the exact whole number (never '21.6k')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return MISSING
+    return str(int(value))
+
+
 def _state(proc: dict[str, Any]) -> str:
     code = proc.get("exit_code")
     if code is None:
@@ -97,12 +104,12 @@ def process_table(deploy: dict[str, Any]) -> Table:
         (
             _text(p.get("name")),
             _text(p.get("role")),
-            fmt_num(p.get("pid")),
+            _ident(p.get("pid")),
             _text(p.get("url")),
-            fmt_num(p.get("port")),
-            fmt_num(p.get("bootstrap_port")),
+            _ident(p.get("port")),
+            _ident(p.get("bootstrap_port")),
             _text(p.get("device")),
-            fmt_num(p.get("threads")),
+            _ident(p.get("threads")),
             _text(p.get("cpus")),
             _state(p),
             _text(p.get("log")),
@@ -123,6 +130,4 @@ def deploy_items(run: RunData) -> list[Item]:
     items: list[Item] = [Paragraph(deploy_sentence(run))]
     if run.deploy.get("processes"):
         items.append(process_table(run.deploy))
-    if run.deploy.get("command"):
-        items.append(Paragraph(f"Started with: {run.deploy['command']}"))
     return items

@@ -8,6 +8,7 @@ is replaced (by a simple load model), because these files are inputs to the repo
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,3 +467,74 @@ def write_bench_run(
         (folder / "predicted").mkdir()
         pred.to_csv(folder / "predicted" / "requests.csv", index=False)
         _dump(folder / "predicted" / "summary.yaml", summarise(pred, {"prefill": 0.6, "decode": 0.7}, slo))
+
+
+def write_deploy_run(folder: Path, ready_s: float | None = 4.2, status: str = "ready") -> dict[str, Any]:
+    """A ``pdplan deploy --target local`` run directory as the supervisor leaves it once ready
+    (deploy.json in ``pdplan.realrun.supervisor``'s schema, the plan copy, run.yaml)."""
+    procs = []
+    for i, (name, role, port, bootstrap) in enumerate(
+        (
+            ("prefill-0", "prefill", 18732, 18733),
+            ("decode-0", "decode", 18734, None),
+            ("router", "router", 18731, None),
+        )
+    ):
+        procs.append(
+            {
+                "name": name,
+                "role": role,
+                "pid": 21586 + i,
+                "pgid": 21586 + i,
+                "start_ticks": 129268 + i,
+                "url": f"http://127.0.0.1:{port}",
+                "port": port,
+                "bootstrap_port": bootstrap,
+                "device": "cpu",
+                "threads": 0 if role == "router" else 1,
+                "cpus": [] if role == "router" else [i],
+                "log": f"logs/{name}.log",
+                "command": f"python -m pdplan.realrun.worker --role {role} --port {port}",
+                "exit_code": None,
+            }
+        )
+    deploy = {
+        "schema_version": 1,
+        "status": status,
+        "mode": "disaggregated",
+        "endpoint": "http://127.0.0.1:18731",
+        "cpu_split": "2 cores split over 2 workers (1 each)",
+        "command": f"pdplan deploy plan.yaml --target local --devices cpu --port 18731 --out {folder.name}",
+        "supervisor_pid": 21580,
+        "supervisor_start_ticks": 129010,
+        "ready_s": ready_s,
+        "updated_at": "2025-11-21T03:00:13+00:00",
+        "processes": procs,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "deploy.json").write_text(json.dumps(deploy, indent=2) + "\n")
+    _dump(
+        folder / "plan.yaml",
+        {
+            "schema_version": 1,
+            "mode": "disaggregated",
+            "model": "tiny-llama",
+            "hardware": "cpu",
+            "gpus": 2,
+            "prefill": {"instances": 1, "tp": 1, "max_batch_tokens": 2048, "max_batch_size": 8},
+            "decode": {"instances": 1, "tp": 1, "max_batch_size": 32, "max_kv_tokens": 65536},
+            "slo": "ttft=2s,tpot=200ms",
+            "attainment": 0.9,
+        },
+    )
+    write_run_yaml(folder, "deploy", deploy["command"])
+    return deploy
+
+
+def update_plan(folder: Path, **fields: Any) -> dict[str, Any]:
+    """Add (or replace) top-level fields of a run's plan.yaml, e.g. the optional ``target``,
+    ``budget``, ``cost``, ``traffic`` and ``tie``."""
+    plan = yaml.safe_load((folder / "plan.yaml").read_text())
+    plan.update(fields)
+    _dump(folder / "plan.yaml", plan)
+    return plan
