@@ -152,7 +152,8 @@ def _run_search(run: RunData, key: str) -> list[Item]:
     assert cands is not None
     chosen = chosen_candidate(run.plan, cands)
     items: list[Item] = []
-    items.append(Paragraph(pruning_sentence(cands)))
+    kinds = reason_kinds(cands)
+    items.append(Paragraph(pruning_sentence(cands, kinds)))
     if (cands["mode"] == "disaggregated").any():
         items.append(
             Figure(
@@ -188,7 +189,7 @@ def _run_search(run: RunData, key: str) -> list[Item]:
             )
         )
     items.append(_top_table(cands, chosen))
-    reasons = _reasons_table(cands)
+    reasons = _reasons_table(cands, kinds)
     if reasons is not None:
         items.append(reasons)
     return items
@@ -250,14 +251,14 @@ def _top_table(cands: pd.DataFrame, chosen: str | None, limit: int = 10) -> Tabl
     )
 
 
-def _reasons_table(cands: pd.DataFrame) -> Table | None:
+def _reasons_table(cands: pd.DataFrame, kinds: pd.Series) -> Table | None:
     rejected = cands[cands["status"] != "ok"]
     if rejected.empty:
         return None
     table = pd.DataFrame(
         {
             "status": rejected["status"].astype(str),
-            "kind": reason_kinds(cands),
+            "kind": kinds,
             "candidate_id": rejected["candidate_id"].astype(str),
             "reason": rejected["reason"].astype(str),
         }
