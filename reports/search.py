@@ -27,7 +27,7 @@ from pdplan.reports.heatmap import heatmap_figure, pruning_sentence, reason_kind
 from pdplan.reports.plans import candidate_view, chosen_candidate, ranked
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
-from pdplan.reports.units import fmt_count, fmt_num
+from pdplan.reports.units import fmt_count, fmt_num, fmt_pct
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -54,9 +54,8 @@ def attainment_figure(probes: pd.DataFrame, lines: Sequence[tuple[str, str]], ta
                 color=COLORS[i % len(COLORS)],
                 label=label,
             )
-        ax.axhline(
-            target, color=SLO_COLOR, linestyle=":", linewidth=1.2, label=f"attainment target {target:g}"
-        )
+        label = f"attainment target {fmt_pct(target, 0)}"
+        ax.axhline(target, color=SLO_COLOR, linestyle=":", linewidth=1.2, label=label)
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel("SLO attainment")
         ax.set_ylim(-0.02, 1.02)

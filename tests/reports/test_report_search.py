@@ -87,7 +87,7 @@ def test_attainment_figure_has_one_line_per_plan_and_the_target() -> None:
     assert lines["c4: best"].get_xdata().tolist() == pytest.approx([1.4, 2.8, 4.2])
     assert lines["c4: best"].get_ydata().tolist() == [1.0, 1.0, 0.5]
     assert lines["c6: colocated"].get_linestyle() == "--"
-    target = lines["attainment target 0.9"]
+    target = lines["attainment target 90%"]
     assert list(target.get_ydata()) == [0.9, 0.9]
 
 
