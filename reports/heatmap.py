@@ -167,7 +167,7 @@ def heatmap_image(grid: HeatmapGrid, vmin: float, vmax: float) -> np.ndarray:
     image = np.repeat(np.repeat(colors, px, axis=0), px, axis=1)
     state = np.repeat(np.repeat(grid.state, px, axis=0), px, axis=1)
     for kind, rgb, cross in ((PRUNED, PRUNED_RGB, False), (INFEASIBLE, INFEASIBLE_RGB, True)):
-        paint = (state == kind) & _hatch(*state.shape, cross=cross)
+        paint = (state == kind) & _hatch(state.shape[0], state.shape[1], cross=cross)
         image[paint] = rgb
     return image
 
