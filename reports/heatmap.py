@@ -222,9 +222,13 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
                     fontsize=7,
                     color="white" if dark else "black",
                 )
-        handles = [
-            Patch(facecolor="white", edgecolor=PRUNED_RGB, hatch="///", label="pruned: cannot beat the best"),
-            Patch(facecolor="white", edgecolor=INFEASIBLE_RGB, hatch="xxx", label="infeasible"),
+        handles = [  # only the kinds of cell the grid has
+            Patch(facecolor="white", edgecolor=rgb, hatch=hatch, label=label)
+            for kind, rgb, hatch, label in (
+                (PRUNED, PRUNED_RGB, "///", "pruned: cannot beat the best"),
+                (INFEASIBLE, INFEASIBLE_RGB, "xxx", "infeasible"),
+            )
+            if (grid.state == kind).any()
         ]
         row = candidates[candidates["candidate_id"] == chosen_id] if chosen_id is not None else None
         if row is not None and not row.empty and row.iloc[0]["mode"] == "disaggregated":
@@ -233,5 +237,6 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
             outline = Rectangle((p - 0.5, d - 0.5), 1, 1, fill=False, edgecolor=SLO_COLOR, linewidth=2.5)
             ax.add_patch(outline)
             handles.append(Patch(facecolor="none", edgecolor=SLO_COLOR, linewidth=2.5, label="chosen plan"))
-        ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=7)
+        if handles:
+            ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=7)
     return fig

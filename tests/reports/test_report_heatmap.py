@@ -161,3 +161,12 @@ def test_a_128_gpu_heatmap_is_one_bounded_image() -> None:
     assert len(svg.encode()) < 400_000, len(svg.encode())
     assert len(re.findall(r"<image", svg)) == 2  # the heatmap and its colour bar
     assert len(re.findall(r"<path", svg)) < 300  # ticks and legend, not one per cell
+
+
+def test_legend_names_only_the_kinds_of_cell_present() -> None:
+    only_pruned = _small()
+    only_pruned = only_pruned[only_pruned["status"] != "infeasible"]
+    ax = heatmap_figure(only_pruned, None).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pruned: cannot beat the best"]
+    feasible = _small().iloc[:2]
+    assert heatmap_figure(feasible, None).axes[0].get_legend() is None
