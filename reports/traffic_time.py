@@ -29,14 +29,19 @@ if TYPE_CHECKING:
 
 MINUTE_S = 60.0
 MIN_MINUTES = 10  # a run shorter than this many minutes gets ~60 shorter bins instead
+MIN_PER_BIN = 20  # requests per short bin on average, at least
 _NICE_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0)
 
 
-def bin_width_s(span_s: float) -> float:
-    """60 s for a run of at least ten minutes; else the nice width ≥ span/60 (about 60 bins)."""
+def bin_width_s(span_s: float, num_requests: int | None = None) -> float:
+    """60 s for a run of at least ten minutes; else the nice width ≥ span/60 (about 60 bins),
+    widened until a bin holds ``MIN_PER_BIN`` requests on average, so one late request in a bin
+    of four does not read as a 75 % minute."""
     if span_s >= MIN_MINUTES * MINUTE_S:
         return MINUTE_S
     want = max(span_s, 1e-9) / 60
+    if num_requests and span_s > 0:
+        want = max(want, MIN_PER_BIN * span_s / num_requests)
     return next((nice for nice in _NICE_S if nice >= want), MINUTE_S)
 
 
@@ -103,7 +108,7 @@ def traffic_bins(requests: pd.DataFrame, slo: list[SloLine], width_s: float | No
     met = meets_slo(requests, slo)[keep]
     t0 = float(arrival.min())
     span = float(arrival.max()) - t0
-    width = width_s or bin_width_s(span)
+    width = width_s or bin_width_s(span, int(arrival.size))
     full = int(span // width)
     edges = list(np.arange(full + 1) * width)
     tail = span - full * width
@@ -222,7 +227,12 @@ def traffic_items(runs: list[RunData], slo: list[SloLine], key: str = "operating
         bins = traffic_bins(run.requests, slo)
         target = attainment_target(run)
         name = f"{key}{n}" if n else key
-        width = "one minute" if bins.width_s == MINUTE_S else f"{fmt_s(bins.width_s)} (the run is short)"
+        width = (
+            "one minute"
+            if bins.width_s == MINUTE_S
+            else f"{fmt_s(bins.width_s)} (the run is shorter than {MIN_MINUTES} minutes: about span/60, "
+            f"and at least {MIN_PER_BIN} requests per bin on average)"
+        )
         items.append(
             Figure(
                 name,

@@ -65,6 +65,8 @@ def run_dir(tmp_path: Path) -> Path:
 def test_bins_are_a_minute_for_long_runs_and_about_span_over_60_for_short_ones() -> None:
     assert bin_width_s(600.0) == 60.0 and bin_width_s(3600.0) == 60.0
     assert bin_width_s(120.0) == 2.0 and bin_width_s(599.0) == 10.0 and bin_width_s(3.0) == 0.1
+    assert bin_width_s(104.0, 400) == 10.0  # 2-s bins would hold ~8 requests: widened to ≥ 20
+    assert bin_width_s(355.0, 19_366) == 10.0 and bin_width_s(3600.0, 100) == 60.0
 
 
 def test_per_minute_arrivals_and_attainment_match_the_hand_made_trace(run_dir: Path) -> None:
