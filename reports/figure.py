@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
+from pdplan.reports.units import ms_tick, num_tick
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.axis import Axis
@@ -112,7 +114,7 @@ def log_axis(ax: Axes, which: str) -> None:
         decades = float(np.log10(high / low)) if high > low > 0 else 1.0
         subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 3 else (1.0,)
         axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
-        axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+        axis.set_major_formatter(FuncFormatter(num_tick))
         axis.set_minor_locator(NullLocator())
 
 
@@ -203,29 +205,15 @@ def pareto_front(x: ArrayLike, y: ArrayLike) -> np.ndarray:
     return np.asarray(front[::-1], dtype=int)
 
 
-def fmt_num(value: Any, digits: int = 3) -> str:
-    """A number for a table cell: ``digits`` significant digits, '—' for missing."""
-    if value is None:
-        return "—"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not np.isfinite(number):
-        return "—"
-    if number == int(number) and abs(number) < 1e6:
-        return str(int(number))
-    return f"{number:.{digits}g}"
+def ms_axis(axis: Axis) -> None:
+    """Label a latency axis (data in ms) in ms below one second and s above, never ``1e+04``."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(ms_tick))
 
 
-def fmt_ms(value: Any) -> str:
-    """Milliseconds for a table cell, switching to seconds above 10 s."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if not np.isfinite(number):
-        return "—"
-    if number >= 10_000:
-        return f"{number / 1000:.3g} s"
-    return f"{number:.3g} ms"
+def num_axis(axis: Axis) -> None:
+    """Label a linear axis of large numbers with k/M suffixes instead of an exponent offset."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(num_tick))

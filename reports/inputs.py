@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, fmt_num, new_figure, style, to_svg
+from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, new_figure, style, to_svg
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Item, Paragraph, Section, Table
+from pdplan.reports.units import fmt_num, fmt_rps
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -73,7 +74,7 @@ def traffic_figure(requests: pd.DataFrame) -> MplFigure:
                     linewidth=1.2,
                     label="Poisson, same rate",
                 )
-            ax.set_title(f"inter-arrival: {1 / mean if mean > 0 else 0:.3g} req/s, CV {cv:.2f}", fontsize=8)
+            ax.set_title(f"inter-arrival: {fmt_rps(1 / mean if mean > 0 else 0)}, CV {cv:.2f}", fontsize=8)
             ax.legend(fontsize=7)
         ax.set_xlabel("gap between arrivals (s)")
         ax.set_ylabel("density")

@@ -21,9 +21,8 @@ from pdplan.reports.figure import (
     Margins,
     bin_series,
     downsample_sorted,
-    fmt_ms,
-    fmt_num,
     log_axis,
+    ms_axis,
     new_figure,
     style,
     to_svg,
@@ -31,6 +30,8 @@ from pdplan.reports.figure import (
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
 from pdplan.reports.slo import SloLine, parse_slo, slo_for
+from pdplan.reports.traffic_time import traffic_items
+from pdplan.reports.units import fmt_count, fmt_ms, fmt_pct, fmt_rps, fmt_tok_s
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 CDF_POINTS = 400  # per curve; quantiles in between are interpolated by the reader's eye anyway
 SERIES_BINS = 300  # per role and metric
 ROLES = ("prefill", "decode", "colocated")
+BUSY_NOTE = (
+    "Busy time: the share of the run during which an instance had work (a batch in flight). A decode "
+    "instance is busy whenever any request is decoding, so busy time can be near 100% far below the "
+    "goodput: it is not a measure of headroom."
+)
 
 
 def request_latencies(requests: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -86,7 +92,8 @@ def cdf_figure(samples: Sequence[tuple[str, dict[str, np.ndarray]]], slo: Sequen
                     ax.axhline(line.percentile / 100, color=SLO_COLOR, linestyle=":", linewidth=1)
             if low > 0 and high / low > 100:
                 log_axis(ax, "x")
-            ax.set_xlabel(f"{metric.upper()} (ms)")
+            ms_axis(ax.xaxis)
+            ax.set_xlabel(metric.upper())
             ax.set_ylabel("fraction of requests")
             ax.set_ylim(0, 1.01)
             ax.legend(loc="lower right", fontsize=7)
@@ -96,6 +103,8 @@ def cdf_figure(samples: Sequence[tuple[str, dict[str, np.ndarray]]], slo: Sequen
 def timeseries_figure(timeseries: pd.DataFrame) -> MplFigure:
     """Queue length, batch size and KV use (%) over time: one column per role, mean over the
     role's instances with their min–max band."""
+    from matplotlib.ticker import MaxNLocator
+
     roles = [r for r in ROLES if (timeseries["role"] == r).any()]
     roles += sorted(set(timeseries["role"]) - set(ROLES))
     ts = timeseries.assign(
@@ -124,6 +133,9 @@ def timeseries_figure(timeseries: pd.DataFrame) -> MplFigure:
                     ax.set_xlabel("time (s)")
                 if name == "kv_used_pct":
                     ax.set_ylim(0, 105)
+                else:  # counts: whole ticks from zero, even when a queue stays empty
+                    ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+                    ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
     return fig
 
 
@@ -149,10 +161,13 @@ def build_operating(runs: Sequence[RunData]) -> Section:
             )
         )
         items.extend(Paragraph(_attainment_text(label, values, slo)) for label, values in samples if slo)
+        items.extend(traffic_items([run for run in runs if run.requests is not None], slo))
     else:
         items.append(Paragraph("No latency CDFs: no run has a readable requests.csv."))
     if summaries:
         items.append(_summary_table(summaries))
+        if any(_dict(_get(run.summary, "utilisation")) for run in summaries):
+            items.append(Paragraph(BUSY_NOTE))
     for n, run in enumerate(series):
         assert run.timeseries is not None
         if len(series) > 1:
@@ -243,21 +258,21 @@ def _summary_table(runs: Sequence[RunData]) -> Table:
         for stat in ("mean", "p50", "p90", "p99"):
             cells = [fmt_ms(_get(run.summary, metric, stat)) for run in runs]
             rows.append((f"{metric[:-3].upper()} {stat}", *cells))
-    for key, name in (
-        ("throughput_rps", "throughput (req/s)"),
-        ("output_tokens_per_s", "output tokens/s"),
-        ("attainment", "SLO attainment"),
+    for key, name, fmt in (
+        ("throughput_rps", "throughput", fmt_rps),
+        ("output_tokens_per_s", "output tokens", fmt_tok_s),
+        ("attainment", "SLO attainment", fmt_pct),
     ):
-        rows.append((name, *(fmt_num(_get(run.summary, key)) for run in runs)))
+        rows.append((name, *(fmt(_get(run.summary, key)) for run in runs)))
     statuses = sorted({s for run in runs for s in _counts(run.summary)})
     for status in statuses:
-        rows.append((f"requests {status}", *(fmt_num(_counts(run.summary).get(status)) for run in runs)))
+        rows.append((f"requests {status}", *(fmt_count(_counts(run.summary).get(status)) for run in runs)))
     roles = sorted({r for run in runs for r in _dict(_get(run.summary, "utilisation"))})
-    for role in roles:
+    for role in roles:  # summary.yaml's "utilisation": the share of time an instance had work
         rows.append(
             (
-                f"utilisation {role}",
-                *(fmt_num(_dict(_get(run.summary, "utilisation")).get(role)) for run in runs),
+                f"busy time {role}",
+                *(fmt_pct(_dict(_get(run.summary, "utilisation")).get(role)) for run in runs),
             )
         )
     return Table("summary.yaml of each run.", header, tuple(rows))

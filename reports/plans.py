@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pdplan.reports.figure import fmt_num
+from pdplan.reports.units import fmt_ms_list, fmt_num
 
 LATENCY_KEYS = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms")
 
@@ -58,7 +58,6 @@ class PlanView:
 
     def cells(self, name: str) -> tuple[str, ...]:
         """The row of the Summary table."""
-        lat = [fmt_num(v) for v in self.latency_ms]
         return (
             name,
             self.mode,
@@ -68,8 +67,8 @@ class PlanView:
             fmt_num(self.gpus),
             fmt_num(self.goodput_rps),
             fmt_num(self.goodput_rps_per_gpu),
-            " / ".join(lat[:3]),
-            " / ".join(lat[3:]),
+            fmt_ms_list(self.latency_ms[:3]),
+            fmt_ms_list(self.latency_ms[3:]),
         )
 
 
@@ -82,8 +81,8 @@ SUMMARY_HEADER = (
     "GPUs",
     "goodput (req/s)",
     "goodput per GPU (req/s)",
-    "TTFT p50/p90/p99 (ms)",
-    "TPOT p50/p90/p99 (ms)",
+    "TTFT p50 / p90 / p99",
+    "TPOT p50 / p90 / p99",
 )
 
 

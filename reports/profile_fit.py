@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from pdplan.profiles.profile import Profile
-from pdplan.reports.figure import COLORS, Margins, fmt_num, log_axis, new_figure, style, to_svg
+from pdplan.reports.figure import COLORS, Margins, log_axis, new_figure, style, to_svg
 from pdplan.reports.roofline import Roofline, decode_work, prefill_work, roofline_for
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
+from pdplan.reports.units import fmt_ms_fine, fmt_num
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -45,10 +46,16 @@ def fitted_decode_ms(profile: Profile, batch_size: np.ndarray, context_len: floa
     return np.array([profile.latency.decode_ms(int(b), int(b * context_len)) for b in batch_size])
 
 
+def points_word(profile: Profile) -> str:
+    """What the profile's points are: 'measured' latencies, or 'analytic model' points (a profile
+    computed with ``--analytic`` measured nothing)."""
+    return "analytic model" if profile.method == "analytic" else profile.method
+
+
 def _panel(
     ax: Axes, groups: list[tuple[str, pd.DataFrame, np.ndarray, np.ndarray, np.ndarray | None]], xlabel: str
 ) -> None:
-    """One log-log panel: per group measured dots, fitted line, dashed roofline."""
+    """One log-log panel: per group the profile's points as dots, fitted line, dashed roofline."""
     for i, (label, measured, grid, fitted, roof) in enumerate(groups):
         color = COLORS[i % len(COLORS)]
         ax.plot(measured["x"], measured["latency_ms"], "o", color=color, markersize=4, label=label)
@@ -129,7 +136,7 @@ def error_figure(profile: Profile) -> MplFigure:
             ax.axhline(0, color="#444444", linewidth=0.8)
             ax.plot(table["latency_ms"], 100 * err, "o", markersize=4, color=COLORS[0])
             log_axis(ax, "x")
-            ax.set_xlabel("measured latency (ms)")
+            ax.set_xlabel(f"{points_word(profile)} latency (ms)")
             ax.set_title(f"{title}: median |error| {100 * np.median(np.abs(err)):.1f}%")
         left.set_ylabel("fit error (%)")
     return fig
@@ -203,6 +210,7 @@ def build_profile(runs: Sequence[RunData]) -> Section:
 
 def _run_profile(profile: Profile, key: str) -> list[Item]:
     roofline, why = roofline_for(profile)
+    points = points_word(profile)
     device = profile.hardware.get("device") or profile.hardware.get("name", "?")
     intro = (
         f"{profile.method.capitalize()} profile of {profile.model.name} ({profile.dtype}, TP "
@@ -219,13 +227,13 @@ def _run_profile(profile: Profile, key: str) -> list[Item]:
         Paragraph(intro + roof_text),
         Figure(
             f"{key}-fit",
-            "Measured latency (dots) vs the fitted latency model (lines) and the "
+            f"{points.capitalize()} latency (dots) vs the fitted latency model (lines) and the "
             "roofline lower bound (dashed).",
             to_svg(fit_figure(profile, roofline), f"{key}-fit"),
         ),
         Figure(
             f"{key}-error",
-            "Relative error of the fitted model at each measured point.",
+            f"Relative error of the fitted model at each {points} point.",
             to_svg(error_figure(profile), f"{key}-error"),
         ),
         _model_table(profile),
@@ -234,7 +242,7 @@ def _run_profile(profile: Profile, key: str) -> list[Item]:
         items.append(
             Figure(
                 f"{key}-ops",
-                "Op-level breakdown of the measured time (ops.csv).",
+                f"Op-level breakdown of the {points} time (ops.csv).",
                 to_svg(ops_figure(profile.ops), f"{key}-ops"),
             )
         )
@@ -262,15 +270,18 @@ def _model_table(profile: Profile) -> Table:
             model.decode_loo,
         ),
     ):
-        formula = " + ".join(f"{c:.4g}·{t}" for c, t in zip(coef, terms, strict=True))
+        formula = " + ".join(
+            fmt_ms_fine(c) if t == "base" else f"{fmt_ms_fine(c)} {t}"
+            for c, t in zip(coef, terms, strict=True)
+        )
         median = f"{100 * loo.median:.1f}%" if loo else "—"
         worst = f"{100 * loo.max:.1f}%" if loo else "—"
         shown_knee = f"{knee:,.0f} {unit}" if knee > 0 else "none"
-        rows.append((phase, formula + " ms", median, worst, str(loo.num_points) if loo else "—", shown_knee))
+        rows.append((phase, formula, median, worst, str(loo.num_points) if loo else "—", shown_knee))
     return Table(
         "Fitted latency model and its leave-one-out relative error. Below the roofline knee a step "
         "is bound by reading the weights: a prefill of fewer tokens, or a decode step of fewer "
         "sequences, costs as much as one at the knee (the per-token or per-seq term counts the knee).",
-        ("phase", "model (ms)", "LOO median error", "LOO max error", "points", "roofline knee"),
+        ("phase", "model", "LOO median error", "LOO max error", "points", "roofline knee"),
         tuple(rows),
     )

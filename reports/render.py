@@ -67,20 +67,34 @@ def build_sections(runs: Sequence[RunData], *, strict: bool = False) -> list[Sec
 
 
 def default_title(runs: Sequence[RunData]) -> str:
-    """E.g. 'pdplan search report: llama-3.1-8b on h100'."""
+    """E.g. 'pdplan search report: llama-3.1-8b on h100-sxm'; runs of different models or hardware
+    are all named ('… report: tiny-llama on cpu + llama-3.1-8b on h100-sxm'), never the first alone."""
     kinds = " + ".join(dict.fromkeys(run.kind for run in runs))
-    model = hardware = None
+    setups: dict[tuple[str, str | None], None] = {}
     for run in runs:
-        if run.profile is not None:
-            model = model or run.profile.model.name
-            hardware = hardware or run.profile.hardware.get("name")
-        if run.plan is not None:
-            model = model or _name(run.plan.get("model"))
-            hardware = hardware or _name(run.plan.get("hardware"))
+        setup = run_setup(run)
+        if setup is not None:
+            setups[setup] = None
+    # a run that names only the model joins a run that names the same model with its hardware
+    named = [s for s in setups if s[1] is not None or not any(o[0] == s[0] and o[1] for o in setups)]
     title = f"pdplan {kinds} report"
-    if model:
-        title += f": {model}" + (f" on {hardware}" if hardware else "")
+    if named:
+        title += ": " + " + ".join(model + (f" on {hw}" if hw else "") for model, hw in named)
     return title
+
+
+def run_setup(run: RunData) -> tuple[str, str | None] | None:
+    """(model, hardware) of one run: from its profile, else its plan.yaml; None when neither says."""
+    model = hardware = None
+    if run.profile is not None:
+        model = run.profile.model.name
+        hardware = _name(run.profile.hardware.get("name"))
+    if run.plan is not None:
+        model = model or _name(run.plan.get("model"))
+        hardware = hardware or _name(run.plan.get("hardware"))
+    if model is None and run.predicted is not None:
+        return run_setup(run.predicted)
+    return (model, hardware) if model else None
 
 
 def _name(value: object) -> str | None:

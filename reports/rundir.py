@@ -8,6 +8,7 @@ why in ``problems``, so the report shows the reason instead of failing. A bench 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ KNOWN_FILES = (
     "candidates.csv",
     "probes.csv",
     "profile.yaml",
+    "deploy.json",
 )
 
 
@@ -94,6 +96,7 @@ class RunData:
     probes: pd.DataFrame | None = None
     profile: Profile | None = None
     predicted: RunData | None = None
+    deploy: dict[str, Any] | None = None
     problems: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -107,6 +110,8 @@ class RunData:
         kind = self.meta.get("kind")
         if isinstance(kind, str) and kind:
             return kind
+        if self.deploy is not None:
+            return "deploy"
         if self.candidates is not None:
             return "search"
         if self.profile is not None:
@@ -157,6 +162,7 @@ def load_run(path: str | Path) -> RunData:
             profile = load_profile(folder)
         except PdplanError as err:
             problems["profile.yaml"] = str(err)
+    deploy = _read_json(folder / "deploy.json", problems)
     predicted = None
     if (folder / "predicted").is_dir() and has_run_files(folder / "predicted"):
         predicted = load_run(folder / "predicted")
@@ -173,6 +179,7 @@ def load_run(path: str | Path) -> RunData:
         probes=probes,
         profile=profile,
         predicted=predicted,
+        deploy=deploy,
         problems=problems,
     )
 
@@ -187,6 +194,20 @@ def _read_yaml(path: Path, problems: dict[str, str]) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         problems[path.name] = f"expected a mapping, got {type(data).__name__}"
+        return None
+    return data
+
+
+def _read_json(path: Path, problems: dict[str, str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
+        problems[path.name] = f"not valid JSON: {str(err).splitlines()[0]}"
+        return None
+    if not isinstance(data, dict):
+        problems[path.name] = f"expected an object, got {type(data).__name__}"
         return None
     return data
 

@@ -17,16 +17,17 @@ from pdplan.reports.figure import (
     COLORS,
     MODE_COLORS,
     SLO_COLOR,
-    Margins,
-    fmt_num,
     new_figure,
+    num_axis,
     pareto_front,
     style,
     to_svg,
 )
+from pdplan.reports.heatmap import heatmap_figure, pruning_sentence, reason_kinds
 from pdplan.reports.plans import candidate_view, chosen_candidate, ranked
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
+from pdplan.reports.units import fmt_count, fmt_num, fmt_pct
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -34,88 +35,6 @@ if TYPE_CHECKING:
 DEFAULT_ATTAINMENT = 0.9  # DESIGN.md: --attainment defaults to 0.9
 TOP_PLANS = 4
 RASTER_POINTS = 3000  # scatter clouds larger than this are embedded as a bitmap
-
-
-def heatmap_grid(candidates: pd.DataFrame) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
-    """(prefill counts, decode counts, best goodput per GPU, tried) over disaggregated candidates.
-
-    ``grid[d, p]`` is the best goodput per GPU of the feasible candidates with those counts (any TP
-    and batch limits), NaN where none is feasible; ``tried[d, p]`` says whether any was evaluated.
-    """
-    disagg = candidates[candidates["mode"] == "disaggregated"]
-    disagg = disagg[np.isfinite(disagg["prefill_instances"]) & np.isfinite(disagg["decode_instances"])]
-    prefill = sorted({int(v) for v in disagg["prefill_instances"]})
-    decode = sorted({int(v) for v in disagg["decode_instances"]})
-    grid = np.full((len(decode), len(prefill)), np.nan)
-    tried = np.zeros((len(decode), len(prefill)), dtype=bool)
-    for _, row in disagg.iterrows():
-        d = decode.index(int(row["decode_instances"]))
-        p = prefill.index(int(row["prefill_instances"]))
-        tried[d, p] = True
-        value = row["goodput_rps_per_gpu"]
-        if row["status"] == "ok" and np.isfinite(value) and not grid[d, p] >= value:
-            grid[d, p] = value
-    return prefill, decode, grid, tried
-
-
-def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure:
-    """Goodput per GPU as a heatmap; infeasible cells hatched, the chosen plan's cell outlined."""
-    from matplotlib.patches import Rectangle
-
-    prefill, decode, grid, tried = heatmap_grid(candidates)
-    with style():
-        fig = new_figure(
-            min(7.5, 2.4 + 0.5 * len(prefill)),
-            min(6.0, 1.5 + 0.35 * len(decode)),
-            Margins(top_in=0.15, right_in=0.1),
-        )
-        ax = fig.add_subplot()
-        image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap="viridis", aspect="auto")
-        fig.colorbar(image, ax=ax, label="goodput per GPU (req/s)")
-        ax.set_xticks(range(len(prefill)), [str(p) for p in prefill])
-        ax.set_yticks(range(len(decode)), [str(d) for d in decode])
-        ax.set_xlabel("prefill instances")
-        ax.set_ylabel("decode instances")
-        ax.grid(False)
-        finite = grid[np.isfinite(grid)]
-        low, span = (float(finite.min()), float(np.ptp(finite))) if finite.size else (0.0, 0.0)
-        for d in range(len(decode)):
-            for p in range(len(prefill)):
-                if np.isfinite(grid[d, p]):
-                    # viridis is dark at the low end of the colour scale: white text there
-                    dark_cell = span <= 0 or (grid[d, p] - low) / span < 0.5
-                    ax.text(
-                        p,
-                        d,
-                        f"{grid[d, p]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if dark_cell else "black",
-                    )
-                elif tried[d, p]:
-                    ax.add_patch(
-                        Rectangle(
-                            (p - 0.5, d - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#999999", linewidth=0
-                        )
-                    )
-        if chosen_id is not None:
-            row = candidates[candidates["candidate_id"] == chosen_id]
-            if not row.empty and row.iloc[0]["mode"] == "disaggregated":
-                p = prefill.index(int(row.iloc[0]["prefill_instances"]))
-                d = decode.index(int(row.iloc[0]["decode_instances"]))
-                ax.add_patch(
-                    Rectangle(
-                        (p - 0.5, d - 0.5),
-                        1,
-                        1,
-                        fill=False,
-                        edgecolor=SLO_COLOR,
-                        linewidth=2.5,
-                        label="chosen plan",
-                    )
-                )
-    return fig
 
 
 def attainment_figure(probes: pd.DataFrame, lines: Sequence[tuple[str, str]], target: float) -> MplFigure:
@@ -135,9 +54,8 @@ def attainment_figure(probes: pd.DataFrame, lines: Sequence[tuple[str, str]], ta
                 color=COLORS[i % len(COLORS)],
                 label=label,
             )
-        ax.axhline(
-            target, color=SLO_COLOR, linestyle=":", linewidth=1.2, label=f"attainment target {target:g}"
-        )
+        label = f"attainment target {fmt_pct(target, 0)}"
+        ax.axhline(target, color=SLO_COLOR, linestyle=":", linewidth=1.2, label=label)
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel("SLO attainment")
         ax.set_ylim(-0.02, 1.02)
@@ -208,6 +126,7 @@ def pareto_figure(points: pd.DataFrame) -> MplFigure:
             )
         ax.set_xlabel("tokens/s per user (1000 / TPOT p50)")
         ax.set_ylabel("output tokens/s per GPU")
+        num_axis(ax.yaxis)
         if ax.get_legend_handles_labels()[0]:  # an infeasible search has no probes to label
             ax.legend(fontsize=7, loc="best")
     return fig
@@ -232,12 +151,17 @@ def _run_search(run: RunData, key: str) -> list[Item]:
     assert cands is not None
     chosen = chosen_candidate(run.plan, cands)
     items: list[Item] = []
+    kinds = reason_kinds(cands)
+    items.append(Paragraph(pruning_sentence(cands, kinds)))
     if (cands["mode"] == "disaggregated").any():
         items.append(
             Figure(
                 f"{key}-heatmap",
-                "Best goodput per GPU for each (prefill, decode) "
-                "instance count over TP and batch limits; outlined: the chosen plan; hatched: none feasible.",
+                "Best goodput per GPU for each (prefill, decode) instance count over TP and batch "
+                "limits; outlined: the chosen plan. Hatched //: no candidate of the cell met the SLO "
+                "and at least one was pruned (it could not beat the best plan, so it was not "
+                "simulated to its goodput); cross-hatched: every candidate of the cell is infeasible "
+                "(does not fit, latency floor above the SLO, or misses it at every rate).",
                 to_svg(heatmap_figure(cands, chosen), f"{key}-heatmap"),
             )
         )
@@ -264,7 +188,7 @@ def _run_search(run: RunData, key: str) -> list[Item]:
             )
         )
     items.append(_top_table(cands, chosen))
-    reasons = _reasons_table(cands)
+    reasons = _reasons_table(cands, kinds)
     if reasons is not None:
         items.append(reasons)
     return items
@@ -326,22 +250,32 @@ def _top_table(cands: pd.DataFrame, chosen: str | None, limit: int = 10) -> Tabl
     )
 
 
-def _reasons_table(cands: pd.DataFrame) -> Table | None:
+def _reasons_table(cands: pd.DataFrame, kinds: pd.Series) -> Table | None:
     rejected = cands[cands["status"] != "ok"]
     if rejected.empty:
         return None
-    groups = rejected.groupby(["status", "reason"], sort=True)
-    rows = [
-        (
-            str(status),
-            str(reason) or "—",
-            str(len(group)),
-            ", ".join(str(c) for c in group["candidate_id"].head(5)),
+    table = pd.DataFrame(
+        {
+            "status": rejected["status"].astype(str),
+            "kind": kinds,
+            "candidate_id": rejected["candidate_id"].astype(str),
+            "reason": rejected["reason"].astype(str),
+        }
+    )
+    rows = []
+    for (status, kind), group in table.groupby(["status", "kind"], sort=True):
+        first = group.iloc[0]
+        rows.append(
+            (
+                str(status),
+                str(kind),
+                fmt_count(len(group)),
+                f"{first['candidate_id']}: {first['reason'] or '—'}",
+            )
         )
-        for (status, reason), group in groups
-    ]
+    rows.sort(key=lambda row: (row[0], -int(row[2].replace(",", ""))))
     return Table(
-        "Candidates that were not feasible or were pruned, by reason.",
-        ("status", "reason", "count", "examples"),
+        "Candidates that were pruned (could not beat the best plan) or are infeasible, by reason.",
+        ("status", "why", "count", "example"),
         tuple(rows),
     )

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pdplan.reports.units import fmt_ms
+
 METRICS = ("ttft", "tpot", "e2e", "itl")
 _UNIT_MS = {"ms": 1.0, "s": 1000.0}
 _KEY = re.compile(r"^(ttft|tpot|e2e|itl)(?:_p(\d+(?:\.\d+)?))?(?:_(ms|s))?$")
@@ -30,9 +32,7 @@ class SloLine:
     def condition(self) -> str:
         """E.g. 'TTFT ≤ 1 s' or 'TTFT p99 ≤ 2 s'."""
         where = f" p{self.percentile:g}" if self.percentile is not None else ""
-        value = (
-            f"{self.threshold_ms / 1000:g} s" if self.threshold_ms >= 1000 else f"{self.threshold_ms:g} ms"
-        )
+        value = fmt_ms(self.threshold_ms)
         return f"{self.metric.upper()}{where} ≤ {value}"
 
     @property

@@ -3,7 +3,8 @@ plan (or, when colocated won, the best disaggregated one) beside it.
 
 Reads ``plan.yaml`` (the plan, its ``predicted`` figures, ``feasible``/``reason``),
 ``candidates.csv`` + ``probes.csv`` (the alternative and its latencies at goodput) and
-``summary.yaml`` (what a single-plan simulation or a bench measured).
+``summary.yaml`` (what a single-plan simulation or a bench measured); the promise lines (target,
+budget, cost, traffic, tie: ``promise.py``) and, for a deployment, its processes (``deployment.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pdplan.reports.figure import fmt_ms, fmt_num
+from pdplan.reports.deployment import deploy_items
 from pdplan.reports.plans import SUMMARY_HEADER, candidate_view, plan_view, ranked
+from pdplan.reports.promise import promise_lines
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Heading, Item, Paragraph, Section, Table
+from pdplan.reports.units import fmt_count, fmt_ms, fmt_num, fmt_pct, fmt_rps
 
 
 def build_summary(runs: Sequence[RunData]) -> Section:
@@ -25,19 +28,26 @@ def build_summary(runs: Sequence[RunData]) -> Section:
         why = "; ".join(run.why_absent("plan.yaml") for run in runs)
         return Section("summary", "Summary", absent=f"No plan to summarise: {why}.")
     items: list[Item] = []
+    notes: list[str] = []
     for run in with_plan:
         if len(with_plan) > 1:
             items.append(Heading(f"{run.label} ({run.kind})"))
-        items.extend(_run_summary(run))
-    return Section("summary", "Summary", items=tuple(items))
+        items.extend(_run_summary(run, notes))
+        if run.deploy is not None:
+            items.extend(deploy_items(run))
+    return Section("summary", "Summary", items=tuple(items), notes=tuple(notes))
 
 
-def _run_summary(run: RunData) -> list[Item]:
+def _run_summary(run: RunData, notes: list[str]) -> list[Item]:
     plan = run.plan
     assert plan is not None
+    headline, lines, problems = promise_lines(plan)
+    notes.extend(f"{run.label}: {p}" for p in problems)
+    lead_items: list[Item] = [Paragraph(headline)] if headline else []
     if plan.get("feasible") is False:
         reason = plan.get("reason") or "no reason given"
-        items: list[Item] = [Paragraph(f"No plan meets the SLO within this budget: {reason}.")]
+        items: list[Item] = [*lead_items, Paragraph(f"No plan meets the SLO within this budget: {reason}.")]
+        items.extend(Paragraph(line) for line in lines)
         if run.candidates is not None:
             items.append(Paragraph(_candidate_counts(run)))
         return items
@@ -66,7 +76,9 @@ def _run_summary(run: RunData) -> list[Item]:
                     f"({alt.phrase}, {fmt_num(alt.goodput_rps_per_gpu)} req/s per GPU)"
                 )
     items = [
+        *lead_items,
         Paragraph(sentence + "."),
+        *(Paragraph(line) for line in lines),
         Table(
             "The recommended plan and the best plan of the other mode, predicted at their goodput."
             if run.candidates is not None
@@ -86,8 +98,8 @@ def _run_summary(run: RunData) -> list[Item]:
 def _candidate_counts(run: RunData) -> str:
     assert run.candidates is not None
     counts = run.candidates["status"].value_counts()
-    parts = [f"{int(counts[s])} {s}" for s in ("ok", "infeasible", "pruned") if s in counts]
-    return f"Chosen among {len(run.candidates)} candidates ({', '.join(parts)})."
+    parts = [f"{fmt_count(counts[s])} {s}" for s in ("ok", "infeasible", "pruned") if s in counts]
+    return f"Chosen among {fmt_count(len(run.candidates))} candidates ({', '.join(parts)})."
 
 
 def _measured_sentence(run: RunData) -> str:
@@ -97,10 +109,16 @@ def _measured_sentence(run: RunData) -> str:
     tpot = summary.get("tpot_ms") if isinstance(summary.get("tpot_ms"), dict) else {}
     assert isinstance(ttft, dict) and isinstance(tpot, dict)
     text = (
-        f"The {verb} run served {fmt_num(summary.get('throughput_rps'))} req/s with TTFT p90 "
+        f"The {verb} run served {fmt_rps(summary.get('throughput_rps'))} with TTFT p90 "
         f"{fmt_ms(ttft.get('p90'))} and TPOT p90 {fmt_ms(tpot.get('p90'))}"
     )
     attainment = summary.get("attainment")
-    if attainment is not None:
-        text += f"; {100 * float(attainment):.1f}% of requests met the SLO"
+    if isinstance(attainment, (int, float)) and not isinstance(attainment, bool):
+        text += f"; {fmt_pct(attainment)} of requests met the SLO"
+        target = (run.plan or {}).get("attainment")
+        if isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target <= 1:
+            if attainment >= target:
+                text += f", at or above the {fmt_pct(target, 0)} target: the plan holds at this rate"
+            else:
+                text += f", below the {fmt_pct(target, 0)} target: the plan does NOT hold at this rate"
     return text + "."

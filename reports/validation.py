@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, fmt_num, log_axis, new_figure, style, to_svg
+from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, log_axis, ms_axis, new_figure, style, to_svg
 from pdplan.reports.operating import request_latencies
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
+from pdplan.reports.units import fmt_ms, fmt_num, fmt_pct, fmt_rps, fmt_tok_s
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -29,18 +30,31 @@ TOLERANCE_PCT = 10.0  # the band drawn around zero error
 
 
 _RATE_LABELS = {
-    "throughput_rps": "throughput (req/s)",
-    "output_tokens_per_s": "output tokens/s",
+    "throughput_rps": "throughput",
+    "output_tokens_per_s": "output tokens",
     "attainment": "SLO attainment",
 }
 
 
 def metric_label(name: str) -> str:
-    """'ttft_p50_ms' → 'TTFT p50 (ms)'; rate metrics by their plain names."""
+    """'ttft_p50_ms' → 'TTFT p50' (its values carry their unit); rate metrics by their plain names."""
     if name in _RATE_LABELS:
         return _RATE_LABELS[name]
-    metric, stat, unit = name.split("_")
-    return f"{metric.upper()} {stat} ({unit})"
+    metric, stat, _unit = name.split("_")
+    return f"{metric.upper()} {stat}"
+
+
+def metric_value(name: str, value: Any) -> str:
+    """A metric's value in the unit that fits it (``1.29 s``, ``54.8 req/s``, ``12.8k tok/s``)."""
+    if name.endswith("_ms"):
+        return fmt_ms(value)
+    if name == "throughput_rps":
+        return fmt_rps(value)
+    if name == "output_tokens_per_s":
+        return fmt_tok_s(value)
+    if name == "attainment":
+        return fmt_pct(value)
+    return fmt_num(value)
 
 
 def run_metrics(run: RunData) -> dict[str, float]:
@@ -126,7 +140,7 @@ def requests_figure(joined: pd.DataFrame) -> MplFigure:
     """Predicted vs measured TTFT and E2E per request; the diagonal is a perfect prediction."""
     raster = len(joined) > RASTER_POINTS
     with style():
-        fig = new_figure(7.5, 3.3)
+        fig = new_figure(7.5, 3.3, Margins(left_in=0.95, wspace=0.45))  # room for '400 ms' ticks
         for ax, metric in zip(fig.subplots(1, 2), ("ttft", "e2e"), strict=True):
             x = joined[f"{metric}_ms_meas"].to_numpy(dtype=float)
             y = joined[f"{metric}_ms_pred"].to_numpy(dtype=float)
@@ -138,8 +152,10 @@ def requests_figure(joined: pd.DataFrame) -> MplFigure:
                 ax.plot([lo, hi], [lo, hi], color=SLO_COLOR, linewidth=1, label="predicted = measured")
                 if hi / lo > 100:
                     log_axis(ax, "both")
-            ax.set_xlabel(f"measured {metric.upper()} (ms)")
-            ax.set_ylabel(f"predicted {metric.upper()} (ms)")
+            ms_axis(ax.xaxis)
+            ms_axis(ax.yaxis)
+            ax.set_xlabel(f"measured {metric.upper()}")
+            ax.set_ylabel(f"predicted {metric.upper()}")
             ax.legend(loc="upper left", fontsize=7)
     return fig
 
@@ -204,7 +220,7 @@ def _pair_items(pred: RunData, meas: RunData, pred_name: str, key: str) -> list[
             "Predicted vs measured.",
             ("metric", "predicted", "measured", "error"),
             tuple(
-                (metric_label(m), fmt_num(p), fmt_num(v), _pct(e))
+                (metric_label(m), metric_value(m, p), metric_value(m, v), _pct(e))
                 for m, p, v, e in table.itertuples(index=False)
             ),
         ),

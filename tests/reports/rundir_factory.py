@@ -8,6 +8,7 @@ is replaced (by a simple load model), because these files are inputs to the repo
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,27 @@ SIXTEEN_GPUS = SearchSize(
     num_requests=10_000,
     duration_s=900.0,
     sample_interval_s=0.5,
+)
+
+
+_CANDIDATE_COLUMNS = (
+    "candidate_id",
+    "mode",
+    "prefill_instances",
+    "prefill_tp",
+    "decode_instances",
+    "decode_tp",
+    "colocated_instances",
+    "colocated_tp",
+    "policy",
+    "max_batch_size",
+    "max_batch_tokens",
+    "chunk_tokens",
+    "gpus",
+    "goodput_rps",
+    "goodput_rps_per_gpu",
+    "status",
+    "reason",
 )
 
 
@@ -328,26 +350,7 @@ def make_search(rng: np.random.Generator, size: SearchSize) -> tuple[pd.DataFram
                 goodput_rps_per_gpu=goodput / shape["gpus"] if met else None,
             )
         cand_rows.append(row)
-    columns = [
-        "candidate_id",
-        "mode",
-        "prefill_instances",
-        "prefill_tp",
-        "decode_instances",
-        "decode_tp",
-        "colocated_instances",
-        "colocated_tp",
-        "policy",
-        "max_batch_size",
-        "max_batch_tokens",
-        "chunk_tokens",
-        "gpus",
-        "goodput_rps",
-        "goodput_rps_per_gpu",
-        "status",
-        "reason",
-    ]
-    return pd.DataFrame(cand_rows).reindex(columns=columns), pd.DataFrame(probe_rows)
+    return pd.DataFrame(cand_rows).reindex(columns=list(_CANDIDATE_COLUMNS)), pd.DataFrame(probe_rows)
 
 
 def _plan_from(best: pd.Series, slo: Any, probes: pd.DataFrame) -> dict[str, Any]:
@@ -466,3 +469,151 @@ def write_bench_run(
         (folder / "predicted").mkdir()
         pred.to_csv(folder / "predicted" / "requests.csv", index=False)
         _dump(folder / "predicted" / "summary.yaml", summarise(pred, {"prefill": 0.6, "decode": 0.7}, slo))
+
+
+def write_deploy_run(folder: Path, ready_s: float | None = 4.2, status: str = "ready") -> dict[str, Any]:
+    """A ``pdplan deploy --target local`` run directory as the supervisor leaves it once ready
+    (deploy.json in ``pdplan.realrun.supervisor``'s schema, the plan copy, run.yaml)."""
+    procs = []
+    for i, (name, role, port, bootstrap) in enumerate(
+        (
+            ("prefill-0", "prefill", 18732, 18733),
+            ("decode-0", "decode", 18734, None),
+            ("router", "router", 18731, None),
+        )
+    ):
+        procs.append(
+            {
+                "name": name,
+                "role": role,
+                "pid": 21586 + i,
+                "pgid": 21586 + i,
+                "start_ticks": 129268 + i,
+                "url": f"http://127.0.0.1:{port}",
+                "port": port,
+                "bootstrap_port": bootstrap,
+                "device": "cpu",
+                "threads": 0 if role == "router" else 1,
+                "cpus": [] if role == "router" else [i],
+                "log": f"logs/{name}.log",
+                "command": f"python -m pdplan.realrun.worker --role {role} --port {port}",
+                "exit_code": None,
+            }
+        )
+    deploy = {
+        "schema_version": 1,
+        "status": status,
+        "mode": "disaggregated",
+        "endpoint": "http://127.0.0.1:18731",
+        "cpu_split": "2 cores split over 2 workers (1 each)",
+        "command": f"pdplan deploy plan.yaml --target local --devices cpu --port 18731 --out {folder.name}",
+        "supervisor_pid": 21580,
+        "supervisor_start_ticks": 129010,
+        "ready_s": ready_s,
+        "updated_at": "2025-11-21T03:00:13+00:00",
+        "processes": procs,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "deploy.json").write_text(json.dumps(deploy, indent=2) + "\n")
+    _dump(
+        folder / "plan.yaml",
+        {
+            "schema_version": 1,
+            "mode": "disaggregated",
+            "model": "tiny-llama",
+            "hardware": "cpu",
+            "gpus": 2,
+            "prefill": {"instances": 1, "tp": 1, "max_batch_tokens": 2048, "max_batch_size": 8},
+            "decode": {"instances": 1, "tp": 1, "max_batch_size": 32, "max_kv_tokens": 65536},
+            "slo": "ttft=2s,tpot=200ms",
+            "attainment": 0.9,
+        },
+    )
+    write_run_yaml(folder, "deploy", deploy["command"])
+    return deploy
+
+
+def update_plan(folder: Path, **fields: Any) -> dict[str, Any]:
+    """Add (or replace) top-level fields of a run's plan.yaml, e.g. the optional ``target``,
+    ``budget``, ``cost``, ``traffic`` and ``tie``."""
+    plan = yaml.safe_load((folder / "plan.yaml").read_text())
+    plan.update(fields)
+    _dump(folder / "plan.yaml", plan)
+    return plan
+
+
+def write_large_search_run(
+    folder: Path, rng: np.random.Generator, gpus: int = 128, variants: int = 9, profile: Profile | None = None
+) -> dict[str, Any]:
+    """A search run shaped like a real 128-GPU search: every shape that fits × ``variants`` batch
+    limits (~170k candidates at 128 GPUs), almost all pruned by their capacity bound or after one
+    probe, some infeasible, ~0.2 % simulated to their goodput with probes (bench/report_speed.py)."""
+    profile = profile or make_profile(rng)
+    shapes = pd.DataFrame(_shapes(gpus))
+    table = shapes.loc[shapes.index.repeat(variants)].reset_index(drop=True)
+    n = len(table)
+    table.insert(0, "candidate_id", [f"c{i:06d}" for i in range(n)])
+    table["max_batch_size"] = np.tile(2 ** np.arange(4, 4 + variants), len(shapes))
+    table["max_batch_tokens"] = 8192
+    capacity = np.array([_capacity_rps(row) for row in shapes.to_dict("records")]).repeat(variants)
+    capacity *= rng.uniform(0.9, 1.1, n)
+    draw = rng.random(n)
+    status = np.where(draw < 0.002, "ok", np.where(draw < 0.05, "infeasible", "pruned")).astype(object)
+    first = {"disaggregated": True, "colocated": True}
+    for i, mode in enumerate(table["mode"]):  # the best of each mode's first shape is simulated
+        if first[mode]:
+            status[i], first[mode] = "ok", False
+    reasons = np.where(
+        draw < 0.03,
+        "misses the SLO at the rate needed to beat c000123 (3× (TP1))",
+        "capacity bound (" + np.round(capacity, 1).astype(str) + " req/s) cannot beat c000123 (3× (TP1))",
+    ).astype(object)
+    reasons[status == "infeasible"] = "misses the SLO at every rate tried, down to 0.25 req/s (ttft)"
+    reasons[status == "ok"] = ""
+    goodput = np.where(status == "ok", np.round(capacity * rng.uniform(0.8, 0.95, n), 4), np.nan)
+    table["goodput_rps"] = goodput
+    table["goodput_rps_per_gpu"] = goodput / table["gpus"]
+    table["status"], table["reason"] = status, reasons
+    table = table.reindex(columns=list(_CANDIDATE_COLUMNS))
+    probe_rows = []
+    for cid, good in table.loc[table["status"] == "ok", ["candidate_id", "goodput_rps"]].itertuples(
+        index=False
+    ):
+        for rate, meets in ((0.5 * good, True), (good, True), (1.15 * good, False)):
+            load = min(0.98, rate / (1.2 * good))
+            probe_rows.append(
+                {
+                    "candidate_id": cid,
+                    "rate_rps": round(rate, 4),
+                    "attainment": 0.97 if meets else 0.6,
+                    **{
+                        f"ttft_p{q}_ms": 180 * (1 + load / (1 - load)) * k
+                        for q, k in ((50, 1), (90, 2.3), (99, 4.6))
+                    },
+                    **{f"tpot_p{q}_ms": (25 + 40 * load) * k for q, k in ((50, 1), (90, 1.3), (99, 1.8))},
+                    "output_tokens_per_s": rate * 180,
+                    "meets_slo": meets,
+                }
+            )
+    probes = pd.DataFrame(probe_rows)
+    ok = table[table["status"] == "ok"].sort_values("goodput_rps_per_gpu", ascending=False)
+    slo = {"ttft_ms": SLO_TTFT_MS, "tpot_ms": SLO_TPOT_MS}
+    plan = _plan_from(ok.iloc[0], slo, probes)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "candidates.csv", index=False)
+    probes.to_csv(folder / "probes.csv", index=False)
+    _dump(folder / "plan.yaml", plan)
+    requests = make_requests(profile, rng, 20_000, plan["predicted"]["rate_rps"], load=0.7)
+    requests.to_csv(folder / "requests.csv", index=False)
+    roles = (
+        {"colocated": plan["colocated"]["instances"]}
+        if plan["mode"] == "colocated"
+        else {"prefill": plan["prefill"]["instances"], "decode": plan["decode"]["instances"]}
+    )
+    _dump(folder / "summary.yaml", summarise(requests, {role: 0.9 for role in roles}, slo))
+    size = SearchSize(gpus=gpus, duration_s=float(requests["arrival_s"].max()), sample_interval_s=1.0)
+    make_timeseries(rng, roles, size, load=0.7).to_csv(folder / "timeseries.csv", index=False)
+    write_run_yaml(
+        folder, "search", f"pdplan simulate --gpus {gpus} --slo ttft=2s,tpot=100ms --out {folder.name}"
+    )
+    return plan

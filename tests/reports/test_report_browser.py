@@ -40,6 +40,8 @@ EVERY_FIGURE = (
     "search-attainment",
     "search-pareto",
     "operating-cdf",
+    "operating-traffic",
+    "operating-traffic1",
     "operating-timeseries",
     "profile-fit",
     "profile-error",

@@ -105,7 +105,7 @@ def test_timeseries_has_a_column_per_role_with_instance_means() -> None:
 
 def test_operating_section_from_a_search_run(search_run: Path) -> None:
     section = build_operating([load_run(search_run)])
-    assert section.figure_keys == ("operating-cdf", "operating-timeseries")
+    assert section.figure_keys == ("operating-cdf", "operating-traffic", "operating-timeseries")
     texts = [i.text for i in section.items if i.kind == "paragraph"]
     assert any(t.startswith("search (search): ") and "within TTFT ≤ 2 s" in t for t in texts)
     table = next(i for i in section.items if i.kind == "table")
@@ -115,7 +115,7 @@ def test_operating_section_from_a_search_run(search_run: Path) -> None:
 
 def test_operating_section_overlays_a_bench_and_its_prediction(bench_run: Path) -> None:
     section = build_operating([load_run(bench_run)])
-    assert section.figure_keys == ("operating-cdf",)
+    assert section.figure_keys == ("operating-cdf", "operating-traffic")  # not the predicted twin
     texts = " ".join(getattr(i, "text", "") for i in section.items)
     assert "bench (bench)" in texts and "bench (predicted)" in texts
     assert "bench has no timeseries.csv" in texts

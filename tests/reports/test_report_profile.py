@@ -156,3 +156,26 @@ def test_profile_section_absent_explains(tmp_path: Path) -> None:
     assert (
         section.absent is not None and "profile.yaml could not be read (missing key 'tp')" in section.absent
     )
+
+
+def test_an_analytic_profile_is_not_called_measured(tmp_path: Path) -> None:
+    measured = _profile(H100)
+    analytic = Profile("analytic", measured.model, H100, "bfloat16", 1, measured.prefill, measured.decode)
+    section = build_profile([RunData(path=tmp_path / "p8b", profile=analytic)])
+    captions = " ".join(getattr(i, "caption", "") for i in section.items)
+    assert "Analytic model latency (dots)" in captions and "Measured" not in captions
+    assert "each analytic model point" in captions
+    assert section.items[0].text.startswith("Analytic profile of llama-3.1-8b")
+    fig = error_figure(analytic)
+    assert {ax.get_xlabel() for ax in fig.axes} == {"analytic model latency (ms)"}
+    measured_section = build_profile([RunData(path=tmp_path / "p", profile=measured)])
+    assert "Measured latency (dots)" in " ".join(getattr(i, "caption", "") for i in measured_section.items)
+
+
+def test_the_model_table_prints_coefficients_without_exponents(profile_run) -> None:
+    folder, profile = profile_run
+    table = next(i for i in build_profile([RunData(path=folder, profile=profile)]).items if i.kind == "table")
+    formulas = [row[1] for row in table.rows]
+    assert all("e-" not in f and "e+" not in f for f in formulas), formulas
+    assert all(f.split(" + ")[0].endswith(("ms", "µs", "ns")) for f in formulas)
+    assert "per token" in formulas[0] and "per context token" in formulas[1]

@@ -17,7 +17,7 @@ from pdplan.profiles.errors import ConfigError
 from pdplan.reports import render as render_module
 from pdplan.reports import write_combined_report, write_report
 from pdplan.reports.render import FAILED_MARK, render_html
-from pdplan.reports.rundir import load_run
+from pdplan.reports.rundir import RunData, load_run
 
 ROOT = Path(__file__).resolve().parents[2]
 # Anything a browser would fetch: a src/href/... with a scheme (inline PNGs of rasterised figures
@@ -69,6 +69,7 @@ def test_write_report_for_a_search_run(tmp_path: Path, search_run: Path) -> None
         "search-attainment",
         "search-pareto",
         "operating-cdf",
+        "operating-traffic",
         "operating-timeseries",
         "inputs-traffic",
     ]
@@ -87,7 +88,7 @@ def test_combined_report_has_every_section(
     html = out.read_text()
     _check_self_contained(html)
     assert all(_sections(html).values()) and len(_sections(html)) == 6
-    assert len(_figures(html)) == 11
+    assert len(_figures(html)) == 13  # a traffic-over-time figure for the search and the bench
     assert "<title>All &lt;in&gt; one</title>" in html
 
 
@@ -180,3 +181,22 @@ def test_importing_the_package_and_the_cli_stays_light() -> None:
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert "matplotlib" not in out.stdout and "torch" not in out.stdout
+
+
+def test_combined_runs_of_different_models_are_all_named_in_the_title(
+    tmp_path: Path, search_run: Path
+) -> None:
+    from rundir_factory import write_deploy_run
+
+    from pdplan.reports.render import default_title
+
+    write_deploy_run(tmp_path / "dep")  # tiny-llama on cpu
+    runs = [load_run(tmp_path / "dep"), load_run(search_run)]
+    assert (
+        default_title(runs) == "pdplan deploy + search report: tiny-llama on cpu + llama-3.1-8b on h100-sxm"
+    )
+    assert default_title(runs[::-1]).endswith(": llama-3.1-8b on h100-sxm + tiny-llama on cpu")
+    same = [load_run(search_run), load_run(search_run)]
+    assert default_title(same) == "pdplan search report: llama-3.1-8b on h100-sxm"
+    model_only = RunData(path=tmp_path / "x", plan={"model": "llama-3.1-8b"})
+    assert default_title([model_only, load_run(search_run)]).endswith(": llama-3.1-8b on h100-sxm")

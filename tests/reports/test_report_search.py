@@ -6,14 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pdplan.reports.figure import SLO_COLOR
 from pdplan.reports.plans import candidate_view, chosen_candidate, plan_view, ranked
 from pdplan.reports.rundir import RunData
 from pdplan.reports.search import (
     attainment_figure,
     build_search,
-    heatmap_figure,
-    heatmap_grid,
     pareto_figure,
     pareto_points,
 )
@@ -82,33 +79,6 @@ def _probes() -> pd.DataFrame:
     )
 
 
-def test_heatmap_grid_has_the_best_feasible_candidate_per_cell() -> None:
-    prefill, decode, grid, tried = heatmap_grid(_candidates())
-    assert prefill == [1, 2] and decode == [1, 2]
-    assert grid[0, 0] == pytest.approx(0.5)  # c0: 1 P + 1 D
-    assert grid[1, 0] == pytest.approx(0.8)  # c1 beats c2 (0.5) in the 1 P + 2 D cell
-    assert np.isnan(grid[0, 1]) and tried[0, 1]  # 2 P + 1 D: only the infeasible c3
-    assert grid[1, 1] == pytest.approx(0.7)
-    assert tried.all()
-
-
-def test_heatmap_figure_draws_cells_values_and_the_chosen_plan() -> None:
-    fig = heatmap_figure(_candidates(), "c1")
-    ax = fig.axes[0]
-    shown = ax.images[0].get_array()
-    assert shown.mask.tolist() == [[False, True], [False, False]]
-    assert shown.data[1, 0] == pytest.approx(0.8)
-    texts = sorted(t.get_text() for t in ax.texts)
-    assert texts == ["0.50", "0.70", "0.80"]
-    outlined = [
-        p for p in ax.patches if p.get_edgecolor()[:3] == pytest.approx((0.835, 0.369, 0.0), abs=0.01)
-    ]
-    assert len(outlined) == 1 and outlined[0].get_xy() == (-0.5, 0.5)  # column P=1, row D=2
-    hatched = [p for p in ax.patches if p.get_hatch()]
-    assert len(hatched) == 1 and hatched[0].get_xy() == (0.5, -0.5)
-    assert SLO_COLOR == "#D55E00"
-
-
 def test_attainment_figure_has_one_line_per_plan_and_the_target() -> None:
     probes = _probes()
     fig = attainment_figure(probes, [("c4", "c4: best"), ("c6", "c6: colocated")], 0.9)
@@ -117,7 +87,7 @@ def test_attainment_figure_has_one_line_per_plan_and_the_target() -> None:
     assert lines["c4: best"].get_xdata().tolist() == pytest.approx([1.4, 2.8, 4.2])
     assert lines["c4: best"].get_ydata().tolist() == [1.0, 1.0, 0.5]
     assert lines["c6: colocated"].get_linestyle() == "--"
-    target = lines["attainment target 0.9"]
+    target = lines["attainment target 90%"]
     assert list(target.get_ydata()) == [0.9, 0.9]
 
 
@@ -165,7 +135,7 @@ def test_search_section_figures(tmp_path) -> None:
     section = build_search([run])
     assert section.figure_keys == ("search-heatmap", "search-attainment", "search-pareto")
     reasons = next(i for i in section.items if i.kind == "table" and "by reason" in i.caption)
-    assert reasons.rows == (("infeasible", "does not fit in memory", "1", "c3"),)
+    assert reasons.rows == (("infeasible", "do not fit in memory", "1", "c3: does not fit in memory"),)
     no_probes = build_search([RunData(path=tmp_path / "s", candidates=_candidates())])
     assert no_probes.figure_keys == ("search-heatmap",)
     assert any("probes.csv" in getattr(i, "text", "") for i in no_probes.items)

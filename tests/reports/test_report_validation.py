@@ -15,6 +15,7 @@ from pdplan.reports.validation import (
     error_figure,
     joined_requests,
     metric_label,
+    metric_value,
     pairs,
     requests_figure,
     run_metrics,
@@ -52,8 +53,12 @@ def test_compare_reports_error_against_the_measurement() -> None:
     bars = sorted(p.get_width() for p in fig.axes[0].patches if p.get_height() < 1)
     assert bars == pytest.approx([-20.0, 10.0])
     ticks = {t.get_text(): t.get_position()[1] for t in fig.axes[0].get_yticklabels()}
-    assert ticks == {"TTFT p50 (ms)": 1, "throughput (req/s)": 0}  # table order, top down
-    assert metric_label("e2e_p99_ms") == "E2E p99 (ms)"
+    assert ticks == {"TTFT p50": 1, "throughput": 0}  # table order, top down
+    assert metric_label("e2e_p99_ms") == "E2E p99"
+    assert (
+        metric_value("e2e_p99_ms", 1290.0) == "1.29 s"
+        and metric_value("output_tokens_per_s", 12_800) == "12.8k tok/s"
+    )
 
 
 def test_run_metrics_prefer_summary_and_fall_back_to_requests(tmp_path: Path) -> None:
@@ -97,7 +102,8 @@ def test_validation_section_from_a_bench_run(bench_run: Path) -> None:
         "Prediction (bench/predicted) vs measurement (bench): median |error|"
     )
     table = next(i for i in section.items if i.kind == "table")
-    assert table.rows[0][0] == "TTFT mean (ms)" and table.rows[0][3].endswith("%")
+    assert table.rows[0][0] == "TTFT mean" and table.rows[0][3].endswith("%")
+    assert table.rows[0][1].endswith((" ms", " s")) and not any("e+" in c for row in table.rows for c in row)
 
 
 def test_validation_absent_says_what_it_needs(search_run: Path) -> None:

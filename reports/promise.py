@@ -1,0 +1,143 @@
+"""What a plan promises, in the Summary's words: the target rate and whether it is held, how a GPU
+budget is used, what the plan costs, how the traffic was judged, and how a tie was broken.
+
+Reads the optional ``plan.yaml`` fields ``target: {rate_rps, held, gpus}``, ``budget: {gpus,
+replicas, gpus_used, goodput_rps, layout}``, ``cost: {price_per_gpu_hour, gpus, per_hour,
+per_million_output_tokens}``, ``traffic`` (``as-recorded`` | ``stationary`` | ``synthetic``) and
+``tie`` (a sentence). Each is shown only when present; a field of the wrong type is named in a note
+rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pdplan.reports.units import fmt_money, fmt_num, fmt_rps
+
+#: How each ``traffic`` value judged a candidate, as the report states it.
+TRAFFIC_WORDS = {
+    "as-recorded": "the trace replayed whole, time-scaled to each rate, with its own swings",
+    "stationary": (
+        "stationary view of the trace (detrended), chosen explicitly: the minute-scale swings of the "
+        "recorded traffic are not part of this promise"
+    ),
+    "synthetic": "synthetic workload, judged on steady-state windows with a stability test",
+}
+
+
+def _number(block: dict[str, Any], key: str) -> float | None:
+    value = block.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _block(plan: dict[str, Any], key: str, notes: list[str]) -> dict[str, Any] | None:
+    value = plan.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        notes.append(f"plan.yaml's {key!r} is not a mapping ({type(value).__name__}); not shown.")
+        return None
+    return value
+
+
+def target_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
+    """'Target 40 req/s: held by this plan on 6 GPUs.' (rate mode's headline)."""
+    target = _block(plan, "target", notes)
+    if target is None:
+        return None
+    rate = _number(target, "rate_rps")
+    if rate is None:
+        notes.append("plan.yaml's target has no numeric rate_rps; not shown.")
+        return None
+    gpus = _number(target, "gpus")
+    on = f" on {fmt_num(gpus)} GPUs" if gpus is not None else ""
+    held = target.get("held")
+    if held is True:
+        return f"Target {fmt_rps(rate)}: held by this plan{on}."
+    if held is False:
+        return f"Target {fmt_rps(rate)}: NOT held by the best plan found{on}."
+    return f"Target {fmt_rps(rate)}{on} (plan.yaml does not say whether it is held)."
+
+
+def budget_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
+    """'Budget of 16 GPUs: 5 replicas of the 3-GPU unit (colocated 3× TP1) on 15 of 16 GPUs: 274 req/s.'"""
+    budget = _block(plan, "budget", notes)
+    if budget is None:
+        return None
+    gpus, replicas = _number(budget, "gpus"), _number(budget, "replicas")
+    used, goodput = _number(budget, "gpus_used"), _number(budget, "goodput_rps")
+    layout = budget.get("layout")
+    text = f"Budget of {fmt_num(gpus)} GPUs" if gpus is not None else "Budget"
+    if replicas is not None and used is not None and replicas > 0:
+        unit = used / replicas
+        noun = "replica" if replicas == 1 else "replicas"
+        what = f"the {fmt_num(unit)}-GPU unit" if unit == int(unit) else "the unit"
+        if isinstance(layout, str) and layout:
+            what += f" ({layout})"
+        text += f": {fmt_num(replicas)} {noun} of {what} on {fmt_num(used)}"
+        text += f" of {fmt_num(gpus)} GPUs" if gpus is not None else " GPUs"
+    elif isinstance(layout, str) and layout:
+        text += f": {layout}"
+        if used is not None:
+            text += f" on {fmt_num(used)} GPUs"
+    if goodput is not None:
+        text += f": {fmt_rps(goodput)} in total"
+    return text + "."
+
+
+def cost_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
+    """'Cost at $2.50 per GPU-hour: $15.00 per hour for 6 GPUs, $0.81 per million output tokens.'"""
+    cost = _block(plan, "cost", notes)
+    if cost is None:
+        return None
+    price, gpus = _number(cost, "price_per_gpu_hour"), _number(cost, "gpus")
+    per_hour, per_million = _number(cost, "per_hour"), _number(cost, "per_million_output_tokens")
+    if per_hour is None and price is not None and gpus is not None:
+        per_hour = price * gpus
+    parts = []
+    if per_hour is not None:
+        parts.append(f"{fmt_money(per_hour)} per hour" + (f" for {fmt_num(gpus)} GPUs" if gpus else ""))
+    if per_million is not None:
+        parts.append(f"{fmt_money(per_million)} per million output tokens")
+    if not parts:
+        notes.append("plan.yaml's cost has neither per_hour nor per_million_output_tokens; not shown.")
+        return None
+    lead = f"Cost at {fmt_money(price)} per GPU-hour" if price is not None else "Cost"
+    return f"{lead}: {', '.join(parts)}."
+
+
+def traffic_sentence(plan: dict[str, Any]) -> str | None:
+    """How the search judged the traffic, from ``traffic``."""
+    value = plan.get("traffic")
+    if value is None or value == "":
+        return None
+    words = TRAFFIC_WORDS.get(str(value))
+    return f"Traffic: {words} (traffic: {value})." if words else f"Traffic: {value}."
+
+
+def tie_sentence(plan: dict[str, Any]) -> str | None:
+    value = plan.get("tie")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    return text if text.endswith(".") else text + "."
+
+
+def promise_lines(plan: dict[str, Any]) -> tuple[str | None, list[str], list[str]]:
+    """(the target headline or None, the lines that follow the recommendation, notes)."""
+    notes: list[str] = []
+    headline = target_sentence(plan, notes)
+    lines = [
+        line
+        for line in (
+            tie_sentence(plan),
+            budget_sentence(plan, notes),
+            cost_sentence(plan, notes),
+            traffic_sentence(plan),
+        )
+        if line
+    ]
+    return headline, lines, notes
