@@ -22,6 +22,7 @@ import yaml
 from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO, parse_slo
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.profile import Profile
+from pdplan.realrun.targets.layout import LaunchSettings, launch_from_dict
 from pdplan.sim.cluster import (
     ColocatedCluster,
     ColocatedPool,
@@ -53,6 +54,7 @@ PLAN_KEYS = (
     "predicted",
     "feasible",
     "reason",
+    "launch",
 )
 PREDICTED_KEYS = (
     "goodput_rps",
@@ -90,6 +92,8 @@ class Plan:
     predicted: dict[str, float | None] = field(default_factory=dict)
     feasible: bool = True
     reason: str = ""
+    #: optional ``launch:`` section for engine targets (``pdplan.realrun.targets.layout.LaunchSettings``)
+    launch: LaunchSettings | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -173,6 +177,8 @@ class Plan:
         )
         if self.reason:
             out["reason"] = self.reason
+        if self.launch is not None:
+            out["launch"] = self.launch.to_dict()
         return out
 
 
@@ -209,6 +215,8 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
         if not isinstance(data["predicted"], Mapping):
             raise ConfigError(f"{source}: predicted must be a mapping of {list(PREDICTED_KEYS)}")
         kwargs["predicted"] = dict(data["predicted"])
+    if data.get("launch") is not None:
+        kwargs["launch"] = launch_from_dict(data["launch"], source=source)
     if not isinstance(kwargs.get("feasible", True), bool):
         raise ConfigError(f"{source}: feasible={kwargs['feasible']!r}; expected true or false")
     plan = Plan(**kwargs)
