@@ -47,6 +47,13 @@ _ENV = {
 }
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Spell out repeated values (a shared command list) instead of YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _name(plan: TargetPlan, name: str | None) -> str:
     if name:
         return name
@@ -175,7 +182,7 @@ def build(plan: TargetPlan, flavor: str, engine: str = "sglang", name: str | Non
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + f"; images {table.image}, {flags.SGLANG_ROUTER.image}.\n"
     )
-    text += yaml.safe_dump_all(docs, sort_keys=False)
+    text += yaml.dump_all(docs, Dumper=_NoAliases, sort_keys=False)
     readme = [
         f"# {plan.mode} deployment of {plan.model_path} on Kubernetes ({flavor})",
         "",
