@@ -17,7 +17,13 @@ from pdplan.sim.cluster import ColocatedPool, DecodePool, PrefillPool
 
 def _launch_view(p: Plan) -> dict[str, object]:
     t = target_plan(p, TargetRequest("sglang"))
-    return {"mode": t.mode, "pools": t.pools, "router": t.router, "mem": t.mem_fraction, "settings": t.settings}
+    return {
+        "mode": t.mode,
+        "pools": t.pools,
+        "router": t.router,
+        "mem": t.mem_fraction,
+        "settings": t.settings,
+    }
 
 
 @pytest.mark.parametrize("name", list(PLANS))
@@ -74,14 +80,17 @@ def test_any_plan_survives_the_scripts(pools, router, mem, backend, store) -> No
     if roles[-1] == "decode" and pools[1].tp == 16:
         par["decode"] = RoleParallel(dp=8, ep=16, dp_attention=True)
     settings_ = LaunchSettings("org/model", backend if mode == "disaggregated" else "mooncake", 8, store, par)
-    original = TargetPlan(mode, "org/model", tuple(zip(roles, pools)), router, mem, settings=settings_)
+    pairs = tuple(zip(roles, pools, strict=True))
+    original = TargetPlan(mode, "org/model", pairs, router, mem, settings=settings_)
     back = sglang.parse_bundle(sglang.build(original).files)
     assert back == original
 
 
 def test_instances_of_one_role_must_agree() -> None:
     files = dict(sglang.build(tplan("disagg")).files)
-    files["node-0.sh"] = files["node-0.sh"].replace("--max-running-requests 16", "--max-running-requests 17", 1)
+    files["node-0.sh"] = files["node-0.sh"].replace(
+        "--max-running-requests 16", "--max-running-requests 17", 1
+    )
     with pytest.raises(DeployError, match="prefill instances differ"):
         sglang.parse_bundle(files)
 

@@ -54,7 +54,10 @@ def _errors(doc: dict[str, Any]) -> list[str]:
     if doc["kind"] not in CRDS:
         return []
     assert doc["apiVersion"].endswith("/" + CRDS[doc["kind"]][1]), doc["apiVersion"]
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(doc["kind"]).iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in _validator(doc["kind"]).iter_errors(doc)
+    ]
 
 
 def _docs(text: str) -> list[dict[str, Any]]:
@@ -123,11 +126,12 @@ def test_validator_catches_a_misplaced_field() -> None:
 def test_lws_pods_request_a_node_of_gpus() -> None:
     docs = _docs(k8s.build(tplan("multinode"), "lws").files["manifests.yaml"])
     lws = [d for d in docs if d["kind"] == "LeaderWorkerSet"]
-    assert [(d["spec"]["replicas"], d["spec"]["leaderWorkerTemplate"]["size"]) for d in lws] == [(1, 2), (2, 2)]
+    assert [(d["spec"]["replicas"], d["spec"]["leaderWorkerTemplate"]["size"]) for d in lws] == [
+        (1, 2),
+        (2, 2),
+    ]
     for d in lws:
         for key in ("leaderTemplate", "workerTemplate"):
             pod = d["spec"]["leaderWorkerTemplate"][key]["spec"]
             assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
             assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
-
-
