@@ -92,6 +92,9 @@ def deploy(
     stand_in: Annotated[
         bool, typer.Option("--stand-in", help="with --execute: pdplan's workers in SGLang's place.")
     ] = False,
+    router: Annotated[
+        str | None, typer.Option("--router", help="sglang/vllm/k8s: route with this policy, not the plan's.")
+    ] = None,
 ) -> None:
     """Launch a plan as prefill/decode (or colocated) workers behind sglang-router."""
     from pdplan.profiles.errors import ConfigError, choices_error
@@ -110,7 +113,7 @@ def deploy(
 
         request = TargetRequest(
             target, flavor, engine, model_path, gpus_per_node, transfer_backend, port,
-            execute, stand_in, dry_run,
+            execute, stand_in, dry_run, router,
         )  # fmt: skip
         deploy_target(plan, request, out)
         return

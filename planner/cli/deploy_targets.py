@@ -19,6 +19,7 @@ import yaml
 
 if TYPE_CHECKING:
     from pdplan.planner.plan import Plan
+    from pdplan.realrun.deployment import LaunchPlan
     from pdplan.realrun.targets.bundle import Bundle
     from pdplan.realrun.targets.layout import TargetPlan
 
@@ -39,6 +40,7 @@ class TargetRequest:
     execute: bool = False
     stand_in: bool = False
     dry_run: bool = False
+    router: str | None = None
 
 
 def target_plan(plan: Plan, req: TargetRequest) -> TargetPlan:
@@ -46,12 +48,20 @@ def target_plan(plan: Plan, req: TargetRequest) -> TargetPlan:
     from pdplan.realrun.targets.layout import LaunchSettings, Ports, TargetPlan
 
     settings = plan.launch or LaunchSettings()
-    overrides = {
-        "model_path": req.model_path,
-        "gpus_per_node": req.gpus_per_node,
-        "transfer_backend": req.transfer_backend,
-    }
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if req.model_path is not None:
+        settings = replace(settings, model_path=req.model_path)
+    if req.gpus_per_node is not None:
+        settings = replace(settings, gpus_per_node=req.gpus_per_node)
+    if req.transfer_backend is not None:
+        settings = replace(settings, transfer_backend=req.transfer_backend)
+    router = plan.router
+    if req.router is not None:
+        from pdplan.profiles.errors import choices_error
+        from pdplan.sim.router import ROUTERS
+
+        if req.router not in ROUTERS:
+            raise choices_error("--router", req.router, ROUTERS)
+        router = req.router
     pools = [
         (r, getattr(plan, r)) for r in ("prefill", "decode", "colocated") if getattr(plan, r) is not None
     ]
@@ -63,7 +73,7 @@ def target_plan(plan: Plan, req: TargetRequest) -> TargetPlan:
         mode=plan.mode,
         model=plan.model,
         pools=tuple(pools),
-        router=plan.router,
+        router=router,
         mem_fraction=float(plan.gpu_memory_utilisation),
         hardware=plan.hardware,
         settings=settings,
@@ -103,6 +113,12 @@ def deploy_target(plan_path: Path, req: TargetRequest, out: Path | None) -> Path
         )
     tplan = target_plan(plan, req)
     bundle = build_bundle(tplan, req)
+    if tplan.router != plan.router:
+        note = (
+            f"router {tplan.router} (--router) instead of the plan's {plan.router}, which the simulation used"
+        )
+        readme = bundle.files["README.md"].rstrip("\n") + f"\n\n- {note}\n"
+        bundle = replace(bundle, notes=(*bundle.notes, note), files={**bundle.files, "README.md": readme})
     files = dict(bundle.files)
     files["plan.yaml"] = plan_path.read_text()
     files["launch.yaml"] = _launch_yaml(bundle, req)
@@ -113,6 +129,13 @@ def deploy_target(plan_path: Path, req: TargetRequest, out: Path | None) -> Path
                 console.rule(name)
                 console.print(text, highlight=False, markup=False, soft_wrap=True)
         return None
+    launch = None
+    if req.execute:  # refuse before writing anything: no engine, too few GPUs, a port in use
+        from pdplan.realrun.targets.execute import check_engine, launch_plan
+
+        if not req.stand_in:
+            check_engine(bundle)
+        launch = launch_plan(bundle, req.stand_in)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     where = out or Path("runs") / f"deploy-{req.target}-{stamp}"
     replace(bundle, files=files).write(where)
@@ -120,8 +143,8 @@ def deploy_target(plan_path: Path, req: TargetRequest, out: Path | None) -> Path
     console.print(f"wrote {len(files)} files for {req.target} ({versions}) to {where}", highlight=False)
     for note in bundle.notes:
         console.print(f"[bold yellow]note:[/] {note}", highlight=False)
-    if req.execute:
-        _execute(plan_path, bundle, req, where)
+    if launch is not None:
+        _execute(plan_path, launch, where)
     return where
 
 
@@ -150,12 +173,8 @@ def _launch_yaml(bundle: Bundle, req: TargetRequest) -> str:
     return yaml.safe_dump(record, sort_keys=False)
 
 
-def _execute(plan_path: Path, bundle: Bundle, req: TargetRequest, where: Path) -> None:
+def _execute(plan_path: Path, launch: LaunchPlan, where: Path) -> None:
     from pdplan.planner.cli.deploy_cmd import _print_launch, _run
-    from pdplan.realrun.targets.execute import check_engine, launch_plan
 
-    if not req.stand_in:
-        check_engine(bundle)
-    launch = launch_plan(bundle, req.stand_in)
     _print_launch(launch, show_commands=False)
     _run(plan_path, launch, where / "run")

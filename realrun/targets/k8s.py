@@ -166,7 +166,7 @@ def build(plan: TargetPlan, flavor: str, engine: str = "sglang", name: str | Non
     sglang._check_model(plan)
     group = _name(plan, name)
     placements, _nodes = place(plan)
-    firsts = {}
+    firsts: dict[str, Placement] = {}
     for p in placements:  # one template per pool: instance 0 with in-pod addressing
         firsts.setdefault(p.role, replace(p, base_gpu=0, slot=0))
     table = flags.SGLANG if engine == "sglang" else flags.VLLM

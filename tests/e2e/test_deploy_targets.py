@@ -93,6 +93,7 @@ def test_execute_without_sglang_points_at_the_stand_in(tmp_path: Path, pdplan_sc
     done = _run(pdplan_script, str(plan), "--target", "sglang", "--execute", "--port", str(free_port()),
                 "--out", str(tmp_path / "o"))  # fmt: skip
     assert done.returncode == 2 and "--stand-in" in done.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_execute_with_the_stand_in_serves_the_plan(tmp_path: Path, pdplan_script: Path) -> None:
@@ -150,3 +151,13 @@ def _wait_ready(record: Path, proc: subprocess.Popen[bytes], console: Path, time
             pass
         time.sleep(0.2)
     raise AssertionError(f"not ready within {timeout_s} s:\n{console.read_text()}")
+
+
+def test_router_override_is_recorded(tmp_path: Path, pdplan_script: Path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", **{**SECTIONS, "router": "least_loaded"})
+    out = tmp_path / "out"
+    done = _run(pdplan_script, str(plan), "--target", "vllm", "--router", "round_robin", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    note = "router round_robin (--router) instead of the plan's least_loaded"
+    assert note in (out / "README.md").read_text()
+    assert any(note in n for n in yaml.safe_load((out / "launch.yaml").read_text())["notes"])
