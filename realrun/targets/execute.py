@@ -18,6 +18,7 @@ from pdplan.profiles.errors import DeployError
 from pdplan.realrun.deployment import LaunchPlan, ProcessSpec
 from pdplan.realrun.targets.bundle import Bundle, substitute_hosts
 from pdplan.realrun.targets.flags import SGLANG, SGLANG_ROUTER
+from pdplan.realrun.targets.standin import worker_argv
 
 HOST = "127.0.0.1"
 
@@ -91,6 +92,7 @@ def launch_plan(bundle: Bundle, stand_in: bool) -> LaunchPlan:
         assert tuple(argv[: len(SGLANG.entry)]) == SGLANG.entry, argv
         args = argv[len(SGLANG.entry) :]
         if stand_in:
+            worker_argv(list(args))  # refuses here what the stand-in could not run (tp > 1, DP, ...)
             full = (sys.executable, "-m", "pdplan.realrun.targets.standin", *args)
         else:
             full = (sys.executable, "-m", "pdplan.realrun.targets.engine_exec", sys.executable, *argv[1:])
