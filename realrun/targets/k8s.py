@@ -27,7 +27,7 @@ import yaml
 from pdplan.profiles.errors import ConfigError, DeployError
 from pdplan.realrun.targets import flags, sglang, vllm
 from pdplan.realrun.targets.bundle import Bundle
-from pdplan.realrun.targets.layout import Placement, TargetPlan, place
+from pdplan.realrun.targets.layout import Placement, TargetPlan, check_model_path, place
 
 FLAVORS = ("rbg", "lws")
 ENGINES = ("sglang", "vllm")
@@ -163,7 +163,7 @@ def build(plan: TargetPlan, flavor: str, engine: str = "sglang", name: str | Non
         raise ConfigError(f"--flavor {flavor!r}; expected one of {list(FLAVORS)}")
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}; expected one of {list(ENGINES)}")
-    sglang._check_model(plan)
+    check_model_path(plan)
     group = _name(plan, name)
     placements, _nodes = place(plan)
     firsts: dict[str, Placement] = {}

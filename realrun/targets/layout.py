@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from pdplan.profiles.errors import ConfigError, choices_error
@@ -231,6 +232,16 @@ def _check_parallel(role: str, tp: int, par: RoleParallel) -> None:
         raise ConfigError(f"launch.{role}: DP attention needs tp ({tp}) divisible by dp ({par.dp})")
     if tp % par.ep:
         raise ConfigError(f"launch.{role}.ep={par.ep}: expert parallelism must divide tp ({tp})")
+
+
+def check_model_path(plan: TargetPlan) -> None:
+    """Raises ConfigError when the plan names a catalog model and no path to the weights is given."""
+    path = plan.model_path
+    if not path or ("/" not in path and not Path(path).exists()):
+        raise ConfigError(
+            f"plan model {path!r} is not a model path: give --model-path (a Hugging Face repo id or a "
+            "directory on the nodes), or launch.model_path in plan.yaml"
+        )
 
 
 def node_var(node: int) -> str:

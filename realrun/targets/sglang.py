@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 
-from pdplan.profiles.errors import ConfigError, DeployError
+from pdplan.profiles.errors import DeployError
 from pdplan.realrun.targets import flags
 from pdplan.realrun.targets.bundle import Bundle, Process, shell_command
 from pdplan.realrun.targets.layout import (
@@ -33,6 +32,7 @@ from pdplan.realrun.targets.layout import (
     Pool,
     RoleParallel,
     TargetPlan,
+    check_model_path,
     node_var,
     place,
 )
@@ -112,7 +112,7 @@ def build(plan: TargetPlan) -> Bundle:
     Raises:
         ConfigError / DeployError: the plan cannot be expressed (each names the field or flag).
     """
-    _check_model(plan)
+    check_model_path(plan)
     placements, num_nodes = place(plan)
     processes = []
     for p in placements:
@@ -135,15 +135,6 @@ def build(plan: TargetPlan) -> Bundle:
     files["router.sh"] = router_script("sglang", shell_command(argv), versions, num_nodes)
     files["README.md"] = readme("sglang", plan, placements, num_nodes, notes, versions)
     return Bundle("sglang", files, tuple(processes), notes, versions)
-
-
-def _check_model(plan: TargetPlan) -> None:
-    path = plan.model_path
-    if not path or ("/" not in path and not Path(path).exists()):
-        raise ConfigError(
-            f"plan model {path!r} is not a model path: give --model-path (a Hugging Face repo id or a "
-            "directory on the nodes), or launch.model_path in plan.yaml"
-        )
 
 
 # --- the way back: scripts -> plan ---------------------------------------------------------------

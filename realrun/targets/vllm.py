@@ -33,9 +33,8 @@ import math
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.targets import flags
 from pdplan.realrun.targets.bundle import Bundle, Process, shell_command
-from pdplan.realrun.targets.layout import Placement, TargetPlan, node_var, place
+from pdplan.realrun.targets.layout import Placement, TargetPlan, check_model_path, node_var, place
 from pdplan.realrun.targets.scripts import hosts_env, node_script, readme, router_script
-from pdplan.realrun.targets.sglang import _check_model
 from pdplan.sim.cluster import ColocatedPool, PrefillPool
 
 BLOCK_TOKENS = 16  # vLLM's default KV block size on CUDA
@@ -153,7 +152,7 @@ def build(plan: TargetPlan) -> Bundle:
     Raises:
         ConfigError / DeployError: the plan cannot be expressed (each names the field or flag).
     """
-    _check_model(plan)
+    check_model_path(plan)
     placements, num_nodes = place(plan)
     processes = [engine_process(plan, p, rank) for p in placements for rank in range(len(p.nodes))]
     argv, front, extra = front_argv(plan, placements)
