@@ -100,3 +100,15 @@ def test_standin_refuses_what_one_process_cannot_be() -> None:
     prefill = next(p for p in bundle.processes if p.role == "prefill")
     with pytest.raises(DeployError, match="--tp-size"):
         standin.worker_argv(list(prefill.argv[3:]))
+
+
+def test_launch_section_round_trips_through_plan_yaml(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from target_cases import plan
+
+    from pdplan.planner.plan import load_plan, save_plan
+
+    original = plan("multinode")
+    again = load_plan(save_plan(original, tmp_path / "plan.yaml"))
+    assert again.launch == original.launch and again.to_dict() == original.to_dict()
+    assert again.to_dict()["launch"]["decode"] == {"dp": 16, "ep": 16, "dp_attention": True}
+    assert "launch" not in plan("colocated", launch=None).to_dict()  # plans without it are unchanged
