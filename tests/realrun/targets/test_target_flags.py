@@ -75,3 +75,27 @@ def test_engine_version_is_written_into_the_output() -> None:
     assert bundle.versions == {"sglang": "0.5.9", "sglang-router": "0.3.2"}
     assert "sglang 0.5.9, sglang-router 0.3.2" in bundle.files["node-0.sh"]
     assert "sglang 0.5.9" in bundle.files["README.md"]
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+def test_sglang_table_matches_the_installed_sglang() -> None:
+    # runs where SGLang is installed (a GPU host); its server_args pulls in torch and more, so the
+    # suite does not install it
+    server_args = pytest.importorskip("sglang.srt.server_args")
+    parser = argparse.ArgumentParser()
+    server_args.ServerArgs.add_cli_args(parser)
+    missing = [f for f in flags.SGLANG.flags if f not in _option_strings(parser)]
+    assert not missing, f"installed SGLang lacks {missing}"
+
+
+def test_vllm_table_matches_the_installed_vllm() -> None:
+    cli_args = pytest.importorskip("vllm.entrypoints.openai.cli_args")  # the server's flags + EngineArgs'
+    from vllm.utils import FlexibleArgumentParser  # type: ignore[import-not-found]
+
+    parser = cli_args.make_arg_parser(FlexibleArgumentParser())
+    known = _option_strings(parser) | {"--headless"}  # added by the `vllm serve` subcommand itself
+    missing = [f for f in flags.VLLM.flags if f not in known]
+    assert not missing, f"installed vLLM lacks {missing}"
