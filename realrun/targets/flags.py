@@ -132,6 +132,7 @@ VLLM = FlagTable(
         "--enable-expert-parallel": SWITCH,
         "--max-num-seqs": VALUE,
         "--max-num-batched-tokens": VALUE,
+        "--max-model-len": VALUE,
         "--gpu-memory-utilization": VALUE,
         "--enable-chunked-prefill": SWITCH,
         "--no-enable-chunked-prefill": SWITCH,

@@ -7,7 +7,8 @@ Plan → vLLM (each flag checked against ``flags.VLLM``):
   EP spans every GPU of the instance, so only ep = tp is expressible);
 - ``max_batch_size`` → ``--max-num-seqs``; chunked → ``--enable-chunked-prefill
   --max-num-batched-tokens chunk``, not chunked → ``--no-enable-chunked-prefill
-  --max-num-batched-tokens max_batch_tokens``;
+  --max-num-batched-tokens max_batch_tokens --max-model-len max_batch_tokens`` (vLLM requires the
+  context within the batch budget without chunking; said in the README's notes);
 - ``max_kv_tokens`` → ``--block-size 16 --num-gpu-blocks-override ceil(tokens/16)``;
   ``gpu_memory_utilisation`` → ``--gpu-memory-utilization``;
 - a disaggregated role → ``--kv-transfer-config`` with ``kv_connector`` NixlConnector or
@@ -91,7 +92,16 @@ def engine_process(plan: TargetPlan, p: Placement, rank: int) -> Process:
                 str(min(chunk, pool.max_batch_tokens)),
             ]
         else:
-            args += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(pool.max_batch_tokens)]
+            # vLLM refuses max_num_batched_tokens < max_model_len without chunking
+            # (SchedulerConfig._verify_args), so the context is capped at the prefill budget
+            tokens = str(pool.max_batch_tokens)
+            args += [
+                "--no-enable-chunked-prefill",
+                "--max-num-batched-tokens",
+                tokens,
+                "--max-model-len",
+                tokens,
+            ]
     if not isinstance(pool, PrefillPool) and pool.max_kv_tokens is not None:
         blocks = math.ceil(pool.max_kv_tokens / BLOCK_TOKENS)
         args += ["--block-size", str(BLOCK_TOKENS), "--num-gpu-blocks-override", str(blocks)]
@@ -163,6 +173,13 @@ def build(plan: TargetPlan) -> Bundle:
         if kv is not None and kv % BLOCK_TOKENS:
             notes.append(
                 f"{p.role}.max_kv_tokens={kv} rounds up to {math.ceil(kv / BLOCK_TOKENS)} blocks of 16"
+            )
+            break
+    for p in placements:
+        if "--no-enable-chunked-prefill" in next(q.argv for q in processes if q.name == p.name):
+            notes.append(
+                f"{p.role}: without chunked prefill vLLM needs --max-model-len ≤ --max-num-batched-tokens, "
+                f"so prompt + output is capped at {p.pool.max_batch_tokens} tokens (the plan caps the prompt)"
             )
             break
     if front == "proxy.sh":

@@ -24,7 +24,6 @@ PLANS: dict[str, dict[str, Any]] = {
             "tp": 2,
             "max_batch_tokens": 8192,
             "max_batch_size": 16,
-            "chunk_tokens": 4096,
         },
         "decode": {"instances": 3, "tp": 2, "max_batch_size": 128, "max_kv_tokens": 200000},
         "kv_transfer": {"link": "infiniband"},

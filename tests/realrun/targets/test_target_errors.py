@@ -91,7 +91,7 @@ def test_standin_maps_sglang_flags_to_a_worker() -> None:
     assert argv[:3] == [sys.executable, "-m", "pdplan.realrun.worker"]
     get = {argv[i]: argv[i + 1] for i in range(3, len(argv) - 1) if argv[i].startswith("--")}
     assert get["--role"] == "prefill" and get["--model"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert get["--max-batch-size"] == "16" and get["--max-batch-tokens"] == "4096"  # the chunk: whole prompts
+    assert get["--max-batch-size"] == "16" and get["--max-batch-tokens"] == "8192"
     assert get["--bootstrap-port"] == str(prefill.bootstrap_port) and get["--parent-pid"] == "123"
 
 

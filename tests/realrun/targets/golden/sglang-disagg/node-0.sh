@@ -18,7 +18,7 @@ python3 -m sglang.launch_server \
     --mem-fraction-static 0.85 \
     --max-running-requests 16 \
     --max-prefill-tokens 8192 \
-    --chunked-prefill-size 4096 \
+    --chunked-prefill-size -1 \
     --base-gpu-id 0 \
     --disaggregation-mode prefill \
     --disaggregation-transfer-backend nixl \
@@ -35,7 +35,7 @@ python3 -m sglang.launch_server \
     --mem-fraction-static 0.85 \
     --max-running-requests 16 \
     --max-prefill-tokens 8192 \
-    --chunked-prefill-size 4096 \
+    --chunked-prefill-size -1 \
     --base-gpu-id 2 \
     --disaggregation-mode prefill \
     --disaggregation-transfer-backend nixl \

@@ -16,8 +16,9 @@ CUDA_VISIBLE_DEVICES=0,1 VLLM_NIXL_SIDE_CHANNEL_HOST="${NODE0}" VLLM_NIXL_SIDE_C
     --tensor-parallel-size 2 \
     --max-num-seqs 16 \
     --gpu-memory-utilization 0.85 \
-    --enable-chunked-prefill \
-    --max-num-batched-tokens 4096 \
+    --no-enable-chunked-prefill \
+    --max-num-batched-tokens 8192 \
+    --max-model-len 8192 \
     --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}' \
     > logs/prefill-0.log 2>&1 &
 
@@ -28,8 +29,9 @@ CUDA_VISIBLE_DEVICES=2,3 VLLM_NIXL_SIDE_CHANNEL_HOST="${NODE0}" VLLM_NIXL_SIDE_C
     --tensor-parallel-size 2 \
     --max-num-seqs 16 \
     --gpu-memory-utilization 0.85 \
-    --enable-chunked-prefill \
-    --max-num-batched-tokens 4096 \
+    --no-enable-chunked-prefill \
+    --max-num-batched-tokens 8192 \
+    --max-model-len 8192 \
     --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_producer"}' \
     > logs/prefill-1.log 2>&1 &
 
