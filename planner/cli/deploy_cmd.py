@@ -108,6 +108,17 @@ def deploy(
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
+    from pdplan.planner.cli.deploy_targets import check_options
+
+    check_options(
+        target,
+        {"--devices": devices != "cpu", "--weights": weights is not None,
+         "--tokenizer": tokenizer is not None, "--seed": seed != 0, "--max-queue": max_queue != 128,
+         "--kv-timeout-s": kv_timeout_s != 60.0},
+        {"--flavor": flavor != "rbg", "--engine": engine != "sglang", "--model-path": model_path is not None,
+         "--gpus-per-node": gpus_per_node is not None, "--transfer-backend": transfer_backend is not None,
+         "--execute": execute, "--stand-in": stand_in, "--router": router is not None},
+    )  # fmt: skip
     if target != "local":
         from pdplan.planner.cli.deploy_targets import TargetRequest, deploy_target
 

@@ -43,6 +43,20 @@ class TargetRequest:
     router: str | None = None
 
 
+def check_options(target: str, local_only: dict[str, bool], engine_only: dict[str, bool]) -> None:
+    """Refuse options the chosen target would ignore (each dict: option -> given).
+
+    Raises:
+        ConfigError: naming the first such option.
+    """
+    from pdplan.profiles.errors import ConfigError
+
+    wrong = [o for o, given in (local_only if target != "local" else engine_only).items() if given]
+    if wrong:
+        where = "--target local only" if target != "local" else "--target sglang, vllm or k8s only"
+        raise ConfigError(f"{wrong[0]} applies to {where}; --target is {target}")
+
+
 def target_plan(plan: Plan, req: TargetRequest) -> TargetPlan:
     """The launch view of ``plan``, with the command line's settings over the plan's ``launch:``."""
     from pdplan.realrun.targets.layout import LaunchSettings, Ports, TargetPlan

@@ -176,7 +176,8 @@ def build(plan: TargetPlan) -> Bundle:
             )
             break
     for p in placements:
-        if "--no-enable-chunked-prefill" in next(q.argv for q in processes if q.name == p.name):
+        cmd = next(q.argv for q in processes if q.name == p.name)
+        if "--no-enable-chunked-prefill" in cmd and isinstance(p.pool, (PrefillPool, ColocatedPool)):
             notes.append(
                 f"{p.role}: without chunked prefill vLLM needs --max-model-len ≤ --max-num-batched-tokens, "
                 f"so prompt + output is capped at {p.pool.max_batch_tokens} tokens (the plan caps the prompt)"

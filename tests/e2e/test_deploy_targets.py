@@ -72,6 +72,8 @@ def test_dry_run_prints_and_writes_nothing(tmp_path: Path, pdplan_script: Path) 
         (("--target", "sglang", "--transfer-backend", "rdma"), {}, "launch.transfer_backend 'rdma'"),
         (("--target", "sglang"), {"model": "llama-3.1-8b"}, "--model-path"),
         (("--target", "sglang"), {"feasible": False, "reason": "TTFT bound"}, "infeasible (TTFT bound)"),
+        (("--target", "vllm", "--devices", "cuda:0"), {}, "--devices applies to --target local only"),
+        (("--target", "local", "--flavor", "lws", "--dry-run"), {}, "--flavor applies to --target sglang"),
     ],
 )
 def test_errors_exit_2_with_one_line(
