@@ -9,6 +9,9 @@ processes and their command lines and starts nothing.
 
 Writes into ``--out``: ``deploy.json`` (processes, PIDs, URLs, status), ``logs/<name>.log``,
 ``plan.yaml`` (a copy), ``run.yaml`` and ``report.html``.
+
+``--target sglang|vllm|k8s`` writes engine launch scripts or Kubernetes manifests instead
+(``pdplan.planner.cli.deploy_targets``).
 """
 
 from __future__ import annotations
