@@ -17,7 +17,7 @@ import sys
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.deployment import LaunchPlan, ProcessSpec
 from pdplan.realrun.targets.bundle import Bundle, substitute_hosts
-from pdplan.realrun.targets.flags import SGLANG, SGLANG_ROUTER
+from pdplan.realrun.targets.flags import SGLANG, SGLANG_ROUTER, check_argv
 from pdplan.realrun.targets.standin import worker_argv
 
 HOST = "127.0.0.1"
@@ -38,6 +38,12 @@ def check_engine(bundle: Bundle) -> None:
     have = _gpu_count()
     if have < needed:
         raise DeployError(f"--execute: the plan uses GPUs 0..{needed - 1} on one node; this host has {have}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:
@@ -86,7 +92,10 @@ def launch_plan(bundle: Bundle, stand_in: bool) -> LaunchPlan:
                 raise DeployError(f"--execute: port {port} ({p.name}) is already in use on {HOST}")
         if p.role == "router":
             assert tuple(argv[: len(SGLANG_ROUTER.entry)]) == SGLANG_ROUTER.entry, argv
-            full = (sys.executable, *argv[1:])
+            # its metrics on this host too, on a free port (the router's default, 29000, may be taken)
+            metrics = ["--prometheus-host", HOST, "--prometheus-port", str(_free_port())]
+            check_argv(SGLANG_ROUTER, [*argv[len(SGLANG_ROUTER.entry) :], *metrics])
+            full = (sys.executable, *argv[1:], *metrics)
             router = ProcessSpec(p.name, "router", full, p.url(HOST), p.port)
             continue
         assert tuple(argv[: len(SGLANG.entry)]) == SGLANG.entry, argv

@@ -99,6 +99,8 @@ SGLANG_ROUTER = FlagTable(
         "--policy": VALUE,
         "--host": VALUE,
         "--port": VALUE,
+        "--prometheus-host": VALUE,
+        "--prometheus-port": VALUE,
     },
 )
 #: plan router -> (sglang-router policy, note when it is not the same policy)
