@@ -22,6 +22,7 @@ import yaml
 from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO, parse_slo
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.profile import Profile
+from pdplan.realrun.targets.layout import LaunchSettings, launch_from_dict
 from pdplan.sim.cluster import (
     ColocatedCluster,
     ColocatedPool,
@@ -59,6 +60,7 @@ PLAN_KEYS = (
     "target",
     "budget",
     "cost",
+    "launch",
 )
 #: What a search adds about its promise (free-form, for people and reports; never simulated):
 #: how the traffic was judged, the confirmation on the user's replays, a tie, a target rate's
@@ -101,6 +103,8 @@ class Plan:
     feasible: bool = True
     reason: str = ""
     notes: dict[str, Any] = field(default_factory=dict)  # NOTE_KEYS
+    #: optional ``launch:`` section for engine targets (``pdplan.realrun.targets.layout.LaunchSettings``)
+    launch: LaunchSettings | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -188,6 +192,8 @@ class Plan:
         if self.reason:
             out["reason"] = self.reason
         out.update({k: self.notes[k] for k in NOTE_KEYS if k in self.notes})
+        if self.launch is not None:
+            out["launch"] = self.launch.to_dict()
         return out
 
 
@@ -229,6 +235,8 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
         if not isinstance(value, (Mapping, str)):
             raise ConfigError(f"{source}: {key} must be a mapping or a string; got {value!r}")
     kwargs["notes"] = notes
+    if data.get("launch") is not None:
+        kwargs["launch"] = launch_from_dict(data["launch"], source=source)
     if not isinstance(kwargs.get("feasible", True), bool):
         raise ConfigError(f"{source}: feasible={kwargs['feasible']!r}; expected true or false")
     plan = Plan(**kwargs)

@@ -9,6 +9,9 @@ processes and their command lines and starts nothing.
 
 Writes into ``--out``: ``deploy.json`` (processes, PIDs, URLs, status), ``logs/<name>.log``,
 ``plan.yaml`` (a copy), ``run.yaml`` and ``report.html``.
+
+``--target sglang|vllm|k8s`` writes engine launch scripts or Kubernetes manifests instead
+(``pdplan.planner.cli.deploy_targets``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from pdplan.realrun.deployment import DeploymentSpec, LaunchPlan
 
 log = logging.getLogger(__name__)
-TARGETS = ("local",)
+TARGETS = ("local", "sglang", "vllm", "k8s")
 
 
 class _Stop(BaseException):
@@ -39,7 +42,9 @@ def deploy(
     plan: Annotated[
         Path | None, typer.Argument(help="plan.yaml to deploy (from pdplan simulate/search).")
     ] = None,
-    target: Annotated[str, typer.Option("--target", help="Where to run: local.")] = "local",
+    target: Annotated[
+        str, typer.Option("--target", help="Where to run: local, or launch files for sglang, vllm, k8s.")
+    ] = "local",
     devices: Annotated[str, typer.Option("--devices", help="cpu, or GPUs as cuda:0,1,...")] = "cpu",
     port: Annotated[
         int, typer.Option("--port", help="Router port on 127.0.0.1 (workers take the next ports).")
@@ -70,6 +75,29 @@ def deploy(
     kv_timeout_s: Annotated[
         float, typer.Option("--kv-timeout-s", help="Longest wait for a KV hand-off.")
     ] = 60.0,
+    flavor: Annotated[str, typer.Option("--flavor", help="k8s: rbg (RoleBasedGroup) or lws.")] = "rbg",
+    engine: Annotated[
+        str, typer.Option("--engine", help="k8s: the engine in the pods, sglang or vllm.")
+    ] = "sglang",
+    model_path: Annotated[
+        str | None, typer.Option("--model-path", help="sglang/vllm/k8s: model on the nodes (HF id or dir).")
+    ] = None,
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", help="sglang/vllm/k8s: GPUs per node (default 8).")
+    ] = None,
+    transfer_backend: Annotated[
+        str | None, typer.Option("--transfer-backend", help="sglang/vllm/k8s: KV transfer, mooncake or nixl.")
+    ] = None,
+    execute: Annotated[
+        bool,
+        typer.Option("--execute", help="sglang: start the one-node bundle here and serve until stopped."),
+    ] = False,
+    stand_in: Annotated[
+        bool, typer.Option("--stand-in", help="with --execute: pdplan's workers in SGLang's place.")
+    ] = False,
+    router: Annotated[
+        str | None, typer.Option("--router", help="sglang/vllm/k8s: route with this policy, not the plan's.")
+    ] = None,
 ) -> None:
     """Launch a plan as prefill/decode (or colocated) workers behind sglang-router."""
     from pdplan.profiles.errors import ConfigError, choices_error
@@ -83,6 +111,26 @@ def deploy(
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
+    from pdplan.planner.cli.deploy_targets import check_options
+
+    check_options(
+        target,
+        {"--devices": devices != "cpu", "--weights": weights is not None,
+         "--tokenizer": tokenizer is not None, "--seed": seed != 0, "--max-queue": max_queue != 128,
+         "--kv-timeout-s": kv_timeout_s != 60.0},
+        {"--flavor": flavor != "rbg", "--engine": engine != "sglang", "--model-path": model_path is not None,
+         "--gpus-per-node": gpus_per_node is not None, "--transfer-backend": transfer_backend is not None,
+         "--execute": execute, "--stand-in": stand_in, "--router": router is not None},
+    )  # fmt: skip
+    if target != "local":
+        from pdplan.planner.cli.deploy_targets import TargetRequest, deploy_target
+
+        request = TargetRequest(
+            target, flavor, engine, model_path, gpus_per_node, transfer_backend, port,
+            execute, stand_in, dry_run, router,
+        )  # fmt: skip
+        deploy_target(plan, request, out)
+        return
     from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory
 
     spec = _load_spec(plan, weights, tokenizer, seed)

@@ -57,7 +57,7 @@ def test_bad_plans_exit_2_with_one_line(
 def test_unknown_target_and_missing_record(tmp_path: Path, pdplan_script: Path) -> None:
     plan = write_plan(tmp_path / "plan.yaml", prefill={"instances": 1}, decode={"instances": 1})
     done = subprocess.run(
-        [str(pdplan_script), "deploy", str(plan), "--target", "k8s"],
+        [str(pdplan_script), "deploy", str(plan), "--target", "slurm"],
         capture_output=True,
         text=True,
         timeout=60,

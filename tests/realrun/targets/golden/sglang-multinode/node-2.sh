@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Written by pdplan deploy --target sglang; engine versions: sglang 0.5.9, sglang-router 0.3.2.
+# Node 2 of 6 (${NODE2}): decode-0. Run it on that node.
+set -euo pipefail
+cd "$(dirname "$0")"
+source ./hosts.env
+: "${NODE0:?set NODE0 in hosts.env to the address of node 0}"
+: "${NODE1:?set NODE1 in hosts.env to the address of node 1}"
+: "${NODE2:?set NODE2 in hosts.env to the address of node 2}"
+: "${NODE3:?set NODE3 in hosts.env to the address of node 3}"
+: "${NODE4:?set NODE4 in hosts.env to the address of node 4}"
+: "${NODE5:?set NODE5 in hosts.env to the address of node 5}"
+mkdir -p logs
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+
+# decode-0
+python3 -m sglang.launch_server \
+    --model-path deepseek-ai/DeepSeek-V3 \
+    --host "${NODE2}" \
+    --port 30000 \
+    --tp-size 16 \
+    --dp-size 16 \
+    --enable-dp-attention \
+    --ep-size 16 \
+    --mem-fraction-static 0.8 \
+    --max-running-requests 256 \
+    --max-total-tokens 500000 \
+    --base-gpu-id 0 \
+    --disaggregation-mode decode \
+    --disaggregation-transfer-backend mooncake \
+    --dist-init-addr "${NODE2}:5000" \
+    --nnodes 2 \
+    --node-rank 0 \
+    --enable-metrics \
+    > logs/decode-0.log 2>&1 &
+
+# The first engine to exit stops the others on this node (see logs/).
+wait -n
