@@ -79,7 +79,8 @@ class ModelSpec:
         number(f"model {self.name!r}: rope_theta", self.rope_theta, low=0, low_open=True)
         for flag in ("tie_word_embeddings", "attention_bias"):
             if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"model {self.name!r}: {flag}={getattr(self, flag)!r}; expected true or false")
+                value = getattr(self, flag)
+                raise ConfigError(f"model {self.name!r}: {flag}={value!r}; expected true or false")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise ConfigError(f"model {self.name!r}: rope_scaling={self.rope_scaling!r}; expected a mapping")
         if self.num_heads % self.num_kv_heads:
@@ -274,7 +275,8 @@ def _rope_scaling(rope: dict[str, Any], name: str) -> dict[str, Any] | None:
     if missing:
         raise ConfigError(f"model {name!r}: llama3 rope_scaling lacks {', '.join(missing)}")
     where = f"model {name!r}: rope_scaling"
-    return {"rope_type": "llama3", **{k: number(f"{where} {k}", rope[k], low=0, low_open=True) for k in _LLAMA3_KEYS}}
+    values = {k: number(f"{where} {k}", rope[k], low=0, low_open=True) for k in _LLAMA3_KEYS}
+    return {"rope_type": "llama3", **values}
 
 
 def read_config(source: str | Path) -> dict[str, Any]:

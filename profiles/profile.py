@@ -232,7 +232,8 @@ def _check_table(csv: Path, table: pd.DataFrame, columns: tuple[str, ...]) -> No
         if bad.any():
             row = int(np.argmax(bad))
             expected = "a positive number of ms" if latency else f"an integer in [1, {MAX_TOKENS}]"
-            raise ProfileError(f"{csv}: row {row + 1} {column}={table[column].iloc[row]!r}; expected {expected}")
+            value = table[column].iloc[row]
+            raise ProfileError(f"{csv}: row {row + 1} {column}={value!r}; expected {expected}")
 
 
 def _required(table: pd.DataFrame | None) -> pd.DataFrame:

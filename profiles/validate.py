@@ -181,7 +181,7 @@ def number(
         ConfigError: ``field=value; expected a number ≥ low and ≤ high``.
     """
     expected = f"expected a finite number {_range_text(low, high, low_open)}".rstrip()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_numpy_number(value):
+    if isinstance(value, bool) or (not isinstance(value, (int, float)) and not _is_numpy_number(value)):
         raise ConfigError(f"{field}={value!r}; {expected}")
     try:
         out = float(value)

@@ -58,7 +58,7 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: user mistakes print one line and exit 2, never a traceback.
+    r"""Console entry point: user mistakes print one line and exit 2, never a traceback.
 
     typer ≥ 0.29 carries its own copy of click: usage errors (a bad option value, an unknown
     option or command, a missing argument) are ``typer.TyperException``\ s, and click itself is

@@ -14,7 +14,6 @@ Writes into ``--out``: ``deploy.json`` (processes, PIDs, URLs, status), ``logs/<
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -224,9 +223,9 @@ def _report(out: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from pdplan.profiles.atomic import write_file
+
+    write_file(path, text)
 
 
 def _write_run_yaml(out: Path, command: str) -> None:
