@@ -87,14 +87,23 @@ def claim_out(out: Path, kind: str, *, force: bool = False) -> Path:
                 f"--out {text!r} holds a {existing} run; a {kind} run would replace it whole "
                 "(pass --force to do so, or choose another directory)"
             )
-    ancestor = resolved.parent
+    check_writable(out)
+    return out
+
+
+def check_writable(out: Path) -> None:
+    """Check that ``out`` could be created: its nearest existing ancestor takes a new entry.
+
+    Raises:
+        ConfigError: that ancestor is not a writable directory.
+    """
+    ancestor = out.absolute().parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     try:  # a real probe: os.access says yes to root even on read-only or virtual file systems
         os.rmdir(tempfile.mkdtemp(prefix=".pdplan-probe-", dir=ancestor))
     except OSError:
-        raise ConfigError(f"--out {text!r}: {str(ancestor)!r} is not a writable directory") from None
-    return out
+        raise ConfigError(f"--out {str(out)!r}: {str(ancestor)!r} is not a writable directory") from None
 
 
 def write_atomic(path: Path, write: Callable[[IO[str]], Any]) -> Path:

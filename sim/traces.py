@@ -42,14 +42,17 @@ def parse_azure(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
     _require_columns(frame, AZURE_COLUMNS, source, "azure")
     column = frame["TIMESTAMP"]
     try:
-        stamps = pd.to_datetime(column, format="ISO8601", utc=True)
+        stamps = pd.to_datetime(column, format="ISO8601", utc=True, errors="coerce")
     except (ValueError, TypeError, OverflowError) as err:
         why = " ".join(str(err).split())[:160]
         raise ConfigError(f"{source}: TIMESTAMP is not a date-time column ({why})") from None
     missing = stamps.isna().to_numpy()
     if missing.any():
         row = int(np.argmax(missing))
-        raise ConfigError(f"{source}: TIMESTAMP row {row} is {column.iloc[row]!r}; expected a date-time")
+        raise ConfigError(
+            f"{source}: TIMESTAMP row {row} is {column.iloc[row]!r}; expected an ISO 8601 date-time "
+            "(years 1678 to 2261)"
+        )
     # seconds since the epoch at the column's own resolution (no ns overflow for far dates)
     arrival = (stamps - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy(np.float64)
     return _build(arrival, frame["ContextTokens"], frame["GeneratedTokens"], source)

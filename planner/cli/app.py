@@ -65,7 +65,7 @@ def main() -> None:
     not a dependency. They are shown here on one line, like ``PdplanError``.
     """
     try:
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="pdplan")
     except PdplanError as err:
         _one_line(str(err))
         sys.exit(2)

@@ -69,6 +69,9 @@ def deploy(
     kv_timeout_s: Annotated[
         float, typer.Option("--kv-timeout-s", help="Longest wait for a KV hand-off.")
     ] = 60.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Use an --out that holds another kind of pdplan run.")
+    ] = False,
 ) -> None:
     """Launch a plan as prefill/decode (or colocated) workers behind sglang-router."""
     from pdplan.profiles.errors import ConfigError, choices_error
@@ -82,6 +85,15 @@ def deploy(
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
+    if not 1 <= max_queue <= 1_000_000:
+        raise ConfigError(f"--max-queue {max_queue}: expected 1..1000000")
+    from pdplan.profiles.validate import number
+
+    number("--kv-timeout-s", kv_timeout_s, low=0, low_open=True, high=86400)
+    if out is not None and not dry_run:
+        from pdplan.planner.rundir import claim_out
+
+        claim_out(out, "deploy", force=force)
     from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory
 
     spec = _load_spec(plan, weights, tokenizer, seed)

@@ -55,6 +55,9 @@ def report(
             f"--out {str(out)!r} exists and is not an HTML page; "
             "pass --force to replace it, or choose another name"
         )
+    from pdplan.planner.rundir import check_writable
+
+    check_writable(out)  # fail before rendering when the file cannot be written
     with Console(stderr=True).status("rendering report"):
         path = write_combined_report(run_dirs, out, title=title)
     typer.echo(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB)")

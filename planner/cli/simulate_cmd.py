@@ -222,7 +222,7 @@ def _simulate_plan(
         log.warning("the plan names model %r but the profiles are of %s", plan.model, other)
     plan = replace(
         plan,
-        slo=parse_slo(slo_text) if slo_text else plan.slo,
+        slo=parse_slo(slo_text) if slo_text is not None else plan.slo,
         attainment=attainment if attainment is not None else plan.attainment,
         model=plan.model or first.model.name,
         hardware=plan.hardware or str(first.hardware.get("name", "")),
@@ -248,6 +248,11 @@ def _simulate_plan(
             progress=lambda done, total: bar.update(task, completed=done),
         )
     wall_s = time.perf_counter() - started
+    if sample_interval is not None and result.end_s / sample_interval > MAX_SAMPLES:
+        raise ConfigError(
+            f"--sample-interval {sample_interval:g} s over {result.end_s:.6g} simulated s is "
+            f"{result.end_s / sample_interval:.3g} samples; the limit is {MAX_SAMPLES}"
+        )
     summary = _summary(plan, result, warmup)
     log.info(
         "simulated %d requests in %.2f s (%.0f req/s)",
@@ -255,11 +260,6 @@ def _simulate_plan(
         wall_s,
         len(requests) / max(wall_s, 1e-9),
     )
-    if sample_interval is not None and result.end_s / sample_interval > MAX_SAMPLES:
-        raise ConfigError(
-            f"--sample-interval {sample_interval:g} s over {result.end_s:.6g} simulated s is "
-            f"{result.end_s / sample_interval:.3g} samples; the limit is {MAX_SAMPLES}"
-        )
     predicted = _predicted(summary, source)
     with replacing_dir(out) as staging:  # the run directory is written whole or not at all
         save_plan(replace(plan, workload=source.description, predicted=predicted), staging / "plan.yaml")
