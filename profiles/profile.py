@@ -193,7 +193,7 @@ def load_profile(path: str | Path) -> Profile:
     for name, cols in (("prefill", PREFILL_COLUMNS), ("decode", DECODE_COLUMNS)):
         _check_table(folder / f"{name}.csv", _required(tables[name]), cols)
     try:
-        model = ModelSpec.from_dict(mapping(f"{meta_path}: model", meta["model"]))
+        model = ModelSpec.from_dict(dict(mapping(f"{meta_path}: model", meta["model"])))
         hardware = dict(mapping(f"{meta_path}: hardware", meta["hardware"]))
         number(f"{meta_path}: hardware.memory_bytes", hardware.get("memory_bytes"), low=0, low_open=True)
         tp = integer(f"{meta_path}: tp", meta["tp"], low=1, high=1024)
