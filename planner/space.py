@@ -229,7 +229,8 @@ def enumerate_candidates(
         while largest > 1 and count_candidates(largest, modes=modes, grid=grid) > MAX_CANDIDATES:
             largest = largest // 2 if largest > 4096 else largest - max(1, largest // 64)
         raise ConfigError(
-            f"a budget of {max_gpus} GPUs gives {count:.3g} candidate layouts; the search takes at most "
+            f"a budget of {max_gpus} GPUs gives {'over ' if max_gpus > 10**6 else ''}{count:.3g} candidate "
+            "layouts; the search takes at most "
             f"{MAX_CANDIDATES} (about {largest} GPUs with this grid): give a smaller --gpus, a lower "
             "--rate, or one --mode"
         )
@@ -246,9 +247,13 @@ def enumerate_candidates(
 
 
 def count_candidates(max_gpus: int, *, modes: Sequence[str] = MODES, grid: SpaceGrid = SpaceGrid()) -> int:
-    """How many layouts ``enumerate_candidates`` would list, in closed form (no enumeration)."""
+    """How many layouts ``enumerate_candidates`` would list, in closed form (no enumeration).
+
+    Budgets above 10⁶ GPUs are counted as 10⁶ (already far beyond any search): a lower bound.
+    """
     import numpy as np
 
+    max_gpus = min(max_gpus, 10**6)
     total = 0
     if "disaggregated" in modes:
         limits = len(grid.prefill_max_batch_tokens) * len(grid.decode_max_batch_size)

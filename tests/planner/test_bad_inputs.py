@@ -192,6 +192,7 @@ CASES: list[tuple[str, dict[str, object], list[str], str]] = [
     ("seed-negative", {}, [*SIM_W, "--seed", "-1"], "seed"),
     ("gpus-million", {}, [*SEARCH, "--gpus", "1000000"], "candidate layouts"),
     ("gpus-zero", {}, [*SEARCH, "--gpus", "0"], "--gpus"),
+    ("gpus-beyond-int64", {}, [*SEARCH, "--gpus", "99999999999999999999"], "candidate layouts"),
     ("workers-zero", {}, [*SEARCH, "--gpus", "2", "--workers", "0"], "--workers"),
     ("price-negative", {}, [*SEARCH, "--gpus", "2", "--price-per-gpu-hour", "-1"], "price"),
     ("mode-unknown", {}, [*SEARCH, "--gpus", "2", "--mode", "both-ways"], "--mode"),
