@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the core package alone (no extras: no torch, no transformers, no click) into a fresh
+# Install the core package alone (no extras: no torch, no transformers) into a fresh
 # venv, then run what pyproject promises works without them: `pdplan --help`, an analytic profile
 # and a small simulation. Fails on any setuptools BuildBackendWarning too.
 set -euo pipefail
@@ -15,13 +15,19 @@ if grep -q "BuildBackendWarning" "$work/install.log"; then
   exit 1
 fi
 pdplan="$work/venv/bin/pdplan"
-for absent in torch transformers click; do
+for absent in torch transformers; do
   if "$work/venv/bin/python" -c "import $absent" 2>/dev/null; then
     echo "core install: $absent is installed, so this check proves nothing about it" >&2
     exit 1
   fi
 done
 "$pdplan" --help >/dev/null
+# the CLI must not need click (typer >= 0.29 carries its own copy), nor load torch for --help
+"$work/venv/bin/python" -c "
+import sys, pdplan.planner.cli.app
+loaded = [m for m in ('click', 'torch', 'transformers') if m in sys.modules]
+assert not loaded, f'pdplan.planner.cli.app imports {loaded}'
+"
 cd "$work"
 "$pdplan" profile --analytic --model llama-3.1-8b --hardware h100-sxm --out profile >/dev/null
 cat > plan.yaml <<'YAML'
