@@ -31,6 +31,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import torch  # noqa: E402
 
+from pdplan.profiles.atomic import write_file  # noqa: E402
 from pdplan.profiles.executor import Executor  # noqa: E402
 from pdplan.profiles.hardware import detect_cpu  # noqa: E402
 from pdplan.profiles.model_spec import load_model_spec, read_config  # noqa: E402
@@ -200,17 +201,13 @@ def main() -> int:
         "command": " ".join([".venv/bin/python", "bench/profile.py", *sys.argv[1:]]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / ".profile.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS / "profile.json")
+    write_file(RESULTS / "profile.json", json.dumps(result, indent=2) + "\n")
     lines = ["batch_size,context_len,executor_ms,transformers_ms,ratio"]
     lines += [
         ",".join(str(r[k]) for k in ("batch_size", "context_len", "executor_ms", "transformers_ms", "ratio"))
         for r in compare
     ]
-    tmp = RESULTS / ".profile_decode.csv.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, RESULTS / "profile_decode.csv")
+    write_file(RESULTS / "profile_decode.csv", "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'profile.json'} and profile_decode.csv")
     return 0
 

@@ -47,6 +47,7 @@ from typing import Any
 import httpx
 import torch
 
+from pdplan.profiles.atomic import write_file
 from pdplan.profiles.executor import Executor
 from pdplan.profiles.kv_cache import KVCache
 from pdplan.profiles.model_spec import load_model_spec
@@ -424,9 +425,7 @@ def main() -> None:
     }
     path = ROOT / "bench" / "results" / "runtime.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_file(path, json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nwrote {path.relative_to(ROOT)}")
 

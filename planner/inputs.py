@@ -25,10 +25,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.profile import Profile, load_profile
+from pdplan.profiles.validate import (
+    MAX_RATE_RPS,
+    MAX_REQUESTS,
+    MAX_TOKENS,
+    MAX_TRACE_BYTES,
+    load_yaml,
+    number,
+)
 from pdplan.sim.requests import Requests
 from pdplan.sim.traces import TRACE_FORMATS, detect_format, parse_azure, parse_canonical, parse_mooncake
 from pdplan.sim.workload import Workload, draw_requests, workload_from_dict
@@ -47,41 +54,64 @@ class RequestSource:
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """Parsed YAML of ``path``.
+    """Parsed YAML of ``path`` (through ``pdplan.profiles.validate``: size, nesting, one-line errors).
 
     Raises:
-        ConfigError: the file is missing or is not YAML.
+        ConfigError: the file is missing, too large, not UTF-8 text or not YAML.
     """
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{what} {str(path)!r}: not readable YAML ({err})") from None
+    return load_yaml(path, what)
 
 
 def read_trace(path: Path, fmt: str | None = None) -> Requests:
     """Requests from a trace file (``fmt`` = csv | azure | mooncake; guessed when ``None``).
 
     Raises:
-        ConfigError: missing file, unknown format, unreadable or malformed content.
+        ConfigError: missing file, unknown format, unreadable or malformed content, no requests,
+            more than ``MAX_REQUESTS`` requests.
     """
-    if not path.is_file():
-        raise ConfigError(f"trace {str(path)!r}: no such file")
     if fmt is not None and fmt not in TRACE_FORMATS:
         raise choices_error("--trace-format", fmt, TRACE_FORMATS)
     source = str(path)
+    if not path.exists():
+        raise ConfigError(f"trace {source!r}: no such file")
+    size = _trace_size(path)
     try:
         with open(path, encoding="utf-8") as fh:
             first = fh.readline()
             fmt = fmt or detect_format(path.name, first)
             if fmt == "mooncake":
                 fh.seek(0)
-                return parse_mooncake(fh, source=source)
-        frame = pd.read_csv(path)
+                requests = parse_mooncake(fh, source=source)
+            else:
+                frame = pd.read_csv(path, nrows=MAX_REQUESTS + 1)
+                if len(frame) > MAX_REQUESTS:
+                    raise ConfigError(f"trace {source!r}: more than {MAX_REQUESTS} requests (the limit)")
+                parse = parse_azure if fmt == "azure" else parse_canonical
+                requests = parse(frame, source=source)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ConfigError(f"trace {source!r}: not readable as {fmt or 'a trace'} ({err})") from None
-    return parse_azure(frame, source=source) if fmt == "azure" else parse_canonical(frame, source=source)
+        why = " ".join(str(err).split())[:200]
+        raise ConfigError(f"trace {source!r}: not readable as {fmt or 'a trace'} ({why})") from None
+    if len(requests) == 0:
+        raise ConfigError(f"trace {source!r}: no requests ({size} bytes); expected at least one")
+    if len(requests) > MAX_REQUESTS:
+        raise ConfigError(f"trace {source!r}: {len(requests)} requests; the limit is {MAX_REQUESTS}")
+    return requests
+
+
+def _trace_size(path: Path) -> int:
+    """The trace's size in bytes, once it is known to be a regular file within the limit."""
+    import os
+    import stat
+
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise ConfigError(f"trace {str(path)!r}: cannot read ({err.strerror or err})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"trace {str(path)!r}: not a regular file; expected a trace file")
+    if info.st_size > MAX_TRACE_BYTES:
+        raise ConfigError(f"trace {str(path)!r}: {info.st_size} bytes; the limit is {MAX_TRACE_BYTES} bytes")
+    return info.st_size
 
 
 def load_workload(path: Path, *, seed: int | None = None, rate_rps: float | None = None) -> RequestSource:
@@ -124,9 +154,7 @@ def load_trace(path: Path, fmt: str | None = None, *, rate_rps: float | None = N
 
 
 def check_rate(rate_rps: float) -> float:
-    if not (isinstance(rate_rps, (int, float)) and np.isfinite(rate_rps) and rate_rps > 0):
-        raise ConfigError(f"--rate {rate_rps!r}; expected a positive number of requests per second")
-    return float(rate_rps)
+    return number("--rate", rate_rps, low=0, low_open=True, high=MAX_RATE_RPS)
 
 
 def role_profiles(
@@ -188,10 +216,9 @@ def _trace_workload(path: Path, data: Mapping[str, Any], rate_rps: float | None)
         raise ConfigError(f"--workload {str(path)!r}: trace: unknown keys {bad}; valid: {list(_TRACE_KEYS)}")
     trace_path = path.parent / str(spec["path"])
     requests = read_trace(trace_path, spec.get("format"))
-    scale = spec.get("time_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ConfigError(f"--workload {str(path)!r}: trace.time_scale={scale!r}; expected a positive number")
-    requests = requests.scaled(float(scale))
+    where = f"--workload {str(path)!r}: trace.time_scale"
+    scale = number(where, spec.get("time_scale", 1.0), low=1e-6, high=1e6)
+    requests = requests.scaled(scale)
     if rate_rps is not None:
         requests = requests.at_rate(check_rate(rate_rps))
     described = {
@@ -217,17 +244,20 @@ def _resolve_empirical(path: Path, key: str, raw: Any) -> Any:
     column = str(raw.get("column", key))
     if not csv.is_file():
         raise ConfigError(f"--workload {str(path)!r}: {key}.path {str(csv)!r}: no such file")
+    _trace_size(csv)
     try:
-        values = pd.read_csv(csv, usecols=[column])[column]
+        values = pd.read_csv(csv, usecols=[column], nrows=MAX_REQUESTS)[column]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise ConfigError(f"--workload {str(path)!r}: {key}: {str(csv)!r} is not a readable CSV") from None
     except ValueError:
         raise ConfigError(f"--workload {str(path)!r}: {key}: {str(csv)!r} has no column {column!r}") from None
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.floor(numbers))
+    bad = ~np.isfinite(numbers) | (numbers < 1) | (numbers != np.floor(numbers)) | (numbers > MAX_TOKENS)
     if bad.any():
         row = int(np.argmax(bad))
         raise ConfigError(
             f"--workload {str(path)!r}: {key}: {str(csv)!r} column {column!r} row {row} is "
-            f"{values.iloc[row]!r}; expected integers ≥ 1"
+            f"{values.iloc[row]!r}; expected integers in [1, {MAX_TOKENS}]"
         )
     return {"dist": "empirical", "values": numbers.astype(np.int64).tolist()}
 

@@ -10,8 +10,6 @@ from ``pdplan.profiles.hardware.link_preset``, and numbers given next to a label
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,8 +18,10 @@ from typing import Any
 import yaml
 
 from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO, parse_slo
+from pdplan.profiles.atomic import write_file
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.profile import Profile
+from pdplan.profiles.validate import integer, load_yaml, number
 from pdplan.realrun.targets.layout import LaunchSettings, launch_from_dict
 from pdplan.sim.cluster import (
     ColocatedCluster,
@@ -78,6 +78,15 @@ PREDICTED_KEYS = (
     "tpot_p99_ms",
     "attainment",
 )
+#: Largest plan values: 100k instances, TP 1024, 10M-token batches and KV budgets.
+_MAX_SIZE = {
+    "instances": 100_000,
+    "tp": 1024,
+    "max_batch_size": 1_000_000,
+    "max_batch_tokens": 10_000_000,
+    "max_kv_tokens": 10**12,
+    "chunk_tokens": 10_000_000,
+}
 _SECTIONS: dict[str, type] = {"prefill": PrefillPool, "decode": DecodePool, "colocated": ColocatedPool}
 
 
@@ -261,6 +270,8 @@ def kv_link_from_dict(raw: Any, *, source: str = "plan") -> KvLink:
         preset = link_preset(label)  # ConfigError listing the labels when unknown
         values.setdefault("bandwidth_gbps", preset.bandwidth_gbps)
         values.setdefault("latency_ms", preset.latency_ms)
+    for key in ("bandwidth_gbps", "latency_ms"):
+        number(f"{source}: kv_transfer.{key}", values[key], high=1e6)
     try:
         return KvLink(link=label, **values)
     except TypeError as err:
@@ -274,29 +285,13 @@ def load_plan(path: str | Path) -> Plan:
         ConfigError: missing or unreadable file, bad YAML, or anything ``plan_from_dict`` rejects.
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--plan {str(file)!r}: no such file")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"--plan {str(file)!r}: not readable YAML ({err})") from None
+    data = load_yaml(file, "--plan")
     return plan_from_dict(data if data is not None else {}, source=str(file))
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
     """Write ``plan.yaml`` atomically (temp file in the same directory, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(plan.to_dict(), fh, sort_keys=False)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_file(path, lambda fh: yaml.safe_dump(plan.to_dict(), fh, sort_keys=False))
 
 
 def _section(source: str, name: str, cls: type, raw: Any) -> Any:
@@ -306,7 +301,11 @@ def _section(source: str, name: str, cls: type, raw: Any) -> Any:
     _check_keys(f"{source}: {name}", raw, tuple(valid))
     if "instances" not in raw:
         raise ConfigError(f"{source}: {name} needs 'instances'")
-    return cls(**{k: v for k, v in raw.items() if v is not None})
+    values = {k: v for k, v in raw.items() if v is not None}
+    for key, value in values.items():
+        if key in ("instances", "tp", "max_batch_size", "max_batch_tokens", "max_kv_tokens", "chunk_tokens"):
+            integer(f"{source}: {name}.{key}", value, low=1, high=_MAX_SIZE[key])
+    return cls(**values)
 
 
 def _check_keys(where: str, data: Mapping[str, Any], valid: tuple[str, ...]) -> None:

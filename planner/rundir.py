@@ -1,7 +1,8 @@
-"""Writing a run directory (notes/RUNDIR.md): every file atomically, and ``run.yaml``.
+"""Writing a run directory (notes/RUNDIR.md): who may own ``--out``, every file atomically, ``run.yaml``.
 
-Each file is written to a temporary name in the same directory and renamed into place, so a
-failure never leaves a half-written file behind.
+A command checks ``--out`` with ``claim_out`` before its work, writes every file into a staging
+directory from ``replacing_dir`` (``pdplan.profiles.atomic``), which replaces ``--out`` whole when
+the run is complete, so a crash leaves the previous directory exactly as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import IO, Any
 import pandas as pd
 import yaml
 
+from pdplan.profiles.atomic import replacing_dir, write_file
 from pdplan.profiles.errors import ConfigError
+
+__all__ = ["claim_out", "replacing_dir", "write_atomic", "write_csv", "write_run_yaml", "write_yaml"]
 
 RUN_KINDS = ("profile", "simulate", "search", "bench")
 
@@ -42,18 +46,69 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
+def run_kind(folder: Path) -> str | None:
+    """The kind of pdplan run in ``folder`` (``run.yaml``'s ``kind``; a bare profile counts), else None."""
+    try:
+        meta = yaml.safe_load((folder / "run.yaml").read_text()[:65536])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        meta = None
+    if isinstance(meta, dict) and isinstance(meta.get("kind"), str):
+        return str(meta["kind"])
+    return "profile" if (folder / "profile.yaml").is_file() else None
+
+
+def claim_out(out: Path, kind: str, *, force: bool = False) -> Path:
+    """Check that a run of ``kind`` may be written to ``--out`` (which it replaces whole).
+
+    ``out`` may be new, empty, or a run directory of the same kind; one of another kind only with
+    ``force``; a non-empty directory pdplan did not write, the current directory (``--out ''``)
+    and anything that is not a directory never.
+
+    Raises:
+        ConfigError: naming ``out`` and why.
+    """
+    text = str(out)
+    if not text or text == ".":
+        raise ConfigError(f"--out {text!r}: expected a directory for this run, not the current directory")
+    resolved = out.absolute()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise ConfigError(f"--out {text!r} holds the current directory; expected a directory for this run")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {text!r} exists and is not a directory; expected a run directory")
+    if out.is_dir() and any(out.iterdir()):
+        existing = run_kind(out)
+        if existing is None:
+            raise ConfigError(
+                f"--out {text!r} is not empty and is not a pdplan run directory; "
+                "choose a new or empty directory"
+            )
+        if existing != kind and not force:
+            raise ConfigError(
+                f"--out {text!r} holds a {existing} run; a {kind} run would replace it whole "
+                "(pass --force to do so, or choose another directory)"
+            )
+    check_writable(out)
+    return out
+
+
+def check_writable(out: Path) -> None:
+    """Check that ``out`` could be created: its nearest existing ancestor takes a new entry.
+
+    Raises:
+        ConfigError: that ancestor is not a writable directory.
+    """
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    try:  # a real probe: os.access says yes to root even on read-only or virtual file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".pdplan-probe-", dir=ancestor))
+    except OSError:
+        raise ConfigError(f"--out {str(out)!r}: {str(ancestor)!r} is not a writable directory") from None
+
+
 def write_atomic(path: Path, write: Callable[[IO[str]], Any]) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_file(path, write)
 
 
 def write_yaml(path: Path, data: Any) -> Path:

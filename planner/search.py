@@ -22,10 +22,10 @@ The algorithm (DESIGN.md, "The search"):
 What the probes replay is the search's ``Traffic`` (``pdplan.planner.traffic``): a trace whole,
 as recorded (a probe *is* the user's replay), its stationary view when asked for, or a synthetic
 workload's own request count drawn with its seed, these two with the stability test. The
-chosen plan's goodput is then confirmed on the user's own replays (``pdplan.planner.confirm``): that confirmed rate is the
-promise in ``plan.yaml``. Candidates whose goodput per GPU is within the rate search's resolution
-of the best are a tie, broken toward fewer GPUs and simpler layouts. With a GPU budget, the chosen
-unit is also scaled to fill it and its goodput searched the same way.
+chosen plan's goodput is then confirmed on the user's own replays (``pdplan.planner.confirm``):
+that confirmed rate is the promise in ``plan.yaml``. Candidates whose goodput per GPU is within
+the rate search's resolution of the best are a tie, broken toward fewer GPUs and simpler layouts.
+With a GPU budget, the chosen unit is also scaled to fill it and its goodput searched the same way.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class SearchSpec:
 
     ``traffic`` is what probes replay and how the user's replays are drawn
     (``pdplan.planner.traffic``); ``max_utilisation`` × the capacity bound is the most a candidate
-    is credited with when pruning (``pdplan.planner.screen``); ``confirm`` re-checks the chosen plans on the user's replays.
+    is credited with when pruning (``pdplan.planner.screen``); ``confirm`` re-checks the chosen
+    plans on the user's replays.
     """
 
     profiles: ProfileSet

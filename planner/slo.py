@@ -23,6 +23,7 @@ DEFAULT_ATTAINMENT = 0.9
 _KEY = re.compile(r"^(?P<metric>[a-z0-9]+?)(?:_p(?P<q>\d+(?:\.\d+)?))?$")
 _VALUE = re.compile(r"^(?P<number>\d+(?:\.\d*)?|\.\d+)(?:[eE](?P<exp>[-+]?\d+))?(?P<unit>ms|s)$")
 _HUGE, _HUGE_SEEN = 1e300, 1e200  # stand-in for +inf inside np.percentile, and what reads as inf
+MAX_SLO_MS = 7 * 86_400_000.0  # a week: a threshold beyond it is a typo, not an SLO
 _FORMAT = "expected comma-separated metric=value pairs such as ttft=1s,tpot=50ms,ttft_p99=2s"
 
 
@@ -158,12 +159,19 @@ def _value_ms(text: str, key: str, raw: str) -> float:
         raise ConfigError(
             f"--slo {text!r}: {key}={raw!r}; expected a positive number with a unit, s or ms (e.g. 500ms)"
         )
-    number = float(match.group("number")) * 10.0 ** int(match.group("exp") or 0)
-    return number * (1000.0 if match.group("unit") == "s" else 1.0)
+    exponent = match.group("exp") or "0"
+    value = float(f"{match.group('number')}e{exponent}")  # 1e400 reads as inf, not OverflowError
+    value_ms = value * (1000.0 if match.group("unit") == "s" else 1.0)
+    if not (math.isfinite(value_ms) and value_ms <= MAX_SLO_MS):  # 0 is judged by SLO itself
+        raise ConfigError(
+            f"--slo {text!r}: {key}={raw!r}; expected a positive time of at most {MAX_SLO_MS / 86_400_000:g} "
+            "days"
+        )
+    return value_ms
 
 
 def _check(metric: str, limit: float) -> None:
     if metric not in SLO_METRICS:
         raise ConfigError(f"slo: unknown metric {metric!r}; valid: {', '.join(SLO_METRICS)}")
-    if not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
+    if not (isinstance(limit, (int, float)) and math.isfinite(limit) and 0 < limit <= MAX_SLO_MS):
         raise ConfigError(f"slo: {metric} threshold {limit!r} ms; expected a positive number")

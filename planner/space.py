@@ -33,6 +33,9 @@ from pdplan.sim.costs import instance_cost
 MODES = ("disaggregated", "colocated")
 POLICY_PREFILL_FIRST = "prefill-first"
 POLICY_CHUNKED = "chunked"
+#: Candidate layouts one search takes (the default grid reaches it near 137 GPUs, so a 128-GPU budget fits;
+#: a 64-GPU search took 254 s on 1 worker at load 10): a larger space is refused up front.
+MAX_CANDIDATES = 200_000
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,17 @@ def enumerate_candidates(
     for mode in modes:
         if mode not in MODES:
             raise choices_error("--mode", mode, MODES)
+    count = count_candidates(max_gpus, modes=modes, grid=grid)
+    if count > MAX_CANDIDATES:
+        largest = max_gpus
+        while largest > 1 and count_candidates(largest, modes=modes, grid=grid) > MAX_CANDIDATES:
+            largest = largest // 2 if largest > 4096 else largest - max(1, largest // 64)
+        raise ConfigError(
+            f"a budget of {max_gpus} GPUs gives {'over ' if max_gpus > 10**6 else ''}{count:.3g} candidate "
+            "layouts; the search takes at most "
+            f"{MAX_CANDIDATES} (about {largest} GPUs with this grid): give a smaller --gpus, a lower "
+            "--rate, or one --mode"
+        )
     shapes: list[tuple[str, dict[str, Any]]] = []
     if "disaggregated" in modes:
         shapes += [("disaggregated", s) for s in _disaggregated(max_gpus, grid)]
@@ -230,6 +244,28 @@ def enumerate_candidates(
         if sum(pool.gpus for pool in pools.values()) >= min_gpus:
             out.append(Candidate(f"c{len(out):04d}", mode, **pools))
     return out
+
+
+def count_candidates(max_gpus: int, *, modes: Sequence[str] = MODES, grid: SpaceGrid = SpaceGrid()) -> int:
+    """How many layouts ``enumerate_candidates`` would list, in closed form (no enumeration).
+
+    Budgets above 10⁶ GPUs are counted as 10⁶ (already far beyond any search): a lower bound.
+    """
+    import numpy as np
+
+    max_gpus = min(max_gpus, 10**6)
+    total = 0
+    if "disaggregated" in modes:
+        limits = len(grid.prefill_max_batch_tokens) * len(grid.decode_max_batch_size)
+        for p_tp in grid.tps:
+            for d_tp in grid.tps:
+                p_n = np.arange(1, max(0, (max_gpus - d_tp) // p_tp) + 1, dtype=np.int64)
+                total += int(((max_gpus - p_n * p_tp) // d_tp).sum()) * limits
+    if "colocated" in modes:
+        per_batch = len(grid.colocated_chunk_tokens) + len(grid.colocated_prefill_first_tokens)
+        limits = len(grid.colocated_max_batch_size) * per_batch
+        total += sum(max_gpus // tp for tp in grid.tps) * limits
+    return total
 
 
 def _disaggregated(max_gpus: int, grid: SpaceGrid) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.profiles.validate import integer, load_json, mapping, number
 
 #: Architectures the executor implements (all are pre-norm decoders with RMSNorm, RoPE, SwiGLU).
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -72,15 +73,22 @@ class ModelSpec:
             "head_dim",
             "vocab_size",
         ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"model {self.name!r}: {field}={value!r}; expected a positive integer")
+            integer(f"model {self.name!r}: {field}", getattr(self, field), low=1, high=1 << 24)
+        integer(f"model {self.name!r}: max_position_embeddings", self.max_position_embeddings, low=1)
+        number(f"model {self.name!r}: rms_norm_eps", self.rms_norm_eps, low=0, high=1)
+        number(f"model {self.name!r}: rope_theta", self.rope_theta, low=0, low_open=True)
+        for flag in ("tie_word_embeddings", "attention_bias"):
+            if not isinstance(getattr(self, flag), bool):
+                value = getattr(self, flag)
+                raise ConfigError(f"model {self.name!r}: {flag}={value!r}; expected true or false")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise ConfigError(f"model {self.name!r}: rope_scaling={self.rope_scaling!r}; expected a mapping")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"model {self.name!r}: num_attention_heads={self.num_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_kv_heads}"
             )
-        if self.dtype not in DTYPE_BYTES:
+        if not isinstance(self.dtype, str) or self.dtype not in DTYPE_BYTES:
             raise choices_error("dtype", self.dtype, DTYPE_BYTES)
 
     # --- parameter counts -------------------------------------------------------------------
@@ -180,36 +188,75 @@ def catalog_names() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
+#: Physical ranges of the config fields that set cost (the largest released models are far inside).
+_INT_LIMITS = {
+    "hidden_size": 1 << 20,
+    "intermediate_size": 1 << 22,
+    "num_hidden_layers": 4096,
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "head_dim": 1 << 16,
+    "vocab_size": 1 << 24,
+    "max_position_embeddings": 1 << 30,
+}
+
+
 def spec_from_config(config: dict[str, Any], name: str) -> ModelSpec:
-    """Build a spec from a parsed HF ``config.json``; names the missing field when there is one."""
+    """Build a spec from a parsed HF ``config.json``; names the missing or bad field when there is one.
+
+    Raises:
+        ConfigError: a missing field, a field of the wrong type, a number outside its physical range.
+    """
     missing = [k for k in _REQUIRED if k not in config]
     if missing:
         raise ConfigError(f"model {name!r}: config.json lacks {', '.join(missing)}")
-    num_heads = int(config["num_attention_heads"])
-    hidden = int(config["hidden_size"])
-    head_dim = config.get("head_dim") or hidden // num_heads
-    model_type = str(config["model_type"])
+    where = f"model {name!r}: config.json"
+    ints = {
+        key: integer(f"{where} {key}", config[key], low=1, high=limit)
+        for key, limit in _INT_LIMITS.items()
+        if config.get(key) is not None
+    }
+    num_heads = ints["num_attention_heads"]
+    hidden = ints["hidden_size"]
+    head_dim = ints.get("head_dim") or hidden // num_heads
+    if head_dim < 1:
+        raise ConfigError(
+            f"{where}: hidden_size={hidden} / num_attention_heads={num_heads} gives head_dim 0; "
+            "expected hidden_size ≥ num_attention_heads or a head_dim"
+        )
+    model_type = config["model_type"]
+    if not isinstance(model_type, str):
+        raise ConfigError(f"{where} model_type={model_type!r}; expected a string")
     # transformers ≥ 5 writes ``rope_parameters`` (theta included); older configs ``rope_scaling``.
-    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    raw_rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope = dict(mapping(f"{where} rope_scaling", raw_rope))
+    theta = config.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
     return ModelSpec(
         name=name,
         model_type=model_type,
         hidden_size=hidden,
-        intermediate_size=int(config["intermediate_size"]),
-        num_layers=int(config["num_hidden_layers"]),
+        intermediate_size=ints["intermediate_size"],
+        num_layers=ints["num_hidden_layers"],
         num_heads=num_heads,
-        num_kv_heads=int(config.get("num_key_value_heads") or num_heads),
-        head_dim=int(head_dim),
-        vocab_size=int(config["vocab_size"]),
-        max_position_embeddings=int(config.get("max_position_embeddings", 4096)),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(config.get("rope_theta") or rope.get("rope_theta") or 10000.0),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        num_kv_heads=ints.get("num_key_value_heads") or num_heads,
+        head_dim=head_dim,
+        vocab_size=ints["vocab_size"],
+        max_position_embeddings=ints.get("max_position_embeddings", 4096),
+        rms_norm_eps=number(f"{where} rms_norm_eps", config.get("rms_norm_eps", 1e-5), low=0, high=1),
+        rope_theta=number(f"{where} rope_theta", theta, low=0, low_open=True),
+        tie_word_embeddings=_flag(f"{where} tie_word_embeddings", config.get("tie_word_embeddings", False)),
         # Qwen2 always has q/k/v bias; Llama and Mistral declare it (default off).
-        attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),
-        dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+        attention_bias=_flag(f"{where} attention_bias", config.get("attention_bias", model_type == "qwen2")),
+        dtype=str(dtype),
         rope_scaling=_rope_scaling(rope, name),
     )
+
+
+def _flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}={value!r}; expected true or false")
+    return value
 
 
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -227,7 +274,9 @@ def _rope_scaling(rope: dict[str, Any], name: str) -> dict[str, Any] | None:
     missing = [k for k in _LLAMA3_KEYS if k not in rope]
     if missing:
         raise ConfigError(f"model {name!r}: llama3 rope_scaling lacks {', '.join(missing)}")
-    return {"rope_type": "llama3", **{k: float(rope[k]) for k in _LLAMA3_KEYS}}
+    where = f"model {name!r}: rope_scaling"
+    values = {k: number(f"{where} {k}", rope[k], low=0, low_open=True) for k in _LLAMA3_KEYS}
+    return {"rope_type": "llama3", **values}
 
 
 def read_config(source: str | Path) -> dict[str, Any]:
@@ -240,12 +289,9 @@ def read_config(source: str | Path) -> dict[str, Any]:
     path = Path(text)
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise choices_error("model (catalog name or path to config.json)", text, catalog_names())
-    try:
-        parsed = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"model config {str(path)!r} is not readable JSON: {err}") from None
+    parsed = load_json(path, "model config")
     if not isinstance(parsed, dict):
         raise ConfigError(f"model config {str(path)!r}: expected a JSON object")
     return parsed

@@ -8,19 +8,27 @@ and its leave-one-out error is written into ``profile.yaml``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from pdplan.profiles.errors import ProfileError
+from pdplan.profiles.atomic import replacing_dir, write_file
+from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.latency_model import LatencyModel
-from pdplan.profiles.model_spec import ModelSpec
+from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec
+from pdplan.profiles.validate import (
+    MAX_FILE_BYTES,
+    MAX_TOKENS,
+    integer,
+    load_yaml,
+    mapping,
+    number,
+    read_bytes,
+)
 
 SCHEMA_VERSION = 1
 PREFILL_COLUMNS = ("num_seqs", "seq_len", "latency_ms")
@@ -124,33 +132,21 @@ def save_profile(profile: Profile, out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        # mkdtemp makes the folder 0700; give the result the permissions a plain mkdir would.
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)
-    except OSError as err:
-        raise ProfileError(f"cannot write profile to {str(out)!r}: {err.strerror or err}") from None
-    try:
-        with open(tmp / "profile.yaml", "w") as fh:
-            yaml.safe_dump(profile.metadata(), fh, sort_keys=False)
-        profile.prefill.to_csv(tmp / "prefill.csv", index=False)
-        profile.decode.to_csv(tmp / "decode.csv", index=False)
-        if profile.ops is not None:
-            profile.ops.to_csv(tmp / "ops.csv", index=False)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with replacing_dir(out) as staging:
+            write_profile_files(profile, staging)
+    except ConfigError as err:
+        raise ProfileError(f"cannot write profile: {err}") from None
     return out
+
+
+def write_profile_files(profile: Profile, folder: Path) -> None:
+    """Write ``profile.yaml`` and the tables into the existing directory ``folder``."""
+    write_file(folder / "profile.yaml", lambda fh: yaml.safe_dump(profile.metadata(), fh, sort_keys=False))
+    write_file(folder / "prefill.csv", lambda fh: profile.prefill.to_csv(fh, index=False))
+    write_file(folder / "decode.csv", lambda fh: profile.decode.to_csv(fh, index=False))
+    if profile.ops is not None:
+        ops = profile.ops
+        write_file(folder / "ops.csv", lambda fh: ops.to_csv(fh, index=False))
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -164,9 +160,9 @@ def load_profile(path: str | Path) -> Profile:
     if not meta_path.is_file():
         raise ProfileError(f"{str(folder)!r} is not a profile directory (no profile.yaml)")
     try:
-        meta = yaml.safe_load(meta_path.read_text())
-    except yaml.YAMLError as err:
-        raise ProfileError(f"{meta_path}: not valid YAML ({err})") from None
+        meta = load_yaml(meta_path)
+    except ConfigError as err:
+        raise ProfileError(str(err)) from None
     if not isinstance(meta, dict):
         raise ProfileError(f"{meta_path}: expected a mapping")
     unknown = sorted(set(meta) - set(META_KEYS))
@@ -188,21 +184,29 @@ def load_profile(path: str | Path) -> Profile:
                 continue
             raise ProfileError(f"{str(folder)!r}: missing {name}.csv")
         try:
+            read_bytes(csv, max_bytes=MAX_FILE_BYTES)  # a regular file of bounded size
             tables[name] = pd.read_csv(csv)
+        except ConfigError as err:
+            raise ProfileError(str(err)) from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise ProfileError(f"{csv}: not a readable CSV ({err})") from None
-    from pdplan.profiles.errors import ConfigError
-
+            raise ProfileError(f"{csv}: not a readable CSV ({' '.join(str(err).split())})") from None
+    for name, cols in (("prefill", PREFILL_COLUMNS), ("decode", DECODE_COLUMNS)):
+        _check_table(folder / f"{name}.csv", _required(tables[name]), cols)
     try:
-        model = ModelSpec.from_dict(meta["model"])
+        model = ModelSpec.from_dict(dict(mapping(f"{meta_path}: model", meta["model"])))
+        hardware = dict(mapping(f"{meta_path}: hardware", meta["hardware"]))
+        number(f"{meta_path}: hardware.memory_bytes", hardware.get("memory_bytes"), low=0, low_open=True)
+        tp = integer(f"{meta_path}: tp", meta["tp"], low=1, high=1024)
     except (ConfigError, TypeError) as err:
-        raise ProfileError(f"{meta_path}: bad model section: {err}") from None
+        raise ProfileError(f"{meta_path}: {err}" if str(meta_path) not in str(err) else str(err)) from None
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPE_BYTES:
+        raise ProfileError(f"{meta_path}: dtype={meta['dtype']!r}; expected one of {', '.join(DTYPE_BYTES)}")
     return Profile(
         method=meta["method"],
         model=model,
-        hardware=dict(meta["hardware"]),
-        dtype=str(meta["dtype"]),
-        tp=int(meta["tp"]),
+        hardware=hardware,
+        dtype=meta["dtype"],
+        tp=tp,
         prefill=_required(tables["prefill"]),
         decode=_required(tables["decode"]),
         ops=tables["ops"],
@@ -210,6 +214,26 @@ def load_profile(path: str | Path) -> Profile:
         created_at=str(meta.get("created_at") or ""),
         notes=str(meta.get("notes") or ""),
     )
+
+
+def _check_table(csv: Path, table: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Every listed column present, numeric, finite; counts integers ≥ 1, latencies > 0."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ProfileError(f"{csv} lacks columns {missing}; expected {list(columns)}")
+    if table.empty:
+        raise ProfileError(f"{csv}: no rows; expected measured points")
+    for column in columns:
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        latency = column == "latency_ms"
+        bad = ~np.isfinite(values) | (values <= 0)
+        if not latency:
+            bad |= (values != np.floor(values)) | (values > MAX_TOKENS)
+        if bad.any():
+            row = int(np.argmax(bad))
+            expected = "a positive number of ms" if latency else f"an integer in [1, {MAX_TOKENS}]"
+            value = table[column].iloc[row]
+            raise ProfileError(f"{csv}: row {row + 1} {column}={value!r}; expected {expected}")
 
 
 def _required(table: pd.DataFrame | None) -> pd.DataFrame:

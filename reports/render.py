@@ -7,13 +7,12 @@ Content-Security-Policy that forbids the browser to fetch anything even if a fig
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
+from pdplan.profiles.atomic import write_file
 from pdplan.profiles.errors import ConfigError
 from pdplan.reports.inputs import build_inputs
 from pdplan.reports.operating import build_operating
@@ -128,18 +127,12 @@ def render_html(runs: Sequence[RunData], title: str | None = None, *, strict: bo
 
 
 def write_html(html: str, out_file: Path) -> Path:
-    """Write ``html`` to ``out_file`` atomically (temp file in the same folder, then rename)."""
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".tmp", dir=out_file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, out_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_file
+    """Write ``html`` to ``out_file`` atomically (temp file in the same folder, then rename).
+
+    Raises:
+        ConfigError: ``out_file`` is not a regular file (a directory, ``/dev/null``) or cannot be written.
+    """
+    return write_file(out_file, html)
 
 
 def load_runs(run_dirs: Sequence[str | Path], *, require_files: bool) -> list[RunData]:

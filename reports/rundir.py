@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from pdplan.profiles.errors import PdplanError
 from pdplan.profiles.profile import Profile, load_profile
+from pdplan.profiles.validate import load_yaml
 from pdplan.sim.records import REQUEST_COLUMNS
 from pdplan.sim.timeseries import TIMESERIES_COLUMNS
 
@@ -187,10 +187,10 @@ def load_run(path: str | Path) -> RunData:
 def _read_yaml(path: Path, problems: dict[str, str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
-        problems[path.name] = f"not valid YAML: {str(err).splitlines()[0]}"
+    try:  # the input boundary: bounded size and nesting, one-line errors with line and column
+        data = load_yaml(path)
+    except PdplanError as err:
+        problems[path.name] = str(err).removeprefix(f"{str(path)!r}: ")
         return None
     if not isinstance(data, dict):
         problems[path.name] = f"expected a mapping, got {type(data).__name__}"

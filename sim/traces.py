@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.profiles.validate import MAX_SPAN_S, MAX_TOKENS
 from pdplan.sim.requests import Requests
 
 TRACE_FORMATS = ("csv", "azure", "mooncake")
@@ -39,12 +40,21 @@ def parse_canonical(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
 def parse_azure(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
     """Requests from an Azure LLM inference trace table (``TIMESTAMP`` date-times)."""
     _require_columns(frame, AZURE_COLUMNS, source, "azure")
+    column = frame["TIMESTAMP"]
     try:
-        stamps = pd.to_datetime(frame["TIMESTAMP"], format="ISO8601")
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{source}: TIMESTAMP is not a date-time column ({err})") from None
-    ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    arrival = (ns - ns.min()).astype(np.float64) / 1e9 if ns.size else np.zeros(0)
+        stamps = pd.to_datetime(column, format="ISO8601", utc=True, errors="coerce")
+    except (ValueError, TypeError, OverflowError) as err:
+        why = " ".join(str(err).split())[:160]
+        raise ConfigError(f"{source}: TIMESTAMP is not a date-time column ({why})") from None
+    missing = stamps.isna().to_numpy()
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise ConfigError(
+            f"{source}: TIMESTAMP row {row} is {column.iloc[row]!r}; expected an ISO 8601 date-time "
+            "(years 1678 to 2261)"
+        )
+    # seconds since the epoch at the column's own resolution (no ns overflow for far dates)
+    arrival = (stamps - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy(np.float64)
     return _build(arrival, frame["ContextTokens"], frame["GeneratedTokens"], source)
 
 
@@ -104,13 +114,25 @@ def _numeric(column: pd.Series, what: str) -> np.ndarray:
 
 
 def _build(arrival: np.ndarray, prompt: pd.Series, output: pd.Series, source: str) -> Requests:
+    if arrival.size:
+        # a stray ancient or far-future stamp would put one request years away from the rest
+        middle = float(np.median(arrival))
+        far = np.abs(arrival - middle) > MAX_SPAN_S / 2
+        if far.any():
+            row = int(np.argmax(far))
+            raise ConfigError(
+                f"{source}: row {row} arrives {abs(arrival[row] - middle) / 86400:.3g} days from the "
+                f"trace's median arrival; expected a trace spanning at most {MAX_SPAN_S / 86400:g} days"
+            )
     lengths = {}
     for name, column in (("prompt_tokens", prompt), ("output_tokens", output)):
         values = _numeric(column, f"{source}: {name}")
-        bad = (values < 1) | (values != np.floor(values))
+        bad = (values < 1) | (values != np.floor(values)) | (values > MAX_TOKENS)
         if bad.any():
             row = int(np.argmax(bad))
-            raise ConfigError(f"{source}: {name} row {row} is {values[row]:g}; expected an integer ≥ 1")
+            raise ConfigError(
+                f"{source}: {name} row {row} is {values[row]:g}; expected an integer in [1, {MAX_TOKENS}]"
+            )
         lengths[name] = values.astype(np.int64)
     order = np.argsort(arrival, kind="stable")
     start = arrival[order[0]] if arrival.size else 0.0

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.profiles.validate import MAX_RATE_RPS, MAX_REQUESTS, MAX_SPAN_S, MAX_TOKENS, integer, number
 from pdplan.sim.requests import Requests
 
 ARRIVAL_PROCESSES = ("poisson", "gamma", "constant")
@@ -43,8 +44,9 @@ class Arrival:
     def __post_init__(self) -> None:
         if self.process not in ARRIVAL_PROCESSES:
             raise choices_error("arrival process", self.process, ARRIVAL_PROCESSES)
-        _positive("arrival.rate_rps", self.rate_rps)
-        _positive("arrival.cv", self.cv)
+        number("arrival.rate_rps", self.rate_rps, low=0, low_open=True, high=MAX_RATE_RPS)
+        # gamma's shape is 1/cv²: outside [1e-3, 1e3] it is 1e6 or 1e-6, beyond physical traffic
+        number("arrival.cv", self.cv, low=1e-3, high=1e3)
 
     def with_rate(self, rate_rps: float) -> Arrival:
         return Arrival(self.process, rate_rps, self.cv)
@@ -81,21 +83,25 @@ class Lengths:
         if self.dist not in LENGTH_DISTS:
             raise choices_error("length dist", self.dist, LENGTH_DISTS)
         if self.dist == "fixed":
-            _int_at_least(f"{self.dist}.value", self.value, 1)
+            integer(f"{self.dist}.value", self.value, low=1, high=MAX_TOKENS)
         if self.dist in ("uniform", "lognormal"):
-            _int_at_least(f"{self.dist}.min", self.min, 1)
+            integer(f"{self.dist}.min", self.min, low=1, high=MAX_TOKENS)
             if self.max is not None:
-                _int_at_least(f"{self.dist}.max", self.max, self.min)
+                integer(f"{self.dist}.max", self.max, low=self.min, high=MAX_TOKENS)
         if self.dist == "uniform" and self.max is None:
             raise ConfigError("uniform lengths need max (and min, default 1)")
         if self.dist == "lognormal":
-            _positive("lognormal.mean", self.mean)
-            _positive("lognormal.cv", self.cv)
+            number("lognormal.mean", self.mean, low=0, low_open=True, high=MAX_TOKENS)
+            number("lognormal.cv", self.cv, low=0, low_open=True, high=100)
         if self.dist == "empirical":
             if not self.values:
                 raise ConfigError("empirical lengths need a non-empty list of values")
-            if min(self.values) < 1:
-                raise ConfigError(f"empirical lengths: value {min(self.values)}; expected ≥ 1")
+            if len(self.values) > MAX_REQUESTS:
+                count = len(self.values)
+                raise ConfigError(f"empirical lengths: {count} values; the limit is {MAX_REQUESTS}")
+            if min(self.values) < 1 or max(self.values) > MAX_TOKENS:
+                bad = min(self.values) if min(self.values) < 1 else max(self.values)
+                raise ConfigError(f"empirical lengths: value {bad}; expected integers in [1, {MAX_TOKENS}]")
 
     def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` token counts (int64)."""
@@ -135,10 +141,16 @@ class Workload:
                 f"{self.num_requests!r}, duration_s={self.duration_s!r})"
             )
         if self.num_requests is not None:
-            _int_at_least("workload.num_requests", self.num_requests, 1)
+            integer("workload.num_requests", self.num_requests, low=1, high=MAX_REQUESTS)
         if self.duration_s is not None:
-            _positive("workload.duration_s", self.duration_s)
-        _int_at_least("workload.seed", self.seed, 0)
+            number("workload.duration_s", self.duration_s, low=0, low_open=True, high=MAX_SPAN_S)
+            expected = self.duration_s * self.arrival.rate_rps
+            if expected > MAX_REQUESTS:
+                raise ConfigError(
+                    f"workload.duration_s={self.duration_s:g} at {self.arrival.rate_rps:g} req/s is "
+                    f"about {expected:.3g} requests; the limit is {MAX_REQUESTS}"
+                )
+        integer("workload.seed", self.seed, low=0, high=2**63 - 1)
 
     def with_rate(self, rate_rps: float) -> Workload:
         """The same workload at mean arrival rate ``rate_rps``."""
@@ -250,17 +262,3 @@ def _number(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise ConfigError(f"{field}={value!r}; expected a number")
     return float(value)
-
-
-def _positive(field: str, value: Any) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.number))
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ConfigError(f"{field}={value!r}; expected a positive number")
-
-
-def _int_at_least(field: str, value: Any, low: int) -> None:
-    if not _is_int(value) or value < low:
-        raise ConfigError(f"{field}={value!r}; expected an integer ≥ {low}")

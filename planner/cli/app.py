@@ -12,6 +12,7 @@ import sys
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from pdplan.planner.cli import deploy_cmd, profile_cmd, report_cmd, simulate_cmd
 from pdplan.profiles.errors import PdplanError
@@ -57,18 +58,33 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: user mistakes print one line and exit 2, never a traceback."""
-    import click
+    r"""Console entry point: user mistakes print one line and exit 2, never a traceback.
 
+    typer ≥ 0.29 carries its own copy of click: usage errors (a bad option value, an unknown
+    option or command, a missing argument) are ``typer.TyperException``\ s, and click itself is
+    not a dependency. They are shown here on one line, like ``PdplanError``.
+    """
     try:
-        rc = app(standalone_mode=False)
+        rc = app(standalone_mode=False, prog_name="pdplan")
     except PdplanError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _one_line(str(err))
         sys.exit(2)
-    except click.ClickException as err:  # usage errors: bad option, missing argument
-        err.show()
-        sys.exit(2)
-    except (click.Abort, KeyboardInterrupt):
+    except typer.TyperException as err:  # usage errors: bad option, missing argument, no such command
+        if type(err).__name__ == "NoArgsIsHelpError":  # plain ``pdplan``: the help, as typer shows it
+            typer.echo(err.format_message(), err=True)
+            sys.exit(2)
+        ctx = getattr(err, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _one_line(f"{where}{err.format_message()}{hint}")
+        sys.exit(2 if getattr(err, "exit_code", 1) == 2 else 1)
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _one_line(message: str) -> None:
+    """``error: message`` on stderr, folded onto one line (no markup, no wrapping)."""
+    text = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)

@@ -17,7 +17,6 @@ Writes into ``--out``: ``deploy.json`` (processes, PIDs, URLs, status), ``logs/<
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import signal
 import sys
@@ -98,6 +97,9 @@ def deploy(
     router: Annotated[
         str | None, typer.Option("--router", help="sglang/vllm/k8s: route with this policy, not the plan's.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Use an --out that holds another kind of pdplan run.")
+    ] = False,
 ) -> None:
     """Launch a plan as prefill/decode (or colocated) workers behind sglang-router."""
     from pdplan.profiles.errors import ConfigError, choices_error
@@ -111,6 +113,11 @@ def deploy(
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
+    if not 1 <= max_queue <= 1_000_000:
+        raise ConfigError(f"--max-queue {max_queue}: expected 1..1000000")
+    from pdplan.profiles.validate import number
+
+    number("--kv-timeout-s", kv_timeout_s, low=0, low_open=True, high=86400)
     from pdplan.planner.cli.deploy_targets import check_options
 
     check_options(
@@ -131,6 +138,10 @@ def deploy(
         )  # fmt: skip
         deploy_target(plan, request, out)
         return
+    if out is not None and not dry_run:
+        from pdplan.planner.rundir import claim_out
+
+        claim_out(out, "deploy", force=force)
     from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory
 
     spec = _load_spec(plan, weights, tokenizer, seed)
@@ -272,9 +283,9 @@ def _report(out: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from pdplan.profiles.atomic import write_file
+
+    write_file(path, text)
 
 
 def _write_run_yaml(out: Path, command: str) -> None:

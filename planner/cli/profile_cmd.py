@@ -11,11 +11,7 @@ Nothing heavy is imported at module level: ``pdplan --help`` loads this module.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shlex
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -59,10 +55,14 @@ def profile(
         Path | None,
         typer.Option("--weights", help="Measured runs: HF directory with safetensors weights."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
+    ] = False,
 ) -> None:
     """Measure (or model, with --analytic) prefill and decode step costs into a Profile."""
+    from pdplan.planner.rundir import claim_out, replacing_dir, write_run_yaml
     from pdplan.profiles.model_spec import DTYPE_BYTES, load_model_spec
-    from pdplan.profiles.profile import save_profile
+    from pdplan.profiles.profile import write_profile_files
 
     start = time.perf_counter()
     _check_options(analytic, hardware, device, quick, weights)
@@ -70,8 +70,12 @@ def profile(
         from pdplan.profiles.errors import choices_error
 
         raise choices_error("--dtype", dtype, DTYPE_BYTES)
+    if not 1 <= tp <= 1024:
+        from pdplan.profiles.errors import ConfigError
+
+        raise ConfigError(f"--tp {tp}; expected an integer in [1, 1024]")
     spec = load_model_spec(model)
-    _check_out(out)
+    claim_out(out, "profile", force=force)
     if analytic:
         from pdplan.profiles.analytic import analytic_profile
 
@@ -79,8 +83,9 @@ def profile(
         result = analytic_profile(spec, hardware, tp=tp, dtype=dtype)
     else:
         result = _measure(spec, device or "cpu", tp=tp, dtype=dtype, quick=quick, weights=weights)
-    save_profile(result, out)
-    _write_run_yaml(out)
+    with replacing_dir(out) as staging:  # the profile directory is written whole or not at all
+        write_profile_files(result, staging)
+        write_run_yaml(staging, "profile")
     _print_summary(result, out, time.perf_counter() - start)
     try:
         from pdplan.reports import write_report  # type: ignore[attr-defined]
@@ -116,27 +121,6 @@ def _check_options(
         raise ConfigError(f"--device {device!r}: expected cpu, cuda or cuda:N")
     if weights is not None and not weights.is_dir():
         raise ConfigError(f"--weights {str(weights)!r}: not a directory")
-
-
-def _check_out(out: Path) -> None:
-    """Refuse an --out that cannot be written, or whose replacement would destroy non-pdplan files."""
-    from pdplan.profiles.errors import ConfigError
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r}: exists and is not a directory")
-    is_run = (out / "profile.yaml").is_file() or (out / "run.yaml").is_file()
-    if out.is_dir() and any(out.iterdir()) and not is_run:
-        raise ConfigError(
-            f"--out {str(out)!r}: exists, is not empty and is not a pdplan run directory; "
-            "choose a new or empty directory"
-        )
-    ancestor = out.absolute().parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    try:  # a real probe: os.access says yes to root even on read-only or virtual file systems
-        os.rmdir(tempfile.mkdtemp(prefix=".pdplan-probe-", dir=ancestor))
-    except OSError:
-        raise ConfigError(f"--out {str(out)!r}: {str(ancestor)!r} is not a writable directory") from None
 
 
 def _measure(
@@ -184,37 +168,6 @@ def _measure(
             link_bandwidth_gbps=hw.get("link_bandwidth_gbps"),
             progress=progress,
         )
-
-
-def _command_line() -> str:
-    """The command as typed when run from the console script (else the argv we were given)."""
-    return shlex.join(["pdplan", *sys.argv[1:]])
-
-
-def _write_run_yaml(out: Path) -> None:
-    """``run.yaml`` per the run-directory contract, written atomically (temp + rename)."""
-    import platform
-    from datetime import datetime, timezone
-    from importlib import metadata
-
-    import yaml
-
-    versions = {"python": platform.python_version()}
-    for package in ("pdplan", "numpy", "pandas", "simpy", "torch", "transformers"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    run = {
-        "schema_version": 1,
-        "kind": "profile",
-        "command": _command_line(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": versions,
-    }
-    tmp = out / ".run.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(run, sort_keys=False))
-    os.replace(tmp, out / "run.yaml")
 
 
 def _print_summary(result: Profile, out: Path, wall_s: float) -> None:

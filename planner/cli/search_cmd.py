@@ -87,15 +87,28 @@ def search(
             "--traffic", help="A trace as-recorded (default: whole, with its swings) or stationary."
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
+    ] = False,
 ) -> None:
     """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
     from pdplan.planner.probe import SloTargets
-    from pdplan.planner.rundir import prepare_out
+    from pdplan.planner.rundir import claim_out
     from pdplan.planner.search import SearchSpec
     from pdplan.planner.slo import parse_slo
     from pdplan.planner.waves import default_workers
     from pdplan.profiles.errors import ConfigError, choices_error
+    from pdplan.profiles.validate import number
 
+    number("--attainment", attainment, low=0, low_open=True, high=1)
+    if rate is not None:
+        number("--rate", rate, low=0, low_open=True, high=1e6)
+    if price_per_gpu_hour is not None:
+        number("--price-per-gpu-hour", price_per_gpu_hour, low=0, low_open=True, high=1e4)
+    if workers is not None and not 1 <= workers <= 1024:
+        raise ConfigError(f"--workers {workers}; expected an integer in [1, 1024]")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
     targets = SloTargets(parse_slo(slo), attainment)
     if mode not in MODE_CHOICES:
         raise choices_error("--mode", mode, MODE_CHOICES)
@@ -114,7 +127,7 @@ def search(
         price_per_gpu_hour=price_per_gpu_hour,
         workers=workers if workers is not None else default_workers(),
     )
-    prepare_out(out)
+    claim_out(out, "search", force=force)
     result = _run(spec)
     _finish(out, result, described)
 
@@ -221,10 +234,12 @@ def _finish(out: Path, result: SearchResult, described: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    from pdplan.planner.rundir import replacing_dir
     from pdplan.planner.search_files import write_search_run
     from pdplan.planner.verdict import verdict
 
-    plan = write_search_run(out, result, workload=described)
+    with replacing_dir(out) as staging:  # the run directory is written whole or not at all
+        plan = write_search_run(staging, result, workload=described)
     console = Console()
     if result.chosen is not None:
         console.print(_table(result))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_WARMUP = 0.05
+MAX_SAMPLES = 1_000_000  # time-series rows per instance (--sample-interval)
 
 
 def simulate(
@@ -98,6 +99,9 @@ def simulate(
             help="A trace as-recorded (default: replayed whole, with its swings) or stationary (detrended).",
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
+    ] = False,
 ) -> None:
     """Simulate one plan (--plan), or search layouts against an SLO (--slo with --gpus N or --rate R).
 
@@ -141,6 +145,7 @@ def simulate(
             price_per_gpu_hour=price_per_gpu_hour,
             kv_link=kv_link or "nvlink",
             traffic=traffic,
+            force=force,
         )
         return
     given = [name for name, value in search_only.items() if value is not None]
@@ -160,6 +165,7 @@ def simulate(
         warmup=warmup,
         sample_interval=sample_interval,
         seed=seed,
+        force=force,
     )
 
 
@@ -227,6 +233,7 @@ def _simulate_plan(
     warmup: float,
     sample_interval: float | None,
     seed: int | None,
+    force: bool = False,
 ) -> None:
     import numpy as np
     from rich.console import Console
@@ -234,16 +241,21 @@ def _simulate_plan(
 
     from pdplan.planner.inputs import role_profiles
     from pdplan.planner.plan import save_plan
-    from pdplan.planner.rundir import prepare_out, write_csv, write_run_yaml, write_yaml
+    from pdplan.planner.rundir import claim_out, replacing_dir, write_csv, write_run_yaml, write_yaml
     from pdplan.planner.slo import parse_slo
+    from pdplan.profiles.validate import number
     from pdplan.sim.simulate import SimOptions
     from pdplan.sim.simulate import simulate as run_simulation
     from pdplan.sim.timeseries import timeseries
 
-    if sample_interval is not None and not sample_interval > 0:
-        raise ConfigError(f"--sample-interval {sample_interval!r}; expected a positive number of seconds")
+    if sample_interval is not None:
+        number("--sample-interval", sample_interval, low=0, low_open=True, high=86400.0)
     if not 0 <= warmup < 1:
         raise ConfigError(f"--warmup {warmup!r}; expected a fraction in [0, 1)")
+    if attainment is not None:
+        number("--attainment", attainment, low=0, low_open=True, high=1)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
     if not profile_dirs and not (model or hardware):
         model, hardware = plan.model or None, plan.hardware or None
     profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
@@ -253,13 +265,13 @@ def _simulate_plan(
         log.warning("the plan names model %r but the profiles are of %s", plan.model, other)
     plan = replace(
         plan,
-        slo=parse_slo(slo_text) if slo_text else plan.slo,
+        slo=parse_slo(slo_text) if slo_text is not None else plan.slo,
         attainment=attainment if attainment is not None else plan.attainment,
         model=plan.model or first.model.name,
         hardware=plan.hardware or str(first.hardware.get("name", "")),
     )
     cluster = plan.cluster(profiles)
-    prepare_out(out)
+    claim_out(out, "simulate", force=force)
     requests = source.requests
     started = time.perf_counter()
     with Progress(
@@ -279,6 +291,11 @@ def _simulate_plan(
             progress=lambda done, total: bar.update(task, completed=done),
         )
     wall_s = time.perf_counter() - started
+    if sample_interval is not None and result.end_s / sample_interval > MAX_SAMPLES:
+        raise ConfigError(
+            f"--sample-interval {sample_interval:g} s over {result.end_s:.6g} simulated s is "
+            f"{result.end_s / sample_interval:.3g} samples; the limit is {MAX_SAMPLES}"
+        )
     stability = source.description.get("traffic") in ("synthetic", "stationary")
     summary = _summary(plan, result, warmup, stability)
     log.info(
@@ -288,11 +305,12 @@ def _simulate_plan(
         len(requests) / max(wall_s, 1e-9),
     )
     predicted = _predicted(summary, source)
-    save_plan(replace(plan, workload=source.description, predicted=predicted), out / "plan.yaml")
-    write_csv(out / "requests.csv", result.records.to_frame())
-    write_yaml(out / "summary.yaml", summary)
-    write_csv(out / "timeseries.csv", timeseries(result, sample_interval))
-    write_run_yaml(out, "simulate")
+    with replacing_dir(out) as staging:  # the run directory is written whole or not at all
+        save_plan(replace(plan, workload=source.description, predicted=predicted), staging / "plan.yaml")
+        write_csv(staging / "requests.csv", result.records.to_frame())
+        write_yaml(staging / "summary.yaml", summary)
+        write_csv(staging / "timeseries.csv", timeseries(result, sample_interval))
+        write_run_yaml(staging, "simulate")
     _print(summary, out)
     _report(out)
 

@@ -173,9 +173,9 @@ def test_real_azure_trace_replays_at_a_rate(tmp_path):
         ),
         (
             {"workload": {**pc.WORKLOAD, "output_tokens": {"dist": "lognormal", "mean": -5, "cv": 1}}},
-            "lognormal.mean=-5.0; expected a positive number",
+            "lognormal.mean=-5.0; expected a finite number > 0",
         ),
-        ({"args": ["--rate", "-3"]}, "--rate -3.0; expected a positive number"),
+        ({"args": ["--rate", "-3"]}, "--rate=-3.0; expected a finite number > 0"),
         ({"args": ["--slo", "ttft=fast"]}, "ttft='fast'; expected a positive number with a unit"),
         ({"args": ["--warmup", "1.5"]}, "--warmup 1.5; expected a fraction in [0, 1)"),
         (

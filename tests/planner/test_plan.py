@@ -121,7 +121,7 @@ def test_load_plan_file_errors(tmp_path):
         load_plan(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("mode: [unclosed")
-    with pytest.raises(ConfigError, match="not readable YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 1, column"):
         load_plan(bad)
 
 

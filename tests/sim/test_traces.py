@@ -45,7 +45,7 @@ def test_bad_tables_name_the_problem():
         parse_canonical(pd.DataFrame({"arrival_s": ["soon"], "prompt_tokens": [3], "output_tokens": [1]}))
     with pytest.raises(ConfigError, match="line 2 is not JSON"):
         parse_mooncake(['{"timestamp": 0, "input_length": 5, "output_length": 1}', "{oops"])
-    with pytest.raises(ConfigError, match="TIMESTAMP is not a date-time"):
+    with pytest.raises(ConfigError, match="TIMESTAMP row 0 is 'yesterday'; expected an ISO 8601 date-time"):
         parse_azure(pd.DataFrame({"TIMESTAMP": ["yesterday"], "ContextTokens": [3], "GeneratedTokens": [1]}))
 
 
