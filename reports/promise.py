@@ -22,7 +22,10 @@ TRAFFIC_WORDS = {
         "stationary view of the trace (detrended), chosen explicitly: the minute-scale swings of the "
         "recorded traffic are not part of this promise"
     ),
-    "synthetic": "synthetic workload, judged on steady-state windows with a stability test",
+    "synthetic": (
+        "synthetic workload, replayed at its own request count with its seed and five more, "
+        "with a stability test and a margin for the seed-to-seed spread"
+    ),
 }
 
 
@@ -112,10 +115,23 @@ def cost_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
 def traffic_sentence(plan: dict[str, Any]) -> str | None:
     """How the search judged the traffic, from ``traffic``."""
     value = plan.get("traffic")
+    if isinstance(value, dict):  # the search writes {kind, warmup_fraction, replay_seeds, ...}
+        value = value.get("kind")
     if value is None or value == "":
         return None
     words = TRAFFIC_WORDS.get(str(value))
-    return f"Traffic: {words} (traffic: {value})." if words else f"Traffic: {value}."
+    text = f"Traffic: {words} (traffic: {value})." if words else f"Traffic: {value}."
+    confirmed = plan.get("confirmed")
+    if isinstance(confirmed, dict) and confirmed.get("rate_rps") is not None:
+        seeds = confirmed.get("seeds") or []
+        fails = confirmed.get("fails_at_rps")
+        text += (
+            f" The promise was checked as a user checks it (pdplan simulate --plan on the same traffic"
+            f"{f', seeds {min(seeds)}-{max(seeds)}' if len(seeds) > 1 else ''}): it holds at "
+            f"{fmt_rps(float(confirmed['rate_rps']))}"
+        )
+        text += f" and misses at {fmt_rps(float(fails))}." if fails is not None else "."
+    return text
 
 
 def tie_sentence(plan: dict[str, Any]) -> str | None:
