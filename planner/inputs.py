@@ -29,6 +29,7 @@ import yaml
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.profile import Profile, load_profile
+from pdplan.sim.closed_loop import ClosedLoop
 from pdplan.sim.requests import Requests
 from pdplan.sim.traces import TRACE_FORMATS, detect_format, parse_azure, parse_canonical, parse_mooncake
 from pdplan.sim.workload import draw_requests, workload_from_dict
@@ -43,6 +44,7 @@ class RequestSource:
 
     requests: Requests
     description: dict[str, Any]
+    closed_loop: ClosedLoop | None = None
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -105,6 +107,11 @@ def load_workload(path: Path, *, seed: int | None = None, rate_rps: float | None
         spec = replace(spec, seed=seed)
     if rate_rps is not None:
         spec = spec.with_rate(check_rate(rate_rps))
+    if spec.closed_loop is not None:
+        loop = spec.closed_loop
+        closed = {"path": str(path), "seed": spec.seed, "arrival": "closed", "concurrency": loop.concurrency}
+        closed["think_time_s"] = loop.think_time_s
+        return RequestSource(draw_requests(spec), closed, loop)
     described = {
         "path": str(path),
         "seed": spec.seed,

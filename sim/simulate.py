@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.sim.closed_loop import ClosedColocatedRun, ClosedLoop, ClosedRun
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.disagg import Run
@@ -28,10 +29,13 @@ log = logging.getLogger(__name__)
 class SimOptions:
     """How to run: the ``router`` policy (round_robin | least_loaded | random) and an optional
     ``max_time_s`` after which the run stops (requests not finished by then are ``unfinished``;
-    ``None`` runs until every request is done — every accepted request always finishes)."""
+    ``None`` runs until every request is done — every accepted request always finishes).
+    ``closed_loop`` replaces the request list's arrival times by closed-loop clients
+    (``pdplan.sim.closed_loop``)."""
 
     router: str = "least_loaded"
     max_time_s: float | None = None
+    closed_loop: ClosedLoop | None = None
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
@@ -69,10 +73,17 @@ def simulate(
     options = options or SimOptions()
     rng = np.random.default_rng(0) if rng is None else rng
     run: Run | ColocatedRun
+    loop = options.closed_loop
     if isinstance(cluster, DisaggregatedCluster):
-        run = Run(requests, cluster, options.router, rng)
+        if loop is None:
+            run = Run(requests, cluster, options.router, rng)
+        else:
+            run = ClosedRun(requests, cluster, options.router, rng, loop=loop)
     elif isinstance(cluster, ColocatedCluster):
-        run = ColocatedRun(requests, cluster, options.router, rng)
+        if loop is None:
+            run = ColocatedRun(requests, cluster, options.router, rng)
+        else:
+            run = ClosedColocatedRun(requests, cluster, options.router, rng, loop=loop)
     else:
         raise TypeError(f"cluster must be a DisaggregatedCluster or ColocatedCluster, not {type(cluster)}")
     run.progress = progress

@@ -231,7 +231,7 @@ def _simulate_plan(
         result = run_simulation(
             requests,
             cluster,
-            SimOptions(router=plan.router),
+            SimOptions(router=plan.router, closed_loop=source.closed_loop),
             np.random.default_rng(seed or 0),
             progress=lambda done, total: bar.update(task, completed=done),
         )
