@@ -40,10 +40,18 @@ class ClosedLoop:
     think_time_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
+        if (
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 1
+        ):
             raise ConfigError(f"arrival.concurrency={self.concurrency!r}; expected an integer ≥ 1")
         think = self.think_time_s
-        if isinstance(think, bool) or not isinstance(think, (int, float)) or not (math.isfinite(think) and think >= 0):
+        if (
+            isinstance(think, bool)
+            or not isinstance(think, (int, float))
+            or not (math.isfinite(think) and think >= 0)
+        ):
             raise ConfigError(f"arrival.think_time_s={think!r}; expected a number of seconds ≥ 0")
 
 

@@ -204,6 +204,7 @@ def _simulate_plan(
     if not profile_dirs and not (model or hardware):
         model, hardware = plan.model or None, plan.hardware or None
     profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
+    _warn_outside_calibration(profiles, source)
     first = next(iter(profiles.values()))
     other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})
     if other:
@@ -251,6 +252,17 @@ def _simulate_plan(
     write_run_yaml(out, "simulate")
     _print(summary, out)
     _report(out)
+
+
+def _warn_outside_calibration(profiles: dict[str, Any], source: RequestSource) -> None:
+    """A calibrated profile says which traffic it was fitted on; say so when asked beyond it."""
+    from pdplan.planner.calibrate import range_notes
+
+    for role, profile in profiles.items():
+        fitted = (profile.calibration or {}).get("fitted_range")
+        if fitted and source.closed_loop is None:
+            for note in range_notes(fitted, source.requests, "this workload"):
+                log.warning("%s profile calibrated on other traffic: %s", role, note)
 
 
 def _summary(plan: Plan, result: SimResult, warmup: float) -> dict[str, Any]:

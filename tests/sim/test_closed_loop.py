@@ -50,8 +50,14 @@ def test_two_clients_disaggregated_next_request_follows_the_first_finish():
 def test_never_more_than_concurrency_requests_in_the_system(mode):
     rng = np.random.default_rng(3)
     n = 60
-    reqs = sc.requests([(0.0, int(p), int(o)) for p, o in zip(rng.integers(1, 300, n), rng.integers(1, 20, n))])
-    cluster = sc.disagg() if mode == "disagg" else sc.colocated(policy="chunked", max_batch_size=8, chunk_tokens=256)
+    reqs = sc.requests(
+        [(0.0, int(p), int(o)) for p, o in zip(rng.integers(1, 300, n), rng.integers(1, 20, n), strict=True)]
+    )
+    cluster = (
+        sc.disagg()
+        if mode == "disagg"
+        else sc.colocated(policy="chunked", max_batch_size=8, chunk_tokens=256)
+    )
     result = simulate(reqs, cluster, SimOptions(closed_loop=ClosedLoop(3, 0.01)))
     r = result.records
     assert (r.status == "ok").all()
