@@ -87,7 +87,7 @@ def test_combined_report_has_every_section(
     html = out.read_text()
     _check_self_contained(html)
     assert all(_sections(html).values()) and len(_sections(html)) == 6
-    assert len(_figures(html)) == 11
+    assert len(_figures(html)) == 13  # validation: errors, CDFs, error over time, per request
     assert "<title>All &lt;in&gt; one</title>" in html
 
 
