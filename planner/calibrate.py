@@ -12,9 +12,11 @@ The parameters act on top of a profile's latency model (``pdplan.profiles.latenc
 - ``tp_comm_scale`` — multiplies the TP collective share of a step. It is identifiable only from
   runs at TP > 1 with an op breakdown, so it stays 1 and is reported as not fitted otherwise.
 
-The fit minimises the squared log-ratio of predicted to measured TTFT and TPOT quantiles (10th to
-99th) over the requests used for fitting, with a bounded Nelder-Mead search on the transformed
-parameters (log scales), every probe one simulation of the measured request list. Uncertainty
+The fit minimises the squared log-ratio of predicted to measured TTFT and TPOT (mean, p10, p25, p50,
+p75, p90, p99: the figures a prediction is judged by, and the body of the distribution that
+separates a fixed cost from a per-token one) over the requests used for fitting, with a bounded
+Nelder-Mead search on the transformed parameters (log scales, within ``SCALE_BOUNDS``), every
+probe one simulation of the measured request list. Uncertainty
 is the spread of refits on bootstrap resamples of those requests. Generalisation is the error on
 requests (the second half of each run, or whole runs) that were not used.
 
@@ -47,7 +49,9 @@ Cluster = DisaggregatedCluster | ColocatedCluster
 PARAMETERS = ("step_overhead_ms", "compute_scale", "bandwidth_scale", "kv_capacity_scale", "tp_comm_scale")
 DEFAULT_FIT = ("step_overhead_ms", "compute_scale", "bandwidth_scale", "kv_capacity_scale")
 QUANTILES = (10.0, 25.0, 50.0, 75.0, 90.0, 99.0)
-_SCALE_BOUNDS = (0.1, 10.0)
+#: A scale outside these says the profile is wrong, not miscalibrated (a decode step cannot beat the
+#: memory roofline by 2×): the fit stays inside, and a value at a bound is reported as such.
+SCALE_BOUNDS = {"compute_scale": (0.5, 2.0), "bandwidth_scale": (0.5, 2.0), "kv_capacity_scale": (0.5, 3.0)}
 #: Metrics judged (DESIGN.md: TTFT = first token − arrival, TPOT = (finish − first)/(out − 1)).
 JUDGED = tuple(f"{m}_{s}" for m in ("ttft", "tpot") for s in ("mean", "p50", "p90", "p99"))
 
@@ -156,15 +160,19 @@ def predict(run: MeasuredRun, p: Params) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _residuals(run: MeasuredRun, pred: tuple[np.ndarray, np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """log(predicted / measured) of the mean and the ``QUANTILES`` of TTFT and TPOT over ``mask``:
+    the figures a user judges a prediction by, each counted once (relative, so TTFT's seconds and
+    TPOT's milliseconds weigh alike)."""
     out = []
     for p_values, m_values in zip(pred, (run.ttft_s, run.tpot_s), strict=True):
         both = mask & np.isfinite(m_values)
         if both.sum() < 2:
             continue
-        meas = np.percentile(m_values[both], QUANTILES)
+        meas = m_values[both]
         pv = np.where(np.isfinite(p_values[both]), p_values[both], 1e9)  # unfinished: a huge miss
-        sim = np.percentile(pv, QUANTILES)
-        out.append(np.log(np.maximum(sim, 1e-9) / np.maximum(meas, 1e-9)))
+        sim = np.concatenate(([pv.mean()], np.percentile(pv, QUANTILES)))
+        ref = np.concatenate(([meas.mean()], np.percentile(meas, QUANTILES)))
+        out.append(np.log(np.maximum(sim, 1e-9) / np.maximum(ref, 1e-9)))
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -182,7 +190,7 @@ class _Space:
             if name == "step_overhead_ms":
                 values[name] = float(max(v, self.overhead_floor_ms))
             else:
-                values[name] = float(np.clip(math.exp(v), *_SCALE_BOUNDS))
+                values[name] = float(np.clip(math.exp(v), *SCALE_BOUNDS[name]))
         return Params(**values)
 
     def start(self) -> np.ndarray:
@@ -241,6 +249,18 @@ class Calibration:
     objective_before: float = 0.0
     objective_after: float = 0.0
 
+    @property
+    def at_bounds(self) -> dict[str, str]:
+        """Fitted parameters that ended on a bound: the data asks for more than the parameter can
+        give, so what is left of the error is not in these parameters (say so, do not hide it)."""
+        out = {}
+        for name in self.fitted:
+            low, high = SCALE_BOUNDS.get(name, (-math.inf, math.inf))
+            value = getattr(self.params, name)
+            if math.isclose(value, low) or math.isclose(value, high):
+                out[name] = f"{value:g} is the bound of [{low:g}, {high:g}]"
+        return out
+
 
 def calibrate(
     runs: Sequence[MeasuredRun],
@@ -281,10 +301,21 @@ def calibrate(
 
     base_masks = [r.fit_mask for r in runs]
     before = objective(space.start(), base_masks)
-    x = nelder_mead(partial(objective, masks=base_masks), space.start(), space.steps(0.5 * median_step))
-    # one restart from the best point with a fresh, smaller simplex: a collapsed simplex on this
-    # piecewise-smooth objective (batch membership changes) often stops short of the minimum
-    x = nelder_mead(partial(objective, masks=base_masks), x, space.steps(0.1 * median_step) / 3)
+    # start from the best point of a coarse grid (3 values a parameter): the objective has
+    # several valleys (e.g. a KV capacity or a per-token cost can both set the throughput)
+    grid = [space.start() + np.array(offset) * space.steps(median_step) for offset in _grid(len(names))]
+    start = min(grid, key=partial(objective, masks=base_masks))
+    f = partial(objective, masks=base_masks)
+    x = nelder_mead(f, start, space.steps(0.5 * median_step))
+    # restarts from the best point with a fresh simplex while they still help: a collapsed simplex
+    # on this piecewise-smooth objective (batch membership changes) stops short in long valleys
+    value = f(x)
+    for _ in range(3):
+        x_new = nelder_mead(f, x, space.steps(0.25 * median_step))
+        new = f(x_new)
+        if new >= value * (1 - 1e-3):
+            break
+        x, value = x_new, new
     params = space.to_params(x)
     after = objective(x, base_masks)
     if progress:
@@ -321,6 +352,13 @@ def _run_report(run: MeasuredRun, params: Params) -> dict[str, Any]:
             "error_after_pct": errors_pct(metrics(*after, mask), measured),
         }
     return out
+
+
+def _grid(k: int) -> list[tuple[int, ...]]:
+    """The 3**k offsets (−1, 0, 1 steps) of a coarse grid around the identity."""
+    import itertools
+
+    return list(itertools.product((-1, 0, 1), repeat=k))
 
 
 def _resample(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -267,3 +267,29 @@ def sent_order_lag_s(run: BenchRun) -> np.ndarray:
     arrival = run.requests.arrival_s - (run.requests.arrival_s[0] if len(run.requests) else 0.0)
     sent = np.array([o.sent_s for o in run.outcomes])
     return sent - arrival
+
+
+def wait_ready(endpoint: str, timeout_s: float) -> float:
+    """Poll ``GET endpoint/health`` until the server answers (any HTTP status counts: some
+    OpenAI-compatible servers have no /health); returns the seconds waited.
+
+    Raises:
+        ConfigError: nothing answered within ``timeout_s``.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = endpoint.rstrip("/") + "/health"
+    start = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2.0):
+                return time.monotonic() - start
+        except urllib.error.HTTPError:
+            return time.monotonic() - start
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() - start > timeout_s:
+                raise ConfigError(
+                    f"--endpoint {endpoint!r}: nothing answered {url} within {timeout_s:g} s"
+                ) from None
+            time.sleep(0.25)

@@ -81,6 +81,9 @@ def bench(
     hardware: Annotated[
         str | None, typer.Option("--hardware", help="With --plan: analytic hardware.")
     ] = None,
+    wait_s: Annotated[
+        float, typer.Option("--wait-s", help="Wait this long for the endpoint's /health before starting.")
+    ] = 120.0,
 ) -> None:
     """Measure a live endpoint with the simulator's request list (open loop with --rate, closed loop with --concurrency); with --plan also predict it and compare."""  # noqa: E501
     from pdplan.planner.rundir import prepare_out
@@ -121,6 +124,11 @@ def bench(
         from pdplan.planner.slo import parse_slo
 
         slo_spec = parse_slo(slo)
+    from pdplan.realrun.bench_client import wait_ready
+
+    waited = wait_ready(endpoint, wait_s)
+    if waited > 1:
+        log.info("endpoint ready after %.1f s", waited)
     prepare_out(out)
     described = dict(source.description)
     if loop is not None:

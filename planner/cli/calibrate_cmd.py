@@ -147,6 +147,7 @@ def _run_calibration(
         "fitted": list(result.fitted),
         "uncertainty_std": result.uncertainty,
         "not_fitted": result.not_fitted,
+        "at_bounds": result.at_bounds,
         "runs": [str(p) for p in paths],
         "errors": result.runs,
         "objective": {"before": round(result.objective_before, 6), "after": round(result.objective_after, 6)},
@@ -196,5 +197,9 @@ def _print(block: dict[str, Any], out: Path) -> None:
                     f"{after:+.1f}%",
                 )
     console.print(errors)
+    for name, why in block["at_bounds"].items():
+        console.print(
+            f"[yellow]at a bound:[/] {name} = {why}: the rest of the error is not in it", highlight=False
+        )
     for note in block["extrapolation_notes"]:
         console.print(f"[yellow]extrapolation:[/] {note}", highlight=False)

@@ -20,7 +20,7 @@ from pdplan.profiles.latency_model import LatencyModel
 from pdplan.sim import ColocatedCluster, ColocatedPool, InstanceCost, SimOptions, simulate
 from pdplan.sim.workload import Arrival, Lengths, Workload, draw_requests
 
-MODEL = LatencyModel((5.0, 0.0, 0.05, 0.0), (10.0, 0.3, 1e-4))
+MODEL = LatencyModel((5.0, 0.0, 0.05, 0.0), (10.0, 2.0, 1e-4))  # a batch term that varies with load
 TRUTH = Params(step_overhead_ms=3.0, compute_scale=1.4, bandwidth_scale=0.8)
 
 
@@ -55,17 +55,16 @@ def test_scaled_model_is_the_stated_transform():
 
 
 def test_recovers_known_parameters_and_generalises():
-    runs = [_measured(4.0, 1), _measured(8.0, 2)]
+    runs = [_measured(2.0, 1), _measured(12.0, 2)]
     result = calibrate(runs, fit=("step_overhead_ms", "compute_scale", "bandwidth_scale"), bootstrap=2)
     p = result.params
-    assert p.step_overhead_ms == pytest.approx(3.0, abs=0.6)
-    assert p.compute_scale == pytest.approx(1.4, rel=0.08)
-    assert p.bandwidth_scale == pytest.approx(0.8, rel=0.08)
-    assert result.objective_after < 0.05 * result.objective_before
-    for run in result.runs:
-        held = run["held_out"]
-        assert max(abs(e) for e in held["error_after_pct"].values()) < 8.0
-        assert max(abs(e) for e in held["error_before_pct"].values()) > 10.0
+    assert p.step_overhead_ms == pytest.approx(3.0, abs=0.1)
+    assert p.compute_scale == pytest.approx(1.4, rel=0.01)
+    assert p.bandwidth_scale == pytest.approx(0.8, rel=0.01)
+    assert result.objective_after < 1e-3 * result.objective_before
+    for run in result.runs:  # the second half of each run was not used
+        assert max(abs(e) for e in run["held_out"]["error_after_pct"].values()) < 1.0
+    assert max(abs(e) for e in result.runs[0]["held_out"]["error_before_pct"].values()) > 10.0
     assert result.not_fitted["tp_comm_scale"].startswith("all runs are at TP 1")
     assert set(result.uncertainty) == {"step_overhead_ms", "compute_scale", "bandwidth_scale"}
 

@@ -171,6 +171,10 @@ def test_exit_codes(monkeypatch, capsys, tmp_path):
         ],
     )
     assert code == 2 and "not both" in err
+    args = ["bench", "--endpoint", "http://127.0.0.1:9", "--preset", "chat", "--wait-s", "0.3"]
+    code, err = _exit_code(monkeypatch, capsys, [*args, "--out", tmp_path / "b"])
+    assert code == 2 and "nothing answered" in err
+    assert not (tmp_path / "b").exists()  # nothing written
     code, err = _exit_code(
         monkeypatch, capsys, ["bench", "--endpoint", "ftp://x", "--preset", "chat", "--out", tmp_path / "b"]
     )
