@@ -9,7 +9,9 @@
    queue depends on the first). Goal: held-out TTFT and TPOT p50/p90 within 10 %, p99 within 20 %.
 2. **client** — the benchmark client against ``pdplan.realrun.token_server`` (another process on
    this host): the most streamed requests per second it completes (closed loop, 64 clients,
-   8 tokens each, no server delay), an open-loop run at 500 req/s, and the accuracy of its token
+   8 tokens each, no server delay) and the client's CPU time per request (what one core it has to
+   itself sustains, whatever else the shared machine runs), an open-loop run at 500 req/s, and the
+   accuracy of its token
    timestamps: receive stamp − the server's send stamp (both ``CLOCK_MONOTONIC``) at a moderate
    load (50 req/s, 32 tokens 5 ms apart) and at saturation. Goal: ≥ 500 req/s, ≤ 1 ms.
 3. **local** — ``pdplan deploy`` of a 1P1D and a colocated tiny-llama plan on this CPU, benched at
@@ -158,7 +160,9 @@ def _client_run(url: str, n: int, tokens: int, rate: float | None, concurrency: 
     arrival = np.zeros(n) if rate is None else np.arange(n) / rate
     reqs = Requests(arrival, np.full(n, 16), np.full(n, tokens))
     config = BenchConfig(url, ApiSpec("sglang-generate"), concurrency=concurrency, max_in_flight=1024)
+    cpu0 = time.process_time()
     run = run_bench(reqs, config)
+    cpu_s = time.process_time() - cpu0  # this process = the client (the server is another one)
     ok = [o for o in run.outcomes if o.status == "ok"]
     lag = np.concatenate([np.subtract(o.chunk_s, o.chunk_sent_s) for o in ok if o.chunk_sent_s]) * 1000
     sent = np.array([o.sent_s for o in run.outcomes])
@@ -170,6 +174,10 @@ def _client_run(url: str, n: int, tokens: int, rate: float | None, concurrency: 
         "wall_s": round(run.wall_s, 3),
         "completed_rps": round(len(ok) / span, 1),
         "chunks_per_s": round(len(ok) * tokens / span, 1),
+        # CPU the client spent per request: what one dedicated core could sustain, whatever else
+        # runs on a shared machine
+        "client_cpu_ms_per_request": round(cpu_s / n * 1000, 3),
+        "client_rps_per_core": round(n / cpu_s, 1),
         "timestamp_lag_ms": {
             "p50": round(float(np.percentile(lag, 50)), 4),
             "p99": round(float(np.percentile(lag, 99)), 4),
@@ -217,7 +225,8 @@ def print_client(r: dict[str, Any]) -> None:
         extra = f", send lag p99 {x['send_lag_ms']['p99']} ms" if "send_lag_ms" in x else ""
         print(
             f"{name:<22} ok {x['ok']}/{x['requests']}: {x['completed_rps']} req/s "
-            f"({x['chunks_per_s']} chunks/s); "
+            f"({x['chunks_per_s']} chunks/s; client CPU {x['client_cpu_ms_per_request']} ms/request "
+            f"= {x['client_rps_per_core']} req/s per core); "
             f"timestamp lag p50/p99/max {lag['p50']}/{lag['p99']}/{lag['max']} ms{extra}"
         )
     print(f"({r['load_before']} before, {r['load_after']} after)")
@@ -227,6 +236,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("vllm", "client", "local", "all"), default="all")
     parser.add_argument("--bootstrap", type=int, default=8)
+    parser.add_argument("--local-plans", default="1P1D,colocated-2x", help="local: which plans")
+    parser.add_argument("--local-workloads", default="chat,long-prompt", help="local: which workloads")
+    parser.add_argument("--local-requests", type=int, default=40, help="local: requests per run")
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.part in ("vllm", "all"):
@@ -241,7 +253,9 @@ def main() -> None:
     if args.part in ("local", "all"):
         from local_runtime import local_part, print_local  # bench/local_runtime.py
 
-        results["local"] = local_part()
+        results["local"] = local_part(
+            tuple(args.local_plans.split(",")), tuple(args.local_workloads.split(",")), args.local_requests
+        )
         print_local(results["local"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -131,7 +131,11 @@ def _measured_run(name: str, reqs: Any, frame: Any, cluster: Any) -> Any:
     return MeasuredRun(name, measured_reqs, ttft, tpot, np.zeros(len(reqs), dtype=bool), cluster)
 
 
-def local_part() -> dict[str, Any]:
+def local_part(
+    plans: tuple[str, ...] = tuple(PLANS),
+    workloads: tuple[str, ...] = ("chat", "long-prompt"),
+    num_requests: int = NUM_REQUESTS,
+) -> dict[str, Any]:
     from pdplan.planner.calibrate import Params, calibrate, errors_pct, metrics, predict
     from pdplan.planner.plan import load_plan
     from pdplan.profiles.profile import load_profile
@@ -149,7 +153,8 @@ def local_part() -> dict[str, Any]:
         )
         out["profile_wall_s"] = round(time.perf_counter() - started, 1)
         profile = load_profile(tmp / "profile")
-        for plan_name, text in PLANS.items():
+        for plan_name in plans:
+            text = PLANS[plan_name]
             plan_file = tmp / f"{plan_name}.yaml"
             plan_file.write_text(text)
             plan = load_plan(plan_file)
@@ -157,7 +162,8 @@ def local_part() -> dict[str, Any]:
             runs: dict[tuple[str, float], Any] = {}
             rows = []
             with _deployed(plan_file, tmp / f"deploy-{plan_name}") as url:
-                for wl_name, workload in _workloads().items():
+                for wl_name in workloads:
+                    workload = replace(_workloads()[wl_name], num_requests=num_requests)
                     capacity = _capacity_rps(cluster, workload)
                     for load in LOADS:
                         rate = load * capacity
@@ -180,6 +186,7 @@ def local_part() -> dict[str, Any]:
                 if load == 0.6:
                     fit_runs.append(replace(run, fit_mask=np.isfinite(run.ttft_s)))
             held = [run for (_, load), run in runs.items() if load != 0.6]
+            out["requests_per_run"] = num_requests
             result = calibrate([*fit_runs, *held], FIT_KEYS, bootstrap=4)
             for row, run in zip(rows, runs.values(), strict=True):
                 every = np.isfinite(run.ttft_s)
@@ -200,7 +207,7 @@ def local_part() -> dict[str, Any]:
 def print_local(r: dict[str, Any]) -> None:
     print("\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1, before -> after ==")
     keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
-    for plan_name in PLANS:
+    for plan_name in [p for p in PLANS if p in r]:
         block = r[plan_name]
         print(f"{plan_name}: calibrated {block['parameters']}")
         for row in block["runs"]:

@@ -248,6 +248,7 @@ class Calibration:
     not_fitted: dict[str, str] = field(default_factory=dict)
     objective_before: float = 0.0
     objective_after: float = 0.0
+    overhead_floor_ms: float = -math.inf
 
     @property
     def at_bounds(self) -> dict[str, str]:
@@ -255,7 +256,7 @@ class Calibration:
         give, so what is left of the error is not in these parameters (say so, do not hide it)."""
         out = {}
         for name in self.fitted:
-            low, high = SCALE_BOUNDS.get(name, (-math.inf, math.inf))
+            low, high = SCALE_BOUNDS.get(name, (self.overhead_floor_ms, math.inf))
             value = getattr(self.params, name)
             if math.isclose(value, low) or math.isclose(value, high):
                 out[name] = f"{value:g} is the bound of [{low:g}, {high:g}]"
@@ -333,7 +334,7 @@ def calibrate(
         for n in names
     }
     report = [_run_report(run, params) for run in runs]
-    return Calibration(params, tuple(names), uncertainty, report, not_fitted, before, after)
+    return Calibration(params, tuple(names), uncertainty, report, not_fitted, before, after, floor)
 
 
 def _run_report(run: MeasuredRun, params: Params) -> dict[str, Any]:
