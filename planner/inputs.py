@@ -36,6 +36,7 @@ from pdplan.profiles.validate import (
     load_yaml,
     number,
 )
+from pdplan.sim.closed_loop import ClosedLoop
 from pdplan.sim.requests import Requests
 from pdplan.sim.traces import TRACE_FORMATS, detect_format, parse_azure, parse_canonical, parse_mooncake
 from pdplan.sim.workload import Workload, draw_requests, workload_from_dict
@@ -51,6 +52,7 @@ class RequestSource:
     requests: Requests
     description: dict[str, Any]
     workload: Workload | None = None  # the synthetic workload drawn (None for a trace)
+    closed_loop: ClosedLoop | None = None
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -136,6 +138,11 @@ def load_workload(path: Path, *, seed: int | None = None, rate_rps: float | None
         spec = replace(spec, seed=seed)
     if rate_rps is not None:
         spec = spec.with_rate(check_rate(rate_rps))
+    if spec.closed_loop is not None:
+        loop = spec.closed_loop
+        closed = {"path": str(path), "seed": spec.seed, "arrival": "closed", "concurrency": loop.concurrency}
+        closed["think_time_s"] = loop.think_time_s
+        return RequestSource(draw_requests(spec), closed, closed_loop=loop)
     described = {
         "path": str(path),
         "seed": spec.seed,

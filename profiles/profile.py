@@ -46,7 +46,11 @@ META_KEYS = (
     "created_at",
     "latency_model",
     "notes",
+    "calibration",
 )
+#: ``calibrated``: a measured or analytic profile whose tables ``pdplan calibrate`` adjusted to
+#: measured runs; ``calibration`` in ``profile.yaml`` then says how (pdplan.planner.calibrate).
+METHODS = ("measured", "analytic", "calibrated")
 
 
 @dataclass(frozen=True)
@@ -68,11 +72,19 @@ class Profile:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     notes: str = ""
+    calibration: dict[str, Any] | None = None
     latency: LatencyModel = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.method not in ("measured", "analytic"):
-            raise ProfileError(f"profile method {self.method!r}; expected measured or analytic")
+        if self.method not in METHODS:
+            raise ProfileError(
+                f"profile method {self.method!r}; expected measured or analytic (or calibrated, "
+                "written by pdplan calibrate)"
+            )
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise ProfileError(f"profile calibration: expected a mapping, got {self.calibration!r}")
+        if (self.method == "calibrated") != (self.calibration is not None):
+            raise ProfileError("a calibrated profile needs a calibration section (and only it may have one)")
         for name, table, cols in (
             ("prefill", self.prefill, PREFILL_COLUMNS),
             ("decode", self.decode, DECODE_COLUMNS),
@@ -119,7 +131,7 @@ class Profile:
             "created_at": self.created_at,
             "latency_model": self.latency.to_dict(),
             "notes": self.notes,
-        }
+        } | ({"calibration": self.calibration} if self.calibration is not None else {})
 
 
 def save_profile(profile: Profile, out_dir: str | Path) -> Path:
@@ -213,6 +225,7 @@ def load_profile(path: str | Path) -> Profile:
         versions=dict(meta.get("versions") or {}),
         created_at=str(meta.get("created_at") or ""),
         notes=str(meta.get("notes") or ""),
+        calibration=meta.get("calibration"),
     )
 
 

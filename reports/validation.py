@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pdplan.reports.figure import COLORS, SLO_COLOR, Margins, log_axis, ms_axis, new_figure, style, to_svg
-from pdplan.reports.operating import request_latencies
+from pdplan.reports.operating import cdf_figure, request_latencies
 from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
 from pdplan.reports.units import fmt_ms, fmt_num, fmt_pct, fmt_rps, fmt_tok_s
@@ -23,8 +23,10 @@ from pdplan.reports.units import fmt_ms, fmt_num, fmt_pct, fmt_rps, fmt_tok_s
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
-LATENCY_METRICS = tuple(f"{m}_{s}_ms" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p50", "p90", "p99"))
-RATE_METRICS = ("throughput_rps", "output_tokens_per_s", "attainment")
+LATENCY_METRICS = tuple(
+    f"{m}_{s}_ms" for m in ("ttft", "tpot", "itl", "e2e") for s in ("mean", "p50", "p90", "p99")
+)
+RATE_METRICS = ("throughput_rps", "output_tokens_per_s", "attainment", "goodput_rps")
 RASTER_POINTS = 3000
 TOLERANCE_PCT = 10.0  # the band drawn around zero error
 
@@ -33,6 +35,7 @@ _RATE_LABELS = {
     "throughput_rps": "throughput",
     "output_tokens_per_s": "output tokens",
     "attainment": "SLO attainment",
+    "goodput_rps": "goodput (req/s)",
 }
 
 
@@ -73,6 +76,8 @@ def run_metrics(run: RunData) -> dict[str, float]:
         values = request_latencies(run.requests)
         for name in LATENCY_METRICS:
             metric, stat, _ = name.split("_")
+            if metric not in values:
+                continue
             data = values[metric]
             if name not in out and data.size:
                 out[name] = float(np.mean(data) if stat == "mean" else np.percentile(data, float(stat[1:])))
@@ -160,6 +165,58 @@ def requests_figure(joined: pd.DataFrame) -> MplFigure:
     return fig
 
 
+def error_over_time(predicted: pd.DataFrame, measured: pd.DataFrame, windows: int = 10) -> pd.DataFrame:
+    """Signed error (%) of the median TTFT and TPOT of the requests arriving in each of ``windows``
+    equal slices of the measured run (matched by ``req_id``); NaN where a slice has none."""
+
+    def per_request(req: pd.DataFrame) -> pd.DataFrame:
+        ok = req[req["status"] == "ok"]
+        many = ok["output_tokens"] > 1
+        return pd.DataFrame(
+            {
+                "req_id": ok["req_id"],
+                "arrival_s": ok["arrival_s"],
+                "ttft": (ok["first_token_s"] - ok["arrival_s"]) * 1000,
+                "tpot": ((ok["finish_s"] - ok["first_token_s"]) / (ok["output_tokens"] - 1)).where(many)
+                * 1000,
+            }
+        )
+
+    joined = per_request(predicted).drop(columns="arrival_s").merge(
+        per_request(measured), on="req_id", suffixes=("_pred", "_meas")
+    )
+    if joined.empty:
+        return pd.DataFrame(columns=["start_s", "ttft_error_pct", "tpot_error_pct"])
+    t = joined["arrival_s"].to_numpy(dtype=float)
+    edges = np.linspace(t.min(), t.max(), windows + 1)
+    index = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, windows - 1)
+    rows = []
+    for w in range(windows):
+        inside = joined[index == w]
+        row = {"start_s": float(edges[w])}
+        for metric in ("ttft", "tpot"):
+            pred, meas = inside[f"{metric}_pred"].median(), inside[f"{metric}_meas"].median()
+            row[f"{metric}_error_pct"] = (pred / meas - 1) * 100 if meas and np.isfinite(meas) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def over_time_figure(table: pd.DataFrame) -> MplFigure:
+    """The error of median TTFT and TPOT per arrival window, with the ±10 % band."""
+    with style():
+        fig = new_figure(7.0, 2.8)
+        ax = fig.add_subplot()
+        ax.axhspan(-TOLERANCE_PCT, TOLERANCE_PCT, color="#cccccc", alpha=0.4, linewidth=0)
+        for color, metric in zip(COLORS, ("ttft", "tpot"), strict=False):
+            errors = table[f"{metric}_error_pct"]
+            ax.plot(table["start_s"], errors, marker="o", color=color, label=metric.upper())
+        ax.axhline(0, color="#444444", linewidth=0.8)
+        ax.set_xlabel("arrival window start (s)")
+        ax.set_ylabel("median error (%)")
+        ax.legend(loc="best", fontsize=7)
+    return fig
+
+
 def pairs(runs: Sequence[RunData]) -> list[tuple[RunData, RunData]]:
     """(predicted, measured) pairs among the runs, as documented in the module docstring."""
     out = [(run.predicted, run) for run in runs if run.predicted is not None]
@@ -226,6 +283,27 @@ def _pair_items(pred: RunData, meas: RunData, pred_name: str, key: str) -> list[
         ),
     ]
     if pred.requests is not None and meas.requests is not None:
+        samples = [
+            ("predicted", request_latencies(pred.requests)),
+            ("measured", request_latencies(meas.requests)),
+        ]
+        items.append(
+            Figure(
+                f"{key}-cdf",
+                "TTFT and TPOT distributions, predicted and measured.",
+                to_svg(cdf_figure(samples, []), f"{key}-cdf"),
+            )
+        )
+        trend = error_over_time(pred.requests, meas.requests)
+        if not trend.empty:
+            items.append(
+                Figure(
+                    f"{key}-over-time",
+                    "Error of the median TTFT and TPOT over the run (requests by arrival window; "
+                    "a drift shows a queue the prediction does or does not build).",
+                    to_svg(over_time_figure(trend), f"{key}-over-time"),
+                )
+            )
         joined = joined_requests(pred.requests, meas.requests)
         if joined.empty:
             items.append(Paragraph("No request ids in common: no per-request comparison."))

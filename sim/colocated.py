@@ -257,7 +257,12 @@ class ColocatedRun:
             if instance.mode == IDLE:
                 instance.next_step(now)
         if i < n:
-            self.env.at(arrival[i], ARRIVAL, self.on_arrival)
+            self.schedule_arrival(i)
+
+    def schedule_arrival(self, i: int) -> None:
+        """Wake at request ``i``'s arrival (a hook: ``pdplan.sim.closed_loop`` issues arrivals as
+        clients finish instead)."""
+        self.env.at(self.arrival[i], ARRIVAL, self.on_arrival)
 
     def run(self, until_s: float | None) -> SimResult:
         if self.num_requests:

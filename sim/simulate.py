@@ -15,6 +15,7 @@ import numpy as np
 import simpy
 
 from pdplan.profiles.errors import ConfigError, choices_error
+from pdplan.sim.closed_loop import ClosedColocatedRun, ClosedLoop, ClosedRun
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.disagg import Run
@@ -51,10 +52,13 @@ class EarlyStop:
 class SimOptions:
     """How to run: the ``router`` policy (round_robin | least_loaded | random) and an optional
     ``max_time_s`` after which the run stops (requests not finished by then are ``unfinished``;
-    ``None`` runs until every request is done — every accepted request always finishes)."""
+    ``None`` runs until every request is done — every accepted request always finishes).
+    ``closed_loop`` replaces the request list's arrival times by closed-loop clients
+    (``pdplan.sim.closed_loop``)."""
 
     router: str = "least_loaded"
     max_time_s: float | None = None
+    closed_loop: ClosedLoop | None = None
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
@@ -95,10 +99,17 @@ def simulate(
     options = options or SimOptions()
     rng = np.random.default_rng(0) if rng is None else rng
     run: Run | ColocatedRun
+    loop = options.closed_loop
     if isinstance(cluster, DisaggregatedCluster):
-        run = Run(requests, cluster, options.router, rng)
+        if loop is None:
+            run = Run(requests, cluster, options.router, rng)
+        else:
+            run = ClosedRun(requests, cluster, options.router, rng, loop=loop)
     elif isinstance(cluster, ColocatedCluster):
-        run = ColocatedRun(requests, cluster, options.router, rng)
+        if loop is None:
+            run = ColocatedRun(requests, cluster, options.router, rng)
+        else:
+            run = ClosedColocatedRun(requests, cluster, options.router, rng, loop=loop)
     else:
         raise TypeError(f"cluster must be a DisaggregatedCluster or ColocatedCluster, not {type(cluster)}")
     run.progress = progress

@@ -18,11 +18,17 @@ import numpy as np
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.validate import MAX_RATE_RPS, MAX_REQUESTS, MAX_SPAN_S, MAX_TOKENS, integer, number
+from pdplan.sim.closed_loop import ClosedLoop
 from pdplan.sim.requests import Requests
 
-ARRIVAL_PROCESSES = ("poisson", "gamma", "constant")
+ARRIVAL_PROCESSES = ("poisson", "gamma", "constant", "closed")
 LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
-_ARRIVAL_KEYS = {"poisson": ("rate_rps",), "gamma": ("rate_rps", "cv"), "constant": ("rate_rps",)}
+_ARRIVAL_KEYS = {
+    "poisson": ("rate_rps",),
+    "gamma": ("rate_rps", "cv"),
+    "constant": ("rate_rps",),
+    "closed": ("concurrency", "think_time_s"),
+}
 _LENGTH_KEYS = {
     "fixed": ("value",),
     "uniform": ("min", "max"),
@@ -42,7 +48,7 @@ class Arrival:
     cv: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.process not in ARRIVAL_PROCESSES:
+        if self.process not in ARRIVAL_PROCESSES[:3]:
             raise choices_error("arrival process", self.process, ARRIVAL_PROCESSES)
         number("arrival.rate_rps", self.rate_rps, low=0, low_open=True, high=MAX_RATE_RPS)
         # gamma's shape is 1/cv²: outside [1e-3, 1e3] it is 1e6 or 1e-6, beyond physical traffic
@@ -133,8 +139,13 @@ class Workload:
     duration_s: float | None = None
     seed: int = 0
     name: str = ""
+    #: closed-loop clients instead of timed arrivals (``arrival: {process: closed, ...}``); the
+    #: ``arrival`` field is then unused and the drawn arrival times are all 0.
+    closed_loop: ClosedLoop | None = None
 
     def __post_init__(self) -> None:
+        if self.closed_loop is not None and self.num_requests is None:
+            raise ConfigError("workload: a closed-loop workload needs num_requests (not duration_s)")
         if (self.num_requests is None) == (self.duration_s is None):
             raise ConfigError(
                 f"workload: set exactly one of num_requests and duration_s (got num_requests="
@@ -153,8 +164,17 @@ class Workload:
         integer("workload.seed", self.seed, low=0, high=2**63 - 1)
 
     def with_rate(self, rate_rps: float) -> Workload:
-        """The same workload at mean arrival rate ``rate_rps``."""
+        """The same workload at mean arrival rate ``rate_rps``.
+
+        Raises:
+            ConfigError: a closed-loop workload (its rate follows from the latencies).
+        """
         from dataclasses import replace
+
+        if self.closed_loop is not None:
+            raise ConfigError(
+                "a closed-loop workload has no arrival rate to set; change arrival.concurrency instead"
+            )
 
         return replace(self, arrival=self.arrival.with_rate(rate_rps))
 
@@ -168,7 +188,11 @@ def draw_requests(workload: Workload, rng: np.random.Generator | None = None) ->
     """
     rng = np.random.default_rng(workload.seed) if rng is None else rng
     arrival = workload.arrival
-    if workload.num_requests is not None:
+    if workload.closed_loop is not None:
+        assert workload.num_requests is not None
+        n = workload.num_requests
+        times = np.zeros(n)  # issued during the run (pdplan.sim.closed_loop)
+    elif workload.num_requests is not None:
         n = workload.num_requests
         times = np.concatenate(([0.0], np.cumsum(arrival.gaps_s(rng, n - 1))))
     else:
@@ -203,6 +227,19 @@ def workload_from_dict(data: Mapping[str, Any]) -> Workload:
     if process not in _ARRIVAL_KEYS:
         raise choices_error("workload.arrival.process", process, ARRIVAL_PROCESSES)
     _check_keys(f"workload.arrival ({process})", arrival, ("process", *_ARRIVAL_KEYS[process]))
+    if process == "closed":
+        if "concurrency" not in arrival:
+            raise ConfigError("workload.arrival (closed): missing key 'concurrency'")
+        return Workload(
+            arrival=Arrival("constant", 1.0),
+            prompt_tokens=lengths_from_dict("prompt_tokens", data["prompt_tokens"]),
+            output_tokens=lengths_from_dict("output_tokens", data["output_tokens"]),
+            num_requests=data.get("num_requests"),
+            duration_s=None if data.get("duration_s") is None else _number("duration_s", data["duration_s"]),
+            seed=data.get("seed", 0),
+            name=str(data.get("name") or ""),
+            closed_loop=ClosedLoop(arrival["concurrency"], arrival.get("think_time_s", 0.0)),
+        )
     if "rate_rps" not in arrival:
         raise ConfigError("workload.arrival: missing key 'rate_rps'")
     return Workload(

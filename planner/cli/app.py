@@ -14,7 +14,15 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from pdplan.planner.cli import deploy_cmd, profile_cmd, report_cmd, simulate_cmd
+from pdplan.planner.cli import (
+    bench_cmd,
+    calibrate_cmd,
+    deploy_cmd,
+    profile_cmd,
+    report_cmd,
+    simulate_cmd,
+    validate_cmd,
+)
 from pdplan.profiles.errors import PdplanError
 
 app = typer.Typer(
@@ -30,6 +38,9 @@ app.command("profile")(profile_cmd.profile)
 app.command("deploy")(deploy_cmd.deploy)
 app.command("report")(report_cmd.report)
 app.command("simulate")(simulate_cmd.simulate)
+app.command("bench")(bench_cmd.bench)
+app.command("validate")(validate_cmd.validate)
+app.command("calibrate")(calibrate_cmd.calibrate)
 
 err_console = Console(stderr=True)
 

@@ -188,7 +188,11 @@ def _traffic(
         raise ConfigError("--traffic applies to a trace; this workload is synthetic (stationary) traffic")
     source = inputs.load_workload(workload, seed=seed)
     spec = source.workload
-    assert spec is not None, "a synthetic workload file gives its Workload"
+    if spec is None:  # closed-loop clients: their rate is an outcome, not something to search
+        raise ConfigError(
+            f"--workload {str(workload)!r}: the search needs open-loop arrivals (poisson, gamma, "
+            "constant); a closed-loop workload is for pdplan simulate --plan and pdplan bench"
+        )
     described = {"path": str(workload), "seed": spec.seed}
     if spec.num_requests is not None:
         described["num_requests"] = spec.num_requests

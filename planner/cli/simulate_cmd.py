@@ -205,7 +205,8 @@ def _request_source(
         return RequestSource(draw_requests(spec), {**described, "traffic": views.SYNTHETIC}, spec)
     if workload is not None:
         source = load_workload(workload, seed=seed, rate_rps=rate)
-        kind = views.SYNTHETIC if source.workload is not None else views.AS_RECORDED
+        synthetic = source.workload is not None or source.closed_loop is not None
+        kind = views.SYNTHETIC if synthetic else views.AS_RECORDED
         if traffic is not None and kind == views.SYNTHETIC:
             raise ConfigError("--traffic applies to a trace; this workload is synthetic (stationary) traffic")
     else:
@@ -217,7 +218,9 @@ def _request_source(
         flat = flat.at_rate(rate) if rate is not None else flat
         kind = views.STATIONARY
         source = RequestSource(flat, {**source.description, "detrended_bin_s": views.DETREND_BIN_S})
-    return RequestSource(source.requests, {**source.description, "traffic": kind}, source.workload)
+    return RequestSource(
+        source.requests, {**source.description, "traffic": kind}, source.workload, source.closed_loop
+    )
 
 
 def _simulate_plan(
@@ -259,6 +262,7 @@ def _simulate_plan(
     if not profile_dirs and not (model or hardware):
         model, hardware = plan.model or None, plan.hardware or None
     profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
+    _warn_outside_calibration(profiles, source)
     first = next(iter(profiles.values()))
     other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})
     if other:
@@ -286,7 +290,7 @@ def _simulate_plan(
         result = run_simulation(
             requests,
             cluster,
-            SimOptions(router=plan.router),
+            SimOptions(router=plan.router, closed_loop=source.closed_loop),
             np.random.default_rng(seed or 0),
             progress=lambda done, total: bar.update(task, completed=done),
         )
@@ -296,7 +300,9 @@ def _simulate_plan(
             f"--sample-interval {sample_interval:g} s over {result.end_s:.6g} simulated s is "
             f"{result.end_s / sample_interval:.3g} samples; the limit is {MAX_SAMPLES}"
         )
-    stability = source.description.get("traffic") in ("synthetic", "stationary")
+    # open-loop stationary traffic only: closed-loop clients cannot outrun the cluster
+    stationary = source.description.get("traffic") in ("synthetic", "stationary")
+    stability = stationary and source.closed_loop is None
     summary = _summary(plan, result, warmup, stability)
     log.info(
         "simulated %d requests in %.2f s (%.0f req/s)",
@@ -313,6 +319,17 @@ def _simulate_plan(
         write_run_yaml(staging, "simulate")
     _print(summary, out)
     _report(out)
+
+
+def _warn_outside_calibration(profiles: dict[str, Any], source: RequestSource) -> None:
+    """A calibrated profile says which traffic it was fitted on; say so when asked beyond it."""
+    from pdplan.planner.calibrate import range_notes
+
+    for role, profile in profiles.items():
+        fitted = (profile.calibration or {}).get("fitted_range")
+        if fitted and source.closed_loop is None:
+            for note in range_notes(fitted, source.requests, "this workload"):
+                log.warning("%s profile calibrated on other traffic: %s", role, note)
 
 
 def _summary(plan: Plan, result: SimResult, warmup: float, stability: bool = False) -> dict[str, Any]:

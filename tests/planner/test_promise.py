@@ -27,7 +27,7 @@ from pdplan.planner.traffic import (
     synthetic,
 )
 from pdplan.sim.requests import Requests
-from pdplan.sim.workload import Arrival, Lengths, Workload, draw_requests
+from pdplan.sim.workload import draw_requests
 
 AZURE = Path(__file__).resolve().parents[2].parent / "shared/data/traces/AzureLLMInferenceTrace_conv.csv"
 runner = CliRunner()

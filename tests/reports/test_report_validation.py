@@ -97,7 +97,12 @@ def test_per_request_join_by_id() -> None:
 
 def test_validation_section_from_a_bench_run(bench_run: Path) -> None:
     section = build_validation([load_run(bench_run)])
-    assert section.figure_keys == ("validation-errors", "validation-requests")
+    assert section.figure_keys == (
+        "validation-errors",
+        "validation-cdf",
+        "validation-over-time",
+        "validation-requests",
+    )
     assert section.items[0].text.startswith(
         "Prediction (bench/predicted) vs measurement (bench): median |error|"
     )

@@ -1,0 +1,219 @@
+"""Part 3 of ``bench/calibration.py``: the local runtime, predicted then measured, before and after
+calibration.
+
+A CPU profile of tiny-llama is measured first (``pdplan profile --quick``, one thread, as each
+worker runs). Two plans — 1 prefill + 1 decode, and 2 colocated chunked instances (both two
+workers, one core each) — are deployed with ``pdplan deploy`` and benched through the router
+(``/generate`` with ``input_ids``, open loop, Poisson) at 30 / 60 / 90 % of the plan's predicted
+capacity (the simulator's throughput when overloaded) with two workloads: chat-like and
+long-prompt. Each run is predicted on the same request list. Calibration (step overhead, compute
+and bandwidth scales) is fitted on the 60 % runs and judged on the 30 % and 90 % runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOADS = (0.3, 0.6, 0.9)
+NUM_REQUESTS = 40
+PLANS = {
+    "1P1D": (
+        "schema_version: 1\nmode: disaggregated\nmodel: tiny-llama\nhardware: cpu\n"
+        "prefill: {instances: 1, tp: 1, max_batch_tokens: 2048, max_batch_size: 8}\n"
+        "decode: {instances: 1, tp: 1, max_batch_size: 16, max_kv_tokens: 32768}\n"
+        "kv_transfer: {link: loopback}\n"
+    ),
+    "colocated-2x": (
+        "schema_version: 1\nmode: colocated\nmodel: tiny-llama\nhardware: cpu\n"
+        "colocated: {instances: 2, tp: 1, policy: chunked, chunk_tokens: 512, max_batch_size: 16, "
+        "max_kv_tokens: 32768}\n"
+    ),
+}
+FIT_KEYS = ("step_overhead_ms", "compute_scale", "bandwidth_scale")
+
+
+def _workloads() -> dict[str, Any]:
+    from pdplan.sim.workload import Arrival, Lengths, Workload
+
+    return {
+        "chat": Workload(
+            Arrival("poisson", 1.0),
+            Lengths("lognormal", mean=256, cv=0.6, min=32, max=1024),
+            Lengths("uniform", min=8, max=64),
+            num_requests=NUM_REQUESTS,
+            seed=11,
+        ),
+        "long-prompt": Workload(
+            Arrival("poisson", 1.0),
+            Lengths("uniform", min=768, max=1536),
+            Lengths("uniform", min=8, max=24),
+            num_requests=NUM_REQUESTS,
+            seed=12,
+        ),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pdplan(*args: str, timeout: float = 600) -> None:
+    script = Path(sys.executable).parent / "pdplan"
+    subprocess.run([str(script), *args], check=True, capture_output=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _deployed(plan: Path, run: Path):
+    script = Path(sys.executable).parent / "pdplan"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(script), "deploy", str(plan), "--port", str(port), "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    record: dict[str, Any] = {}
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and record.get("status") != "ready" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads((run / "deploy.json").read_text())
+    try:
+        if record.get("status") != "ready":
+            raise RuntimeError(f"deployment of {plan} did not become ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            _pdplan("deploy", "--stop", str(run), timeout=60)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+
+
+def _capacity_rps(cluster: Any, workload: Any) -> float:
+    """The simulator's throughput when overloaded: the rate the plan can sustain."""
+    from dataclasses import replace
+
+    from pdplan.sim.simulate import simulate
+    from pdplan.sim.summary import summarize
+    from pdplan.sim.workload import draw_requests
+
+    reqs = draw_requests(replace(workload, num_requests=300).with_rate(1000.0))
+    return float(summarize(simulate(reqs, cluster).records.columns())["throughput_rps"])
+
+
+def _measured_run(name: str, reqs: Any, frame: Any, cluster: Any) -> Any:
+    from pdplan.planner.calibrate import MeasuredRun, latencies
+
+    ok = (frame["status"] == "ok").to_numpy()
+    ttft, tpot = latencies(
+        frame["arrival_s"].to_numpy(dtype=float),
+        frame["first_token_s"].to_numpy(dtype=float),
+        frame["finish_s"].to_numpy(dtype=float),
+        frame["output_tokens"].to_numpy(),
+        ok,
+    )
+    from pdplan.sim.requests import Requests
+
+    measured_reqs = Requests(frame["arrival_s"].to_numpy(dtype=float), reqs.prompt_tokens, reqs.output_tokens)
+    return MeasuredRun(name, measured_reqs, ttft, tpot, np.zeros(len(reqs), dtype=bool), cluster)
+
+
+def local_part(
+    plans: tuple[str, ...] = tuple(PLANS),
+    workloads: tuple[str, ...] = ("chat", "long-prompt"),
+    num_requests: int = NUM_REQUESTS,
+) -> dict[str, Any]:
+    from pdplan.planner.calibrate import Params, calibrate, errors_pct, metrics, predict
+    from pdplan.planner.plan import load_plan
+    from pdplan.profiles.profile import load_profile
+    from pdplan.realrun.bench_apis import ApiSpec
+    from pdplan.realrun.bench_client import BenchConfig, run_bench
+    from pdplan.realrun.bench_results import requests_frame
+    from pdplan.sim.workload import draw_requests
+
+    out: dict[str, Any] = {"load_before": f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        started = time.perf_counter()
+        _pdplan(
+            "profile", "--model", "tiny-llama", "--device", "cpu", "--quick", "--out", str(tmp / "profile")
+        )
+        out["profile_wall_s"] = round(time.perf_counter() - started, 1)
+        profile = load_profile(tmp / "profile")
+        for plan_name in plans:
+            text = PLANS[plan_name]
+            plan_file = tmp / f"{plan_name}.yaml"
+            plan_file.write_text(text)
+            plan = load_plan(plan_file)
+            cluster = plan.cluster({role: profile for role in plan.tps})
+            runs: dict[tuple[str, float], Any] = {}
+            rows = []
+            with _deployed(plan_file, tmp / f"deploy-{plan_name}") as url:
+                for wl_name in workloads:
+                    workload = replace(_workloads()[wl_name], num_requests=num_requests)
+                    capacity = _capacity_rps(cluster, workload)
+                    for load in LOADS:
+                        rate = load * capacity
+                        reqs = draw_requests(workload.with_rate(rate))
+                        bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
+                        frame = requests_frame(bench)
+                        name = f"{plan_name}/{wl_name}/{int(load * 100)}%"
+                        run = _measured_run(name, reqs, frame, cluster)
+                        runs[(wl_name, load)] = run
+                        rows.append(
+                            {
+                                "run": name,
+                                "capacity_rps": round(capacity, 3),
+                                "rate_rps": round(rate, 3),
+                                "failed": int((frame["status"] != "ok").sum()),
+                            }
+                        )
+            fit_runs = []
+            for (_, load), run in runs.items():
+                if load == 0.6:
+                    fit_runs.append(replace(run, fit_mask=np.isfinite(run.ttft_s)))
+            held = [run for (_, load), run in runs.items() if load != 0.6]
+            out["requests_per_run"] = num_requests
+            result = calibrate([*fit_runs, *held], FIT_KEYS, bootstrap=4)
+            for row, run in zip(rows, runs.values(), strict=True):
+                every = np.isfinite(run.ttft_s)
+                measured = metrics(run.ttft_s, run.tpot_s, every)
+                row["used_for_fit"] = row["run"].endswith("/60%")
+                row["measured_ms"] = {k: round(v, 2) for k, v in measured.items()}
+                row["error_before_pct"] = errors_pct(metrics(*predict(run, Params()), every), measured)
+                row["error_after_pct"] = errors_pct(metrics(*predict(run, result.params), every), measured)
+            out[plan_name] = {
+                "parameters": result.params.to_dict(),
+                "uncertainty_std": result.uncertainty,
+                "runs": rows,
+            }
+    out["load_after"] = f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    return out
+
+
+def print_local(r: dict[str, Any]) -> None:
+    print("\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1, before -> after ==")
+    keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
+    for plan_name in [p for p in PLANS if p in r]:
+        block = r[plan_name]
+        print(f"{plan_name}: calibrated {block['parameters']}")
+        for row in block["runs"]:
+            before, after = row["error_before_pct"], row["error_after_pct"]
+            nan = float("nan")
+            cells = [f"{k} {before.get(k, nan):+.0f}->{after.get(k, nan):+.0f}%" for k in keys]
+            tag = " (fit)" if row["used_for_fit"] else ""
+            print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s  " + "  ".join(cells))
+    print(f"({r['load_before']} before, {r['load_after']} after; profile {r['profile_wall_s']} s)")
