@@ -156,11 +156,13 @@ class Settler:
         self.by_id[cid] = replace(evaluation, status=STATUS_INFEASIBLE, reason=why, goodput_rps=None)
 
     def _budget(self, chosen: Evaluation) -> BudgetUse | None:
-        """The chosen unit scaled to fill the budget (``None`` when one replica is all that fits)."""
+        """The chosen unit scaled to fill the budget (itself when one replica is all that fits)."""
         assert self.spec.max_gpus is not None and chosen.goodput_rps is not None
         replicas = self.spec.max_gpus // chosen.candidate.gpus
-        if replicas < 2:
-            return None
+        if replicas < 2:  # one unit is all the budget holds: it is the budget's plan
+            conf = self.confirmations.get(chosen.candidate.candidate_id)
+            fails = conf.fails_at_rps if conf is not None else None
+            return BudgetUse(chosen.candidate, 1, chosen.candidate, chosen.goodput_rps, fails, ())
         big = scaled(chosen.candidate, replicas)
         item = self.screen.screen(big)
         if not isinstance(item, Screened):

@@ -114,7 +114,7 @@ def notes_of(result: SearchResult) -> dict[str, Any]:
                 None if budget.goodput_rps is None else budget.goodput_rps / budget.gpus_used
             ),
             "fails_at_rps": _round(budget.fails_at_rps),
-            "plan": BUDGET_PLAN,
+            "plan": BUDGET_PLAN if budget.replicas > 1 else "plan.yaml",
         }
     if spec.price_per_gpu_hour is not None:
         notes["cost"] = _cost(result)
@@ -139,7 +139,7 @@ def _cost(result: SearchResult) -> dict[str, Any]:
 def budget_plan(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan | None:
     """The chosen unit scaled to the budget, as a plan of its own (``plan_budget.yaml``)."""
     budget, spec = result.budget, result.spec
-    if budget is None or budget.goodput_rps is None:
+    if budget is None or budget.goodput_rps is None or budget.replicas < 2:
         return None
     predicted: dict[str, float | None] = {
         "goodput_rps": _round(budget.goodput_rps),

@@ -88,6 +88,9 @@ def budget_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
             text += f" on {fmt_num(used)} GPUs"
     if goodput is not None:
         text += f": {fmt_rps(goodput)} in total"
+    file = budget.get("plan")
+    if isinstance(file, str) and file and file != "plan.yaml":
+        text += f", confirmed on its own replays (the layout is {file})"
     return text + "."
 
 
