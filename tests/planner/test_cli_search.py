@@ -59,7 +59,10 @@ def test_search_run_directory(tmp_path: Path) -> None:
     assert plan.feasible and 1 <= plan.gpus <= 3
     assert set(plan.predicted) == set(PREDICTED_KEYS) and None not in plan.predicted.values()
     best = candidates[candidates["status"] == "ok"]["goodput_rps_per_gpu"].max()
-    assert plan.predicted["goodput_rps_per_gpu"] == pytest.approx(best, rel=1e-6)
+    # the chosen plan is the best, or the simplest tied with it within the search's resolution
+    assert plan.predicted["goodput_rps_per_gpu"] * 1.025 >= best - 1e-9
+    chosen = candidates[candidates["goodput_rps_per_gpu"] == plan.predicted["goodput_rps_per_gpu"]]
+    assert not chosen.empty
     assert plan.predicted["attainment"] >= 0.9 and plan.model == "llama-3.1-8b"
     assert plan.workload["name"] == "chat"  # the preset's description
     requests = pd.read_csv(out / "requests.csv")
