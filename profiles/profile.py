@@ -38,6 +38,7 @@ META_KEYS = (
     "created_at",
     "latency_model",
     "notes",
+    "engine",
 )
 
 
@@ -60,6 +61,8 @@ class Profile:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     notes: str = ""
+    #: the serving engine whose overheads and KV sizing the profile assumes (``pdplan.profiles.engine``)
+    engine: str = "vllm"
     latency: LatencyModel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +114,7 @@ class Profile:
             "created_at": self.created_at,
             "latency_model": self.latency.to_dict(),
             "notes": self.notes,
+            "engine": self.engine,
         }
 
 
@@ -209,7 +213,18 @@ def load_profile(path: str | Path) -> Profile:
         versions=dict(meta.get("versions") or {}),
         created_at=str(meta.get("created_at") or ""),
         notes=str(meta.get("notes") or ""),
+        engine=_engine(meta.get("engine"), meta_path),
     )
+
+
+def _engine(value: object, meta_path: Path) -> str:
+    from pdplan.profiles.engine import ENGINES
+
+    if value is None:
+        return "vllm"  # profiles written before the field existed assumed vLLM's defaults
+    if value not in ENGINES:
+        raise ProfileError(f"{meta_path}: engine {value!r}; expected one of {list(ENGINES)}")
+    return str(value)
 
 
 def _required(table: pd.DataFrame | None) -> pd.DataFrame:

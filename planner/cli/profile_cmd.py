@@ -59,6 +59,12 @@ def profile(
         Path | None,
         typer.Option("--weights", help="Measured runs: HF directory with safetensors weights."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="Serving engine whose step overhead and KV sizing apply: vllm, sglang, trtllm."
+        ),
+    ] = "vllm",
 ) -> None:
     """Measure (or model, with --analytic) prefill and decode step costs into a Profile."""
     from pdplan.profiles.model_spec import DTYPE_BYTES, load_model_spec
@@ -70,15 +76,22 @@ def profile(
         from pdplan.profiles.errors import choices_error
 
         raise choices_error("--dtype", dtype, DTYPE_BYTES)
+    from pdplan.profiles.engine import get_engine
+
+    get_engine(engine)  # an unknown engine is a ConfigError listing the choices
     spec = load_model_spec(model)
     _check_out(out)
     if analytic:
         from pdplan.profiles.analytic import analytic_profile
 
         assert hardware is not None, "checked by _check_options"
-        result = analytic_profile(spec, hardware, tp=tp, dtype=dtype)
+        result = analytic_profile(spec, hardware, tp=tp, dtype=dtype, engine=engine)
     else:
         result = _measure(spec, device or "cpu", tp=tp, dtype=dtype, quick=quick, weights=weights)
+        if engine != result.engine:  # measured costs are the executor's; the engine sets KV sizing
+            from dataclasses import replace
+
+            result = replace(result, engine=engine)
     save_profile(result, out)
     _write_run_yaml(out)
     _print_summary(result, out, time.perf_counter() - start)
