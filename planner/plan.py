@@ -149,7 +149,8 @@ class Plan:
             raise ConfigError(f"plan is infeasible ({self.reason or 'no reason given'}); nothing to simulate")
         util = None if self.gpu_memory_utilisation is None else float(self.gpu_memory_utilisation)
         profiles = {
-            role: p if p.engine == self.engine else replace(p, engine=self.engine) for role, p in profiles.items()
+            role: p if p.engine == self.engine else replace(p, engine=self.engine)
+            for role, p in profiles.items()
         }
         if self.mode == "colocated":
             assert self.colocated is not None

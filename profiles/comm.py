@@ -37,7 +37,9 @@ class AllReduceFit:
     def seconds(self, num_workers: int, num_bytes: float) -> float:
         if num_workers <= 1:
             return 0.0
-        return self.alpha_us * 1e-6 + 2 * (num_workers - 1) / num_workers * num_bytes / (self.busbw_gbps * 1e9)
+        return self.alpha_us * 1e-6 + 2 * (num_workers - 1) / num_workers * num_bytes / (
+            self.busbw_gbps * 1e9
+        )
 
 
 #: Fitted on Vidur's single-node measurements (``fit_all_reduce``); keys (topology, num_workers).
@@ -93,13 +95,13 @@ def fit_all_reduce(rows: pd.DataFrame) -> dict[tuple[str, int], AllReduceFit]:
     Least squares on relative error: minimise Σ((α + c·b)/t − 1)² with c = 2(n−1)/n / busbw.
     """
     fits: dict[tuple[str, int], AllReduceFit] = {}
-    for (topo, n), g in rows.groupby(["topology", "num_workers"]):
+    for key, g in rows.groupby(["topology", "num_workers"]):
+        topo, n = str(key[0]), int(g["num_workers"].iloc[0])
         b, t = g["bytes"].to_numpy(), g["time_ms"].to_numpy() * 1e-3
         design = np.c_[np.ones_like(b), b] / t[:, None]
         (alpha, c), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
-        n = int(n)
         busbw = 2 * (n - 1) / n / c / 1e9
-        fits[(str(topo), n)] = AllReduceFit(round(float(alpha) * 1e6, 1), round(float(busbw), 0))
+        fits[(topo, n)] = AllReduceFit(round(float(alpha) * 1e6, 1), round(float(busbw), 0))
     return fits
 
 

@@ -88,7 +88,7 @@ def _descend(objective, start: list[float], grids: list[np.ndarray], rounds: int
     x = list(start)
     for _ in range(rounds):
         for i, grid in enumerate(grids):
-            scores = [objective(x[:i] + [v] + x[i + 1 :]) for v in grid]
+            scores = [objective([*x[:i], float(v), *x[i + 1 :]]) for v in grid]
             x[i] = float(grid[int(np.argmin(scores))])
     return x
 

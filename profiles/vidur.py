@@ -35,9 +35,7 @@ def read_all_reduce(network_dir: str | Path) -> pd.DataFrame:
     for path in sorted(Path(network_dir).glob("*/all_reduce.csv")):
         raw = pd.read_csv(path)
         raw = raw[raw["devices_per_node"] == raw["num_workers"]]
-        df = (
-            raw.groupby(["num_workers", "size"])["time_stats.all_reduce.median"].median().reset_index()
-        )
+        df = raw.groupby(["num_workers", "size"])["time_stats.all_reduce.median"].median().reset_index()
         frames.append(
             pd.DataFrame(
                 {
@@ -66,8 +64,10 @@ def read_compute(compute_dir: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path)
         for rec in df.to_dict("records"):
             heads, kv, hidden = int(rec["n_head"]), int(rec["n_kv_head"]), int(rec["n_embd"])
-            inter, tp, tokens = int(rec["n_expanded_embd"]), int(rec["num_tensor_parallel_workers"]), int(
-                rec["num_tokens"]
+            inter, tp, tokens = (
+                int(rec["n_expanded_embd"]),
+                int(rec["num_tensor_parallel_workers"]),
+                int(rec["num_tokens"]),
             )
             head_dim = hidden // heads
             q, kvs = heads * head_dim // tp, max(1, kv // tp) * head_dim
@@ -80,8 +80,14 @@ def read_compute(compute_dir: str | Path) -> pd.DataFrame:
             for op, (k, n) in gemms.items():
                 rows.append(
                     dict(
-                        gpu=gpu, model=model, op=op, kind="gemm", tp=tp, tokens=tokens,
-                        flops=2.0 * tokens * k * n, bytes=float(_BF16 * (k * n + tokens * (k + n))),
+                        gpu=gpu,
+                        model=model,
+                        op=op,
+                        kind="gemm",
+                        tp=tp,
+                        tokens=tokens,
+                        flops=2.0 * tokens * k * n,
+                        bytes=float(_BF16 * (k * n + tokens * (k + n))),
                         time_ms=float(rec[f"time_stats.{op}.median"]),
                     )
                 )
@@ -95,8 +101,14 @@ def read_compute(compute_dir: str | Path) -> pd.DataFrame:
             for op, per_token in elementwise.items():
                 rows.append(
                     dict(
-                        gpu=gpu, model=model, op=op, kind="elementwise", tp=tp, tokens=tokens,
-                        flops=0.0, bytes=float(_BF16 * per_token * tokens),
+                        gpu=gpu,
+                        model=model,
+                        op=op,
+                        kind="elementwise",
+                        tp=tp,
+                        tokens=tokens,
+                        flops=0.0,
+                        bytes=float(_BF16 * per_token * tokens),
                         time_ms=float(rec[f"time_stats.{op}.median"]),
                     )
                 )

@@ -34,6 +34,7 @@ from simpy.events import Event
 
 from pdplan.sim.cluster import ColocatedCluster
 from pdplan.sim.costs import StepCoef
+from pdplan.sim.decode import _shared_lists
 from pdplan.sim.kernel import ARRIVAL, INSTANCE, Kernel, boundary_s, first_boundary_at_or_after
 from pdplan.sim.records import Ledger, SimResult
 from pdplan.sim.requests import Requests
@@ -225,21 +226,21 @@ class PreemptingColocatedInstance(ColocatedInstance):
         super().__init__(run, index)
         self.cap = self.kv_free
         self.held = 0  # KV of admitted prompts that are not decoding yet
-        self.done: dict[int, int] = {}  # rid -> decode steps generated before its last preemption
+        # per request, shared by the run's instances (see ``pdplan.sim.decode._shared_lists``)
+        self.done, self.join_step, self.fin_step = _shared_lists(run)
         self.recomputing: set[int] = set()
-        self.join_step: dict[int, int] = {}
-        self.fin_step: dict[int, int] = {}
         self.order: list[int] = []  # running rids in admission order (stale entries skipped)
         self.preemptions = 0
 
     def _fill(self, rid: int) -> int:
-        """Tokens the request's (re)prefill computes."""
-        return self.prompt[rid] + self.done[rid] if rid in self.recomputing else self.prompt[rid]
+        """Tokens the request's (re)prefill computes (``done`` is 0 until it is preempted)."""
+        return self.prompt[rid] + self.done[rid]
 
     def _admissible(self, rid: int) -> bool:
         # its KV, and one more token for every sequence once it joins, must fit
         joined = self.batch + len(self.prefilling) + 1
-        return self._fill(rid) + joined <= self.cap - self.held - self.ctx and joined <= self.max_batch
+        fill = self.prompt[rid] + self.done[rid]
+        return fill + joined <= self.cap - self.held - self.ctx and joined <= self.max_batch
 
     def _reserve(self, rid: int, now: float) -> None:
         self.waiting.popleft()
@@ -263,10 +264,10 @@ class PreemptingColocatedInstance(ColocatedInstance):
         """Evict the most recently admitted running requests until the next tokens fit."""
         while self.batch and self.cap - self.held - self.ctx < self.batch:
             rid = self.order.pop()
-            if rid not in self.fin_step:
+            if self.fin_step[rid] < 0:
                 continue
-            del self.fin_step[rid]
-            done = self.done[rid] = self.done.get(rid, 0) + self.steps - self.join_step[rid]
+            self.fin_step[rid] = -1
+            done = self.done[rid] = self.done[rid] + self.steps - self.join_step[rid]
             self.ctx -= self.prompt[rid] + done
             self.batch -= 1
             self.waiting.appendleft(rid)
@@ -303,9 +304,9 @@ class PreemptingColocatedInstance(ColocatedInstance):
         fin, steps, fin_step = self.fin, self.steps, self.fin_step
         while fin and fin[0][0] <= steps:
             step, rid = heappop(fin)
-            if fin_step.get(rid) != step:
+            if fin_step[rid] != step:
                 continue  # preempted since
-            del fin_step[rid]
+            fin_step[rid] = -1
             self.batch -= 1
             self.ctx -= prompt[rid] + output[rid] - 1
             self._release(rid, now)
@@ -313,7 +314,8 @@ class PreemptingColocatedInstance(ColocatedInstance):
 
     def next_step(self, now: float) -> None:
         self.t0 = now
-        self._preempt()
+        if self.cap - self.held - self.ctx < self.batch:
+            self._preempt()
         started = self._chunked_step(now) if self.chunked else self._prefill_step(now)
         if started:
             self.mode = STEP
@@ -323,7 +325,7 @@ class PreemptingColocatedInstance(ColocatedInstance):
             first = self.first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
             q = self.q = coef.dg * batch * 0.5
             fin, fin_step = self.fin, self.fin_step
-            while fin_step.get(fin[0][1]) != fin[0][0]:
+            while fin_step[fin[0][1]] != fin[0][0]:
                 heappop(fin)
             k = fin[0][0] - self.steps
             k_cap = (self.cap - self.held - self.ctx) // batch
@@ -433,7 +435,8 @@ class ColocatedRun:
             instance_factory = PreemptingColocatedInstance if preempt else ColocatedInstance
         self.instances = [instance_factory(self, i) for i in range(cluster.pool.instances)]
         # conservative admission keeps today's rule: prefill-first rejects prompts above a batch
-        self.max_prompt = pool.max_batch_tokens if pool.policy == "prefill-first" and not preempt else math.inf
+        limited = pool.policy == "prefill-first" and not preempt
+        self.max_prompt = pool.max_batch_tokens if limited else math.inf
         self.max_footprint = cluster.cost.kv_capacity_tokens
         self.next_arrival = 0
         self.progress = None

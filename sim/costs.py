@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pdplan.profiles.engine import activation_bytes, kv_pool_bytes, kv_tokens
 from pdplan.profiles.errors import ProfileError
 from pdplan.profiles.latency_model import LatencyModel
-from pdplan.profiles.model_spec import DTYPE_BYTES
 from pdplan.profiles.profile import Profile
 from pdplan.sim.cluster import (
     ColocatedCluster,

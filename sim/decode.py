@@ -209,9 +209,10 @@ class PreemptingDecodeInstance(DecodeInstance):
         super().__init__(run, index)
         self.cap = self.kv_free
         self.reserved = 0  # prompt KV of requests offered but not yet in the batch
-        self.done: dict[int, int] = {}  # rid -> decode steps generated before its last preemption
-        self.join_step: dict[int, int] = {}
-        self.fin_step: dict[int, int] = {}  # running rid -> its finish step (heap entries may be stale)
+        # per request (lists shared by the run's instances; a request lives on one instance):
+        # decode steps generated before its last preemption, the step it (re)joined at, and its
+        # finish step while running (-1 otherwise; heap entries that disagree are stale)
+        self.done, self.join_step, self.fin_step = _shared_lists(run)
         self.order: list[int] = []  # running rids in admission order (stale entries skipped)
         self.recompute: set[int] = set()  # waiters that were preempted
         self.pause = 0.0
@@ -224,8 +225,12 @@ class PreemptingDecodeInstance(DecodeInstance):
         if self.waiters:
             return False
         if batch:
-            k_now = first_boundary_at_or_after(self.seg_t0, self.first, self.q, now)
-            room = self.cap - self.reserved - self.ctx - batch * (k_now + 1)
+            # the room left at the planned wake is the least over the segment: when the prompt
+            # fits there, it fits now; otherwise find the boundary now falls in
+            room = self.cap - self.reserved - self.ctx - batch * (self.wake_k + 1)
+            if need + 1 > room:
+                k_now = first_boundary_at_or_after(self.seg_t0, self.first, self.q, now)
+                room = self.cap - self.reserved - self.ctx - batch * (k_now + 1)
         else:
             room = self.cap - self.reserved - self.ctx
         if need + 1 > room:  # its prompt, and its first decode token
@@ -255,10 +260,15 @@ class PreemptingDecodeInstance(DecodeInstance):
             self.steps += k
             self.ctx += self.batch * k
             self.busy_s += now - self.seg_t0
-            self._finish(now)
-            self._preempt()
-        self._admit(now)
-        self._preempt()
+            if self.fin[0][0] <= self.steps:
+                self._finish(now)
+            if self.cap - self.reserved - self.ctx < self.batch:
+                self._preempt()
+        pending = self.pending
+        if self.waiters or (pending and pending[0][0] <= now):
+            self._admit(now)
+            if self.cap - self.reserved - self.ctx < self.batch:
+                self._preempt()
         self._plan(now)
 
     def _finish(self, now: float) -> None:
@@ -266,9 +276,9 @@ class PreemptingDecodeInstance(DecodeInstance):
         prompt, output, finish = self.prompt, self.output, self.ledger.finish_s
         while fin and fin[0][0] <= steps:
             step, rid = heappop(fin)
-            if fin_step.get(rid) != step:
+            if fin_step[rid] != step:
                 continue  # preempted since
-            del fin_step[rid]
+            fin_step[rid] = -1
             self.batch -= 1
             self.ctx -= prompt[rid] + output[rid] - 1
             finish[rid] = now
@@ -278,10 +288,10 @@ class PreemptingDecodeInstance(DecodeInstance):
         """Evict the most recently admitted requests until the next step's tokens fit."""
         while self.batch and self.cap - self.reserved - self.ctx < self.batch:
             rid = self.order.pop()
-            if rid not in self.fin_step:
+            if self.fin_step[rid] < 0:
                 continue  # finished or preempted already
-            del self.fin_step[rid]
-            done = self.done[rid] = self.done.get(rid, 0) + self.steps - self.join_step[rid]
+            self.fin_step[rid] = -1
+            done = self.done[rid] = self.done[rid] + self.steps - self.join_step[rid]
             self.ctx -= self.prompt[rid] + done
             self.batch -= 1
             self.waiters.appendleft(rid)
@@ -352,7 +362,7 @@ class PreemptingDecodeInstance(DecodeInstance):
         first = self.first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
         q = self.q = self.g * batch * 0.5
         fin, fin_step = self.fin, self.fin_step
-        while fin_step.get(fin[0][1]) != fin[0][0]:
+        while fin_step[fin[0][1]] != fin[0][0]:
             heappop(fin)  # stale entries of preempted requests
         k = fin[0][0] - self.steps
         k_cap = (self.cap - self.reserved - self.ctx) // batch
@@ -364,3 +374,13 @@ class PreemptingDecodeInstance(DecodeInstance):
             if k_join < k:
                 k = k_join
         self._schedule(t0 + (k * first + q * (k * (k - 1))), k)
+
+
+def _shared_lists(run: object) -> tuple[list[int], list[int], list[int]]:
+    """``done``, ``join_step`` and ``fin_step`` per request, created once per run."""
+    lists = getattr(run, "_preempt_lists", None)
+    if lists is None:
+        n = len(run.prompt)  # type: ignore[attr-defined]
+        lists = ([0] * n, [0] * n, [-1] * n)
+        run._preempt_lists = lists  # type: ignore[attr-defined]
+    return lists

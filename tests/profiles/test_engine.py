@@ -39,8 +39,14 @@ def test_h100_vllm_startup_kv_bytes_within_3_percent():
     """A public vLLM 0.11 start-up log: Llama-3.1-8B on an H100 (default 8192 tokens / 1024 seqs)
     left 51.38 GiB for KV."""
     pool, terms = kv_pool_bytes(
-        "vllm", LLAMA8, hardware_name="h100-sxm", memory_bytes=80 * GIB, tp=1, dtype="bfloat16",
-        max_step_tokens=8192, max_batch_size=1024,
+        "vllm",
+        LLAMA8,
+        hardware_name="h100-sxm",
+        memory_bytes=80 * GIB,
+        tp=1,
+        dtype="bfloat16",
+        max_step_tokens=8192,
+        max_batch_size=1024,
     )
     assert abs(pool / GIB / 51.38 - 1) < 0.03
     assert terms["weights"] == LLAMA8.weight_bytes("bfloat16")
@@ -48,8 +54,14 @@ def test_h100_vllm_startup_kv_bytes_within_3_percent():
 
 def test_sglang_takes_its_static_fraction_minus_weights():
     pool, terms = kv_pool_bytes(
-        "sglang", LLAMA8, hardware_name="h100-sxm", memory_bytes=80 * GIB, tp=1, dtype="bfloat16",
-        max_step_tokens=8192, max_batch_size=1024,
+        "sglang",
+        LLAMA8,
+        hardware_name="h100-sxm",
+        memory_bytes=80 * GIB,
+        tp=1,
+        dtype="bfloat16",
+        max_step_tokens=8192,
+        max_batch_size=1024,
     )
     assert pool == int(terms["total"] * 0.88) - LLAMA8.weight_bytes("bfloat16")
     assert [sglang_mem_fraction_static(tp) for tp in (1, 2, 4, 8, 16)] == [0.88, 0.87, 0.85, 0.81, 0.79]
@@ -57,10 +69,26 @@ def test_sglang_takes_its_static_fraction_minus_weights():
 
 
 def test_more_batched_tokens_leave_less_kv():
-    small = kv_pool_bytes("vllm", LLAMA8, hardware_name="h100-sxm", memory_bytes=80 * GIB, tp=1,
-                          dtype="bfloat16", max_step_tokens=2048, max_batch_size=256)[0]
-    large = kv_pool_bytes("vllm", LLAMA8, hardware_name="h100-sxm", memory_bytes=80 * GIB, tp=1,
-                          dtype="bfloat16", max_step_tokens=16384, max_batch_size=256)[0]
+    small = kv_pool_bytes(
+        "vllm",
+        LLAMA8,
+        hardware_name="h100-sxm",
+        memory_bytes=80 * GIB,
+        tp=1,
+        dtype="bfloat16",
+        max_step_tokens=2048,
+        max_batch_size=256,
+    )[0]
+    large = kv_pool_bytes(
+        "vllm",
+        LLAMA8,
+        hardware_name="h100-sxm",
+        memory_bytes=80 * GIB,
+        tp=1,
+        dtype="bfloat16",
+        max_step_tokens=16384,
+        max_batch_size=256,
+    )[0]
     assert small - large == 14336 * (2 * 4096 + 3 * 14336) * 2
 
 

@@ -54,6 +54,8 @@ def test_all_reduce_floor_and_pcie():
     assert comm.all_reduce_fit(h100, 1).seconds(1, 1e9) == 0.0
     pcie = comm.all_reduce_fit(get_hardware("rtx-4090"), 2)
     assert pcie.alpha_us == comm.PCIE_ALPHA_US
-    assert pcie.busbw_gbps == pytest.approx(get_hardware("rtx-4090").link_bandwidth_gbps * comm.PCIE_EFFICIENCY)
+    assert pcie.busbw_gbps == pytest.approx(
+        get_hardware("rtx-4090").link_bandwidth_gbps * comm.PCIE_EFFICIENCY
+    )
     # group sizes between measured ones take the next measured size up
     assert comm.all_reduce_fit(h100, 3) == comm.all_reduce_fit(h100, 4)

@@ -37,7 +37,9 @@ def _disagg(rng: np.random.Generator, dyadic: bool, admission: str = "reserve"):
             chunk_tokens=chunk,
         ),
         # the stepped reference implements the conservative policy (test_preemption.py the other)
-        decode=DecodePool(int(rng.integers(1, 4)), max_batch_size=int(rng.integers(1, 9)), admission=admission),
+        decode=DecodePool(
+            int(rng.integers(1, 4)), max_batch_size=int(rng.integers(1, 9)), admission=admission
+        ),
         link=KvLink(
             float(rng.uniform(0.5, 50)),
             float(rng.uniform(0, 5)) if not dyadic else sc.LINK_MS,
