@@ -11,7 +11,7 @@ from ``pdplan.profiles.hardware.link_preset``, and numbers given next to a label
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from pdplan.sim.cluster import (
     KvLink,
     PrefillPool,
 )
-from pdplan.sim.costs import DEFAULT_GPU_MEMORY_UTILISATION, colocated_cluster, disaggregated_cluster
+from pdplan.sim.costs import colocated_cluster, disaggregated_cluster
 from pdplan.sim.router import ROUTERS
 
 SCHEMA_VERSION = 1
@@ -47,6 +47,7 @@ PLAN_KEYS = (
     "colocated",
     "kv_transfer",
     "router",
+    "engine",
     "gpu_memory_utilisation",
     "slo",
     "attainment",
@@ -104,7 +105,11 @@ class Plan:
     model: str = ""
     hardware: str = ""
     router: str = "least_loaded"
-    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION
+    #: the serving engine (pdplan.profiles.engine): its KV sizing; its step overhead is in the profile
+    engine: str = "vllm"
+    #: the engine's memory fraction (vLLM gpu_memory_utilization, SGLang mem_fraction_static);
+    #: None: the engine's default
+    gpu_memory_utilisation: float | None = None
     slo: SLO | None = None
     attainment: float = DEFAULT_ATTAINMENT
     workload: str | dict[str, Any] | None = None
@@ -122,8 +127,11 @@ class Plan:
             raise choices_error("plan router", self.router, ROUTERS)
         if not (isinstance(self.attainment, (int, float)) and 0 < self.attainment <= 1):
             raise ConfigError(f"plan attainment={self.attainment!r}; expected a fraction in (0, 1]")
+        from pdplan.profiles.engine import get_engine
+
+        get_engine(self.engine)
         util = self.gpu_memory_utilisation
-        if not (isinstance(util, (int, float)) and 0 < util <= 1):
+        if util is not None and not (isinstance(util, (int, float)) and 0 < util <= 1):
             raise ConfigError(f"plan gpu_memory_utilisation={util!r}; expected a fraction in (0, 1]")
         bad = [k for k in self.notes if k not in NOTE_KEYS]
         if bad:
@@ -166,7 +174,11 @@ class Plan:
         """
         if not self.feasible:
             raise ConfigError(f"plan is infeasible ({self.reason or 'no reason given'}); nothing to simulate")
-        util = float(self.gpu_memory_utilisation)
+        util = None if self.gpu_memory_utilisation is None else float(self.gpu_memory_utilisation)
+        profiles = {
+            role: p if p.engine == self.engine else replace(p, engine=self.engine)
+            for role, p in profiles.items()
+        }
         if self.mode == "colocated":
             assert self.colocated is not None
             return colocated_cluster(self.colocated, profiles["colocated"], util)
@@ -190,6 +202,7 @@ class Plan:
         out.update(
             {
                 "router": self.router,
+                "engine": self.engine,
                 "gpu_memory_utilisation": self.gpu_memory_utilisation,
                 "slo": self.slo.spec if self.slo else None,
                 "attainment": self.attainment,
@@ -227,7 +240,7 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
             kwargs[name] = _section(source, name, cls, data[name])
     if data.get("kv_transfer") is not None:
         kwargs["kv_transfer"] = kv_link_from_dict(data["kv_transfer"], source=source)
-    for key in ("model", "hardware", "router", "reason"):
+    for key in ("model", "hardware", "router", "engine", "reason"):
         if data.get(key) is not None:
             kwargs[key] = str(data[key])
     for key in ("gpu_memory_utilisation", "attainment", "workload", "feasible"):

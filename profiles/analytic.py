@@ -1,32 +1,33 @@
-"""Analytic profiles: prefill and decode cost tables from a roofline model of one GPU.
+"""Analytic profiles: prefill and decode cost tables from a kernel-level model of one GPU.
 
 For any catalog GPU, without touching it, ``analytic_profile`` fills the same tables a measured
 profile has (``prefill.csv``: num_seqs × seq_len; ``decode.csv``: batch_size × context_len, plus
 an op breakdown in ``ops.csv``). Every step is priced per GPU of a TP group, on the per-GPU shard
-(``model_spec.shard_spec``), as the sum of four ops (kernels run one after another)::
+(``model_spec.shard_spec``), kernel by kernel, as real engines run it (one after another)::
 
-    gemm      = max(F_gemm / (P·MFU),        W / (BW·MBU))
-    attention = max(F_attn / (P·ATTN_EFF),   A / (BW·MBU))
-    other     = E / (BW·MBU) + OVERHEAD
-    allreduce = 2·layers · (α + 2(tp−1)/tp · T·hidden·bytes / link_bw)      (0 when tp = 1)
+    gemm      = layers · Σ_{qkv, o, gate_up, down} gemm_s(T·K·N) + gemm_s(LM head, S rows)
+    attention = layers · (t0 + max(F_attn / (P·ATTN_EFF), A / (BW·mbu)))
+    other     = layers · (2 norms + RoPE + SiLU·mul + 2 residual adds) elementwise_s + engine overhead
+    allreduce = 2·layers · all_reduce(T·hidden·bytes)                       (0 when tp = 1)
 
-with P the dense bf16 peak, BW the DRAM bandwidth, T the tokens in the step, and
+with P the dense bf16 peak, BW the DRAM bandwidth, T the tokens in the step, S its sequences.
 
-- ``F_gemm = 2·T·N_layers + 2·S·N_head``: 2 FLOPs per multiply-accumulate over the layer
-  weights for every token, and over the LM head for one token per sequence (serving engines
-  compute logits only at each sequence's last position); ``W`` the weight bytes of the shard.
+- ``gemm_s`` / ``elementwise_s`` (:mod:`pdplan.profiles.gemm`): a per-kernel floor ``t0`` plus the
+  roofline at fitted efficiencies (mfu, mbu), fitted on Vidur's measured op times of Llama
+  2-7B / 3-8B / 3-70B at TP 1-8 on A100 and H100. The floor does not divide by TP: small shards run
+  their GEMMs less efficiently, which is why measured decode steps hardly shrink from TP4 to TP8.
 - ``F_attn = 4·layers·heads·head_dim·Σ(new tokens × keys attended)``: causal prefill attends to
   (n+1)/2 keys on average, a decode token to its context + 1; ``A`` reads Q/K/V and writes O and
   the new KV in prefill, and reads the whole KV context in decode.
-- ``E``: elementwise traffic (RMSNorms, residual adds, RoPE, SiLU·mul), per token and layer
-  ``bytes × (10·hidden + 3·intermediate + 2·(q + kv))``.
-- the all-reduce is Megatron TP's two per layer (after attention and after the MLP), ring
-  algorithm: each rank sends and receives 2(tp−1)/tp of the message (Patarasuk & Yuan 2009),
-  plus a fixed latency α per call (``Hardware.link_latency_us``).
+- ``all_reduce`` (:mod:`pdplan.profiles.comm`): Megatron TP's two per layer (after attention and
+  after the MLP), α + ring traffic / bus bandwidth, fitted on Vidur's NCCL measurements (DGX
+  A100/H100); PCIe-only GPUs pay PCIe rates.
+- engine overhead: :mod:`pdplan.profiles.engine` (``engine: vllm | sglang | trtllm``).
 
-The efficiency factors below are the model's only free parameters; each is taken from published
-measurements (cited where defined). ``bench/analytic_factors.py`` measures the same quantities
-(GEMM MFU, weight-streaming MBU, attention efficiency, whole steps) on a CUDA GPU to check them.
+Attention efficiency is the only constant not fitted here (Vidur's tables hold no attention
+kernel rows); it is taken from published measurements (cited where defined).
+``bench/fidelity.py`` prints the per-op and per-step error of this model against Vidur's
+measurements and its TP scaling against published multi-GPU decode steps.
 """
 
 from __future__ import annotations
@@ -38,43 +39,27 @@ from importlib import metadata
 
 import pandas as pd
 
+from pdplan.profiles.comm import all_reduce_fit
+from pdplan.profiles.engine import DEFAULT_ENGINE, get_engine, kv_pool_bytes
 from pdplan.profiles.errors import ConfigError, ProfileError, choices_error
+from pdplan.profiles.gemm import elementwise_s, gemm_s, kernel_fit
 from pdplan.profiles.hardware import Hardware, get_hardware
 from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, shard_spec
 from pdplan.profiles.profile import Profile
 
-# --- efficiency factors (fractions of the datasheet peak) ----------------------------------------
-#: Achieved / peak FLOP/s of the GEMMs when compute-bound. The best bf16 GEMMs on H100 reach
-#: ~75-80 % of the dense peak (FlashAttention-3, Shah et al. 2024: 740 TFLOP/s = 75 %; a large
-#: square torch.matmul measures ~790 of 989 TFLOP/s); a whole prefill runs many mid-sized GEMMs
-#: (N = 1-6k columns per TP shard) that tile less well, so we take 0.6.
-MFU = 0.6
-#: Achieved / peak DRAM bandwidth of weight-streaming decode GEMMs (model bandwidth utilisation).
-#: gpt-fast (pytorch-labs/gpt-fast README) decodes Llama-2-7B bf16 at batch 1 at 1,397 GB/s on an
-#: A100-80GB of 2,039 GB/s peak (0.69; power-capped at 330 W, its note puts the card's practical
-#: peak at ~1,700 GB/s, i.e. 0.82 of what the card delivered); a device-to-device torch copy on an
-#: H100 SXM moves ~3.0 of 3.35 TB/s (0.90), the practical ceiling. We take 0.75.
-MBU = 0.75
 #: Achieved / peak FLOP/s of attention. FlashAttention-3 forward, bf16, head_dim 128 on H100:
 #: 430-620 TFLOP/s for seqlen 512-16k (pytorch/benchmark PR #2391, FA3 paper's setup), i.e.
 #: 0.43-0.63; FlashAttention-2 reaches 50-73 % of peak on A100 (Dao 2023).
 ATTENTION_EFFICIENCY = 0.5
-#: Fixed time per forward step, ms, that does not overlap GPU work: ~10 kernels per layer × 32
-#: layers × ~1.5 µs launch gap under CUDA graphs ≈ 0.5 ms. CPU-side scheduling can cost far more
-#: (vLLM's v0.6.0 performance post, 2024: on Llama-3-8B/H100, v0.5.3 spent 29 % of the time
-#: scheduling and 33 % in the API server); current engines overlap it with the GPU step
-#: (multi-step / async scheduling), so only the launch residue is charged. An assumption.
-STEP_OVERHEAD_MS = 0.5
-#: Fraction of GPU memory an engine may use for weights + KV (vLLM's default
-#: ``gpu_memory_utilization=0.9``); the rest is activations, CUDA graphs and fragmentation.
-GPU_MEMORY_UTILIZATION = 0.9
-#: A model "fits" when, after its weights, the KV of at least this many tokens fits too.
+#: A model "fits" when, after its weights and activations, the KV of at least this many tokens fits.
 MIN_KV_TOKENS = 2048
 
 # --- grid (same shape as a measured CUDA profile) -------------------------------------------------
-PREFILL_SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+PREFILL_SEQ_LENS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 PREFILL_NUM_SEQS = (1, 2, 4, 8, 16, 32)
 MAX_PREFILL_TOKENS = 16384
+#: ``max_num_batched_tokens`` the grid's KV bound assumes (vLLM's default with chunked prefill).
+GRID_STEP_TOKENS = 2048
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 DECODE_CONTEXTS = (128, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -103,45 +88,43 @@ class StepCost:
 
 @dataclass(frozen=True)
 class Roofline:
-    """The roofline of one model shard on one GPU: prices prefill and decode steps."""
+    """The kernel-level model of one model shard on one GPU: prices prefill and decode steps."""
 
     shard: ModelSpec
     hardware: Hardware
     tp: int
     dtype: str
+    engine: str = DEFAULT_ENGINE
 
     @property
     def _bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
-    def _seconds(self, flops: float, eff: float, num_bytes: float) -> float:
-        hw = self.hardware
-        return max(
-            flops / (hw.peak_bf16_tflops * 1e12 * eff), num_bytes / (hw.mem_bandwidth_gbps * 1e9 * MBU)
-        )
-
     def _step(self, tokens: int, seqs: int, attn_pairs: float, attn_bytes: float) -> StepCost:
-        s, e = self.shard, self._bytes
-        layer_params = s.num_layers * s.params_per_layer
-        gemm_flops = 2.0 * tokens * layer_params + 2.0 * seqs * s.embedding_params
-        gemm_bytes = e * (layer_params + s.embedding_params)
-        attn_flops = 4.0 * s.num_layers * s.num_heads * s.head_dim * attn_pairs
-        elementwise = (
-            e
-            * s.num_layers
-            * tokens
-            * (10 * s.hidden_size + 3 * s.intermediate_size + 2 * (s.q_size + s.kv_size))
+        s, e, hw = self.shard, self._bytes, self.hardware
+        fit = kernel_fit(hw.name)
+        peak, bw = hw.peak_bf16_tflops * 1e12, hw.mem_bandwidth_gbps * 1e9
+        h, q, kv, inter = s.hidden_size, s.q_size, s.kv_size, s.intermediate_size
+        gemm_layer = 0.0
+        for k, n in ((h, q + 2 * kv), (q, h), (h, 2 * inter), (inter, h)):
+            gemm_layer += gemm_s(fit, 2.0 * tokens * k * n, e * (k * n + tokens * (k + n)), peak, bw)
+        vocab = s.embedding_params // h  # the LM head shard's rows
+        head = gemm_s(fit, 2.0 * seqs * h * vocab, e * (h * vocab + seqs * (h + vocab)), peak, bw)
+        attn_flops = 4.0 * s.num_heads * s.head_dim * attn_pairs  # per layer
+        attention = fit.gemm_t0_us * 1e-6 + max(
+            attn_flops / (peak * ATTENTION_EFFICIENCY), attn_bytes / s.num_layers / (bw * fit.mbu)
         )
-        other = elementwise / (self.hardware.mem_bandwidth_gbps * 1e9 * MBU)
+        elementwise = sum(
+            elementwise_s(fit, e * tokens * per_token, bw)
+            for per_token in (2 * h, 2 * h, 2 * (q + kv), 3 * inter, 3 * h, 3 * h)
+        )
         allreduce = 0.0
         if self.tp > 1:
-            message = tokens * s.hidden_size * e
-            ring = 2 * (self.tp - 1) / self.tp * message / (self.hardware.link_bandwidth_gbps * 1e9)
-            allreduce = 2 * s.num_layers * (self.hardware.link_latency_us * 1e-6 + ring)
+            allreduce = 2 * s.num_layers * all_reduce_fit(hw, self.tp).seconds(self.tp, tokens * h * e)
         return StepCost(
-            gemm_ms=1e3 * self._seconds(gemm_flops, MFU, gemm_bytes),
-            attention_ms=1e3 * self._seconds(attn_flops, ATTENTION_EFFICIENCY, attn_bytes),
-            other_ms=1e3 * other + STEP_OVERHEAD_MS,
+            gemm_ms=1e3 * (s.num_layers * gemm_layer + head),
+            attention_ms=1e3 * s.num_layers * attention,
+            other_ms=1e3 * s.num_layers * elementwise + get_engine(self.engine).step_overhead_ms,
             allreduce_ms=1e3 * allreduce,
         )
 
@@ -178,24 +161,38 @@ def resolve_dtype(spec: ModelSpec, hardware: Hardware, dtype: str | None) -> str
     return chosen
 
 
-def kv_budget_bytes(spec: ModelSpec, hardware: Hardware, tp: int, dtype: str) -> int:
-    """Bytes left per GPU for KV after the weight shard, at ``GPU_MEMORY_UTILIZATION``.
+def kv_budget_bytes(
+    spec: ModelSpec, hardware: Hardware, tp: int, dtype: str, engine: str = DEFAULT_ENGINE
+) -> int:
+    """Bytes of KV pool per GPU as ``engine`` sizes it (``pdplan.profiles.engine``) at vLLM's
+    default online batch limits (``GRID_STEP_TOKENS`` tokens, 256 sequences). It bounds the grid
+    only: an instance's own capacity follows its batch limits (``pdplan.sim.costs``).
 
     Raises:
-        ProfileError: the shard plus ``MIN_KV_TOKENS`` of KV does not fit ("needs X, has Y").
+        ProfileError: the shard, its activations and ``MIN_KV_TOKENS`` of KV do not fit
+            ("needs X, has Y").
     """
-    weights = spec.weight_bytes(dtype) // tp
     kv_token = _kv_bytes_per_token(spec, tp, dtype)
-    usable = int(hardware.memory_bytes * GPU_MEMORY_UTILIZATION)
-    need = weights + MIN_KV_TOKENS * kv_token
-    if need > usable:
+    pool, terms = kv_pool_bytes(
+        engine,
+        spec,
+        hardware_name=hardware.name,
+        memory_bytes=hardware.memory_bytes,
+        tp=tp,
+        dtype=dtype,
+        max_step_tokens=GRID_STEP_TOKENS,
+        max_batch_size=256,
+    )
+    if pool < MIN_KV_TOKENS * kv_token:
+        need = terms["weights"] + terms["activations"] + terms["non_torch"] + MIN_KV_TOKENS * kv_token
         raise ProfileError(
             f"model {spec.name} ({dtype}, tp={tp}) needs {need / _GIB:.1f} GiB per GPU "
-            f"({weights / _GIB:.1f} GiB weights + KV for {MIN_KV_TOKENS} tokens), has "
-            f"{usable / _GIB:.1f} GiB ({GPU_MEMORY_UTILIZATION:.0%} of "
-            f"{hardware.memory_bytes / _GIB:.1f} GiB on {hardware.name}); try a larger --tp"
+            f"({terms['weights'] / _GIB:.1f} GiB weights + {terms['activations'] / _GIB:.1f} GiB "
+            f"activations + KV for {MIN_KV_TOKENS} tokens) under {engine}, has "
+            f"{terms['usable'] / _GIB:.1f} GiB of {terms['total'] / _GIB:.1f} GiB on {hardware.name}; "
+            "try a larger --tp"
         )
-    return usable - weights
+    return pool
 
 
 def _kv_bytes_per_token(spec: ModelSpec, tp: int, dtype: str) -> int:
@@ -205,7 +202,12 @@ def _kv_bytes_per_token(spec: ModelSpec, tp: int, dtype: str) -> int:
 
 
 def analytic_tables(
-    spec: ModelSpec, hardware: Hardware, *, tp: int = 1, dtype: str | None = None
+    spec: ModelSpec,
+    hardware: Hardware,
+    *,
+    tp: int = 1,
+    dtype: str | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The ``prefill``, ``decode`` and ``ops`` tables of the analytic profile (see the module doc).
 
@@ -217,8 +219,10 @@ def analytic_tables(
         ProfileError: the model does not fit in ``hardware``'s memory at this ``tp``.
     """
     chosen = resolve_dtype(spec, hardware, dtype)
-    roof = Roofline(shard_spec(spec, tp), hardware, tp, chosen)
-    budget_tokens = kv_budget_bytes(spec, hardware, tp, chosen) // _kv_bytes_per_token(spec, tp, chosen)
+    get_engine(engine)
+    roof = Roofline(shard_spec(spec, tp), hardware, tp, chosen, engine)
+    budget = kv_budget_bytes(spec, hardware, tp, chosen, engine)
+    budget_tokens = budget // _kv_bytes_per_token(spec, tp, chosen)
     max_len = spec.max_position_embeddings
     prefill_rows: list[tuple[int, int, float]] = []
     decode_rows: list[tuple[int, int, float]] = []
@@ -252,7 +256,12 @@ def analytic_tables(
 
 
 def analytic_profile(
-    spec: ModelSpec, hardware: Hardware | str, *, tp: int = 1, dtype: str | None = None
+    spec: ModelSpec,
+    hardware: Hardware | str,
+    *,
+    tp: int = 1,
+    dtype: str | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> Profile:
     """A ``method: analytic`` Profile of ``spec`` on one GPU of a ``tp``-way group of ``hardware``.
 
@@ -262,7 +271,8 @@ def analytic_profile(
     """
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     chosen = resolve_dtype(spec, hw, dtype)
-    prefill, decode, ops = analytic_tables(spec, hw, tp=tp, dtype=chosen)
+    prefill, decode, ops = analytic_tables(spec, hw, tp=tp, dtype=chosen, engine=engine)
+    fit = kernel_fit(hw.name)
     return Profile(
         method="analytic",
         model=spec,
@@ -274,10 +284,12 @@ def analytic_profile(
         ops=ops,
         versions=_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        engine=engine,
         notes=(
-            f"roofline (pdplan.profiles.analytic): MFU={MFU}, MBU={MBU}, "
-            f"attention efficiency={ATTENTION_EFFICIENCY}, step overhead={STEP_OVERHEAD_MS} ms, "
-            f"memory utilisation={GPU_MEMORY_UTILIZATION}"
+            f"kernel model (pdplan.profiles.analytic): GEMM t0={fit.gemm_t0_us} us, "
+            f"MFU={fit.mfu}, MBU={fit.mbu} (fitted on Vidur op times), "
+            f"attention efficiency={ATTENTION_EFFICIENCY}, all-reduce fitted on Vidur NCCL "
+            f"times, {engine} step overhead={get_engine(engine).step_overhead_ms} ms"
         ),
     )
 

@@ -47,6 +47,7 @@ META_KEYS = (
     "latency_model",
     "notes",
     "calibration",
+    "engine",
 )
 #: ``calibrated``: a measured or analytic profile whose tables ``pdplan calibrate`` adjusted to
 #: measured runs; ``calibration`` in ``profile.yaml`` then says how (pdplan.planner.calibrate).
@@ -73,6 +74,8 @@ class Profile:
     created_at: str = ""
     notes: str = ""
     calibration: dict[str, Any] | None = None
+    #: the serving engine whose overheads and KV sizing the profile assumes (``pdplan.profiles.engine``)
+    engine: str = "vllm"
     latency: LatencyModel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +134,7 @@ class Profile:
             "created_at": self.created_at,
             "latency_model": self.latency.to_dict(),
             "notes": self.notes,
+            "engine": self.engine,
         } | ({"calibration": self.calibration} if self.calibration is not None else {})
 
 
@@ -226,6 +230,7 @@ def load_profile(path: str | Path) -> Profile:
         created_at=str(meta.get("created_at") or ""),
         notes=str(meta.get("notes") or ""),
         calibration=meta.get("calibration"),
+        engine=_engine(meta.get("engine"), meta_path),
     )
 
 
@@ -247,6 +252,16 @@ def _check_table(csv: Path, table: pd.DataFrame, columns: tuple[str, ...]) -> No
             expected = "a positive number of ms" if latency else f"an integer in [1, {MAX_TOKENS}]"
             value = table[column].iloc[row]
             raise ProfileError(f"{csv}: row {row + 1} {column}={value!r}; expected {expected}")
+
+
+def _engine(value: object, meta_path: Path) -> str:
+    from pdplan.profiles.engine import ENGINES
+
+    if value is None:
+        return "vllm"  # profiles written before the field existed assumed vLLM's defaults
+    if value not in ENGINES:
+        raise ProfileError(f"{meta_path}: engine {value!r}; expected one of {list(ENGINES)}")
+    return str(value)
 
 
 def _required(table: pd.DataFrame | None) -> pd.DataFrame:

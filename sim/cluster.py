@@ -15,6 +15,10 @@ from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.latency_model import LatencyModel
 
 POLICIES = ("prefill-first", "chunked")
+#: KV admission on decode and colocated instances: ``preempt`` allocates KV as tokens are produced
+#: and preempts (recompute) when it runs out, as vLLM and SGLang do; ``reserve`` reserves prompt +
+#: output at admission so nothing is ever preempted (conservative).
+ADMISSIONS = ("preempt", "reserve")
 CONTENTION = ("none", "per_instance", "shared")
 
 
@@ -50,14 +54,18 @@ class PrefillPool:
 @dataclass(frozen=True)
 class DecodePool:
     """Decode instances: continuous batching of up to ``max_batch_size`` sequences within the KV
-    capacity (``max_kv_tokens`` when set, else what memory leaves; see ``pdplan.sim.costs``)."""
+    capacity (``max_kv_tokens`` when set, else what memory leaves; see ``pdplan.sim.costs``), with
+    KV ``admission`` as in ``ADMISSIONS``."""
 
     instances: int
     tp: int = 1
     max_batch_size: int = 256
     max_kv_tokens: int | None = None
+    admission: str = "preempt"
 
     def __post_init__(self) -> None:
+        if self.admission not in ADMISSIONS:
+            raise choices_error("decode.admission", self.admission, ADMISSIONS)
         _ints("decode", self, ("instances", "tp", "max_batch_size"))
         if self.max_kv_tokens is not None:
             _ints("decode", self, ("max_kv_tokens",))
@@ -86,10 +94,13 @@ class ColocatedPool:
     max_batch_tokens: int = 8192
     chunk_tokens: int = 2048
     max_kv_tokens: int | None = None
+    admission: str = "preempt"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise choices_error("colocated.policy", self.policy, POLICIES)
+        if self.admission not in ADMISSIONS:
+            raise choices_error("colocated.admission", self.admission, ADMISSIONS)
         _ints("colocated", self, ("instances", "tp", "max_batch_size", "max_batch_tokens", "chunk_tokens"))
         if self.max_kv_tokens is not None:
             _ints("colocated", self, ("max_kv_tokens",))

@@ -1,15 +1,14 @@
 """From a ``Profile`` to what one instance costs: its latency model and its KV capacity.
 
-KV capacity of one instance (tokens), per GPU of its TP group::
-
-    (memory_bytes × gpu_memory_utilisation − weight_bytes − activation_reserve_bytes)
-        / kv_bytes_per_token
-
-with the profile's per-GPU weight shard and per-GPU KV bytes per token (each token's KV is split
-over the TP ranks, so the per-GPU quotient is already the instance's token count). The default
-utilisation 0.9 is vLLM's ``gpu_memory_utilization`` default (SGLang's ``mem_fraction_static`` is
-0.8–0.9 depending on the GPU). The activation reserve stands in for vLLM's profiling forward pass;
-see :func:`activation_reserve_bytes`. A plan's ``max_kv_tokens`` replaces the computed value.
+KV capacity of one instance (tokens) is computed the way the profile's ``engine`` sizes its pool at
+start-up (:mod:`pdplan.profiles.engine`): vLLM takes ``gpu_memory_utilization`` × the device's
+memory − weights − the peak activations of a ``max_num_batched_tokens`` forward and a
+``max_num_seqs`` sampler run − non-torch memory, in whole blocks of 16 tokens; SGLang takes
+``mem_fraction_static`` × memory − weights; TensorRT-LLM 0.9 × what weights and activations
+leave. The per-GPU weight shard and per-GPU KV bytes per token are the profile's (each token's KV
+is split over the TP ranks, so the per-GPU quotient is already the instance's token count). A
+plan's ``max_kv_tokens`` replaces the computed value; its ``gpu_memory_utilisation`` (when set)
+replaces the engine's fraction.
 
 Also holds ``StepCoef``, the simulator's internal view of a ``LatencyModel`` with coefficients in
 *seconds*, and the cost of a colocated step that mixes a prefill chunk with the decode batch.
@@ -19,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pdplan.profiles.engine import activation_bytes, kv_pool_bytes, kv_tokens
 from pdplan.profiles.errors import ProfileError
 from pdplan.profiles.latency_model import LatencyModel
-from pdplan.profiles.model_spec import DTYPE_BYTES
 from pdplan.profiles.profile import Profile
 from pdplan.sim.cluster import (
     ColocatedCluster,
@@ -35,22 +34,12 @@ from pdplan.sim.cluster import (
 
 #: vLLM's default ``gpu_memory_utilization`` (vllm/engine/arg_utils.py, EngineArgs).
 DEFAULT_GPU_MEMORY_UTILISATION = 0.9
-_LOGIT_BYTES = 4  # logits are sampled in float32 (vLLM and SGLang upcast before sampling)
 
 
 def activation_reserve_bytes(profile: Profile, max_step_tokens: int, max_batch_size: int) -> int:
-    """Peak live activations of one forward step on one GPU (an estimate, stated as such).
-
-    One layer at a time is live: the residual stream and the normalised input (2 × hidden) and
-    the MLP's gate and up projections (2 × intermediate / tp) for every token of the step, in the
-    serving dtype, plus float32 logits for the rows that are sampled (≤ ``max_batch_size``).
-    vLLM measures this with a profiling forward pass of ``max_num_batched_tokens`` tokens; this is
-    the same quantity in closed form.
-    """
-    spec = profile.model
-    per_token = 2 * spec.hidden_size + 2 * spec.intermediate_size // profile.tp
-    logits = max_batch_size * spec.vocab_size * _LOGIT_BYTES // profile.tp
-    return max_step_tokens * per_token * DTYPE_BYTES[profile.dtype] + logits
+    """Peak live activations of one forward step and its sampler on one GPU (an estimate, stated
+    as such; ``pdplan.profiles.engine.activation_bytes``)."""
+    return activation_bytes(profile.model, profile.tp, profile.dtype, max_step_tokens, max_batch_size)
 
 
 def kv_capacity_tokens(
@@ -58,26 +47,34 @@ def kv_capacity_tokens(
     *,
     max_step_tokens: int,
     max_batch_size: int,
-    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+    gpu_memory_utilisation: float | None = None,
 ) -> int:
     """KV tokens one instance (one TP group) can hold; see the module docstring.
 
     Raises:
         ProfileError: weights and activations leave no room for KV ("needs X GiB, has Y GiB").
     """
-    usable = int(profile.memory_bytes * gpu_memory_utilisation)
-    reserve = activation_reserve_bytes(profile, max_step_tokens, max_batch_size)
-    free = usable - profile.weight_bytes - reserve
-    tokens = free // profile.kv_bytes_per_token if free > 0 else 0
+    pool, terms = kv_pool_bytes(
+        profile.engine,
+        profile.model,
+        hardware_name=str(profile.hardware.get("name", "")),
+        memory_bytes=profile.memory_bytes,
+        tp=profile.tp,
+        dtype=profile.dtype,
+        max_step_tokens=max_step_tokens,
+        max_batch_size=max_batch_size,
+        memory_fraction=gpu_memory_utilisation,
+    )
+    tokens = kv_tokens(profile.engine, pool, profile.kv_bytes_per_token)
     if tokens < 1:
         gib = 1 << 30
         raise ProfileError(
-            f"model {profile.model.name} at tp={profile.tp} does not fit: weights "
-            f"{profile.weight_bytes / gib:.2f} GiB + activations {reserve / gib:.2f} GiB per GPU, "
-            f"has {usable / gib:.2f} GiB ({gpu_memory_utilisation:.0%} of "
-            f"{profile.memory_bytes / gib:.2f} GiB); no room for KV"
+            f"model {profile.model.name} at tp={profile.tp} does not fit under {profile.engine}: "
+            f"weights {terms['weights'] / gib:.2f} GiB + activations "
+            f"{(terms['activations'] + terms['non_torch']) / gib:.2f} GiB per GPU, has "
+            f"{terms['usable'] / gib:.2f} GiB of {terms['total'] / gib:.2f} GiB; no room for KV"
         )
-    return int(tokens)
+    return tokens
 
 
 def instance_cost(
@@ -86,7 +83,7 @@ def instance_cost(
     max_step_tokens: int,
     max_batch_size: int,
     max_kv_tokens: int | None = None,
-    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+    gpu_memory_utilisation: float | None = None,
 ) -> InstanceCost:
     """The profile's latency model and the KV capacity (``max_kv_tokens`` when given)."""
     capacity = (
@@ -107,7 +104,7 @@ def disaggregated_cluster(
     decode: DecodePool,
     link: KvLink,
     profiles: tuple[Profile, Profile],
-    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+    gpu_memory_utilisation: float | None = None,
 ) -> DisaggregatedCluster:
     """The cluster ``simulate`` takes, from pools and the (prefill, decode) profiles.
 
@@ -142,7 +139,7 @@ def disaggregated_cluster(
 def colocated_cluster(
     pool: ColocatedPool,
     profile: Profile,
-    gpu_memory_utilisation: float = DEFAULT_GPU_MEMORY_UTILISATION,
+    gpu_memory_utilisation: float | None = None,
 ) -> ColocatedCluster:
     """The colocated cluster ``simulate`` takes.
 

@@ -1,6 +1,11 @@
 """A decode instance: KV admission, continuous batching, and coalesced decode steps.
 
-Life of a request here (disaggregated mode):
+Two KV admission policies (``DecodePool.admission``): ``preempt`` (the default,
+``PreemptingDecodeInstance`` below: prompt reserved before the transfer, KV grown as tokens are
+produced, recompute preemption when it runs out, as vLLM and SGLang) and ``reserve``
+(``DecodeInstance``, conservative: prompt + output reserved at once, never preempted).
+
+Life of a request here (disaggregated mode, ``reserve``):
 
 1. When its prefill ends (or starts, under layer-wise overlap), the prefill side *offers* it. KV
    for its whole footprint (prompt + output tokens) is reserved at once, FIFO, if it fits and no
@@ -178,3 +183,204 @@ class DecodeInstance:
             if k_join < k:
                 k = k_join
         self._schedule(now + (k * first + q * (k * (k - 1))), k)  # boundary_s, inlined
+
+
+class PreemptingDecodeInstance(DecodeInstance):
+    """A decode instance that allocates KV as tokens are produced and preempts when it runs out
+    (``DecodePool.admission = "preempt"``), as vLLM and SGLang do.
+
+    - An offered request reserves only its prompt's KV before the transfer (both engines
+      pre-allocate the prompt on the decode side), FIFO, if it fits in what is left after the
+      running batch's next token. Its KV then grows by one token per decode step.
+    - Before each step every running sequence needs one more token of KV. When the instance cannot
+      give it, the most recently admitted request is preempted (vLLM's recompute preemption; SGLang
+      retracts the request with the fewest output tokens, which under FIFO admission is the same
+      one), its KV freed, and it goes back to the head of the waiting queue.
+    - A preempted request is re-admitted when its prompt plus the tokens it had generated fit; the
+      instance then recomputes that KV in one prefill step of those tokens, with the batch paused
+      (``StepCoef.prefill_s`` of the decode profile), and it rejoins the batch without a new first
+      token, needing only the steps it had left.
+
+    The step at which KV runs out is known in closed form (the batch grows by B tokens a step), so
+    segments stay coalesced: the next event is the earliest of a finish, a join and that step.
+    """
+
+    def __init__(self, run: Run, index: int) -> None:
+        super().__init__(run, index)
+        self.cap = self.kv_free
+        self.reserved = 0  # prompt KV of requests offered but not yet in the batch
+        # per request (lists shared by the run's instances; a request lives on one instance):
+        # decode steps generated before its last preemption, the step it (re)joined at, and its
+        # finish step while running (-1 otherwise; heap entries that disagree are stale)
+        self.done, self.join_step, self.fin_step = _shared_lists(run)
+        self.order: list[int] = []  # running rids in admission order (stale entries skipped)
+        self.recompute: set[int] = set()  # waiters that were preempted
+        self.pause = 0.0
+        self.preemptions = 0
+        self.prefill_coef = run.decode_coef
+
+    def offer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> bool:
+        need = self.prompt[rid]
+        batch = self.batch
+        if self.waiters:
+            return False
+        if batch:
+            # the room left at the planned wake is the least over the segment: when the prompt
+            # fits there, it fits now; otherwise find the boundary now falls in
+            room = self.cap - self.reserved - self.ctx - batch * (self.wake_k + 1)
+            if need + 1 > room:
+                k_now = first_boundary_at_or_after(self.seg_t0, self.first, self.q, now)
+                room = self.cap - self.reserved - self.ctx - batch * (k_now + 1)
+        else:
+            room = self.cap - self.reserved - self.ctx
+        if need + 1 > room:  # its prompt, and its first decode token
+            return False
+        self.reserved += need
+        ready = self._transfer(rid, now, prefill_end, prefill_index)
+        if batch == 0:
+            if ready < self.wake_t:
+                self._schedule(ready, 0)
+            return True
+        k = (self.cap - self.reserved - self.ctx) // batch
+        if self.pending[0][1] == rid and batch < self.max_batch:
+            k_join = first_boundary_at_or_after(self.seg_t0, self.first, self.q, ready)
+            if k_join < k:
+                k = k_join
+        if k < self.wake_k:
+            self._schedule(self.seg_t0 + (k * self.first + self.q * (k * (k - 1))), k)
+        return True
+
+    def _on_wake(self, event: Event) -> None:
+        if event is not self.wake:
+            return
+        self.wake, self.wake_t = None, math.inf
+        now = self.env.now
+        if self.batch:
+            k = self.wake_k
+            self.steps += k
+            self.ctx += self.batch * k
+            self.busy_s += now - self.seg_t0
+            if self.fin[0][0] <= self.steps:
+                self._finish(now)
+            if self.cap - self.reserved - self.ctx < self.batch:
+                self._preempt()
+        pending = self.pending
+        if self.waiters or (pending and pending[0][0] <= now):
+            self._admit(now)
+            if self.cap - self.reserved - self.ctx < self.batch:
+                self._preempt()
+        self._plan(now)
+
+    def _finish(self, now: float) -> None:
+        fin, steps, fin_step = self.fin, self.steps, self.fin_step
+        prompt, output, finish = self.prompt, self.output, self.ledger.finish_s
+        while fin and fin[0][0] <= steps:
+            step, rid = heappop(fin)
+            if fin_step[rid] != step:
+                continue  # preempted since
+            fin_step[rid] = -1
+            self.batch -= 1
+            self.ctx -= prompt[rid] + output[rid] - 1
+            finish[rid] = now
+            self.run.decode_load[self.index] -= prompt[rid] + output[rid]
+
+    def _preempt(self) -> None:
+        """Evict the most recently admitted requests until the next step's tokens fit."""
+        while self.batch and self.cap - self.reserved - self.ctx < self.batch:
+            rid = self.order.pop()
+            if self.fin_step[rid] < 0:
+                continue  # finished or preempted already
+            self.fin_step[rid] = -1
+            done = self.done[rid] = self.done[rid] + self.steps - self.join_step[rid]
+            self.ctx -= self.prompt[rid] + done
+            self.batch -= 1
+            self.waiters.appendleft(rid)
+            self.recompute.add(rid)
+            self.preemptions += 1
+
+    def _join(self, rid: int, context: int, left: int) -> None:
+        self.join_step[rid] = self.steps
+        self.fin_step[rid] = step = self.steps + left
+        heappush(self.fin, (step, rid))
+        self.order.append(rid)
+        self.batch += 1
+        self.ctx += context
+
+    def _admit(self, now: float) -> None:
+        prompt, output, pending, waiters = self.prompt, self.output, self.pending, self.waiters
+        first_token, decode_start = self.ledger.first_token_s, self.ledger.decode_start_s
+        while True:
+            room = self.cap - self.reserved - self.ctx - self.batch
+            while waiters:
+                rid = waiters[0]
+                if rid in self.recompute:
+                    done = self.done[rid]
+                    need = prompt[rid] + done
+                    if need + 1 > room or self.batch >= self.max_batch:
+                        break
+                    waiters.popleft()
+                    self.recompute.discard(rid)
+                    self.pause += self.prefill_coef.prefill_s(1, need, need * need)
+                    self._join(rid, need, output[rid] - 1 - done)
+                    room -= need + 1
+                else:
+                    need = prompt[rid]
+                    if need + 1 > room:
+                        break
+                    waiters.popleft()
+                    self.reserved += need
+                    self._transfer(rid, now, now, self.run.prefill_of[rid])
+                    room -= need + 1
+            freed = False
+            while pending and pending[0][0] <= now and self.batch < self.max_batch:
+                rid = heappop(pending)[1]
+                first_token[rid] = decode_start[rid] = now
+                self.reserved -= prompt[rid]
+                if output[rid] == 1:
+                    self._release(rid, now)
+                    freed = True
+                    continue
+                self._join(rid, prompt[rid], output[rid] - 1)
+            if not (freed and waiters):
+                return
+
+    def _release(self, rid: int, now: float) -> None:
+        self.ledger.finish_s[rid] = now
+        self.run.decode_load[self.index] -= self.prompt[rid] + self.output[rid]
+
+    def _plan(self, now: float) -> None:
+        batch = self.batch
+        if batch == 0:
+            if self.pending:
+                self._schedule(self.pending[0][0], 0)
+            return
+        t0 = now + self.pause
+        self.busy_s += self.pause
+        self.pause = 0.0
+        self.seg_t0 = t0
+        knee = self.knee
+        first = self.first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
+        q = self.q = self.g * batch * 0.5
+        fin, fin_step = self.fin, self.fin_step
+        while fin_step[fin[0][1]] != fin[0][0]:
+            heappop(fin)  # stale entries of preempted requests
+        k = fin[0][0] - self.steps
+        k_cap = (self.cap - self.reserved - self.ctx) // batch
+        if k_cap < k:
+            k = k_cap
+        pending = self.pending
+        if pending and batch < self.max_batch:
+            k_join = first_boundary_at_or_after(t0, first, q, pending[0][0])
+            if k_join < k:
+                k = k_join
+        self._schedule(t0 + (k * first + q * (k * (k - 1))), k)
+
+
+def _shared_lists(run: object) -> tuple[list[int], list[int], list[int]]:
+    """``done``, ``join_step`` and ``fin_step`` per request, created once per run."""
+    lists = getattr(run, "_preempt_lists", None)
+    if lists is None:
+        n = len(run.prompt)  # type: ignore[attr-defined]
+        lists = ([0] * n, [0] * n, [-1] * n)
+        run._preempt_lists = lists  # type: ignore[attr-defined]
+    return lists

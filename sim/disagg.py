@@ -22,7 +22,7 @@ from simpy.events import Event
 
 from pdplan.sim.cluster import DisaggregatedCluster
 from pdplan.sim.costs import StepCoef
-from pdplan.sim.decode import DecodeInstance
+from pdplan.sim.decode import DecodeInstance, PreemptingDecodeInstance
 from pdplan.sim.kernel import ARRIVAL, Kernel
 from pdplan.sim.prefill import PrefillInstance
 from pdplan.sim.records import Ledger, SimResult
@@ -41,7 +41,7 @@ class Run:
         cluster: DisaggregatedCluster,
         router: str,
         rng: np.random.Generator,
-        decode_factory: Callable[[Run, int], DecodeInstance] = DecodeInstance,
+        decode_factory: Callable[[Run, int], DecodeInstance] | None = None,
     ) -> None:
         n = len(requests)
         self.env = Kernel()
@@ -63,6 +63,10 @@ class Run:
         self.choose_prefill = make_chooser(router, self.prefill_load, n, rng)
         self.choose_decode = make_chooser(router, self.decode_load, n, rng)
         self.prefills = [PrefillInstance(self, i) for i in range(cluster.prefill.instances)]
+        if decode_factory is None:
+            decode_factory = (
+                PreemptingDecodeInstance if cluster.decode.admission == "preempt" else DecodeInstance
+            )
         self.decodes = [decode_factory(self, i) for i in range(cluster.decode.instances)]
         link = cluster.link
         self.seconds_per_token = cluster.kv_bytes_per_token / (link.bandwidth_gbps * 1e9)
@@ -160,4 +164,5 @@ class Run:
             kv_start_s=kv_start,
             transfer_end_s=transfer_end,
             events=self.env.events_scheduled(),
+            preemptions=sum(getattr(d, "preemptions", 0) for d in self.decodes),
         )

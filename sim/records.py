@@ -94,6 +94,8 @@ class SimResult:
     transfer_end_s: np.ndarray
     events: int = 0
     notes: tuple[str, ...] = field(default=())
+    #: requests evicted from a decode/colocated batch and recomputed (``admission: preempt``)
+    preemptions: int = 0
 
     @property
     def utilisation(self) -> dict[str, float]:

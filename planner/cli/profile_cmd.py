@@ -58,6 +58,12 @@ def profile(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="Serving engine whose step overhead and KV sizing apply: vllm, sglang, trtllm."
+        ),
+    ] = "vllm",
 ) -> None:
     """Measure (or model, with --analytic) prefill and decode step costs into a Profile."""
     from pdplan.planner.rundir import claim_out, replacing_dir, write_run_yaml
@@ -74,15 +80,22 @@ def profile(
         from pdplan.profiles.errors import ConfigError
 
         raise ConfigError(f"--tp {tp}; expected an integer in [1, 1024]")
+    from pdplan.profiles.engine import get_engine
+
+    get_engine(engine)  # an unknown engine is a ConfigError listing the choices
     spec = load_model_spec(model)
     claim_out(out, "profile", force=force)
     if analytic:
         from pdplan.profiles.analytic import analytic_profile
 
         assert hardware is not None, "checked by _check_options"
-        result = analytic_profile(spec, hardware, tp=tp, dtype=dtype)
+        result = analytic_profile(spec, hardware, tp=tp, dtype=dtype, engine=engine)
     else:
         result = _measure(spec, device or "cpu", tp=tp, dtype=dtype, quick=quick, weights=weights)
+        if engine != result.engine:  # measured costs are the executor's; the engine sets KV sizing
+            from dataclasses import replace
+
+            result = replace(result, engine=engine)
     with replacing_dir(out) as staging:  # the profile directory is written whole or not at all
         write_profile_files(result, staging)
         write_run_yaml(staging, "profile")

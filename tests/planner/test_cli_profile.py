@@ -50,7 +50,8 @@ BAD_INPUTS = [
     ),
     (
         ["--analytic", "--model", "llama-3.1-70b", "--hardware", "h100-sxm"],
-        "needs 132.0 GiB per GPU (131.4 GiB weights + KV for 2048 tokens), has 72.0 GiB",
+        "needs 133.5 GiB per GPU (131.4 GiB weights + 1.3 GiB activations + KV for 2048 tokens) "
+        "under vllm, has 71.6 GiB",
     ),
     (
         ["--analytic", "--model", "qwen2.5-7b", "--hardware", "h100-sxm", "--tp", "8"],

@@ -206,7 +206,7 @@ def test_real_azure_trace_replays_at_a_rate(tmp_path):
                 "args": ["--model", "llama-3.1-70b", "--hardware", "h100-sxm"],
                 "plan": {**pc.DISAGG_PLAN, "model": "llama-3.1-70b"},
             },
-            "has 72.0 GiB",
+            "has 71.6 GiB",
         ),
     ],
 )

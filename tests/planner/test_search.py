@@ -91,7 +91,8 @@ def test_results_do_not_depend_on_the_worker_count(profiles: ProfileSet) -> None
     assert one.chosen is not None and two.chosen is not None
     assert one.chosen.candidate.candidate_id == two.chosen.candidate.candidate_id
     assert one.count(STATUS_OK) >= 5 and one.num_probes >= 20, "the case must simulate several waves"
-    assert sum(1 for e in one.evaluations if e.status == STATUS_PRUNED and e.probes) >= 5
+    # (5 before issue 12's cost and admission model; the same case now prunes 3 after probing)
+    assert sum(1 for e in one.evaluations if e.status == STATUS_PRUNED and e.probes) >= 3
 
 
 def test_every_candidate_is_decided_with_its_evidence(profiles: ProfileSet) -> None:

@@ -11,6 +11,7 @@ import simcases as sc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pdplan.profiles.engine import DRIVER_RESERVED_BYTES
 from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.latency_model import LatencyModel
 from pdplan.sim import (
@@ -34,11 +35,16 @@ def test_kv_capacity_by_hand_llama_8b_on_80gib():
     # Llama-3.1-8B bf16: KV per token = 2 × 32 layers × 8 kv heads × 128 × 2 bytes = 131072 B.
     assert profile.kv_bytes_per_token == 131072
     reserve = activation_reserve_bytes(profile, 8192, 256)
-    assert reserve == 8192 * (2 * 4096 + 2 * 14336) * 2 + 256 * 128256 * 4
-    expected = (int(80 * GIB * 0.9) - spec.weight_bytes("bfloat16") - reserve) // 131072
+    # forward: residual + normed input (2 × 4096) and gate/up + SiLU output (3 × 14336), bf16;
+    # sampler: 256 rows × 128256 vocab × 30 bytes per logit
+    assert reserve == 8192 * (2 * 4096 + 3 * 14336) * 2 + 256 * 128256 * 30
+    total = 80 * GIB - DRIVER_RESERVED_BYTES
+    non_torch = int(0.13 * GIB)
+    pool = int(total * 0.9) - spec.weight_bytes("bfloat16") - reserve - non_torch
+    expected = pool // (131072 * 16) * 16  # whole vLLM blocks of 16 tokens
     assert kv_capacity_tokens(profile, max_step_tokens=8192, max_batch_size=256) == expected
-    # 72 GiB usable − 14.96 GiB weights − 0.68 GiB activations = 56.4 GiB of KV at 128 KiB/token.
-    assert expected == 461_681
+    # 71.56 GiB usable − 14.96 GiB weights − 1.70 GiB activations − 0.13 GiB = 54.8 GiB at 128 KiB/token
+    assert expected == 448_736
 
 
 def test_tp_splits_kv_and_weights_so_capacity_grows():

@@ -25,7 +25,7 @@ def _workload(rng: np.random.Generator, n: int, dyadic: bool) -> Requests:
     return Requests(arrival, prompt, output)
 
 
-def _disagg(rng: np.random.Generator, dyadic: bool):
+def _disagg(rng: np.random.Generator, dyadic: bool, admission: str = "reserve"):
     model = sc.dyadic_model() if dyadic else sc.random_model(rng)
     chunk = None if rng.random() < 0.5 else int(rng.integers(16, 300))
     return sc.disagg(
@@ -36,7 +36,10 @@ def _disagg(rng: np.random.Generator, dyadic: bool):
             max_batch_size=int(rng.integers(1, 7)),
             chunk_tokens=chunk,
         ),
-        decode=DecodePool(int(rng.integers(1, 4)), max_batch_size=int(rng.integers(1, 9))),
+        # the stepped reference implements the conservative policy (test_preemption.py the other)
+        decode=DecodePool(
+            int(rng.integers(1, 4)), max_batch_size=int(rng.integers(1, 9)), admission=admission
+        ),
         link=KvLink(
             float(rng.uniform(0.5, 50)),
             float(rng.uniform(0, 5)) if not dyadic else sc.LINK_MS,
@@ -50,7 +53,7 @@ def _disagg(rng: np.random.Generator, dyadic: bool):
     )
 
 
-def _colocated(rng: np.random.Generator, dyadic: bool):
+def _colocated(rng: np.random.Generator, dyadic: bool, admission: str = "reserve"):
     model = sc.dyadic_model() if dyadic else sc.random_model(rng)
     return sc.colocated(
         model,
@@ -60,6 +63,7 @@ def _colocated(rng: np.random.Generator, dyadic: bool):
         max_batch_size=int(rng.integers(1, 9)),
         max_batch_tokens=int(rng.integers(400, 1200)),
         chunk_tokens=int(rng.integers(4, 300)),
+        admission=admission,
     )
 
 

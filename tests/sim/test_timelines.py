@@ -61,8 +61,10 @@ def test_disaggregated_kv_wait_and_rejection():
     # Decode KV holds 200 tokens. A reserves 128+5 at 0.125; B (64+6 = 70 > 67 left) waits from
     # its prefill end 0.1875 until A finishes at 0.1953125, then transfers (1/128) and joins.
     # R needs 190+20 > 200 tokens: rejected on arrival, never scheduled.
+    # (the conservative policy; test_preemption.py has the engines' on-demand policy)
     reqs = sc.requests([(0.0, 128, 5), (0.0625, 64, 6), (0.07, 190, 20)])
-    result = simulate(reqs, sc.disagg(kv_tokens=200))
+    decode = DecodePool(1, max_batch_size=2, admission="reserve")
+    result = simulate(reqs, sc.disagg(kv_tokens=200, decode=decode))
     _assert_timeline(
         result,
         [
