@@ -9,7 +9,9 @@ ports, and writes the command lines of the workers and of the production ``sglan
   BOOTSTRAP_PORT ... --decode URL ...``;
 - colocated: the router's regular mode, ``--worker-urls URL ...``.
 
-Router flags chosen here, and why: ``--policy round_robin`` (plans assume an even split);
+Router flags chosen here, and why: ``--policy`` is the router policy closest to the plan's (see
+:func:`router_policy`; ``least_loaded`` → ``power_of_two``); ``--max-payload-size`` 16 MiB so huge
+bodies get 413 at the router, before any worker reads them;
 ``--health-check-interval-secs 2 --health-failure-threshold 2`` so a dead worker leaves the rotation
 within about four seconds; ``--disable-circuit-breaker`` because sglang-router 0.3.2 charges a
 decode worker's 503 to its prefill partner too, so a burst of ten overload answers would take the
@@ -52,6 +54,7 @@ class DeploymentSpec:
     weights: str | None = None
     tokenizer: str = "bytes"
     seed: int = 0
+    router_policy: str = "least_loaded"  # the plan's (simulator's) policy name
 
     def __post_init__(self) -> None:
         roles = [g.role for g in self.groups]
@@ -158,7 +161,7 @@ def _cpu_split(num_workers: int) -> tuple[list[tuple[int, ...]], str]:
 
 
 def _worker_argv(
-    spec: DeploymentSpec, group: InstanceGroup, proc: ProcessSpec, opts: LaunchOptions
+    spec: DeploymentSpec, group: InstanceGroup, proc: ProcessSpec, opts: LaunchOptions, peers: list[str]
 ) -> list[str]:
     argv = [
         opts.python, "-m", "pdplan.realrun.worker",
@@ -177,7 +180,33 @@ def _worker_argv(
         argv += ["--bootstrap-port", str(proc.bootstrap_port)]
     if spec.weights:
         argv += ["--weights", spec.weights]
+    if group.role == "decode":
+        argv += ["--prefill-peers", ",".join(peers)]
     return argv
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """``--devices`` as ``--help`` writes it: ``cpu``, ``cuda`` (GPU 0), ``cuda:0,1`` (GPUs 0 and 1;
+    ``cuda:0,cuda:1`` and ``0,1`` mean the same).
+
+    Raises:
+        DeployError: empty, mixed with cpu, repeated, or not a GPU index.
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["cpu"]:
+        return ("cpu",)
+    if not parts:
+        raise DeployError("--devices is empty; expected cpu or cuda:0,1,...")
+    devices: list[str] = []
+    for part in parts:
+        index = part.removeprefix("cuda").removeprefix(":") if part.startswith("cuda") else part
+        index = index or "0"
+        if not index.isdigit() or len(index) > 3:
+            raise DeployError(f"--devices {text!r}: {part!r} is not a GPU; expected cpu, or cuda:0,1,...")
+        devices.append(f"cuda:{int(index)}")
+    if len(set(devices)) != len(devices):
+        raise DeployError(f"--devices {text!r}: a GPU is listed twice")
+    return tuple(devices)
 
 
 def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
@@ -189,7 +218,7 @@ def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
     if not opts.devices:
         raise DeployError("--devices is empty; expected cpu or cuda:0,1,...")
     on_cpu = opts.devices == ("cpu",)
-    if not on_cpu and any(not d.startswith("cuda") for d in opts.devices):
+    if not on_cpu and any(not d.startswith("cuda:") or not d[5:].isdigit() for d in opts.devices):
         raise DeployError(f"--devices {','.join(opts.devices)}: expected cpu, or a list of cuda:N")
     order = [g for role in ("prefill", "decode", "colocated") for g in spec.groups if g.role == role]
     total = sum(g.instances for g in order)
@@ -213,14 +242,36 @@ def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
                 cpus=cpu_sets[n] if on_cpu else (),
                 env={"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
             )
-            workers.append(replace(proc, argv=tuple(_worker_argv(spec, group, proc, opts))))
-    router = _router(spec.mode, workers, opts, ports.take())
+            peers = [f"{opts.host}:{w.bootstrap_port}" for w in workers if w.role == "prefill"]
+            workers.append(replace(proc, argv=tuple(_worker_argv(spec, group, proc, opts, peers))))
+    router = _router(spec.mode, workers, opts, ports.take(), spec.router_policy)
     if not on_cpu:
         note = f"{total} workers on {len(opts.devices)} GPU(s) round-robin; " + note
     return LaunchPlan(tuple(workers), router, spec.mode, note)
 
 
-def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_port: int) -> ProcessSpec:
+def router_policy(plan_policy: str) -> str:
+    """The sglang-router 0.3.2 policy closest to the plan's router policy (the simulator's).
+
+    The router offers ``random``, ``round_robin``, ``cache_aware``, ``power_of_two`` and ``manual``
+    (``--help``). ``least_loaded`` (the simulator's default: the instance with the least outstanding
+    work) maps to ``power_of_two``: of two workers drawn at random, the one with the lower load —
+    the router's own in-flight count, refreshed from each worker's ``/get_load``. With two instances
+    of a role it is exactly least-loaded; with more it is its well-known approximation.
+    ``round_robin`` and ``random`` exist under their own names.
+    """
+    return {"least_loaded": "power_of_two", "round_robin": "round_robin", "random": "random"}.get(
+        plan_policy, "power_of_two"
+    )
+
+
+#: Largest request body the router accepts (``--max-payload-size``); larger ones get 413 there.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+
+def _router(
+    mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_port: int, plan_policy: str
+) -> ProcessSpec:
     argv = [opts.python, "-m", ROUTER_MODULE]
     if mode == "disaggregated":
         argv.append("--pd-disaggregation")
@@ -233,7 +284,8 @@ def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_
     else:
         argv += ["--worker-urls", *(w.url for w in workers)]
     argv += [
-        "--host", opts.host, "--port", str(opts.port), "--policy", "round_robin",
+        "--host", opts.host, "--port", str(opts.port), "--policy", router_policy(plan_policy),
+        "--max-payload-size", str(MAX_PAYLOAD_BYTES),
         "--prometheus-host", opts.host, "--prometheus-port", str(metrics_port),
         "--worker-startup-check-interval", "1",
         "--health-check-interval-secs", "2", "--health-failure-threshold", "2",
@@ -244,7 +296,7 @@ def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_
     return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
 
 
-def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptions) -> str:
+def check_cpu_memory(spec: DeploymentSpec, opts: LaunchOptions) -> str:
     """On CPU, refuse a deployment whose weights alone do not fit the memory available now; return a
     one-line memory summary (weights + the most KV the workers may hold; float32 on CPU).
 
@@ -254,7 +306,8 @@ def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptio
     from pdplan.profiles.model_spec import load_model_spec
 
     model = load_model_spec(spec.model)
-    weights = model.weight_bytes("float32") * len(launch.workers)
+    num_workers = sum(g.instances for g in spec.groups)
+    weights = model.weight_bytes("float32") * num_workers
     kv = sum(
         (g.max_kv_tokens or opts.default_kv_tokens) * g.instances * model.kv_bytes_per_token("float32")
         for g in spec.groups
@@ -266,7 +319,7 @@ def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptio
         return summary
     if weights > available:
         raise DeployError(
-            f"{len(launch.workers)} workers of {model.name} need {weights / gib:.1f} GiB for weights alone "
+            f"{num_workers} workers of {model.name} need {weights / gib:.1f} GiB for weights alone "
             f"(float32 on CPU); {available / gib:.1f} GiB is available"
         )
     return f"{summary} of {available / gib:.1f} GiB available"

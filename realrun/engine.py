@@ -265,6 +265,7 @@ class Engine:
             return
         end = time.time()
         self.metrics.observe("prefill_batch_seconds", end - start)
+        self.metrics.inc("prefill_tokens_total", sum(len(j.prompt) for j in batch))
         for job, cache, token in zip(batch, caches, tokens, strict=True):
             job.timeline.prefill_start, job.timeline.prefill_end = start, end
             if self.config.role == "prefill":

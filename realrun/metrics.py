@@ -52,6 +52,8 @@ _COUNTERS = {
         "KV payload bytes sent (prefill) or received (decode), by path (shared_memory, socket).",
         "path",
     ),
+    "kv_auth_failures_total": ("KV hand-off connections refused for failing authentication.", ""),
+    "prefill_tokens_total": ("Prompt tokens this worker computed (prefill forwards).", ""),
 }
 _HISTOGRAMS = {
     "ttft_seconds": "Arrival at this worker to its first output token.",

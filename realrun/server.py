@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -38,22 +39,32 @@ from pdplan.realrun.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Longest a client may take to send a request body (slow clients must not hold a worker).
+BODY_TIMEOUT_S = 10.0
+#: What a 503 tells the client to wait before retrying.
+RETRY_AFTER_S = 1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(message: str, status: int, kind: str) -> web.Response:
-    return web.json_response(error_body(message, status, kind), status=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return web.json_response(error_body(message, status, kind), status=status, headers=headers)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 answers as JSON errors too."""
+    """aiohttp's own 404/405/413 answers, and any unexpected failure, as JSON errors too."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _error(exc.reason or "error", exc.status, "http_error")
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # a bug must still answer JSON, and say so in the log
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _error(f"internal error: {type(exc).__name__}", 500, "internal_error")
 
 
 class _StreamText:
@@ -88,6 +99,7 @@ class WorkerServer:
         self.config, self.spec, self.service = config, spec, service
         self.tokenizer, self.limits, self.metrics = tokenizer, limits, metrics
         self.model_path = model_path
+        self.model_name = spec.name or Path(model_path).stem
         self.started_at = time.time()
         self.shutting_down = False
 
@@ -155,7 +167,7 @@ class WorkerServer:
         )
 
     async def models(self, _request: web.Request) -> web.Response:
-        card = {"id": self.model_path, "object": "model", "owned_by": "pdplan", "root": self.model_path}
+        card = {"id": self.model_name, "object": "model", "owned_by": "pdplan", "root": self.model_path}
         return web.json_response(
             {"object": "list", "data": [{**card, "max_model_len": self.limits.max_total_tokens}]}
         )
@@ -168,14 +180,28 @@ class WorkerServer:
 
     # --- generation -------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
-        raw = await request.read()
+        try:
+            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+        except TimeoutError:
+            raise RequestError(f"request body not received within {BODY_TIMEOUT_S:g} s", 408) from None
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise RequestError(f"request body is not valid JSON: {err}") from None
+        except RecursionError:
+            raise RequestError("request body is nested too deeply") from None
 
     def _encode(self) -> Callable[[str], list[int]]:
-        return self.tokenizer.encode
+        def encode(text: str) -> list[int]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise RequestError(
+                    f"text is not valid Unicode ({err.reason} at position {err.start}, e.g. a lone surrogate)"
+                ) from None
+            return self.tokenizer.encode(text)
+
+        return encode
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -233,7 +259,7 @@ class WorkerServer:
         text = self.tokenizer.decode(ids)
         last = outputs[-1]
         if req.api == "completions":
-            model = req.model or self.model_path
+            model = req.model or self.model_name
             return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
         return generate_body(req.rid, len(req.input_ids), ids, text, last.finish, last.timeline)
 
@@ -260,7 +286,7 @@ class WorkerServer:
         self, response: web.StreamResponse, req: GenerateRequest, first: Output, gen: Any
     ) -> None:
         text = _StreamText(self.tokenizer)
-        model = req.model or self.model_path
+        model = req.model or self.model_name
         out = first
         try:
             while True:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdplan.profiles.errors import PdplanError
-from pdplan.realrun.worker_config import KV_TRANSPORTS, WorkerConfig
+from pdplan.realrun.worker_config import KV_TRANSPORTS, WorkerConfig, parse_peer
 
 log = logging.getLogger("pdplan.realrun.worker")
 
@@ -50,10 +50,16 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     p.add_argument("--bootstrap-timeout-s", type=float, default=3.0)
     p.add_argument("--kv-transport", default="auto", choices=KV_TRANSPORTS)
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument(
+        "--prefill-peers", default="",
+        help="decode role: comma-separated host:port bootstrap addresses of the deployment's prefill "
+        "workers (the only ones it connects to)",
+    )  # fmt: skip
     ns = p.parse_args(argv)
     cpus = tuple(int(c) for c in ns.cpus.split(",") if c.strip()) if ns.cpus else ()
-    values = {k: v for k, v in vars(ns).items() if k != "cpus"}
-    return WorkerConfig(**values, cpus=cpus)
+    peers = tuple(x.strip() for x in ns.prefill_peers.split(",") if x.strip())
+    values = {k: v for k, v in vars(ns).items() if k not in ("cpus", "prefill_peers")}
+    return WorkerConfig(**values, cpus=cpus, prefill_peers=peers)
 
 
 def _eos_ids(model: str) -> tuple[int, ...]:
@@ -73,6 +79,7 @@ async def serve(config: WorkerConfig) -> None:
     from pdplan.profiles.executor import Executor
     from pdplan.profiles.model_spec import load_model_spec
     from pdplan.realrun.engine import Engine, EngineConfig
+    from pdplan.realrun.kv_auth import secret_from_env
     from pdplan.realrun.kv_budget import KvBudget
     from pdplan.realrun.kv_pool import KvPool
     from pdplan.realrun.kv_sender import KvSender
@@ -84,6 +91,7 @@ async def serve(config: WorkerConfig) -> None:
     from pdplan.realrun.service import ServiceConfig, WorkerService
     from pdplan.realrun.tokenizer import load_tokenizer
 
+    key = secret_from_env() if config.role in ("prefill", "decode") else b""
     torch.set_num_threads(config.threads)
     spec = load_model_spec(config.model)
     weights = Path(config.weights) if config.weights else None
@@ -106,12 +114,16 @@ async def serve(config: WorkerConfig) -> None:
     if config.role == "prefill":
         assert config.bootstrap_port is not None
         sender = KvSender(
-            config.host, config.bootstrap_port, executor.dtype_name, metrics,
+            config.host, config.bootstrap_port, executor.dtype_name, metrics, key,
             config.bootstrap_timeout_s, config.kv_timeout_s,
         )  # fmt: skip
     service = WorkerService(
         executor, engine, budget, metrics,
-        ServiceConfig(config.role, config.max_queue, config.kv_timeout_s, config.kv_transport), sender,
+        ServiceConfig(
+            config.role, config.max_queue, config.kv_timeout_s, config.kv_transport, key,
+            frozenset(parse_peer(p) for p in config.prefill_peers),
+        ),
+        sender,
         caches=pool, shared_fd=shared.fd_of if shared else None,
     )  # fmt: skip
     context = spec.max_position_embeddings

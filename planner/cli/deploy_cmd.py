@@ -53,6 +53,10 @@ def deploy(
     stop: Annotated[
         Path | None, typer.Option("--stop", help="Stop the deployment recorded in this run directory.")
     ] = None,
+    status: Annotated[
+        Path | None,
+        typer.Option("--status", help="Print the status of the deployment in this run directory."),
+    ] = None,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", help="HF directory with safetensors (default: seeded random weights)."),
@@ -77,19 +81,26 @@ def deploy(
     if stop is not None:
         _stop(stop)
         return
+    if status is not None:
+        _status(status)
+        return
     if plan is None:
         raise ConfigError("PLAN: expected a plan.yaml to deploy (or --stop DIR)")
     if target not in TARGETS:
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
-    from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory
+    from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory, parse_devices
+    from pdplan.realrun.worker_config import check_max_queue, check_timeout
 
+    check_max_queue(max_queue)
+    check_timeout("--kv-timeout-s", kv_timeout_s)
+    device_list = parse_devices(devices)
     spec = _load_spec(plan, weights, tokenizer, seed)
-    device_list = tuple(d.strip() for d in devices.split(",") if d.strip())
     opts = LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)
+    # Memory first: a deployment that cannot fit is refused whatever else is wrong (ports included).
+    memory = check_cpu_memory(spec, opts) if device_list == ("cpu",) else ""
     launch = build_launch(spec, opts)
-    memory = check_cpu_memory(spec, launch, opts) if device_list == ("cpu",) else ""
     _print_launch(launch, show_commands=dry_run, memory=memory)
     if dry_run:
         return
@@ -136,7 +147,9 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
     if weights is not None and not weights.is_dir():
         raise ConfigError(f"--weights {str(weights)!r}: not a directory")
     tok = tokenizer or (str(weights) if weights is not None else "bytes")
-    return DeploymentSpec(plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed)
+    return DeploymentSpec(
+        plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed, plan.router
+    )
 
 
 def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> None:
@@ -188,7 +201,7 @@ def _run(plan: Path, launch: LaunchPlan, out: Path) -> None:
         console.print(f"stop with Ctrl-C or: pdplan deploy --stop {out}")
         while sup.router_alive:
             for line in sup.poll():
-                console.print(f"[bold red]worker down:[/] {line}; the router keeps serving from the others")
+                console.print(f"[bold]worker:[/] {line}", highlight=False)
             time.sleep(0.5)
         sup.poll()
         console.print("[bold red]the router exited[/]; stopping the deployment")
@@ -215,6 +228,20 @@ def _stop(run_dir: Path) -> None:
     for line in stopped:
         typer.echo(f"stopped {line}")
     typer.echo(f"deployment in {run_dir} is stopped")
+
+
+def _status(run_dir: Path) -> None:
+    """One line per process and the deployment's status as :func:`read_deployment` judges it (a
+    record whose supervisor is gone is ``failed``, whatever deploy.json says)."""
+    from pdplan.realrun.procfs import is_alive
+    from pdplan.realrun.supervisor import read_deployment
+
+    data = read_deployment(run_dir)
+    for p in data.get("processes", []):
+        alive = isinstance(p, dict) and is_alive(int(p.get("pid", 0)), p.get("start_ticks"))
+        typer.echo(f"{p.get('name')}: pid {p.get('pid')} {'running' if alive else 'not running'}")
+    reason = f" ({data['status_reason']})" if data.get("status_reason") else ""
+    typer.echo(f"status: {data.get('status')}{reason}  endpoint: {data.get('endpoint')}")
 
 
 def _report(out: Path) -> None:
