@@ -250,16 +250,21 @@ def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
     return LaunchPlan(tuple(workers), router, spec.mode, note)
 
 
-def router_policy(plan_policy: str) -> str:
-    """The sglang-router 0.3.2 policy closest to the plan's router policy (the simulator's).
+def router_policy(plan_policy: str, instances: int) -> str:
+    """The sglang-router 0.3.2 policy closest to the plan's router policy (the simulator's), for a
+    role with ``instances`` workers.
 
     The router offers ``random``, ``round_robin``, ``cache_aware``, ``power_of_two`` and ``manual``
-    (``--help``). ``least_loaded`` (the simulator's default: the instance with the least outstanding
-    work) maps to ``power_of_two``: of two workers drawn at random, the one with the lower load —
-    the router's own in-flight count, refreshed from each worker's ``/get_load``. With two instances
-    of a role it is exactly least-loaded; with more it is its well-known approximation.
-    ``round_robin`` and ``random`` exist under their own names.
+    (``--help``; in PD mode per role with ``--prefill-policy`` / ``--decode-policy``).
+    ``least_loaded`` (the simulator's default: the instance with the least outstanding work) maps to
+    ``power_of_two``: of two workers drawn at random, the one with the lower load (the router's
+    count of requests in flight, refreshed from each worker's ``/get_load``). With two instances it
+    is exactly least-loaded; with more, its well-known approximation. The router refuses
+    ``power_of_two`` for a role with one worker ("requires at least 2 workers"), where every policy
+    is the same, so that role gets ``round_robin``. ``round_robin`` and ``random`` keep their names.
     """
+    if instances < 2:
+        return "round_robin"
     return {"least_loaded": "power_of_two", "round_robin": "round_robin", "random": "random"}.get(
         plan_policy, "power_of_two"
     )
@@ -273,6 +278,7 @@ def _router(
     mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_port: int, plan_policy: str
 ) -> ProcessSpec:
     argv = [opts.python, "-m", ROUTER_MODULE]
+    count = {role: sum(w.role == role for w in workers) for role in ("prefill", "decode", "colocated")}
     if mode == "disaggregated":
         argv.append("--pd-disaggregation")
         for w in workers:
@@ -281,10 +287,15 @@ def _router(
         for w in workers:
             if w.role == "decode":
                 argv += ["--decode", w.url]
+        argv += [
+            "--prefill-policy", router_policy(plan_policy, count["prefill"]),
+            "--decode-policy", router_policy(plan_policy, count["decode"]),
+        ]  # fmt: skip
     else:
         argv += ["--worker-urls", *(w.url for w in workers)]
+        argv += ["--policy", router_policy(plan_policy, count["colocated"])]
     argv += [
-        "--host", opts.host, "--port", str(opts.port), "--policy", router_policy(plan_policy),
+        "--host", opts.host, "--port", str(opts.port),
         "--max-payload-size", str(MAX_PAYLOAD_BYTES),
         "--prometheus-host", opts.host, "--prometheus-port", str(metrics_port),
         "--worker-startup-check-interval", "1",

@@ -24,9 +24,19 @@ from aiohttp import web
 
 from pdplan.profiles.model_spec import ModelSpec
 from pdplan.realrun.metrics import WorkerMetrics
-from pdplan.realrun.protocol import GenerateRequest, Limits, RequestError, parse_completion, parse_generate
+from pdplan.realrun.protocol import (
+    GenerateRequest,
+    Limits,
+    RequestError,
+    chat_messages,
+    parse_chat,
+    parse_completion,
+    parse_generate,
+)
 from pdplan.realrun.responses import (
     SSE_DONE,
+    chat_body,
+    chat_chunk,
     completion_body,
     completion_chunk,
     error_body,
@@ -34,7 +44,7 @@ from pdplan.realrun.responses import (
     sse,
 )
 from pdplan.realrun.service import Output, ServiceError, WorkerService
-from pdplan.realrun.tokenizer import Tokenizer
+from pdplan.realrun.tokenizer import Tokenizer, plain_chat_prompt
 from pdplan.realrun.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -101,12 +111,14 @@ class WorkerServer:
         self.model_path = model_path
         self.model_name = spec.name or Path(model_path).stem
         self.started_at = time.time()
+        self.body_timeout_s = BODY_TIMEOUT_S
         self.shutting_down = False
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
         app.router.add_post("/generate", self.generate)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/health", self.health)
         app.router.add_get("/health_generate", self.health)
         for path in ("/server_info", "/get_server_info"):
@@ -114,6 +126,7 @@ class WorkerServer:
         for path in ("/model_info", "/get_model_info"):
             app.router.add_get(path, self.model_info)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/get_load", self.load)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_post("/flush_cache", self.flush_cache)
         return app
@@ -172,6 +185,22 @@ class WorkerServer:
             {"object": "list", "data": [{**card, "max_model_len": self.limits.max_total_tokens}]}
         )
 
+    async def load(self, _request: web.Request) -> web.Response:
+        """SGLang's ``/get_load`` (one entry per data-parallel rank): what sglang-router's
+        ``power_of_two`` policy reads to pick the less loaded worker."""
+        running = self.service.engine.running_count
+        waiting = self.service.waiting
+        return web.json_response(
+            [
+                {
+                    "dp_rank": 0,
+                    "num_reqs": running + waiting,
+                    "num_waiting_reqs": waiting,
+                    "num_tokens": self.service.budget.used_tokens,
+                }
+            ]
+        )
+
     async def prometheus(self, _request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -181,9 +210,9 @@ class WorkerServer:
     # --- generation -------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
         try:
-            raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+            raw = await asyncio.wait_for(request.read(), self.body_timeout_s)
         except TimeoutError:
-            raise RequestError(f"request body not received within {BODY_TIMEOUT_S:g} s", 408) from None
+            raise RequestError(f"request body not received within {self.body_timeout_s:g} s", 408) from None
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
@@ -235,6 +264,22 @@ class WorkerServer:
             return _error(err.message, err.status, err.kind)
         return await self._serve(request, req)
 
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            if self.shutting_down:
+                raise ServiceError("worker is shutting down", 503, "shutting_down")
+            body = await self._body(request)
+            messages = chat_messages(body)
+            template = getattr(self.tokenizer, "chat_prompt", plain_chat_prompt)
+            req = parse_chat(body, template(messages), self.limits, self._encode())
+        except RequestError as err:
+            self.metrics.inc("requests_total", label="rejected")
+            return _error(err.message, err.status, "bad_request")
+        except ServiceError as err:
+            self.metrics.inc("requests_total", label="rejected")
+            return _error(err.message, err.status, err.kind)
+        return await self._serve(request, req)
+
     def _fail(self, err: ServiceError, started: bool) -> web.Response:
         rejected = not started and (err.status < 500 or err.kind == "overloaded")
         self.metrics.inc("requests_total", label="rejected" if rejected else "error")
@@ -261,6 +306,9 @@ class WorkerServer:
         if req.api == "completions":
             model = req.model or self.model_name
             return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
+        if req.api == "chat":
+            model = req.model or self.model_name
+            return chat_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
         return generate_body(req.rid, len(req.input_ids), ids, text, last.finish, last.timeline)
 
     async def _serve(self, request: web.Request, req: GenerateRequest) -> web.StreamResponse:
@@ -293,6 +341,9 @@ class WorkerServer:
                 delta = text.add(out.token)
                 if req.api == "completions":
                     await response.write(sse(completion_chunk(req.rid, model, delta, out.finish)))
+                elif req.api == "chat":
+                    first_chunk = len(text.ids) == 1
+                    await response.write(sse(chat_chunk(req.rid, model, delta, out.finish, first_chunk)))
                 else:
                     body = generate_body(
                         req.rid, len(req.input_ids), text.ids, text.text, out.finish, out.timeline
@@ -301,10 +352,14 @@ class WorkerServer:
                 if out.finish is not None:
                     break
                 out = await gen.__anext__()
-            if req.api == "completions" and req.include_usage:
+            if req.api in ("completions", "chat") and req.include_usage:
                 n, p = len(text.ids), len(req.input_ids)
                 usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
-                await response.write(sse(completion_chunk(req.rid, model, "", None, usage) | {"choices": []}))
+                if req.api == "chat":
+                    await response.write(sse(chat_chunk(req.rid, model, "", None, usage=usage)))
+                else:
+                    chunk = completion_chunk(req.rid, model, "", None, usage) | {"choices": []}
+                    await response.write(sse(chunk))
             await response.write(SSE_DONE)
             self.metrics.inc("requests_total", label="ok")
         except ServiceError as err:

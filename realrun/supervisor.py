@@ -326,6 +326,8 @@ class Supervisor:
                     "log": spec.log_name,
                     "command": shlex.join(proc.popen.args),  # type: ignore[arg-type]
                     "exit_code": proc.popen.poll(),
+                    "restarts": proc.restarts,
+                    "healthy": proc.healthy,
                 }
             )
         write_json_atomic(

@@ -50,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     p.add_argument("--bootstrap-timeout-s", type=float, default=3.0)
     p.add_argument("--kv-transport", default="auto", choices=KV_TRANSPORTS)
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument("--max-connections", type=int, default=512, help="open HTTP connections (503 beyond)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0, help="longest wait for request headers")
+    p.add_argument("--body-timeout-s", type=float, default=10.0, help="longest wait for a request body (408)")
     p.add_argument(
         "--prefill-peers", default="",
         help="decode role: comma-separated host:port bootstrap addresses of the deployment's prefill "
@@ -78,6 +81,7 @@ async def serve(config: WorkerConfig) -> None:
 
     from pdplan.profiles.executor import Executor
     from pdplan.profiles.model_spec import load_model_spec
+    from pdplan.realrun.conn_guard import ConnectionGuard
     from pdplan.realrun.engine import Engine, EngineConfig
     from pdplan.realrun.kv_auth import secret_from_env
     from pdplan.realrun.kv_budget import KvBudget
@@ -143,6 +147,7 @@ async def serve(config: WorkerConfig) -> None:
         )
     model_path = config.weights or _model_path(config.model)
     server = WorkerServer(config, spec, service, tokenizer, limits, metrics, model_path)
+    server.body_timeout_s = config.body_timeout_s
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -151,9 +156,11 @@ async def serve(config: WorkerConfig) -> None:
     engine.start()
     if sender is not None:
         await sender.start()
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=2.0, keepalive_timeout=75.0)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+    assert runner.server is not None
+    guard = ConnectionGuard(runner.server, loop, config.max_connections, config.header_timeout_s)
+    http = await loop.create_server(guard, config.host, config.port, backlog=1024, reuse_address=True)
     log.info(
         "%s serving on http://%s:%d (role %s, bootstrap port %s, device %s, %d torch threads, cpus %s)",
         config.name, config.host, config.port, config.role, config.bootstrap_port, config.device,
@@ -168,6 +175,7 @@ async def serve(config: WorkerConfig) -> None:
     await asyncio.sleep(0.2)  # let handlers write the errors of the requests the engine just ended
     if sender is not None:
         await sender.close()
+    http.close()
     await runner.cleanup()
     service.close()
 

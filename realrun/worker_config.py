@@ -82,6 +82,9 @@ class WorkerConfig:
     bootstrap_timeout_s: float = 3.0
     kv_transport: str = "auto"
     parent_pid: int | None = None
+    max_connections: int = 512
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
     #: A decode worker's prefill bootstrap addresses ``host:port`` (the only peers it connects to).
     prefill_peers: tuple[str, ...] = ()
 
@@ -90,14 +93,21 @@ class WorkerConfig:
             raise choices_error("--role", self.role, ROLES)
         if self.kv_transport not in KV_TRANSPORTS:
             raise choices_error("--kv-transport", self.kv_transport, KV_TRANSPORTS)
-        for field in ("port", "threads", "max_batch_size", "max_batch_tokens", "max_kv_tokens"):
+        for field in (
+            "port",
+            "threads",
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_kv_tokens",
+            "max_connections",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{field.replace('_', '-')} {value!r}: expected a positive integer")
         if self.port > 65535:
             raise ConfigError(f"--port {self.port}: expected at most 65535")
         check_max_queue(self.max_queue)
-        for name in ("kv_timeout_s", "bootstrap_timeout_s"):
+        for name in ("kv_timeout_s", "bootstrap_timeout_s", "header_timeout_s", "body_timeout_s"):
             check_timeout(f"--{name.replace('_', '-')}", getattr(self, name))
         for peer in self.prefill_peers:
             parse_peer(peer)

@@ -136,4 +136,5 @@ def test_devices_as_help_shows_them(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "--device cuda:0" in result.output and "--device cuda:1" in result.output
-    assert "--policy power_of_two" in result.output  # the plan's least_loaded, as sglang-router names it
+    # One instance per role: power_of_two (the plan's least_loaded) needs two, the router refuses it.
+    assert "--prefill-policy round_robin --decode-policy round_robin" in result.output

@@ -72,3 +72,16 @@ def test_busy_router_port_is_refused() -> None:
         busy.listen()
         with pytest.raises(DeployError, match="already in use"):
             build_launch(_disagg(), LaunchOptions(port=busy.getsockname()[1]))
+
+
+def test_router_policy_is_the_plans_where_the_router_allows_it() -> None:
+    """least_loaded -> power_of_two for a role with two or more workers; one worker -> round_robin
+    (sglang-router refuses power_of_two there)."""
+    launch = build_launch(_disagg(1, 2), LaunchOptions(port=free_port()))
+    argv = list(launch.router.argv)
+    assert argv[argv.index("--prefill-policy") + 1] == "round_robin"
+    assert argv[argv.index("--decode-policy") + 1] == "power_of_two"
+    decode = [w for w in launch.workers if w.role == "decode"]
+    prefill = [w for w in launch.workers if w.role == "prefill"]
+    peers = decode[0].argv[list(decode[0].argv).index("--prefill-peers") + 1]
+    assert peers == f"127.0.0.1:{prefill[0].bootstrap_port}"
