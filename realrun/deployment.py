@@ -105,14 +105,21 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class LaunchPlan:
+    """Workers, the router (on an internal port) and the gateway in front of it (the public port)."""
+
     workers: tuple[ProcessSpec, ...]
     router: ProcessSpec
     mode: str
     cpu_note: str
+    gateway: ProcessSpec | None = None
 
     @property
     def endpoint(self) -> str:
-        return self.router.url
+        return (self.gateway or self.router).url
+
+    @property
+    def processes(self) -> tuple[ProcessSpec, ...]:
+        return (*self.workers, self.router, *((self.gateway,) if self.gateway else ()))
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -244,10 +251,43 @@ def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
             )
             peers = [f"{opts.host}:{w.bootstrap_port}" for w in workers if w.role == "prefill"]
             workers.append(replace(proc, argv=tuple(_worker_argv(spec, group, proc, opts, peers))))
-    router = _router(spec.mode, workers, opts, ports.take(), spec.router_policy)
+    if not _port_free(opts.host, opts.port):
+        raise DeployError(f"--port {opts.port} is already in use on {opts.host}")
+    router = _router(spec.mode, workers, opts, ports.take(), ports.take(), spec.router_policy)
+    gateway = _gateway(spec, workers, router, opts)
     if not on_cpu:
         note = f"{total} workers on {len(opts.devices)} GPU(s) round-robin; " + note
-    return LaunchPlan(tuple(workers), router, spec.mode, note)
+    return LaunchPlan(tuple(workers), router, spec.mode, note, gateway)
+
+
+def gateway_capacity(spec: DeploymentSpec, max_queue: int) -> int:
+    """Requests the deployment can hold at once: running batches plus waiting queues (the decode or
+    colocated workers'; in PD mode also no more than the prefill queues can hold plus what decodes)."""
+    batch = sum(g.instances * g.max_batch_size for g in spec.groups if g.role in ("decode", "colocated"))
+    hold = batch + sum(g.instances * max_queue for g in spec.groups if g.role in ("decode", "colocated"))
+    prefill = [g for g in spec.groups if g.role == "prefill"]
+    if prefill:
+        hold = min(hold, batch + sum(g.instances * max_queue for g in prefill))
+    return max(1, hold)
+
+
+def _gateway(
+    spec: DeploymentSpec, workers: list[ProcessSpec], router: ProcessSpec, opts: LaunchOptions
+) -> ProcessSpec:
+    name = spec.model
+    if "/" in name or name.endswith(".json"):
+        path = name.rstrip("/")
+        name = path.rsplit("/", 1)[-1].removesuffix(".json")
+        if name == "config":  # a config.json: the directory names the model
+            name = path.rsplit("/", 2)[-2] if path.count("/") >= 1 else name
+    metrics_port = router.argv[router.argv.index("--prometheus-port") + 1]
+    argv = [
+        opts.python, "-m", "pdplan.realrun.gateway", "--host", opts.host, "--port", str(opts.port),
+        "--router", router.url, "--router-metrics", f"http://{opts.host}:{metrics_port}/metrics",
+        "--model-name", name, "--max-inflight", str(gateway_capacity(spec, opts.max_queue)),
+        "--max-body-bytes", str(MAX_PAYLOAD_BYTES), "--worker-urls", *(w.url for w in workers),
+    ]  # fmt: skip
+    return ProcessSpec("gateway", "gateway", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
 
 
 def router_policy(plan_policy: str, instances: int) -> str:
@@ -275,7 +315,7 @@ MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 
 
 def _router(
-    mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_port: int, plan_policy: str
+    mode: str, workers: list[ProcessSpec], opts: LaunchOptions, port: int, metrics_port: int, plan_policy: str
 ) -> ProcessSpec:
     argv = [opts.python, "-m", ROUTER_MODULE]
     count = {role: sum(w.role == role for w in workers) for role in ("prefill", "decode", "colocated")}
@@ -295,16 +335,14 @@ def _router(
         argv += ["--worker-urls", *(w.url for w in workers)]
         argv += ["--policy", router_policy(plan_policy, count["colocated"])]
     argv += [
-        "--host", opts.host, "--port", str(opts.port),
+        "--host", opts.host, "--port", str(port),
         "--max-payload-size", str(MAX_PAYLOAD_BYTES),
         "--prometheus-host", opts.host, "--prometheus-port", str(metrics_port),
         "--worker-startup-check-interval", "1",
         "--health-check-interval-secs", "2", "--health-failure-threshold", "2",
         "--disable-circuit-breaker", "--log-level", "warn",
     ]  # fmt: skip
-    if not _port_free(opts.host, opts.port):
-        raise DeployError(f"--port {opts.port} is already in use on {opts.host}")
-    return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
+    return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{port}", port)
 
 
 def check_cpu_memory(spec: DeploymentSpec, opts: LaunchOptions) -> str:

@@ -47,6 +47,8 @@ DEPLOY_FILE = "deploy.json"
 Progress = Callable[[str], None]
 #: Restart backoff of a crashed worker: first delay, cap, and the uptime that resets it.
 BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 1.0, 30.0, 60.0
+#: The processes in front of the workers: if one exits, the deployment has failed.
+FRONT_ROLES = ("router", "gateway")
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -121,7 +123,12 @@ class Supervisor:
             self._spawn(self.launch.router, hook)
             self._write()
             say("workers healthy; router started")
-            self._wait_router(begin + timeout_s)
+            self._wait_router(begin + timeout_s, self.launch.router.url)
+            if self.launch.gateway is not None:
+                self._spawn(self.launch.gateway, hook)
+                self._write()
+                say("router ready; gateway started")
+                self._wait_router(begin + timeout_s, self.launch.gateway.url)
         except BaseException:
             self.status = "failed"
             self.stop()
@@ -136,11 +143,11 @@ class Supervisor:
 
     def _popen(self, spec: ProcessSpec, hook: Callable[[], None] | None) -> _Proc:
         argv = list(spec.argv)
-        if spec.role != "router":
+        if spec.role not in FRONT_ROLES or spec.role == "gateway":
             argv += ["--parent-pid", str(os.getpid())]
         log_file = (self.out_dir / spec.log_name).open("ab")
         env = {**os.environ, **spec.env}
-        if spec.role != "router":
+        if spec.role not in FRONT_ROLES:
             env[SECRET_ENV] = self._secret
         else:
             env.pop(SECRET_ENV, None)
@@ -187,7 +194,7 @@ class Supervisor:
                     raise DeployError(f"workers not healthy in time: {names} (see {self.out_dir / 'logs'})")
                 time.sleep(0.2)
 
-    def _wait_router(self, deadline: float) -> None:
+    def _wait_router(self, deadline: float, url: str) -> None:
         import httpx
 
         want = len(self.launch.workers)
@@ -195,13 +202,11 @@ class Supervisor:
             while True:
                 self._check_exits()
                 with contextlib.suppress(httpx.TransportError, ValueError):
-                    reply = client.get(f"{self.launch.endpoint}/readiness")
+                    reply = client.get(f"{url}/readiness")
                     if reply.status_code == 200 and reply.json().get("healthy_workers") == want:
                         return
                 if time.monotonic() > deadline:
-                    raise DeployError(
-                        f"router at {self.launch.endpoint} did not report {want} healthy workers"
-                    )
+                    raise DeployError(f"router at {url} did not report {want} healthy workers")
                 time.sleep(0.2)
 
     # --- watching ---------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ class Supervisor:
                 if up_s >= BACKOFF_RESET_S:
                     proc.backoff_s = BACKOFF_FIRST_S
                 line = f"{proc.spec.name} (pid {proc.popen.pid}) exited with code {code}"
-                if proc.spec.role != "router" and self.restart_workers and not self._stopped:
+                if proc.spec.role not in FRONT_ROLES and self.restart_workers and not self._stopped:
                     proc.restart_at = now + proc.backoff_s
                     line += f"; restarting in {proc.backoff_s:g} s"
                 lines.append(line)
@@ -236,7 +241,7 @@ class Supervisor:
             elif (
                 code is None
                 and not proc.healthy
-                and proc.spec.role != "router"
+                and proc.spec.role not in FRONT_ROLES
                 and self._answers_health(proc.spec.url)
             ):
                 proc.healthy, changed = True, True
@@ -247,7 +252,7 @@ class Supervisor:
         return lines
 
     def _overall(self) -> str:
-        if any(p.spec.role == "router" and p.popen.poll() is not None for p in self._procs):
+        if any(p.spec.role in FRONT_ROLES and p.popen.poll() is not None for p in self._procs):
             return "failed"
         return "ready" if all(p.healthy and p.popen.poll() is None for p in self._procs) else "degraded"
 
@@ -275,7 +280,8 @@ class Supervisor:
 
     @property
     def router_alive(self) -> bool:
-        return any(p.spec.role == "router" and p.popen.poll() is None for p in self._procs)
+        fronts = [p for p in self._procs if p.spec.role in FRONT_ROLES]
+        return bool(fronts) and all(p.popen.poll() is None for p in fronts)
 
     # --- stopping ---------------------------------------------------------------------------------
     def stop(self, grace_s: float = 10.0) -> None:
@@ -283,7 +289,7 @@ class Supervisor:
         if self._stopped:
             return
         self._stopped = True
-        ordered = sorted(self._procs, key=lambda p: p.spec.role != "router")
+        ordered = sorted(self._procs, key=lambda p: p.spec.role not in FRONT_ROLES)
         for proc in ordered:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGTERM)

@@ -101,7 +101,7 @@ async def serve(config: WorkerConfig) -> None:
     weights = Path(config.weights) if config.weights else None
     executor = Executor(spec, device=config.device, dtype=config.dtype, seed=config.seed, weights=weights)
     tokenizer = load_tokenizer(config.tokenizer, spec.vocab_size)
-    metrics = WorkerMetrics(config.role)
+    metrics = WorkerMetrics(config.role, spec.name)
     budget = KvBudget(config.max_kv_tokens)
     engine_config = EngineConfig(
         config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed

@@ -160,7 +160,7 @@ def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> 
     table = Table(title=f"{launch.mode} deployment: {len(launch.workers)} workers + router")
     for column in ("process", "role", "address", "bootstrap", "device", "threads", "cpus"):
         table.add_column(column)
-    for p in (*launch.workers, launch.router):
+    for p in launch.processes:
         cpus = ",".join(map(str, p.cpus)) or "-"
         table.add_row(
             p.name, p.role, p.url, str(p.bootstrap_port or "-"), p.device, str(p.threads or "-"), cpus
@@ -170,7 +170,7 @@ def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> 
     if memory:
         console.print(memory, highlight=False)
     if show_commands:
-        for p in (*launch.workers, launch.router):
+        for p in launch.processes:
             extra = "  (+ --parent-pid <pid of pdplan deploy>)" if p.role != "router" else ""
             console.print(f"[bold]{p.name}[/]: {shlex.join(p.argv)}{extra}", highlight=False, soft_wrap=True)
 

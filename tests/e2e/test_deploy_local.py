@@ -200,7 +200,7 @@ def test_killed_decode_worker_ends_its_streams_and_the_rest_keep_serving(
         body = {"input_ids": PROMPTS[i % len(PROMPTS)], "sampling_params": _greedy(300), "stream": True}
         try:
             events, done = stream_events(client, f"{deployment.endpoint}/generate", body)
-            result = (len(events), done, "")
+            result = (len(events), done, "error event" if events and "error" in events[-1] else "")
         except httpx.HTTPError as err:
             result = (-1, False, type(err).__name__)
         with lock:
@@ -229,6 +229,8 @@ def test_killed_decode_worker_ends_its_streams_and_the_rest_keep_serving(
     failed = [o for o in outcomes if not o[1]]
     assert len(complete) + len(failed) == 4, outcomes  # each stream finished, or failed visibly
     assert failed, outcomes  # the victim's streams ended visibly, never as a silent success
+    # ... with an explicit error event (the gateway adds it where the router just cuts the stream).
+    assert all(o[2] == "error event" for o in failed), outcomes
     # The router keeps serving from the surviving decode worker.
     for prompt in PROMPTS:
         reply = client.post(

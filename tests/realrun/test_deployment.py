@@ -30,7 +30,15 @@ def test_disaggregated_launch_plan() -> None:
     i = argv.index("--prefill")
     assert argv[i + 1 : i + 3] == (prefill.url, str(prefill.bootstrap_port))
     assert [argv[j + 1] for j, a in enumerate(argv) if a == "--decode"] == [w.url for w in launch.workers[1:]]
-    assert "--disable-circuit-breaker" in argv and argv[argv.index("--port") + 1] == str(port)
+    # The router listens on an internal port; the gateway in front of it on the public one.
+    assert "--disable-circuit-breaker" in argv and argv[argv.index("--port") + 1] == str(launch.router.port)
+    assert launch.gateway is not None and launch.endpoint == f"http://127.0.0.1:{port}"
+    gateway = launch.gateway.argv
+    assert gateway[gateway.index("--router") + 1] == launch.router.url
+    assert gateway[gateway.index("--model-name") + 1] == "tiny-llama"
+    assert (
+        int(gateway[gateway.index("--max-inflight") + 1]) == 2 * 16 + 1 * 128
+    )  # 2 decode batches + 1 prefill queue
     decode_argv = launch.workers[1].argv
     assert decode_argv[decode_argv.index("--max-kv-tokens") + 1] == "4096"
     assert decode_argv[decode_argv.index("--role") + 1] == "decode"
