@@ -42,6 +42,7 @@ class InstanceGroup:
     max_batch_tokens: int = 2048
     max_kv_tokens: int | None = None
     policy: str | None = None
+    chunk_tokens: int | None = None  # prefill slices (chunked prefill); None: whole prompts
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,10 @@ def _worker_argv(
         "--max-queue", str(opts.max_queue),
         "--kv-timeout-s", f"{opts.kv_timeout_s:g}", "--bootstrap-timeout-s", f"{opts.bootstrap_timeout_s:g}",
     ]  # fmt: skip
+    if group.chunk_tokens:
+        argv += ["--chunk-tokens", str(group.chunk_tokens)]
+        if group.role == "colocated" and group.policy == "chunked":
+            argv += ["--schedule", "chunked"]
     if proc.cpus:
         argv += ["--cpus", ",".join(str(c) for c in proc.cpus)]
     if proc.bootstrap_port is not None:

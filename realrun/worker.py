@@ -45,6 +45,14 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-batch-tokens", type=int, default=2048)
     p.add_argument("--max-kv-tokens", type=int, default=65536)
+    p.add_argument(
+        "--chunk-tokens", type=int, default=None,
+        help="prefill prompts in slices of at most this many tokens per forward (default: whole prompts)",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule", default="prefill-first", choices=("prefill-first", "chunked"),
+        help="colocated role: prompts before decode steps, or prompt slices alternating with them",
+    )  # fmt: skip
     p.add_argument("--max-queue", type=int, default=128, help="waiting requests before answering 503")
     p.add_argument("--kv-timeout-s", type=float, default=60.0)
     p.add_argument("--bootstrap-timeout-s", type=float, default=3.0)
@@ -104,8 +112,9 @@ async def serve(config: WorkerConfig) -> None:
     metrics = WorkerMetrics(config.role, spec.name)
     budget = KvBudget(config.max_kv_tokens)
     engine_config = EngineConfig(
-        config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed
-    )
+        config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed,
+        config.chunk_tokens, config.schedule,
+    )  # fmt: skip
     pool, shared = None, None
     if config.role == "decode":
         if executor.device.type == "cpu" and has_abstract_unix():

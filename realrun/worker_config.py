@@ -83,6 +83,8 @@ class WorkerConfig:
     kv_transport: str = "auto"
     parent_pid: int | None = None
     max_connections: int = 512
+    chunk_tokens: int | None = None
+    schedule: str = "prefill-first"
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     #: A decode worker's prefill bootstrap addresses ``host:port`` (the only peers it connects to).
@@ -109,6 +111,12 @@ class WorkerConfig:
         check_max_queue(self.max_queue)
         for name in ("kv_timeout_s", "bootstrap_timeout_s", "header_timeout_s", "body_timeout_s"):
             check_timeout(f"--{name.replace('_', '-')}", getattr(self, name))
+        if self.chunk_tokens is not None and (isinstance(self.chunk_tokens, bool) or self.chunk_tokens < 1):
+            raise ConfigError(f"--chunk-tokens {self.chunk_tokens!r}: expected a positive integer")
+        if self.schedule not in ("prefill-first", "chunked"):
+            raise choices_error("--schedule", self.schedule, ("prefill-first", "chunked"))
+        if self.schedule == "chunked" and self.chunk_tokens is None:
+            raise ConfigError("--schedule chunked needs --chunk-tokens")
         for peer in self.prefill_peers:
             parse_peer(peer)
         if self.role == "decode" and not self.prefill_peers:

@@ -110,8 +110,8 @@ def deploy(
 def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, seed: int) -> DeploymentSpec:
     """``plan.yaml`` (read strictly by ``pdplan.planner.plan.load_plan``) → what the deployment runs.
 
-    The local runtime schedules prompts whole (no chunked prefill): a plan's ``chunk_tokens`` becomes
-    the prefill token budget per batch, with a warning.
+    A plan's ``chunk_tokens`` runs as chunked prefill in the workers (``--chunk-tokens``); a colocated
+    ``chunked`` policy also alternates prompt slices with decode steps (``--schedule chunked``).
     """
     from pdplan.planner.plan import load_plan
     from pdplan.profiles.errors import ConfigError
@@ -128,20 +128,31 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
     if plan.mode == "disaggregated":
         assert plan.prefill is not None and plan.decode is not None, "checked by Plan"
         p, d = plan.prefill, plan.decode
-        if p.chunk_tokens is not None:
-            log.warning("prefill.chunk_tokens=%d: the local runtime does not split prompts; it caps "
-                        "prefill batches at %d tokens instead", p.chunk_tokens, p.step_tokens)  # fmt: skip
-        groups.append(InstanceGroup("prefill", p.instances, p.tp, p.max_batch_size, p.step_tokens))
+        groups.append(
+            InstanceGroup(
+                "prefill",
+                p.instances,
+                p.tp,
+                p.max_batch_size,
+                p.step_tokens,
+                chunk_tokens=p.step_tokens if p.chunk_tokens else None,
+            )
+        )
         groups.append(InstanceGroup("decode", d.instances, d.tp, d.max_batch_size, 2048, d.max_kv_tokens))
     else:
         assert plan.colocated is not None, "checked by Plan"
         c = plan.colocated
-        if c.policy == "chunked":
-            log.warning("colocated policy 'chunked' runs prefill-first locally, with prefill batches "
-                        "of at most chunk_tokens=%d tokens", c.chunk_tokens)  # fmt: skip
+        chunk = c.chunk_tokens if c.policy == "chunked" else None
         groups.append(
             InstanceGroup(
-                "colocated", c.instances, c.tp, c.max_batch_size, c.step_tokens, c.max_kv_tokens, c.policy
+                "colocated",
+                c.instances,
+                c.tp,
+                c.max_batch_size,
+                c.step_tokens,
+                c.max_kv_tokens,
+                c.policy,
+                chunk,
             )
         )
     if weights is not None and not weights.is_dir():

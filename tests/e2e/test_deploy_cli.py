@@ -138,3 +138,16 @@ def test_devices_as_help_shows_them(tmp_path: Path) -> None:
     assert "--device cuda:0" in result.output and "--device cuda:1" in result.output
     # One instance per role: power_of_two (the plan's least_loaded) needs two, the router refuses it.
     assert "--prefill-policy round_robin --decode-policy round_robin" in result.output
+
+
+def test_chunked_plans_run_chunked_prefill(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        prefill={"instances": 1, "max_batch_tokens": 512, "chunk_tokens": 128},
+        decode={"instances": 1},
+    )
+    result = CliRunner().invoke(
+        app, ["deploy", str(plan), "--port", str(free_port()), "--dry-run"], terminal_width=250
+    )
+    assert result.exit_code == 0, result.output
+    assert "--chunk-tokens 128" in result.output and "does not split" not in result.output

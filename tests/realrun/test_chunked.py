@@ -47,7 +47,9 @@ def test_chunked_colocated_outputs_equal_plain_greedy(executor: Any, schedule: s
     events = got.until_terminal(len(prompts), timeout_s=60)
     engine.stop()
     for i, prompt in enumerate(prompts):
-        assert [e.token for e in events[f"r{i}"] if isinstance(e, TokenEvent)] == reference(executor, prompt, 5)
+        assert [e.token for e in events[f"r{i}"] if isinstance(e, TokenEvent)] == reference(
+            executor, prompt, 5
+        )
     # No forward took more than 8 prompt tokens: 45 + 7 + 3 + 5 tokens need at least 8 slices.
     assert metrics.counter("prefill_tokens_total") == sum(len(p) for p in prompts)
     forwards = [
