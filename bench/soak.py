@@ -13,8 +13,9 @@ worker is killed at a fixed interval (issue 14).
    body, or a stream that ends with an ``error`` event); ``lost`` = anything else (a connection cut
    without an error event, a malformed reply, no answer within ``--request-timeout-s``). Samples
    each worker's RSS (``/proc/PID/status`` VmRSS) every 2 s; growth is judged per process from its
-   first sample after ``--warmup-s`` to its last. Ends by waiting for the deployment to be ``ready``
-   with every worker healthy in the router.
+   first sample ``--warmup-s`` after the process appeared to its last (a restarted worker is a
+   new process with its own warm-up; one that lived less than that is not judged). Ends by
+   waiting for the deployment to be ``ready`` with every worker healthy in the router.
 
 Targets: 0 lost, worker RSS flat within 10 %, healthy at the end. Prints a table and writes
 ``bench/results/soak.json`` (``--out``). State the machine load (``uptime``) with the figures.
@@ -188,12 +189,13 @@ async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rp
         await watcher
     growth = []
     for (name, pid), samples in rss.items():
-        steady = [v for ts, v in samples if ts >= args.warmup_s]
+        # Each process (a restarted worker is a new one) is judged after its own warm-up.
+        steady = [v for ts, v in samples if ts - samples[0][0] >= args.warmup_s]
         if len(steady) >= 3:
             growth.append({
                 "worker": name, "pid": pid, "first_mib": steady[0] / 2**20, "last_mib": steady[-1] / 2**20,
                 "max_mib": max(steady) / 2**20, "growth_pct": 100.0 * (steady[-1] / steady[0] - 1.0),
-                "seconds": samples[-1][0] - max(args.warmup_s, samples[0][0]),
+                "seconds": samples[-1][0] - samples[0][0] - args.warmup_s,
             })  # fmt: skip
     return {"outcomes": outcomes, "kills": kills, "rss": growth, "sent": sum(outcomes.values())}
 

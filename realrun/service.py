@@ -230,7 +230,8 @@ class WorkerService:
         # no compute and no KV, so claims that never get READY cannot stall other prompts.
         ready = asyncio.ensure_future(room.ready.wait())
         try:
-            await asyncio.wait({ready, room.result}, return_when=asyncio.FIRST_COMPLETED)
+            first: set[asyncio.Future[Any]] = {ready, room.result}
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             ready.cancel()
             self.sender.fail(room_id, "the prefill request was cancelled", 499)
