@@ -253,3 +253,47 @@ def test_prefill_refuses_a_shared_buffer_of_the_wrong_size(executor: Any) -> Non
 
     decode_err, prefill_err = asyncio.run(scenario())
     assert "shared KV buffer" in prefill_err.message and "shared KV buffer" in decode_err.message
+
+
+@pytest.mark.parametrize("side", ["decode", "prefill"])
+def test_a_party_without_the_secret_gets_nothing(executor: Any, side: str) -> None:
+    """A claim signed with another secret is dropped without ACCEPT and the room stays open for the
+    real decode side; a prefill without the secret gets no READY from a decode worker."""
+    event = _prefilled(executor)
+
+    async def scenario() -> tuple[str, float]:
+        metrics = WorkerMetrics("prefill")
+        key = KEY if side == "decode" else b"a-prefill-that-lacks-the-secret"
+        sender = KvSender("127.0.0.1", free_port(), executor.dtype_name, metrics, key)
+        await sender.start()
+        room = sender.register(21, PROMPT)
+        claim_key = b"a-decode-that-lacks-the-secret" if side == "decode" else KEY
+        try:
+            await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 21), PROMPT, claim_key)
+            message = "claim accepted"
+        except HandoffError as err:
+            message = err.message
+        await asyncio.sleep(0.05)
+        assert not room.result.done() or side == "prefill"
+        if side == "decode":  # the genuine decode worker still gets the KV
+            sender.kv_ready(21, event)
+            cache = executor.new_cache(len(PROMPT) + 4)
+            async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 21), PROMPT, KEY) as claim:
+                meta, _ = await claim.receive(
+                    _payload(executor, len(PROMPT)),
+                    cache,
+                    _expect(executor, len(PROMPT)),
+                    ThreadPoolExecutor(1),
+                    5.0,
+                )
+            assert meta.prompt_tokens == len(PROMPT)
+        await sender.close()
+        return message, metrics.counter("kv_auth_failures_total")
+
+    message, failures = asyncio.run(scenario())
+    if side == "decode":
+        assert "dropped the claim" in message and failures == 1
+    else:
+        # It cannot check the decode's claim, so it cannot answer one: the decode side never sends
+        # READY (a stand-in that forges an ACCEPT: tests/realrun/test_worker_failures.py).
+        assert message != "claim accepted" and "dropped the claim" in message
