@@ -111,10 +111,12 @@ async def one(session: aiohttp.ClientSession, endpoint: str, rng: random.Random,
         return "lost"
 
 
-def rss_bytes(pid: int) -> int | None:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
+    """``VmRSS`` (all resident memory, shared KV buffers mapped from decode workers included) or
+    ``RssAnon`` (private memory only) of ``pid``."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -141,7 +143,7 @@ async def calibrate(endpoint: str, concurrency: int, seconds: float, timeout_s: 
 async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rps: float) -> dict[str, Any]:
     rng = random.Random(args.seed)
     outcomes: dict[str, int] = {"ok": 0, "error": 0, "lost": 0}
-    rss: dict[tuple[str, int], list[tuple[float, int]]] = {}
+    rss: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
     kills: list[dict[str, Any]] = []
     tasks: set[asyncio.Task[None]] = set()
     start = time.monotonic()
@@ -160,9 +162,9 @@ async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rp
                     print(f"  [{now - start:6.1f} s] {line}", flush=True)
                 for name, pid in sup.worker_pids().items():
                     if name.startswith(("prefill", "decode")):
-                        value = rss_bytes(pid)
-                        if value is not None:
-                            rss.setdefault((name, pid), []).append((now - start, value))
+                        value, anon = rss_bytes(pid), rss_bytes(pid, "RssAnon")
+                        if value is not None and anon is not None:
+                            rss.setdefault((name, pid), []).append((now - start, value, anon))
                 if now >= next_kill and now - start < args.duration_s:
                     victim = victims[len(kills) % len(victims)]
                     try:
@@ -190,11 +192,14 @@ async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rp
     growth = []
     for (name, pid), samples in rss.items():
         # Each process (a restarted worker is a new one) is judged after its own warm-up.
-        steady = [v for ts, v in samples if ts - samples[0][0] >= args.warmup_s]
+        steady = [(v, a) for ts, v, a in samples if ts - samples[0][0] >= args.warmup_s]
         if len(steady) >= 3:
+            (v0, a0), (v1, a1) = steady[0], steady[-1]
             growth.append({
-                "worker": name, "pid": pid, "first_mib": steady[0] / 2**20, "last_mib": steady[-1] / 2**20,
-                "max_mib": max(steady) / 2**20, "growth_pct": 100.0 * (steady[-1] / steady[0] - 1.0),
+                "worker": name, "pid": pid, "first_mib": v0 / 2**20, "last_mib": v1 / 2**20,
+                "max_mib": max(v for v, _ in steady) / 2**20, "growth_pct": 100.0 * (v1 / v0 - 1.0),
+                "anon_first_mib": a0 / 2**20, "anon_last_mib": a1 / 2**20,
+                "anon_growth_pct": 100.0 * (a1 / a0 - 1.0),
                 "seconds": samples[-1][0] - samples[0][0] - args.warmup_s,
             })  # fmt: skip
     return {"outcomes": outcomes, "kills": kills, "rss": growth, "sent": sum(outcomes.values())}
@@ -278,6 +283,8 @@ def main() -> None:
     print(f"{'lost (no answer, no error event)':34} {'0':>10} {o['lost']:>12}")
     print(f"{'workers killed':34} {'':>10} {len(result['kills']):>12}")
     print(f"{'max worker RSS growth':34} {'≤ 10 %':>10} {max_growth:>11.1f}%")
+    anon = max((r["anon_growth_pct"] for r in result["rss"]), default=float("nan"))
+    print(f"{'  of which private (RssAnon)':34} {'':>10} {anon:>11.1f}%")
     print(f"{'healthy at the end':34} {'yes':>10} {'yes' if healthy else 'NO':>12}")
     print(f"wrote {args.out}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 

@@ -310,7 +310,8 @@ class KvSender:
             raise HandoffError(f"KV of {meta.payload_bytes} bytes exceeds the decode's {max_payload}", 507)
         start = time.perf_counter()
         if fds:
-            await loop.run_in_executor(self._pool, self._writer.write, fds[0], capacity, event.cache)
+            owner = wire.peer_process(conn)
+            await loop.run_in_executor(self._pool, self._writer.write, fds[0], capacity, event.cache, owner)
             body = session.seal(wire.KV, room.room, wire.pack_kv_meta(replace(meta, in_place=True)))
             await wire.send_frame(loop, conn, wire.KV, room.room, body)
         else:

@@ -294,6 +294,18 @@ async def read_frame_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket) -
 
 
 # --- addresses -------------------------------------------------------------------------------------
+def peer_process(sock: socket.socket) -> tuple[int, int | None] | None:
+    """``(pid, start ticks)`` of a Unix socket's peer (``None`` elsewhere)."""
+    if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    from pdplan.realrun.procfs import start_ticks
+
+    pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[
+        0
+    ]
+    return pid, start_ticks(pid)
+
+
 def check_peer_user(sock: socket.socket) -> None:
     """On a Unix socket, the peer must run as this process's user (``SO_PEERCRED``).
 
