@@ -81,34 +81,48 @@ def make_request(rng: random.Random) -> tuple[str, dict[str, Any], bool]:
     return "/v1/chat/completions", body, stream
 
 
-async def one(session: aiohttp.ClientSession, endpoint: str, rng: random.Random, timeout_s: float) -> str:
-    """``ok`` | ``error`` (explicit) | ``lost``."""
+async def one(
+    session: aiohttp.ClientSession, endpoint: str, rng: random.Random, timeout_s: float
+) -> tuple[str, str]:
+    """``(ok | error | lost, detail)``: ``error`` is explicit; the detail is its HTTP status and type."""
     path, body, stream = make_request(rng)
 
-    async def exchange() -> str:
+    def kind(payload: Any) -> str:
+        error = payload.get("error") if isinstance(payload, dict) else None
+        return str(error.get("type", "?")) if isinstance(error, dict) else str(error)
+
+    async def exchange() -> tuple[str, str]:
         async with session.post(f"{endpoint}{path}", json=body) as reply:
             if reply.status != 200:
                 try:
                     payload = await reply.json(content_type=None)
                 except (ValueError, aiohttp.ClientError):
-                    return "lost"
-                return "error" if isinstance(payload, dict) and "error" in payload else "lost"
+                    return "lost", f"{reply.status} not JSON"
+                if isinstance(payload, dict) and "error" in payload:
+                    return "error", f"{reply.status} {kind(payload)}"
+                return "lost", f"{reply.status} no error field"
             if not stream:
                 payload = await reply.json(content_type=None)
-                return "ok" if isinstance(payload, dict) and "error" not in payload else "error"
+                if isinstance(payload, dict) and "error" not in payload:
+                    return "ok", "200"
+                return "error", f"200 {kind(payload)}"
             last = ""
             async for raw in reply.content:
                 line = raw.decode("utf-8", "replace").strip()
                 if line.startswith("data: "):
                     last = line[6:]
             if last == "[DONE]":
-                return "ok"
-            return "error" if last.startswith('{"error"') else "lost"
+                return "ok", "200"
+            if last.startswith('{"error"'):
+                return "error", f"stream {kind(json.loads(last))}"
+            return "lost", "stream cut"
 
     try:
         return await asyncio.wait_for(exchange(), timeout_s)
-    except (TimeoutError, asyncio.TimeoutError, ValueError, aiohttp.ClientError, ConnectionError):
-        return "lost"
+    except (TimeoutError, asyncio.TimeoutError) as err:
+        return "lost", f"timeout {err!r}"
+    except (ValueError, aiohttp.ClientError, ConnectionError) as err:
+        return "lost", type(err).__name__
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int | None:
@@ -132,7 +146,7 @@ async def calibrate(endpoint: str, concurrency: int, seconds: float, timeout_s: 
         async def client() -> None:
             nonlocal done
             while time.monotonic() < deadline:
-                if await one(session, endpoint, rng, timeout_s) == "ok":
+                if (await one(session, endpoint, rng, timeout_s))[0] == "ok":
                     done += 1
 
         start = time.monotonic()
@@ -143,6 +157,7 @@ async def calibrate(endpoint: str, concurrency: int, seconds: float, timeout_s: 
 async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rps: float) -> dict[str, Any]:
     rng = random.Random(args.seed)
     outcomes: dict[str, int] = {"ok": 0, "error": 0, "lost": 0}
+    details: dict[str, int] = {}
     rss: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
     kills: list[dict[str, Any]] = []
     tasks: set[asyncio.Task[None]] = set()
@@ -152,7 +167,12 @@ async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rp
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
 
         async def request() -> None:
-            outcomes[await one(session, endpoint, random.Random(rng.random()), args.request_timeout_s)] += 1
+            outcome, detail = await one(
+                session, endpoint, random.Random(rng.random()), args.request_timeout_s
+            )
+            outcomes[outcome] += 1
+            key = f"{outcome}: {detail}"
+            details[key] = details.get(key, 0) + 1
 
         async def watch() -> None:
             next_kill = start + args.kill_every_s
@@ -202,7 +222,8 @@ async def soak(args: argparse.Namespace, sup: Supervisor, endpoint: str, rate_rp
                 "anon_growth_pct": 100.0 * (a1 / a0 - 1.0),
                 "seconds": samples[-1][0] - samples[0][0] - args.warmup_s,
             })  # fmt: skip
-    return {"outcomes": outcomes, "kills": kills, "rss": growth, "sent": sum(outcomes.values())}
+    sent = sum(outcomes.values())
+    return {"outcomes": outcomes, "details": details, "kills": kills, "rss": growth, "sent": sent}
 
 
 def wait_healthy(sup: Supervisor, out: Path, endpoint: str, workers: int, timeout_s: float = 120.0) -> bool:
@@ -282,6 +303,9 @@ def main() -> None:
     print(f"{'ok / explicit error':34} {'':>10} {o['ok']:>6} / {o['error']:<5}")
     print(f"{'lost (no answer, no error event)':34} {'0':>10} {o['lost']:>12}")
     print(f"{'workers killed':34} {'':>10} {len(result['kills']):>12}")
+    for key, count in sorted(result["details"].items()):
+        if not key.startswith("ok"):
+            print(f"  {key:32} {'':>10} {count:>12}")
     print(f"{'max worker RSS growth':34} {'≤ 10 %':>10} {max_growth:>11.1f}%")
     anon = max((r["anon_growth_pct"] for r in result["rss"]), default=float("nan"))
     print(f"{'  of which private (RssAnon)':34} {'':>10} {anon:>11.1f}%")
