@@ -2,8 +2,10 @@
 
 ``pdplan deploy PLAN --target local [--devices cpu|cuda:0,1] [--port 8000] [--out DIR] [--dry-run]``
 starts one worker per instance (``python -m pdplan.realrun.worker``; CPU cores or GPUs split between
-them), waits for their ``/health``, starts ``python -m sglang_router.launch_router`` on 127.0.0.1,
-prints the endpoint and stays in the foreground, reporting workers that die. Ctrl-C, SIGTERM, or
+them), waits for their ``/health``, starts ``python -m sglang_router.launch_router`` on an internal
+127.0.0.1 port and the pdplan gateway (``python -m pdplan.realrun.gateway``) on ``--port`` in front of
+it, prints the endpoint and stays in the foreground, restarting workers that die (with backoff).
+``pdplan deploy --status DIR`` prints the state of a deployment (``failed`` once its supervisor is gone). Ctrl-C, SIGTERM, or
 ``pdplan deploy --stop DIR`` from another shell stops every process. ``--dry-run`` prints the
 processes and their command lines and starts nothing.
 
