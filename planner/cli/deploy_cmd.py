@@ -5,7 +5,8 @@ starts one worker per instance (``python -m pdplan.realrun.worker``; CPU cores o
 them), waits for their ``/health``, starts ``python -m sglang_router.launch_router`` on an internal
 127.0.0.1 port and the pdplan gateway (``python -m pdplan.realrun.gateway``) on ``--port`` in front of
 it, prints the endpoint and stays in the foreground, restarting workers that die (with backoff).
-``pdplan deploy --status DIR`` prints the state of a deployment (``failed`` once its supervisor is gone). Ctrl-C, SIGTERM, or
+``pdplan deploy --status DIR`` prints the state of a deployment (``failed`` once its supervisor is
+gone). Ctrl-C, SIGTERM, or
 ``pdplan deploy --stop DIR`` from another shell stops every process. ``--dry-run`` prints the
 processes and their command lines and starts nothing.
 
