@@ -68,10 +68,14 @@ def make_request(rng: random.Random) -> tuple[str, dict[str, Any], bool]:
         return "/generate", body, stream
     if kind.startswith("completions"):
         text = " ".join(str(t) for t in prompt[: len(prompt) // 3])
-        body = {"prompt": text, "max_tokens": new, "temperature": 0, "ignore_eos": True, "stream": stream}
+        body = {
+            "model": "tiny-llama", "prompt": text, "max_tokens": new, "temperature": 0, "ignore_eos": True,
+            "stream": stream,
+        }  # fmt: skip
         return "/v1/completions", body, stream
     text = " ".join(str(t) for t in prompt[: len(prompt) // 3])
     body = {
+        "model": "tiny-llama",
         "messages": [{"role": "user", "content": text}],
         "max_tokens": new,
         "temperature": 0,
