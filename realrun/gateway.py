@@ -89,6 +89,15 @@ def check_body(raw: bytes) -> None:
         ) from None
 
 
+def _is_json_error(body: bytes) -> bool:
+    """Whether an upstream error body is already a JSON object with an ``error`` field."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(parsed, dict) and "error" in parsed
+
+
 class Gateway:
     def __init__(self, args: argparse.Namespace) -> None:
         self.router = args.router.rstrip("/")
@@ -210,7 +219,7 @@ class Gateway:
             if not streamed:
                 body = await upstream.read()
                 self.requests.labels("ok" if upstream.status < 400 else "error").inc()
-                if upstream.status >= 400 and not body.startswith(b"{"):
+                if upstream.status >= 400 and not _is_json_error(body):
                     kind = "overloaded" if upstream.status in (429, 503) else "upstream_error"
                     status = 503 if upstream.status == 429 else upstream.status
                     return _error(body.decode("utf-8", "replace")[:500] or "error", status, kind)
