@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-llama"
 BATCHES = (1, 4, 8)
 PROMPT_TOKENS, NEW_TOKENS = 64, 32  # decode rounds: each request's prompt and output
+BENCH_KEY = os.urandom(32)  # the hand-off secret of the in-process sender and claims
 
 
 def free_port() -> int:
@@ -84,7 +85,7 @@ def _serve_kv(port: int, tokens: int, rooms: int) -> None:
     from pdplan.realrun.metrics import WorkerMetrics
 
     async def serve() -> None:
-        sender = KvSender("127.0.0.1", port, "float32", WorkerMetrics("prefill"), 30.0, 60.0)
+        sender = KvSender("127.0.0.1", port, "float32", WorkerMetrics("prefill"), BENCH_KEY, 30.0, 60.0)
         await sender.start()
         event = PrefilledEvent(7, filled_cache(tokens, seed=0), 0.0, 0.0)
         prompt = tuple(i % 32000 for i in range(tokens))
@@ -108,7 +109,7 @@ async def _claim_when_listening(boot: Any, prompt: tuple[int, ...], transport: s
 
     for _ in range(200):  # the child process may still be starting
         try:
-            return await KvClaim.open(boot, prompt, transport)
+            return await KvClaim.open(boot, prompt, BENCH_KEY, transport)
         except HandoffError:
             await asyncio.sleep(0.1)
     raise RuntimeError("the KV sender never listened")

@@ -9,7 +9,9 @@ ports, and writes the command lines of the workers and of the production ``sglan
   BOOTSTRAP_PORT ... --decode URL ...``;
 - colocated: the router's regular mode, ``--worker-urls URL ...``.
 
-Router flags chosen here, and why: ``--policy round_robin`` (plans assume an even split);
+Router flags chosen here, and why: ``--policy`` is the router policy closest to the plan's (see
+:func:`router_policy`; ``least_loaded`` → ``power_of_two``); ``--max-payload-size`` 16 MiB so huge
+bodies get 413 at the router, before any worker reads them;
 ``--health-check-interval-secs 2 --health-failure-threshold 2`` so a dead worker leaves the rotation
 within about four seconds; ``--disable-circuit-breaker`` because sglang-router 0.3.2 charges a
 decode worker's 503 to its prefill partner too, so a burst of ten overload answers would take the
@@ -40,6 +42,7 @@ class InstanceGroup:
     max_batch_tokens: int = 2048
     max_kv_tokens: int | None = None
     policy: str | None = None
+    chunk_tokens: int | None = None  # prefill slices (chunked prefill); None: whole prompts
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class DeploymentSpec:
     weights: str | None = None
     tokenizer: str = "bytes"
     seed: int = 0
+    router_policy: str = "least_loaded"  # the plan's (simulator's) policy name
 
     def __post_init__(self) -> None:
         roles = [g.role for g in self.groups]
@@ -102,14 +106,21 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class LaunchPlan:
+    """Workers, the router (on an internal port) and the gateway in front of it (the public port)."""
+
     workers: tuple[ProcessSpec, ...]
     router: ProcessSpec
     mode: str
     cpu_note: str
+    gateway: ProcessSpec | None = None
 
     @property
     def endpoint(self) -> str:
-        return self.router.url
+        return (self.gateway or self.router).url
+
+    @property
+    def processes(self) -> tuple[ProcessSpec, ...]:
+        return (*self.workers, self.router, *((self.gateway,) if self.gateway else ()))
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -158,7 +169,7 @@ def _cpu_split(num_workers: int) -> tuple[list[tuple[int, ...]], str]:
 
 
 def _worker_argv(
-    spec: DeploymentSpec, group: InstanceGroup, proc: ProcessSpec, opts: LaunchOptions
+    spec: DeploymentSpec, group: InstanceGroup, proc: ProcessSpec, opts: LaunchOptions, peers: list[str]
 ) -> list[str]:
     argv = [
         opts.python, "-m", "pdplan.realrun.worker",
@@ -171,13 +182,43 @@ def _worker_argv(
         "--max-queue", str(opts.max_queue),
         "--kv-timeout-s", f"{opts.kv_timeout_s:g}", "--bootstrap-timeout-s", f"{opts.bootstrap_timeout_s:g}",
     ]  # fmt: skip
+    if group.chunk_tokens:
+        argv += ["--chunk-tokens", str(group.chunk_tokens)]
+        if group.role == "colocated" and group.policy == "chunked":
+            argv += ["--schedule", "chunked"]
     if proc.cpus:
         argv += ["--cpus", ",".join(str(c) for c in proc.cpus)]
     if proc.bootstrap_port is not None:
         argv += ["--bootstrap-port", str(proc.bootstrap_port)]
     if spec.weights:
         argv += ["--weights", spec.weights]
+    if group.role == "decode":
+        argv += ["--prefill-peers", ",".join(peers)]
     return argv
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """``--devices`` as ``--help`` writes it: ``cpu``, ``cuda`` (GPU 0), ``cuda:0,1`` (GPUs 0 and 1;
+    ``cuda:0,cuda:1`` and ``0,1`` mean the same).
+
+    Raises:
+        DeployError: empty, mixed with cpu, repeated, or not a GPU index.
+    """
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts == ["cpu"]:
+        return ("cpu",)
+    if not parts:
+        raise DeployError("--devices is empty; expected cpu or cuda:0,1,...")
+    devices: list[str] = []
+    for part in parts:
+        index = part.removeprefix("cuda").removeprefix(":") if part.startswith("cuda") else part
+        index = index or "0"
+        if not index.isdigit() or len(index) > 3:
+            raise DeployError(f"--devices {text!r}: {part!r} is not a GPU; expected cpu, or cuda:0,1,...")
+        devices.append(f"cuda:{int(index)}")
+    if len(set(devices)) != len(devices):
+        raise DeployError(f"--devices {text!r}: a GPU is listed twice")
+    return tuple(devices)
 
 
 def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
@@ -189,7 +230,7 @@ def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
     if not opts.devices:
         raise DeployError("--devices is empty; expected cpu or cuda:0,1,...")
     on_cpu = opts.devices == ("cpu",)
-    if not on_cpu and any(not d.startswith("cuda") for d in opts.devices):
+    if not on_cpu and any(not d.startswith("cuda:") or not d[5:].isdigit() for d in opts.devices):
         raise DeployError(f"--devices {','.join(opts.devices)}: expected cpu, or a list of cuda:N")
     order = [g for role in ("prefill", "decode", "colocated") for g in spec.groups if g.role == role]
     total = sum(g.instances for g in order)
@@ -213,15 +254,76 @@ def build_launch(spec: DeploymentSpec, opts: LaunchOptions) -> LaunchPlan:
                 cpus=cpu_sets[n] if on_cpu else (),
                 env={"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"},
             )
-            workers.append(replace(proc, argv=tuple(_worker_argv(spec, group, proc, opts))))
-    router = _router(spec.mode, workers, opts, ports.take())
+            peers = [f"{opts.host}:{w.bootstrap_port}" for w in workers if w.role == "prefill"]
+            workers.append(replace(proc, argv=tuple(_worker_argv(spec, group, proc, opts, peers))))
+    if not _port_free(opts.host, opts.port):
+        raise DeployError(f"--port {opts.port} is already in use on {opts.host}")
+    router = _router(spec.mode, workers, opts, ports.take(), ports.take(), spec.router_policy)
+    gateway = _gateway(spec, workers, router, opts)
     if not on_cpu:
         note = f"{total} workers on {len(opts.devices)} GPU(s) round-robin; " + note
-    return LaunchPlan(tuple(workers), router, spec.mode, note)
+    return LaunchPlan(tuple(workers), router, spec.mode, note, gateway)
 
 
-def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_port: int) -> ProcessSpec:
+def gateway_capacity(spec: DeploymentSpec, max_queue: int) -> int:
+    """Requests the deployment can hold at once: running batches plus waiting queues (the decode or
+    colocated workers'; in PD mode also no more than the prefill queues can hold plus what decodes)."""
+    batch = sum(g.instances * g.max_batch_size for g in spec.groups if g.role in ("decode", "colocated"))
+    hold = batch + sum(g.instances * max_queue for g in spec.groups if g.role in ("decode", "colocated"))
+    prefill = [g for g in spec.groups if g.role == "prefill"]
+    if prefill:
+        hold = min(hold, batch + sum(g.instances * max_queue for g in prefill))
+    return max(1, hold)
+
+
+def _gateway(
+    spec: DeploymentSpec, workers: list[ProcessSpec], router: ProcessSpec, opts: LaunchOptions
+) -> ProcessSpec:
+    name = spec.model
+    if "/" in name or name.endswith(".json"):
+        path = name.rstrip("/")
+        name = path.rsplit("/", 1)[-1].removesuffix(".json")
+        if name == "config":  # a config.json: the directory names the model
+            name = path.rsplit("/", 2)[-2] if path.count("/") >= 1 else name
+    metrics_port = router.argv[router.argv.index("--prometheus-port") + 1]
+    argv = [
+        opts.python, "-m", "pdplan.realrun.gateway", "--host", opts.host, "--port", str(opts.port),
+        "--router", router.url, "--router-metrics", f"http://{opts.host}:{metrics_port}/metrics",
+        "--model-name", name, "--max-inflight", str(gateway_capacity(spec, opts.max_queue)),
+        "--max-body-bytes", str(MAX_PAYLOAD_BYTES), "--worker-urls", *(w.url for w in workers),
+    ]  # fmt: skip
+    return ProcessSpec("gateway", "gateway", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
+
+
+def router_policy(plan_policy: str, instances: int) -> str:
+    """The sglang-router 0.3.2 policy closest to the plan's router policy (the simulator's), for a
+    role with ``instances`` workers.
+
+    The router offers ``random``, ``round_robin``, ``cache_aware``, ``power_of_two`` and ``manual``
+    (``--help``; in PD mode per role with ``--prefill-policy`` / ``--decode-policy``).
+    ``least_loaded`` (the simulator's default: the instance with the least outstanding work) maps to
+    ``power_of_two``: of two workers drawn at random, the one with the lower load (the router's
+    count of requests in flight, refreshed from each worker's ``/get_load``). With two instances it
+    is exactly least-loaded; with more, its well-known approximation. The router refuses
+    ``power_of_two`` for a role with one worker ("requires at least 2 workers"), where every policy
+    is the same, so that role gets ``round_robin``. ``round_robin`` and ``random`` keep their names.
+    """
+    if instances < 2:
+        return "round_robin"
+    return {"least_loaded": "power_of_two", "round_robin": "round_robin", "random": "random"}.get(
+        plan_policy, "power_of_two"
+    )
+
+
+#: Largest request body the router accepts (``--max-payload-size``); larger ones get 413 there.
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+
+
+def _router(
+    mode: str, workers: list[ProcessSpec], opts: LaunchOptions, port: int, metrics_port: int, plan_policy: str
+) -> ProcessSpec:
     argv = [opts.python, "-m", ROUTER_MODULE]
+    count = {role: sum(w.role == role for w in workers) for role in ("prefill", "decode", "colocated")}
     if mode == "disaggregated":
         argv.append("--pd-disaggregation")
         for w in workers:
@@ -230,21 +332,25 @@ def _router(mode: str, workers: list[ProcessSpec], opts: LaunchOptions, metrics_
         for w in workers:
             if w.role == "decode":
                 argv += ["--decode", w.url]
+        argv += [
+            "--prefill-policy", router_policy(plan_policy, count["prefill"]),
+            "--decode-policy", router_policy(plan_policy, count["decode"]),
+        ]  # fmt: skip
     else:
         argv += ["--worker-urls", *(w.url for w in workers)]
+        argv += ["--policy", router_policy(plan_policy, count["colocated"])]
     argv += [
-        "--host", opts.host, "--port", str(opts.port), "--policy", "round_robin",
+        "--host", opts.host, "--port", str(port),
+        "--max-payload-size", str(MAX_PAYLOAD_BYTES),
         "--prometheus-host", opts.host, "--prometheus-port", str(metrics_port),
         "--worker-startup-check-interval", "1",
         "--health-check-interval-secs", "2", "--health-failure-threshold", "2",
         "--disable-circuit-breaker", "--log-level", "warn",
     ]  # fmt: skip
-    if not _port_free(opts.host, opts.port):
-        raise DeployError(f"--port {opts.port} is already in use on {opts.host}")
-    return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
+    return ProcessSpec("router", "router", tuple(argv), f"http://{opts.host}:{port}", port)
 
 
-def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptions) -> str:
+def check_cpu_memory(spec: DeploymentSpec, opts: LaunchOptions) -> str:
     """On CPU, refuse a deployment whose weights alone do not fit the memory available now; return a
     one-line memory summary (weights + the most KV the workers may hold; float32 on CPU).
 
@@ -254,7 +360,8 @@ def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptio
     from pdplan.profiles.model_spec import load_model_spec
 
     model = load_model_spec(spec.model)
-    weights = model.weight_bytes("float32") * len(launch.workers)
+    num_workers = sum(g.instances for g in spec.groups)
+    weights = model.weight_bytes("float32") * num_workers
     kv = sum(
         (g.max_kv_tokens or opts.default_kv_tokens) * g.instances * model.kv_bytes_per_token("float32")
         for g in spec.groups
@@ -266,7 +373,7 @@ def check_cpu_memory(spec: DeploymentSpec, launch: LaunchPlan, opts: LaunchOptio
         return summary
     if weights > available:
         raise DeployError(
-            f"{len(launch.workers)} workers of {model.name} need {weights / gib:.1f} GiB for weights alone "
+            f"{num_workers} workers of {model.name} need {weights / gib:.1f} GiB for weights alone "
             f"(float32 on CPU); {available / gib:.1f} GiB is available"
         )
     return f"{summary} of {available / gib:.1f} GiB available"

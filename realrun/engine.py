@@ -5,8 +5,14 @@
   waits there until the decode side has it); the first token is sampled and the cache handed back.
 - **decode**: requests arrive with their KV and first token; continuous batching admits them FIFO
   while the running batch is below ``max_batch_size`` (their KV tokens were reserved on arrival).
-- **colocated**: prefill-first (vLLM's default policy): a waiting prompt batch runs before the next
-  decode step whenever the running batch has room; then decode steps as above.
+- **colocated**: ``schedule="prefill-first"`` (vLLM's default policy): a waiting prompt batch runs
+  before the next decode step whenever the running batch has room; then decode steps as above.
+  ``schedule="chunked"`` (Sarathi-Serve / SGLang chunked prefill): prompt slices of at most
+  ``chunk_tokens`` and decode steps alternate, so a long prompt never stalls running decodes for
+  more than one slice.
+
+With ``chunk_tokens`` set (prefill and colocated roles), prompts are prefilled in slices of at most
+that many tokens per forward (:mod:`chunked`); a prompt's first token comes after its last slice.
 
 A decode worker passes ``recycle`` so finished caches return to its :class:`KvPool`.
 
@@ -28,6 +34,7 @@ import torch
 
 from pdplan.profiles.executor import Executor
 from pdplan.profiles.kv_cache import KVCache
+from pdplan.realrun.chunked import prefill_chunks
 from pdplan.realrun.kv_budget import KvBudget
 from pdplan.realrun.metrics import WorkerMetrics
 from pdplan.realrun.protocol import SamplingParams
@@ -36,6 +43,7 @@ from pdplan.realrun.sampler import sample
 
 log = logging.getLogger(__name__)
 ROLES = ("prefill", "decode", "colocated")
+SCHEDULES = ("prefill-first", "chunked")
 
 
 @dataclass(frozen=True)
@@ -45,10 +53,14 @@ class EngineConfig:
     max_batch_tokens: int
     eos_token_ids: tuple[int, ...] = ()
     seed: int = 0
+    chunk_tokens: int | None = None
+    schedule: str = "prefill-first"
 
     def __post_init__(self) -> None:
         assert self.role in ROLES, self.role
         assert self.max_batch_size >= 1 and self.max_batch_tokens >= 1, self
+        assert self.chunk_tokens is None or self.chunk_tokens >= 1, self
+        assert self.schedule in SCHEDULES and (self.schedule != "chunked" or self.chunk_tokens), self
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,7 @@ class Job:
     reserved_tokens: int = 0
     cancelled: bool = False
     generator: torch.Generator | None = None
+    prefilled: int = 0  # prompt tokens already in ``cache`` (chunked prefill)
 
 
 class Engine:
@@ -120,6 +133,7 @@ class Engine:
         self._waiting_decode: deque[Job] = deque()
         self._running: list[Job] = []
         self._generator = torch.Generator().manual_seed(config.seed)
+        self._prefilled_last = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{config.role}", daemon=True)
         budget.add_listener(self.wake)
 
@@ -172,10 +186,14 @@ class Engine:
                     arrived, self._inbox = self._inbox, []
                 self._absorb(arrived)
                 self._drop_cancelled()
-                if self._can_prefill():
+                decodes = bool(self._running or self._waiting_decode)
+                alternate = self.config.schedule == "chunked" and self._prefilled_last and decodes
+                if self._can_prefill() and not alternate:
                     self._prefill_step()
-                elif self._running or self._waiting_decode:
+                    self._prefilled_last = True
+                elif decodes:
                     self._decode_step()
+                    self._prefilled_last = False
         except Exception:
             log.exception("engine thread crashed")
         finally:
@@ -197,6 +215,8 @@ class Engine:
         if not self._waiting_prefill:
             return False
         if self.config.role == "prefill":
+            if self._waiting_prefill[0].cache is not None:  # a prompt part-way through its slices
+                return True
             head = len(self._waiting_prefill[0].prompt)
             return self.budget.used_tokens + head <= self.budget.capacity_tokens
         return len(self._running) < self.config.max_batch_size
@@ -250,6 +270,9 @@ class Engine:
         return batch
 
     def _prefill_step(self) -> None:
+        if self.config.chunk_tokens:
+            self._chunked_prefill_step(self.config.chunk_tokens)
+            return
         batch = self._take_prefill_batch()
         if not batch:
             return
@@ -265,12 +288,66 @@ class Engine:
             return
         end = time.time()
         self.metrics.observe("prefill_batch_seconds", end - start)
+        self.metrics.inc("prefill_tokens_total", sum(len(j.prompt) for j in batch))
         for job, cache, token in zip(batch, caches, tokens, strict=True):
             job.timeline.prefill_start, job.timeline.prefill_end = start, end
             if self.config.role == "prefill":
                 job.sink(PrefilledEvent(token, cache, start, end))
                 continue
             job.cache = cache
+            job.timeline.decode_start = end
+            if not self._emit(job, token, end):
+                self._running.append(job)
+
+    def _chunked_prefill_step(self, budget: int) -> None:
+        """One forward over at most ``budget`` prompt tokens, FIFO, the head prompt's slice first."""
+        room = self.config.max_batch_size - (0 if self.config.role == "prefill" else len(self._running))
+        items: list[tuple[Job, tuple[int, ...]]] = []
+        now = time.time()
+        for job in self._waiting_prefill:
+            if budget <= 0 or len(items) >= max(room, 1):
+                break
+            if job.cache is None:  # its first slice: reserve (prefill role) and allocate the cache
+                n = len(job.prompt)
+                if self.config.role == "prefill":
+                    if not self.budget.try_reserve(n):
+                        break
+                    job.reserved_tokens = n
+                reserve = 0 if self.config.role == "prefill" else job.sampling.max_new_tokens
+                job.cache = self.executor.new_cache(n + max(reserve, 1))
+                job.timeline.prefill_start = now
+            take = min(budget, len(job.prompt) - job.prefilled)
+            items.append((job, job.prompt[job.prefilled : job.prefilled + take]))
+            budget -= take
+        if not items:
+            return
+        start = time.time()
+        try:
+            logits = prefill_chunks(self.executor, [(chunk, job.cache) for job, chunk in items])  # type: ignore[misc]
+        except (RuntimeError, ValueError) as err:
+            log.exception("prefill slice of %d prompts failed", len(items))
+            for job, _ in items:
+                self._waiting_prefill.remove(job)
+                job.cache = None
+                job.sink(ErrorEvent(f"prefill failed: {err}", 500))
+            return
+        end = time.time()
+        self.metrics.observe("prefill_batch_seconds", end - start)
+        self.metrics.inc("prefill_tokens_total", sum(len(chunk) for _, chunk in items))
+        for job, chunk in items:
+            job.prefilled += len(chunk)
+        done = [(i, job) for i, (job, _) in enumerate(items) if job.prefilled == len(job.prompt)]
+        if not done:
+            return
+        tokens = self._sample(logits[[i for i, _ in done]], [job for _, job in done])
+        for (_, job), token in zip(done, tokens, strict=True):
+            self._waiting_prefill.remove(job)
+            job.timeline.prefill_end = end
+            if self.config.role == "prefill":
+                cache, job.cache = job.cache, None
+                assert cache is not None
+                job.sink(PrefilledEvent(token, cache, job.timeline.prefill_start or start, end))
+                continue
             job.timeline.decode_start = end
             if not self._emit(job, token, end):
                 self._running.append(job)

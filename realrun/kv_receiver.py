@@ -1,6 +1,7 @@
 """``KvClaim``: the decode side of one room's KV hand-off (protocol in :mod:`kv_sender`).
 
-The decode worker claims the room as soon as the router's request arrives, waits for KV space
+The decode worker claims the room as soon as the router's request arrives, checks the prefill's
+ACCEPT (it proves the deployment's secret, :mod:`kv_auth`), waits for KV space
 (while watching the connection, so a prefill that fails or dies ends the wait at once), sends READY,
 and reads the typed header and then the payload straight into a freshly allocated cache.
 """
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun import kv_wire as wire
+from pdplan.realrun.kv_auth import AuthError, Session, seal_abort
 from pdplan.realrun.kv_sender import HandoffError
 from pdplan.realrun.kv_views import expected_meta, receive_views
 from pdplan.realrun.protocol import Bootstrap
@@ -26,19 +28,28 @@ T = TypeVar("T")
 class KvClaim:
     """An open claim on ``bootstrap.room``; always ``close()`` it (``async with`` does)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, bootstrap: Bootstrap) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, bootstrap: Bootstrap, session: Session
+    ) -> None:
         self._loop = loop
         self._sock = sock
         self.bootstrap = bootstrap
+        self.session = session
 
     @classmethod
     async def open(
-        cls, bootstrap: Bootstrap, prompt: tuple[int, ...], transport: str = "auto", timeout_s: float = 5.0
+        cls,
+        bootstrap: Bootstrap,
+        prompt: tuple[int, ...],
+        key: bytes,
+        transport: str = "auto",
+        timeout_s: float = 5.0,
     ) -> KvClaim:
-        """Connect to the prefill's bootstrap port and claim the room.
+        """Connect to the prefill's bootstrap port, claim the room and check the prefill's ACCEPT.
 
         Raises:
-            HandoffError: the prefill's bootstrap port cannot be reached (502).
+            HandoffError: the prefill's bootstrap port cannot be reached (502), refuses the room
+                (its status), or fails authentication (502).
         """
         loop = asyncio.get_running_loop()
         where = f"{bootstrap.host}:{bootstrap.port}"
@@ -46,15 +57,31 @@ class KvClaim:
             sock = await asyncio.wait_for(
                 wire.connect(loop, bootstrap.host, bootstrap.port, transport), timeout_s
             )
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, wire.WireError) as err:
             raise HandoffError(f"cannot reach the prefill bootstrap port {where}: {err}", 502) from None
-        claim = cls(loop, sock, bootstrap)
-        body = wire.pack_claim(len(prompt), wire.prompt_digest(prompt))
+        session = Session(key)
+        claim = cls(loop, sock, bootstrap, session)
+        body = session.seal_claim(
+            wire.CLAIM, bootstrap.room, wire.pack_claim(len(prompt), wire.prompt_digest(prompt))
+        )
         try:
             await wire.send_frame(loop, sock, wire.CLAIM, bootstrap.room, body)
-        except OSError as err:
+            frame = await asyncio.wait_for(wire.read_frame(loop, sock), timeout_s)
+            if frame.kind == wire.ERROR:
+                status, message = wire.unpack_error(frame.body)
+                raise HandoffError(f"prefill worker: {message}", status)
+            if frame.kind != wire.ACCEPT or frame.room != bootstrap.room:
+                raise wire.WireError(f"expected ACCEPT for room {bootstrap.room}, got {frame.name}")
+            session.check_accept(frame.kind, bootstrap.room, frame.body)
+        except HandoffError:
             claim.close()
-            raise HandoffError(f"prefill bootstrap {where} dropped the claim: {err}", 502) from None
+            raise
+        except AuthError as err:
+            claim.close()
+            raise HandoffError(f"prefill bootstrap {where}: {err}", 502) from None
+        except (OSError, TimeoutError, wire.WireError) as err:
+            claim.close()
+            raise HandoffError(f"prefill bootstrap {where} dropped the claim: {err!r}", 502) from None
         return claim
 
     async def __aenter__(self) -> KvClaim:
@@ -104,7 +131,9 @@ class KvClaim:
             shared_fd = None
         try:
             flags = wire.READY_SHARED_FD if shared_fd is not None else 0
-            body = wire.READY_BODY.pack(max_payload_bytes, cache.capacity, flags)
+            body = self.session.seal(
+                wire.READY, room, wire.READY_BODY.pack(max_payload_bytes, cache.capacity, flags)
+            )
             start = time.perf_counter()
             if shared_fd is not None:
                 await wire.send_frame_fds(loop, self._sock, wire.READY, room, body, [shared_fd])
@@ -116,7 +145,7 @@ class KvClaim:
                 raise HandoffError(f"prefill worker: {message}", status)
             if frame.kind != wire.KV or frame.room != room:
                 raise wire.WireError(f"expected KV for room {room}, got {frame.name}")
-            meta = wire.unpack_kv_meta(frame.body, max_payload_bytes)
+            meta = wire.unpack_kv_meta(self.session.open(frame.kind, room, frame.body), max_payload_bytes)
             expected_meta(expect[0], expect[1], expect[2], meta)
             if meta.in_place:
                 if shared_fd is None:
@@ -131,14 +160,32 @@ class KvClaim:
                     self._sock.setblocking(False)
                 finish()
             elapsed = time.perf_counter() - start
-            await wire.send_frame(loop, self._sock, wire.ACK, room)
+            await wire.send_frame(loop, self._sock, wire.ACK, room, self.session.seal(wire.ACK, room))
+        except AuthError as err:
+            raise HandoffError(f"KV hand-off failed authentication: {err}", 502) from None
         except TimeoutError:
             raise HandoffError(f"no KV from the prefill worker within {timeout_s:g} s", 504) from None
         except wire.WireError as err:
             raise HandoffError(f"KV hand-off broke the protocol: {err}", 502) from None
         except OSError as err:
-            raise HandoffError(f"KV hand-off connection failed: {err}", 502) from None
+            raise self._closed_failure(err) from None
         return meta, elapsed
+
+    def _closed_failure(self, err: OSError) -> HandoffError:
+        """The connection broke (e.g. Broken pipe on READY): the prefill usually said why in an
+        ERROR frame just before closing; report that status (a 503 stays a 503), else 502."""
+        try:
+            head = self._sock.recv(
+                wire.FRAME.size + wire.MAX_BODY_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT
+            )
+            if len(head) >= wire.FRAME.size:
+                kind, _room, size = wire.unpack_header(head[: wire.FRAME.size])
+                if kind == wire.ERROR and len(head) >= wire.FRAME.size + size:
+                    status, message = wire.unpack_error(head[wire.FRAME.size : wire.FRAME.size + size])
+                    return HandoffError(f"prefill worker: {message}", status)
+        except (OSError, wire.WireError):
+            pass
+        return HandoffError(f"KV hand-off connection failed: {err}", 502)
 
     def _peer_failure(self, peer: asyncio.Future[Any]) -> HandoffError:
         exc = peer.exception()
@@ -151,15 +198,15 @@ class KvClaim:
         return HandoffError(f"prefill worker sent {frame.name} before READY", 502)
 
 
-async def send_abort(bootstrap: Bootstrap, reason: str, transport: str = "auto") -> None:
+async def send_abort(bootstrap: Bootstrap, reason: str, key: bytes, transport: str = "auto") -> None:
     """Tell a prefill worker to drop a room this decode worker refused (best effort, ≤ 1 s)."""
     loop = asyncio.get_running_loop()
     try:
         sock = await asyncio.wait_for(wire.connect(loop, bootstrap.host, bootstrap.port, transport), 1.0)
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, wire.WireError):
         return
     try:
-        body = reason.encode("utf-8")[: wire.MAX_BODY_BYTES]
+        body = seal_abort(key, wire.ABORT, bootstrap.room, reason.encode("utf-8")[:1024])
         await asyncio.wait_for(wire.send_frame(loop, sock, wire.ABORT, bootstrap.room, body), 1.0)
     except (OSError, TimeoutError):
         pass

@@ -7,9 +7,16 @@ hand-off (frames in :mod:`pdplan.realrun.kv_wire`)::
 
     decode                          prefill
       CLAIM(room, prompt digest) ─►   (pairs the claim with the HTTP request of that room)
-      READY(max bytes)           ─►   (sent once the decode side reserved KV space)
+                                 ◄─   ACCEPT (proves the prefill holds the deployment's secret)
+      READY(max bytes)           ─►   (sent once the decode side reserved KV space; only now
+                                       does the prefill queue the prompt for computation)
                                  ◄─   KV header + raw payload (as soon as the prefill computed it)
       ACK                        ─►   (the prefill's HTTP request now ends ok; its KV is freed)
+
+Every frame but ERROR is authenticated with the deployment's secret (:mod:`kv_auth`); Unix-socket
+peers must run as this user. The prefill computes a prompt only after its decode side reserved KV
+space (READY), like SGLang's bootstrap and pre-allocation queues: a decode worker that is full, slow
+or hostile holds no prefill compute and no prefill KV, it only keeps a room open until its timeout.
 
 Either side ends a room early with ERROR (or ABORT from the decode side, e.g. when it refused the
 request as overloaded). Every wait is bounded: a room nobody claims within ``bootstrap_timeout_s``,
@@ -34,6 +41,7 @@ from typing import Any
 
 from pdplan.realrun import kv_wire as wire
 from pdplan.realrun.engine import PrefilledEvent
+from pdplan.realrun.kv_auth import AuthError, Session, open_abort
 from pdplan.realrun.kv_shm import SharedWriter
 from pdplan.realrun.kv_views import kv_meta, send_views
 from pdplan.realrun.metrics import WorkerMetrics
@@ -57,6 +65,7 @@ class Room:
     result: asyncio.Future[None]
     registered: asyncio.Event = field(default_factory=asyncio.Event)
     kv_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # the decode side sent READY
     prompt: tuple[int, ...] | None = None
     claimed: bool = False
     prefilled: PrefilledEvent | None = None
@@ -72,10 +81,12 @@ class KvSender:
         port: int,
         dtype: str,
         metrics: WorkerMetrics,
+        key: bytes,
         bootstrap_timeout_s: float = 3.0,
         kv_timeout_s: float = 60.0,
     ) -> None:
         self.host, self.port, self.dtype, self.metrics = host, port, dtype, metrics
+        self.key = key
         self.bootstrap_timeout_s = bootstrap_timeout_s
         self.kv_timeout_s = kv_timeout_s
         self._rooms: dict[int, Room] = {}
@@ -183,6 +194,12 @@ class KvSender:
         while True:
             conn, _ = await self._loop.sock_accept(lsock)
             conn.setblocking(False)
+            try:
+                wire.check_peer_user(conn)
+            except wire.WireError as err:
+                log.warning("refused a KV hand-off connection: %s", err)
+                conn.close()
+                continue
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._serve(conn))
@@ -196,12 +213,16 @@ class KvSender:
             frame = await asyncio.wait_for(wire.read_frame(loop, conn), self.bootstrap_timeout_s)
             room_id = frame.room
             if frame.kind == wire.ABORT:
-                reason = frame.body.decode("utf-8", errors="replace")[:200]
-                self.fail(frame.room, f"decode worker aborted the room: {reason}", 409)
+                reason = open_abort(self.key, frame.kind, frame.room, frame.body)
+                text = reason.decode("utf-8", errors="replace")[:200]
+                self.fail(frame.room, f"decode worker aborted the room: {text}", 409)
                 return
             if frame.kind != wire.CLAIM:
                 raise wire.WireError(f"expected CLAIM or ABORT, got {frame.name}")
-            prompt_tokens, digest = wire.unpack_claim(frame.body)
+            session, body = Session.open_claim(self.key, frame.kind, frame.room, frame.body)
+            prompt_tokens, digest = wire.unpack_claim(body)
+            accept = session.accept_body(wire.ACCEPT, frame.room)
+            await wire.send_frame(loop, conn, wire.ACCEPT, frame.room, accept)
             if frame.room in self._tombstones:
                 raise HandoffError(self._tombstones[frame.room][0], self._tombstones[frame.room][1])
             room = self._rooms.get(frame.room)
@@ -213,7 +234,12 @@ class KvSender:
             room.claimed = True
             if room.deadline is not None:
                 room.deadline.cancel()
-            await self._handoff(loop, conn, room, prompt_tokens, digest)
+            await self._handoff(loop, conn, room, session, prompt_tokens, digest)
+        except AuthError as err:
+            self.metrics.inc("kv_auth_failures_total")
+            log.warning("KV hand-off refused: %s", err)  # a stranger: no room is touched, no answer
+            if room is not None:
+                self._fail(room, f"KV hand-off failed authentication: {err}", 502)
         except (wire.WireError, HandoffError, OSError, TimeoutError) as err:
             message = err.message if isinstance(err, HandoffError) else f"KV hand-off failed: {err}"
             status = err.status if isinstance(err, HandoffError) else 502
@@ -230,6 +256,7 @@ class KvSender:
         loop: asyncio.AbstractEventLoop,
         conn: socket.socket,
         room: Room,
+        session: Session,
         prompt_tokens: int,
         digest: int,
     ) -> None:
@@ -240,13 +267,17 @@ class KvSender:
         read = wire.read_frame_fds(loop, conn) if conn.family == socket.AF_UNIX else _no_fds(loop, conn)
         ready, fds = await self._guard(room, conn, read, self.kv_timeout_s, "no READY")
         try:
-            await self._send(loop, conn, room, ready, fds)
+            if ready.kind == wire.READY:
+                ready = wire.Frame(ready.kind, ready.room, session.open(ready.kind, room.room, ready.body))
+                room.ready.set()  # the prompt may now be computed
+            await self._send(loop, conn, room, session, ready, fds)
         finally:
             for fd in fds:
                 os.close(fd)
         ack = await self._guard(room, conn, wire.read_frame(loop, conn), self.kv_timeout_s, "no ACK")
         if ack.kind != wire.ACK:
             raise wire.WireError(f"expected ACK, got {ack.name}")
+        session.open(ack.kind, room.room, ack.body)
         if not room.result.done():
             room.result.set_result(None)
 
@@ -255,6 +286,7 @@ class KvSender:
         loop: asyncio.AbstractEventLoop,
         conn: socket.socket,
         room: Room,
+        session: Session,
         ready: wire.Frame,
         fds: list[int],
     ) -> None:
@@ -278,13 +310,14 @@ class KvSender:
             raise HandoffError(f"KV of {meta.payload_bytes} bytes exceeds the decode's {max_payload}", 507)
         start = time.perf_counter()
         if fds:
-            await loop.run_in_executor(self._pool, self._writer.write, fds[0], capacity, event.cache)
-            await wire.send_frame(
-                loop, conn, wire.KV, room.room, wire.pack_kv_meta(replace(meta, in_place=True))
-            )
+            owner = wire.peer_process(conn)
+            await loop.run_in_executor(self._pool, self._writer.write, fds[0], capacity, event.cache, owner)
+            body = session.seal(wire.KV, room.room, wire.pack_kv_meta(replace(meta, in_place=True)))
+            await wire.send_frame(loop, conn, wire.KV, room.room, body)
         else:
             views = send_views(event.cache)
-            await wire.send_frame(loop, conn, wire.KV, room.room, wire.pack_kv_meta(meta))
+            body = session.seal(wire.KV, room.room, wire.pack_kv_meta(meta))
+            await wire.send_frame(loop, conn, wire.KV, room.room, body)
             conn.settimeout(self.kv_timeout_s)  # blocking with a deadline, for the sending thread
             try:
                 await loop.run_in_executor(self._pool, wire.send_views, conn, views)

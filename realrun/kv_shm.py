@@ -92,16 +92,22 @@ class SharedWriter:
     afresh costs a page-table entry per 4 KiB page (more than the copy on a VM), so mappings are kept,
     keyed by the buffer's identity (device, inode), least recently used first out once they exceed
     ``max_mapped_bytes``. A kept mapping also keeps a buffer the decode side has dropped alive until
-    it is evicted: that is the memory cost, bounded by ``max_mapped_bytes``. Thread-safe.
+    it is evicted: that is the memory cost, bounded by ``max_mapped_bytes``. So that a decode worker
+    that died (and was restarted) does not leave its whole pool pinned in the prefill, each mapping
+    remembers its owner (the decode process, from ``SO_PEERCRED``); mappings of owners that no
+    longer run are dropped at the next write. Thread-safe.
     """
 
     def __init__(self, max_mapped_bytes: int = MAX_MAPPED_BYTES) -> None:
         self.max_mapped_bytes = max_mapped_bytes
         self._maps: OrderedDict[tuple[int, int], tuple[mmap.mmap, torch.Tensor]] = OrderedDict()
+        self._owners: dict[tuple[int, int], tuple[int, int | None]] = {}  # key -> (pid, start ticks)
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def write(self, fd: int, capacity_tokens: int, cache: KVCache) -> int:
+    def write(
+        self, fd: int, capacity_tokens: int, cache: KVCache, owner: tuple[int, int | None] | None = None
+    ) -> int:
         """Copy ``cache``'s valid positions into the decode buffer behind ``fd``; returns the KV bytes.
 
         Raises:
@@ -119,13 +125,16 @@ class SharedWriter:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size != size:
             raise WireError(f"shared KV buffer of {info.st_size} bytes; its capacity implies {size}")
-        k, v = _views(self._mapped(fd, (info.st_dev, info.st_ino), size), shape, cache.dtype)
+        k, v = _views(self._mapped(fd, (info.st_dev, info.st_ino), size, owner), shape, cache.dtype)
         k[:, :, :n].copy_(cache.k[:, :, :n])
         v[:, :, :n].copy_(cache.v[:, :, :n])
         return buffer_bytes((layers, heads, n, head_dim), cache.dtype)
 
-    def _mapped(self, fd: int, key: tuple[int, int], size: int) -> torch.Tensor:
+    def _mapped(
+        self, fd: int, key: tuple[int, int], size: int, owner: tuple[int, int | None] | None
+    ) -> torch.Tensor:
         with self._lock:
+            self._drop_orphans()
             entry = self._maps.get(key)
             if entry is not None and len(entry[0]) == size:
                 self._maps.move_to_end(key)
@@ -136,12 +145,28 @@ class SharedWriter:
             mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
             buf = torch.frombuffer(mapping, dtype=torch.uint8)
             self._maps[key] = (mapping, buf)
+            if owner is not None:
+                self._owners[key] = owner
             self._bytes += size
             while self._bytes > self.max_mapped_bytes and len(self._maps) > 1:
                 self._drop(next(iter(self._maps)))
             return buf
 
+    @property
+    def mapped_bytes(self) -> int:
+        return self._bytes
+
+    def _drop_orphans(self) -> None:
+        """Drop the mappings of decode processes that no longer run (lock held)."""
+        from pdplan.realrun.procfs import is_alive
+
+        gone = {o for o in set(self._owners.values()) if not is_alive(o[0], o[1])}
+        for key in [k for k, o in self._owners.items() if o in gone]:
+            if key in self._maps:
+                self._drop(key)
+
     def _drop(self, key: tuple[int, int]) -> None:
+        self._owners.pop(key, None)
         mapping, buf = self._maps.pop(key)
         self._bytes -= len(mapping)
         del buf

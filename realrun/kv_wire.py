@@ -18,6 +18,12 @@ followed by ``body_bytes`` (at most :data:`MAX_BODY_BYTES`) of a kind-specific b
                               prefill already wrote them into the decode's shared buffer
     ERROR  either way         status u16 (the HTTP status to report) | UTF-8 message
     ACK    decode → prefill   (empty)                               ("all bytes received")
+    ACCEPT prefill → decode   (empty)                               ("I am this deployment's prefill")
+
+Every body except ERROR's also carries the authentication of :mod:`kv_auth` (nonces and an
+HMAC-SHA256 with the deployment's secret); a frame that fails it ends the hand-off. Over the local
+Unix socket both sides also check the peer's user id (``SO_PEERCRED``): abstract Unix sockets have no
+file permissions, so this is what keeps other users out.
 
 The receiver checks magic, version, kind, room, body size, dtype, rank, tensor count and that
 ``payload_bytes`` equals the bytes the shapes imply and stays within its reservation, *before*
@@ -42,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"PDKV"
-VERSION = 1
+VERSION = 2
 FRAME = struct.Struct("<4sHHQI")
 CLAIM_BODY = struct.Struct("<IQ")
 READY_BODY = struct.Struct("<QII")
@@ -53,10 +59,12 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_TENSORS = 16
 MAX_NDIM = 8
 
-CLAIM, READY, ABORT, KV, ERROR, ACK = 1, 2, 3, 4, 5, 6
+CLAIM, READY, ABORT, KV, ERROR, ACK, ACCEPT = 1, 2, 3, 4, 5, 6, 7
 READY_SHARED_FD = 1  # READY flag: one descriptor (the decode cache's shared memory) accompanies it
 KV_IN_PLACE = 1  # KV flag: the payload was written into that shared memory, none follows
-KIND_NAMES = {CLAIM: "CLAIM", READY: "READY", ABORT: "ABORT", KV: "KV", ERROR: "ERROR", ACK: "ACK"}
+KIND_NAMES = {
+    CLAIM: "CLAIM", READY: "READY", ABORT: "ABORT", KV: "KV", ERROR: "ERROR", ACK: "ACK", ACCEPT: "ACCEPT"
+}  # fmt: skip
 
 #: dtype name → (wire code, bytes per element)
 DTYPES = {"float32": (1, 4), "float16": (2, 2), "bfloat16": (3, 2)}
@@ -286,6 +294,32 @@ async def read_frame_fds(loop: asyncio.AbstractEventLoop, sock: socket.socket) -
 
 
 # --- addresses -------------------------------------------------------------------------------------
+def peer_process(sock: socket.socket) -> tuple[int, int | None] | None:
+    """``(pid, start ticks)`` of a Unix socket's peer (``None`` elsewhere)."""
+    if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    from pdplan.realrun.procfs import start_ticks
+
+    pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[
+        0
+    ]
+    return pid, start_ticks(pid)
+
+
+def check_peer_user(sock: socket.socket) -> None:
+    """On a Unix socket, the peer must run as this process's user (``SO_PEERCRED``).
+
+    Raises:
+        WireError: another user's process.
+    """
+    if sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    if uid != os.getuid():
+        raise WireError(f"peer process {pid} runs as uid {uid}, not this deployment's uid {os.getuid()}")
+
+
 def unix_name(port: int) -> str:
     """The abstract Unix socket a prefill worker also listens on (Linux only)."""
     return f"\0pdplan-kv-{port}"
@@ -335,9 +369,15 @@ async def connect(
         unix.setblocking(False)
         try:
             await loop.sock_connect(unix, unix_name(port))
-            return unix
         except OSError:
             unix.close()
+        else:
+            try:
+                check_peer_user(unix)
+            except WireError:
+                unix.close()
+                raise
+            return unix
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family, _, proto, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM, proto)

@@ -1,47 +1,35 @@
-"""A worker's Prometheus metrics, rendered by hand in the text exposition format (version 0.0.4).
+"""A worker's Prometheus metrics, kept and rendered by ``prometheus_client`` (text format 0.0.4).
 
-Counters and histograms are updated from the event loop and the engine thread (each under a lock);
-gauges are read at scrape time from callables, so they are never stale. Metric names start with
-``pdplan_worker_`` and carry the worker's ``role`` as a label. The last :data:`STEP_LOG_SIZE` decode
+Counters and histograms are updated from the event loop and the engine thread (prometheus_client
+is thread-safe); gauges are read at scrape time from callables, so they are never stale. Names start
+with ``pdplan_worker_`` and carry the worker's ``role`` as a label; the ones SGLang also exports are
+kept beside them under SGLang's names (``sglang:time_to_first_token_seconds``,
+``sglang:num_running_reqs`` … with a ``model_name`` label, :data:`SGLANG_NAMES`), so dashboards
+built for SGLang servers read a pdplan deployment unchanged. The last :data:`STEP_LOG_SIZE` decode
 steps are also kept as ``(batch_size, context_tokens, step_ms)`` for ``/server_info`` (the runtime
 benchmark compares them with the profiled step time).
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # no *_created series: they double the output and nobody reads them
 
 STEP_LOG_SIZE = 4096
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class Histogram:
-    """Cumulative-bucket histogram (Prometheus semantics: ``le`` buckets, ``_sum``, ``_count``)."""
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
-        assert list(buckets) == sorted(buckets), "buckets must be increasing"
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str) -> list[str]:
-        out, running = [], 0
-        for bound, n in zip(self.buckets, self.counts, strict=False):
-            running += n
-            out.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
-        out.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum{{{labels}}} {self.sum:.6f}")
-        out.append(f"{name}_count{{{labels}}} {self.count}")
-        return out
 
 
 #: counter → (help, the name of its one label)
@@ -52,6 +40,8 @@ _COUNTERS = {
         "KV payload bytes sent (prefill) or received (decode), by path (shared_memory, socket).",
         "path",
     ),
+    "kv_auth_failures_total": ("KV hand-off connections refused for failing authentication.", ""),
+    "prefill_tokens_total": ("Prompt tokens this worker computed (prefill forwards).", ""),
 }
 _HISTOGRAMS = {
     "ttft_seconds": "Arrival at this worker to its first output token.",
@@ -62,35 +52,89 @@ _HISTOGRAMS = {
 }
 
 
-class WorkerMetrics:
-    """Every metric of one worker. ``gauges`` maps a gauge name to (help, read callable)."""
+#: pdplan name → the name SGLang's own servers export (dashboards built for SGLang read these).
+SGLANG_NAMES = {
+    "ttft_seconds": "sglang:time_to_first_token_seconds",
+    "itl_seconds": "sglang:inter_token_latency_seconds",
+    "generated_tokens_total": "sglang:generation_tokens",
+    "prefill_tokens_total": "sglang:prompt_tokens",
+    "queue_length": "sglang:num_queue_reqs",
+    "running_batch": "sglang:num_running_reqs",
+    "kv_used_tokens": "sglang:num_used_tokens",
+}
 
-    def __init__(self, role: str) -> None:
+
+class WorkerMetrics:
+    """Every metric of one worker, in its own prometheus_client registry (see the module docstring)."""
+
+    def __init__(self, role: str, model_name: str = "model") -> None:
         self.role = role
+        self.model_name = model_name
+        self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
-        self._counters: dict[tuple[str, str], float] = {}
-        self._histograms = {name: Histogram() for name in _HISTOGRAMS}
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self._counts: dict[tuple[str, str], float] = {}
+        self._counters: dict[str, Counter] = {}
+        self._sglang: dict[str, Any] = {}
+        for name, (help_text, key) in _COUNTERS.items():
+            base = name.removesuffix("_total")
+            self._counters[name] = Counter(
+                f"pdplan_worker_{base}", help_text, ["role", *([key] if key else [])], registry=self.registry
+            )
+            if not key:
+                self._counters[name].labels(role)  # exported as 0 before the first event
+            if name in SGLANG_NAMES:
+                self._sglang[name] = Counter(
+                    SGLANG_NAMES[name], help_text, ["model_name"], registry=self.registry
+                ).labels(model_name)
+        self._histograms: dict[str, Histogram] = {}
+        for name, help_text in _HISTOGRAMS.items():
+            self._histograms[name] = Histogram(
+                f"pdplan_worker_{name}",
+                help_text,
+                ["role"],
+                buckets=LATENCY_BUCKETS_S,
+                registry=self.registry,
+            )
+            self._histograms[name].labels(role)
+            if name in SGLANG_NAMES:
+                self._sglang[name] = Histogram(
+                    SGLANG_NAMES[name],
+                    help_text,
+                    ["model_name"],
+                    buckets=LATENCY_BUCKETS_S,
+                    registry=self.registry,
+                ).labels(model_name)
         self.steps: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_SIZE)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self._gauges[name] = (help_text, read)
+        """A gauge read at scrape time (under its SGLang name too, where SGLang has one)."""
+        Gauge(f"pdplan_worker_{name}", help_text, ["role"], registry=self.registry).labels(
+            self.role
+        ).set_function(read)
+        if name in SGLANG_NAMES:
+            Gauge(SGLANG_NAMES[name], help_text, ["model_name"], registry=self.registry).labels(
+                self.model_name
+            ).set_function(read)
 
     def inc(self, name: str, value: float = 1.0, label: str = "") -> None:
         """Add ``value`` to counter ``name`` (``label``: the value of its label, if it has one)."""
         assert name in _COUNTERS and bool(label) == bool(_COUNTERS[name][1]), (name, label)
+        labels = (self.role, label) if label else (self.role,)
+        self._counters[name].labels(*labels).inc(value)
+        if name in self._sglang:
+            self._sglang[name].inc(value)
         with self._lock:
-            key = (name, label)
-            self._counters[key] = self._counters.get(key, 0.0) + value
+            self._counts[(name, label)] = self._counts.get((name, label), 0.0) + value
 
     def observe(self, name: str, value_s: float) -> None:
-        with self._lock:
-            self._histograms[name].observe(value_s)
+        self._histograms[name].labels(self.role).observe(value_s)
+        if name in self._sglang:
+            self._sglang[name].observe(value_s)
 
     def decode_step(self, batch_size: int, context_tokens: int, step_s: float) -> None:
         """Record one decode step (context = KV tokens held before the step, summed over the batch)."""
+        self._histograms["decode_step_seconds"].labels(self.role).observe(step_s)
         with self._lock:
-            self._histograms["decode_step_seconds"].observe(step_s)
             self.steps.append((batch_size, context_tokens, step_s * 1000.0))
 
     def recent_steps(self) -> list[tuple[int, int, float]]:
@@ -99,24 +143,8 @@ class WorkerMetrics:
 
     def counter(self, name: str, label: str = "") -> float:
         with self._lock:
-            return self._counters.get((name, label), 0.0)
+            return self._counts.get((name, label), 0.0)
 
     def render(self) -> str:
-        role = f'role="{self.role}"'
-        lines: list[str] = []
-        for name, (help_text, read) in self._gauges.items():
-            full = f"pdplan_worker_{name}"
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge", f"{full}{{{role}}} {read()}"]
-        with self._lock:
-            for name, (help_text, key) in _COUNTERS.items():
-                full = f"pdplan_worker_{name}"
-                lines += [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
-                entries = sorted((lab, v) for (n, lab), v in self._counters.items() if n == name)
-                for label, value in entries or [("", 0.0)]:
-                    labels = f'{role},{key}="{label}"' if label else role
-                    lines.append(f"{full}{{{labels}}} {value:g}")
-            for name, help_text in _HISTOGRAMS.items():
-                full = f"pdplan_worker_{name}"
-                lines += [f"# HELP {full} {help_text}", f"# TYPE {full} histogram"]
-                lines += self._histograms[name].lines(full, role)
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition (0.0.4) of every metric."""
+        return generate_latest(self.registry).decode("utf-8")

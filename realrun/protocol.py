@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 U64_MAX = 2**64 - 1
@@ -317,3 +317,63 @@ def parse_completion(body: Any, limits: Limits, encode: Encode | None) -> Genera
         model=model if isinstance(model, str) else None,
         include_usage=_bool(options.get("include_usage", False), "stream_options.include_usage"),
     )
+
+
+CHAT_ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+def chat_messages(body: Any) -> list[dict[str, str]]:
+    """OpenAI chat ``messages`` as ``[{"role", "content"}]`` with text content (a string, or a list of
+    ``{"type": "text", "text": ...}`` parts, joined).
+
+    Raises:
+        RequestError: missing, empty, or with a role or content it cannot take.
+    """
+    if not isinstance(body, dict):
+        raise RequestError("request body: expected a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages: expected a non-empty list of {role, content} objects")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(f"messages[{i}]: expected an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise RequestError(f"messages[{i}].role={role!r}; expected one of {list(CHAT_ROLES)}")
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if not (
+                    isinstance(part, dict)
+                    and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)
+                ):
+                    raise RequestError(f"messages[{i}].content[{j}]: only text parts are supported")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise RequestError(f"messages[{i}].content: expected a string or a list of text parts")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def parse_chat(body: Any, prompt: str, limits: Limits, encode: Encode | None) -> GenerateRequest:
+    """``POST /v1/chat/completions`` once its messages became ``prompt`` (the chat template's text):
+    the same sampling fields as completions, ``max_completion_tokens`` as an alias of ``max_tokens``.
+
+    Raises:
+        RequestError: anything malformed or unsupported.
+    """
+    assert isinstance(body, dict)
+    for key in ("tools", "functions", "response_format"):
+        if body.get(key):
+            raise RequestError(f"{key} is not supported by pdplan workers")
+    if body.get("logprobs"):
+        raise RequestError("logprobs=true is not supported by pdplan workers")
+    fields = {k: v for k, v in body.items() if k not in ("messages", "logprobs", "top_logprobs")}
+    if "max_completion_tokens" in fields and "max_tokens" not in fields:
+        fields["max_tokens"] = fields.pop("max_completion_tokens")
+    fields.pop("max_completion_tokens", None)
+    fields["prompt"] = prompt
+    return replace(parse_completion(fields, limits, encode), api="chat")

@@ -136,3 +136,58 @@ def completion_chunk(
     if usage is not None:
         chunk["usage"] = usage
     return chunk
+
+
+def chat_body(
+    rid: str, model: str, prompt_tokens: int, completion_tokens: int, text: str, finish: Finish | None
+) -> dict[str, Any]:
+    """OpenAI's ``chat.completion`` object (non-streamed) with usage."""
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": None if finish is None else finish.openai(),
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def chat_chunk(
+    rid: str,
+    model: str,
+    delta: str,
+    finish: Finish | None,
+    first: bool = False,
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """One streamed ``chat.completion.chunk`` (the first one also carries the assistant role)."""
+    part: dict[str, Any] = {"role": "assistant", "content": delta} if first else {"content": delta}
+    chunk: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "delta": part,
+                "logprobs": None,
+                "finish_reason": None if finish is None else finish.openai(),
+            }
+        ],
+    }
+    if usage is not None:
+        chunk["usage"] = usage
+        chunk["choices"] = []
+    return chunk

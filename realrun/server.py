@@ -17,15 +17,26 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from pdplan.profiles.model_spec import ModelSpec
 from pdplan.realrun.metrics import WorkerMetrics
-from pdplan.realrun.protocol import GenerateRequest, Limits, RequestError, parse_completion, parse_generate
+from pdplan.realrun.protocol import (
+    GenerateRequest,
+    Limits,
+    RequestError,
+    chat_messages,
+    parse_chat,
+    parse_completion,
+    parse_generate,
+)
 from pdplan.realrun.responses import (
     SSE_DONE,
+    chat_body,
+    chat_chunk,
     completion_body,
     completion_chunk,
     error_body,
@@ -33,27 +44,37 @@ from pdplan.realrun.responses import (
     sse,
 )
 from pdplan.realrun.service import Output, ServiceError, WorkerService
-from pdplan.realrun.tokenizer import Tokenizer
+from pdplan.realrun.tokenizer import Tokenizer, plain_chat_prompt
 from pdplan.realrun.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Longest a client may take to send a request body (slow clients must not hold a worker).
+BODY_TIMEOUT_S = 10.0
+#: What a 503 tells the client to wait before retrying.
+RETRY_AFTER_S = 1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(message: str, status: int, kind: str) -> web.Response:
-    return web.json_response(error_body(message, status, kind), status=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return web.json_response(error_body(message, status, kind), status=status, headers=headers)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 answers as JSON errors too."""
+    """aiohttp's own 404/405/413 answers, and any unexpected failure, as JSON errors too."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _error(exc.reason or "error", exc.status, "http_error")
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # a bug must still answer JSON, and say so in the log
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _error(f"internal error: {type(exc).__name__}", 500, "internal_error")
 
 
 class _StreamText:
@@ -88,13 +109,16 @@ class WorkerServer:
         self.config, self.spec, self.service = config, spec, service
         self.tokenizer, self.limits, self.metrics = tokenizer, limits, metrics
         self.model_path = model_path
+        self.model_name = spec.name or Path(model_path).stem
         self.started_at = time.time()
+        self.body_timeout_s = BODY_TIMEOUT_S
         self.shutting_down = False
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
         app.router.add_post("/generate", self.generate)
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/health", self.health)
         app.router.add_get("/health_generate", self.health)
         for path in ("/server_info", "/get_server_info"):
@@ -102,6 +126,7 @@ class WorkerServer:
         for path in ("/model_info", "/get_model_info"):
             app.router.add_get(path, self.model_info)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/get_load", self.load)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_post("/flush_cache", self.flush_cache)
         return app
@@ -155,9 +180,25 @@ class WorkerServer:
         )
 
     async def models(self, _request: web.Request) -> web.Response:
-        card = {"id": self.model_path, "object": "model", "owned_by": "pdplan", "root": self.model_path}
+        card = {"id": self.model_name, "object": "model", "owned_by": "pdplan", "root": self.model_path}
         return web.json_response(
             {"object": "list", "data": [{**card, "max_model_len": self.limits.max_total_tokens}]}
+        )
+
+    async def load(self, _request: web.Request) -> web.Response:
+        """SGLang's ``/get_load`` (one entry per data-parallel rank): what sglang-router's
+        ``power_of_two`` policy reads to pick the less loaded worker."""
+        running = self.service.engine.running_count
+        waiting = self.service.waiting
+        return web.json_response(
+            [
+                {
+                    "dp_rank": 0,
+                    "num_reqs": running + waiting,
+                    "num_waiting_reqs": waiting,
+                    "num_tokens": self.service.budget.used_tokens,
+                }
+            ]
         )
 
     async def prometheus(self, _request: web.Request) -> web.Response:
@@ -168,14 +209,28 @@ class WorkerServer:
 
     # --- generation -------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
-        raw = await request.read()
+        try:
+            raw = await asyncio.wait_for(request.read(), self.body_timeout_s)
+        except TimeoutError:
+            raise RequestError(f"request body not received within {self.body_timeout_s:g} s", 408) from None
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise RequestError(f"request body is not valid JSON: {err}") from None
+        except RecursionError:
+            raise RequestError("request body is nested too deeply") from None
 
     def _encode(self) -> Callable[[str], list[int]]:
-        return self.tokenizer.encode
+        def encode(text: str) -> list[int]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise RequestError(
+                    f"text is not valid Unicode ({err.reason} at position {err.start}, e.g. a lone surrogate)"
+                ) from None
+            return self.tokenizer.encode(text)
+
+        return encode
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -209,6 +264,22 @@ class WorkerServer:
             return _error(err.message, err.status, err.kind)
         return await self._serve(request, req)
 
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            if self.shutting_down:
+                raise ServiceError("worker is shutting down", 503, "shutting_down")
+            body = await self._body(request)
+            messages = chat_messages(body)
+            template = getattr(self.tokenizer, "chat_prompt", plain_chat_prompt)
+            req = parse_chat(body, template(messages), self.limits, self._encode())
+        except RequestError as err:
+            self.metrics.inc("requests_total", label="rejected")
+            return _error(err.message, err.status, "bad_request")
+        except ServiceError as err:
+            self.metrics.inc("requests_total", label="rejected")
+            return _error(err.message, err.status, err.kind)
+        return await self._serve(request, req)
+
     def _fail(self, err: ServiceError, started: bool) -> web.Response:
         rejected = not started and (err.status < 500 or err.kind == "overloaded")
         self.metrics.inc("requests_total", label="rejected" if rejected else "error")
@@ -233,8 +304,11 @@ class WorkerServer:
         text = self.tokenizer.decode(ids)
         last = outputs[-1]
         if req.api == "completions":
-            model = req.model or self.model_path
+            model = req.model or self.model_name
             return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
+        if req.api == "chat":
+            model = req.model or self.model_name
+            return chat_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
         return generate_body(req.rid, len(req.input_ids), ids, text, last.finish, last.timeline)
 
     async def _serve(self, request: web.Request, req: GenerateRequest) -> web.StreamResponse:
@@ -260,13 +334,16 @@ class WorkerServer:
         self, response: web.StreamResponse, req: GenerateRequest, first: Output, gen: Any
     ) -> None:
         text = _StreamText(self.tokenizer)
-        model = req.model or self.model_path
+        model = req.model or self.model_name
         out = first
         try:
             while True:
                 delta = text.add(out.token)
                 if req.api == "completions":
                     await response.write(sse(completion_chunk(req.rid, model, delta, out.finish)))
+                elif req.api == "chat":
+                    first_chunk = len(text.ids) == 1
+                    await response.write(sse(chat_chunk(req.rid, model, delta, out.finish, first_chunk)))
                 else:
                     body = generate_body(
                         req.rid, len(req.input_ids), text.ids, text.text, out.finish, out.timeline
@@ -275,10 +352,14 @@ class WorkerServer:
                 if out.finish is not None:
                     break
                 out = await gen.__anext__()
-            if req.api == "completions" and req.include_usage:
+            if req.api in ("completions", "chat") and req.include_usage:
                 n, p = len(text.ids), len(req.input_ids)
                 usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
-                await response.write(sse(completion_chunk(req.rid, model, "", None, usage) | {"choices": []}))
+                if req.api == "chat":
+                    await response.write(sse(chat_chunk(req.rid, model, "", None, usage=usage)))
+                else:
+                    chunk = completion_chunk(req.rid, model, "", None, usage) | {"choices": []}
+                    await response.write(sse(chunk))
             await response.write(SSE_DONE)
             self.metrics.inc("requests_total", label="ok")
         except ServiceError as err:

@@ -70,6 +70,9 @@ class ServiceConfig:
     max_queue: int = 128
     kv_timeout_s: float = 60.0
     kv_transport: str = "auto"
+    key: bytes = b""  # the deployment's hand-off secret (kv_auth)
+    #: A decode worker's prefill peers, ``(bootstrap host, bootstrap port)``: it connects to no other.
+    peers: frozenset[tuple[str, int]] = frozenset()
 
 
 class _Channel:
@@ -142,10 +145,13 @@ class WorkerService:
             self.budget.release(tokens)
 
     def _check_queue(self) -> None:
-        if self.engine.waiting_count >= self.config.max_queue:
+        waiting = self.engine.waiting_count
+        if self.sender is not None:  # rooms waiting for their decode side count too
+            waiting = max(waiting, self.sender.open_rooms)
+        if waiting >= self.config.max_queue:
             raise ServiceError(
-                f"worker overloaded: {self.engine.waiting_count} requests queued (limit "
-                f"{self.config.max_queue})", 503, "overloaded",
+                f"worker overloaded: {waiting} requests queued (limit {self.config.max_queue})",
+                503, "overloaded",
             )  # fmt: skip
 
     async def _tokens(self, job: Job, channel: _Channel) -> AsyncGenerator[Output, None]:
@@ -220,6 +226,21 @@ class WorkerService:
                 self._release(job)  # the KV (if any) is dropped with the event
 
         job, channel = self._new_job(req, on_terminal)
+        # Compute only once the decode side reserved KV space (READY): until then the room holds
+        # no compute and no KV, so claims that never get READY cannot stall other prompts.
+        ready = asyncio.ensure_future(room.ready.wait())
+        try:
+            first: set[asyncio.Future[Any]] = {ready, room.result}
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            ready.cancel()
+            self.sender.fail(room_id, "the prefill request was cancelled", 499)
+            raise
+        if not ready.done():
+            ready.cancel()
+            exc = room.result.exception()
+            assert isinstance(exc, HandoffError), "a room succeeds only after its KV was computed"
+            raise ServiceError(exc.message, exc.status, "kv_handoff_failed")
         self.engine.submit(job)
         get = asyncio.ensure_future(channel.queue.get())
         waits: set[asyncio.Future[Any]] = {get, room.result}
@@ -255,10 +276,16 @@ class WorkerService:
                 "a decode worker needs bootstrap_host, bootstrap_port and bootstrap_room", 400, "bad_request"
             )
         transport = self.config.kv_transport
+        if (boot.host, boot.port) not in self.config.peers:
+            raise ServiceError(
+                f"bootstrap {boot.host}:{boot.port} is not a prefill worker of this deployment",
+                403,
+                "forbidden",
+            )
         try:
             self.admission.check_room()
         except Overloaded as err:
-            task = asyncio.ensure_future(send_abort(boot, str(err), transport))
+            task = asyncio.ensure_future(send_abort(boot, str(err), self.config.key, transport))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             raise ServiceError(f"worker overloaded: {err}", 503, "overloaded") from None
@@ -271,7 +298,7 @@ class WorkerService:
         )
         max_payload = spec.kv_bytes_per_token(self.executor.dtype_name) * len(req.input_ids)
         try:
-            async with await KvClaim.open(boot, req.input_ids, transport) as claim:
+            async with await KvClaim.open(boot, req.input_ids, self.config.key, transport) as claim:
                 await claim.guard(self.admission.acquire(tokens))
                 cache = self.caches.take(tokens) if self.caches else self.executor.new_cache(tokens)
                 try:

@@ -9,6 +9,14 @@ what is left; so no orphans survive Ctrl-C, ``pdplan deploy --stop DIR``, or an 
 ``deploy.json`` records, for each process, its PID, process group, start time (in clock ticks since
 boot, from ``/proc/PID/stat``, so a recycled PID is never mistaken for it), URL, device, threads and
 command; plus the supervisor's own PID so ``--stop`` can ask it to shut down cleanly first.
+``deploy.json`` is only as true as its writer is alive: read it with :func:`read_deployment`, which
+reports ``failed`` (``supervisor gone``) for a record whose supervisor no longer runs, whatever the
+file says.
+
+A worker that crashes is restarted on the same ports and devices after a backoff (1 s, doubling up
+to 30 s, back to 1 s once a restarted worker stayed up for a minute); the deployment is ``degraded``
+until it answers ``/health`` again, then ``ready``. Each worker gets the deployment's KV hand-off
+secret (:mod:`kv_auth`) in its environment, never on its command line or in ``deploy.json``.
 """
 
 from __future__ import annotations
@@ -30,12 +38,17 @@ from typing import IO, Any
 
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.deployment import LaunchPlan, ProcessSpec
+from pdplan.realrun.kv_auth import SECRET_ENV, new_secret
 from pdplan.realrun.procfs import group_members, is_alive, start_ticks
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll otherwise
 DEPLOY_FILE = "deploy.json"
 Progress = Callable[[str], None]
+#: Restart backoff of a crashed worker: first delay, cap, and the uptime that resets it.
+BACKOFF_FIRST_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 1.0, 30.0, 60.0
+#: The processes in front of the workers: if one exits, the deployment has failed.
+FRONT_ROLES = ("router", "gateway")
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:
@@ -67,6 +80,11 @@ class _Proc:
     ticks: int | None
     log_file: IO[bytes]
     reported: bool = False
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = BACKOFF_FIRST_S
+    restart_at: float | None = None  # when a crashed worker is started again
+    healthy: bool = True
 
 
 class Supervisor:
@@ -80,6 +98,8 @@ class Supervisor:
         self.ready_s: float | None = None
         self._procs: list[_Proc] = []
         self._stopped = False
+        self._secret = new_secret()
+        self.restart_workers = True
 
     # --- starting ---------------------------------------------------------------------------------
     def start(self, progress: Progress | None = None, timeout_s: float = 180.0) -> float:
@@ -103,7 +123,12 @@ class Supervisor:
             self._spawn(self.launch.router, hook)
             self._write()
             say("workers healthy; router started")
-            self._wait_router(begin + timeout_s)
+            self._wait_router(begin + timeout_s, self.launch.router.url)
+            if self.launch.gateway is not None:
+                self._spawn(self.launch.gateway, hook)
+                self._write()
+                say("router ready; gateway started")
+                self._wait_router(begin + timeout_s, self.launch.gateway.url)
         except BaseException:
             self.status = "failed"
             self.stop()
@@ -114,22 +139,30 @@ class Supervisor:
         return self.ready_s
 
     def _spawn(self, spec: ProcessSpec, hook: Callable[[], None] | None) -> None:
+        self._procs.append(self._popen(spec, hook))
+
+    def _popen(self, spec: ProcessSpec, hook: Callable[[], None] | None) -> _Proc:
         argv = list(spec.argv)
-        if spec.role != "router":
+        if spec.role not in FRONT_ROLES or spec.role == "gateway":
             argv += ["--parent-pid", str(os.getpid())]
         log_file = (self.out_dir / spec.log_name).open("ab")
+        env = {**os.environ, **spec.env}
+        if spec.role not in FRONT_ROLES:
+            env[SECRET_ENV] = self._secret
+        else:
+            env.pop(SECRET_ENV, None)
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **spec.env},
+            env=env,
             start_new_session=True,
             preexec_fn=hook,
         )
-        self._procs.append(_Proc(spec, popen, start_ticks(popen.pid), log_file))
         log.info("started %s (pid %d)", spec.name, popen.pid)
         log.debug("%s: %s", spec.name, shlex.join(argv))
+        return _Proc(spec, popen, start_ticks(popen.pid), log_file, started_at=time.monotonic())
 
     def _tail(self, proc: _Proc, lines: int = 15) -> str:
         text = (self.out_dir / proc.spec.log_name).read_text(errors="replace").splitlines()
@@ -161,7 +194,7 @@ class Supervisor:
                     raise DeployError(f"workers not healthy in time: {names} (see {self.out_dir / 'logs'})")
                 time.sleep(0.2)
 
-    def _wait_router(self, deadline: float) -> None:
+    def _wait_router(self, deadline: float, url: str) -> None:
         import httpx
 
         want = len(self.launch.workers)
@@ -169,34 +202,86 @@ class Supervisor:
             while True:
                 self._check_exits()
                 with contextlib.suppress(httpx.TransportError, ValueError):
-                    reply = client.get(f"{self.launch.endpoint}/readiness")
+                    reply = client.get(f"{url}/readiness")
                     if reply.status_code == 200 and reply.json().get("healthy_workers") == want:
                         return
                 if time.monotonic() > deadline:
-                    raise DeployError(
-                        f"router at {self.launch.endpoint} did not report {want} healthy workers"
-                    )
+                    raise DeployError(f"router at {url} did not report {want} healthy workers")
                 time.sleep(0.2)
 
     # --- watching ---------------------------------------------------------------------------------
     def poll(self) -> list[str]:
-        """Report processes that exited since the last call (one line each); updates deploy.json."""
-        lines = []
-        for proc in self._procs:
+        """Report processes that exited since the last call (one line each), restart crashed workers
+        whose backoff has passed, and mark restarted workers healthy once they answer ``/health``;
+        updates deploy.json when anything changed."""
+        lines: list[str] = []
+        now = time.monotonic()
+        changed = False
+        for i, proc in enumerate(self._procs):
             code = proc.popen.poll()
-            if code is None or proc.reported:
-                continue
-            proc.reported = True
-            lines.append(f"{proc.spec.name} (pid {proc.popen.pid}) exited with code {code}")
-            log.error("%s; see %s", lines[-1], self.out_dir / proc.spec.log_name)
-            self.status = "failed" if proc.spec.role == "router" else "degraded"
-        if lines:
+            if code is not None and not proc.reported:
+                proc.reported, proc.healthy, changed = True, False, True
+                up_s = now - proc.started_at
+                if up_s >= BACKOFF_RESET_S:
+                    proc.backoff_s = BACKOFF_FIRST_S
+                line = f"{proc.spec.name} (pid {proc.popen.pid}) exited with code {code}"
+                if proc.spec.role not in FRONT_ROLES and self.restart_workers and not self._stopped:
+                    proc.restart_at = now + proc.backoff_s
+                    line += f"; restarting in {proc.backoff_s:g} s"
+                lines.append(line)
+                log.error("%s; see %s", line, self.out_dir / proc.spec.log_name)
+            if proc.restart_at is not None and now >= proc.restart_at and not self._stopped:
+                proc.log_file.close()
+                fresh = self._popen(proc.spec, _die_with_parent_hook())
+                fresh.restarts, fresh.healthy = proc.restarts + 1, False
+                fresh.backoff_s = min(BACKOFF_MAX_S, proc.backoff_s * 2)
+                self._procs[i] = fresh
+                lines.append(f"{proc.spec.name} restarted (pid {fresh.popen.pid}, restart {fresh.restarts})")
+                changed = True
+            elif (
+                code is None
+                and not proc.healthy
+                and proc.spec.role not in FRONT_ROLES
+                and self._answers_health(proc.spec.url)
+            ):
+                proc.healthy, changed = True, True
+                lines.append(f"{proc.spec.name} (pid {proc.popen.pid}) is healthy again")
+        if changed:
+            self.status = self._overall()
             self._write()
         return lines
 
+    def _overall(self) -> str:
+        if any(p.spec.role in FRONT_ROLES and p.popen.poll() is not None for p in self._procs):
+            return "failed"
+        return "ready" if all(p.healthy and p.popen.poll() is None for p in self._procs) else "degraded"
+
+    @staticmethod
+    def _answers_health(url: str) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{url}/health", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to the worker called ``name`` (fault injection for tests and bench/soak.py);
+        returns its PID."""
+        for proc in self._procs:
+            if proc.spec.name == name and proc.popen.poll() is None:
+                os.kill(proc.popen.pid, sig)
+                return proc.popen.pid
+        raise DeployError(f"no running worker called {name!r}")
+
+    def worker_pids(self) -> dict[str, int]:
+        """PIDs of the running processes by name."""
+        return {p.spec.name: p.popen.pid for p in self._procs if p.popen.poll() is None}
+
     @property
     def router_alive(self) -> bool:
-        return any(p.spec.role == "router" and p.popen.poll() is None for p in self._procs)
+        fronts = [p for p in self._procs if p.spec.role in FRONT_ROLES]
+        return bool(fronts) and all(p.popen.poll() is None for p in fronts)
 
     # --- stopping ---------------------------------------------------------------------------------
     def stop(self, grace_s: float = 10.0) -> None:
@@ -204,7 +289,7 @@ class Supervisor:
         if self._stopped:
             return
         self._stopped = True
-        ordered = sorted(self._procs, key=lambda p: p.spec.role != "router")
+        ordered = sorted(self._procs, key=lambda p: p.spec.role not in FRONT_ROLES)
         for proc in ordered:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGTERM)
@@ -247,6 +332,8 @@ class Supervisor:
                     "log": spec.log_name,
                     "command": shlex.join(proc.popen.args),  # type: ignore[arg-type]
                     "exit_code": proc.popen.poll(),
+                    "restarts": proc.restarts,
+                    "healthy": proc.healthy,
                 }
             )
         write_json_atomic(
@@ -265,6 +352,29 @@ class Supervisor:
                 "processes": procs,
             },
         )
+
+
+def read_deployment(out_dir: Path) -> dict[str, Any]:
+    """``out_dir/deploy.json`` as its reader should believe it: a record that says ``starting``,
+    ``ready`` or ``degraded`` while its supervisor no longer runs says ``failed`` instead (with
+    ``status_reason``), since nobody watches or restarts its processes any more.
+
+    Raises:
+        DeployError: no readable deploy.json in ``out_dir``.
+    """
+    path = out_dir / DEPLOY_FILE
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise DeployError(f"{path}: no readable deployment record ({err})") from None
+    sup, ticks = data.get("supervisor_pid"), data.get("supervisor_start_ticks")
+    live = data.get("status") in ("starting", "ready", "degraded")
+    if live and isinstance(sup, int) and not is_alive(sup, ticks if isinstance(ticks, int) else None):
+        data["status"] = "failed"
+        data["status_reason"] = f"supervisor gone (pid {sup} no longer runs)"
+    return data
 
 
 def stop_deployment(out_dir: Path, grace_s: float = 10.0) -> list[str]:

@@ -58,6 +58,13 @@ class ByteTokenizer:
         return "".join(parts)
 
 
+def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
+    """A chat as one prompt where the model has no chat template (the byte-level fallback): each
+    message as ``<|role|>`` and its text on the next line, then ``<|assistant|>`` to answer."""
+    parts = [f"<|{m['role']}|>\n{m['content']}\n" for m in messages]
+    return "".join(parts) + "<|assistant|>\n"
+
+
 class HFTokenizer:
     """A ``transformers`` tokenizer loaded from a local directory (never downloads)."""
 
@@ -75,6 +82,12 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids, skip_special_tokens=True))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The model's own chat template when the tokenizer has one, else the plain one."""
+        if getattr(self._tok, "chat_template", None):
+            return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return plain_chat_prompt(messages)
 
 
 def load_tokenizer(source: str, vocab_size: int) -> Tokenizer:

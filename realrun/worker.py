@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdplan.profiles.errors import PdplanError
-from pdplan.realrun.worker_config import KV_TRANSPORTS, WorkerConfig
+from pdplan.realrun.worker_config import KV_TRANSPORTS, WorkerConfig, parse_peer
 
 log = logging.getLogger("pdplan.realrun.worker")
 
@@ -45,15 +45,32 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-batch-tokens", type=int, default=2048)
     p.add_argument("--max-kv-tokens", type=int, default=65536)
+    p.add_argument(
+        "--chunk-tokens", type=int, default=None,
+        help="prefill prompts in slices of at most this many tokens per forward (default: whole prompts)",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule", default="prefill-first", choices=("prefill-first", "chunked"),
+        help="colocated role: prompts before decode steps, or prompt slices alternating with them",
+    )  # fmt: skip
     p.add_argument("--max-queue", type=int, default=128, help="waiting requests before answering 503")
     p.add_argument("--kv-timeout-s", type=float, default=60.0)
     p.add_argument("--bootstrap-timeout-s", type=float, default=3.0)
     p.add_argument("--kv-transport", default="auto", choices=KV_TRANSPORTS)
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    p.add_argument("--max-connections", type=int, default=512, help="open HTTP connections (503 beyond)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0, help="longest wait for request headers")
+    p.add_argument("--body-timeout-s", type=float, default=10.0, help="longest wait for a request body (408)")
+    p.add_argument(
+        "--prefill-peers", default="",
+        help="decode role: comma-separated host:port bootstrap addresses of the deployment's prefill "
+        "workers (the only ones it connects to)",
+    )  # fmt: skip
     ns = p.parse_args(argv)
     cpus = tuple(int(c) for c in ns.cpus.split(",") if c.strip()) if ns.cpus else ()
-    values = {k: v for k, v in vars(ns).items() if k != "cpus"}
-    return WorkerConfig(**values, cpus=cpus)
+    peers = tuple(x.strip() for x in ns.prefill_peers.split(",") if x.strip())
+    values = {k: v for k, v in vars(ns).items() if k not in ("cpus", "prefill_peers")}
+    return WorkerConfig(**values, cpus=cpus, prefill_peers=peers)
 
 
 def _eos_ids(model: str) -> tuple[int, ...]:
@@ -72,7 +89,9 @@ async def serve(config: WorkerConfig) -> None:
 
     from pdplan.profiles.executor import Executor
     from pdplan.profiles.model_spec import load_model_spec
+    from pdplan.realrun.conn_guard import ConnectionGuard
     from pdplan.realrun.engine import Engine, EngineConfig
+    from pdplan.realrun.kv_auth import secret_from_env
     from pdplan.realrun.kv_budget import KvBudget
     from pdplan.realrun.kv_pool import KvPool
     from pdplan.realrun.kv_sender import KvSender
@@ -84,16 +103,18 @@ async def serve(config: WorkerConfig) -> None:
     from pdplan.realrun.service import ServiceConfig, WorkerService
     from pdplan.realrun.tokenizer import load_tokenizer
 
+    key = secret_from_env() if config.role in ("prefill", "decode") else b""
     torch.set_num_threads(config.threads)
     spec = load_model_spec(config.model)
     weights = Path(config.weights) if config.weights else None
     executor = Executor(spec, device=config.device, dtype=config.dtype, seed=config.seed, weights=weights)
     tokenizer = load_tokenizer(config.tokenizer, spec.vocab_size)
-    metrics = WorkerMetrics(config.role)
+    metrics = WorkerMetrics(config.role, spec.name)
     budget = KvBudget(config.max_kv_tokens)
     engine_config = EngineConfig(
-        config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed
-    )
+        config.role, config.max_batch_size, config.max_batch_tokens, _eos_ids(config.model), config.seed,
+        config.chunk_tokens, config.schedule,
+    )  # fmt: skip
     pool, shared = None, None
     if config.role == "decode":
         if executor.device.type == "cpu" and has_abstract_unix():
@@ -106,12 +127,16 @@ async def serve(config: WorkerConfig) -> None:
     if config.role == "prefill":
         assert config.bootstrap_port is not None
         sender = KvSender(
-            config.host, config.bootstrap_port, executor.dtype_name, metrics,
+            config.host, config.bootstrap_port, executor.dtype_name, metrics, key,
             config.bootstrap_timeout_s, config.kv_timeout_s,
         )  # fmt: skip
     service = WorkerService(
         executor, engine, budget, metrics,
-        ServiceConfig(config.role, config.max_queue, config.kv_timeout_s, config.kv_transport), sender,
+        ServiceConfig(
+            config.role, config.max_queue, config.kv_timeout_s, config.kv_transport, key,
+            frozenset(parse_peer(p) for p in config.prefill_peers),
+        ),
+        sender,
         caches=pool, shared_fd=shared.fd_of if shared else None,
     )  # fmt: skip
     context = spec.max_position_embeddings
@@ -131,6 +156,7 @@ async def serve(config: WorkerConfig) -> None:
         )
     model_path = config.weights or _model_path(config.model)
     server = WorkerServer(config, spec, service, tokenizer, limits, metrics, model_path)
+    server.body_timeout_s = config.body_timeout_s
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -139,9 +165,11 @@ async def serve(config: WorkerConfig) -> None:
     engine.start()
     if sender is not None:
         await sender.start()
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=2.0, keepalive_timeout=75.0)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+    assert runner.server is not None
+    guard = ConnectionGuard(runner.server, loop, config.max_connections, config.header_timeout_s)
+    http = await loop.create_server(guard, config.host, config.port, backlog=1024, reuse_address=True)
     log.info(
         "%s serving on http://%s:%d (role %s, bootstrap port %s, device %s, %d torch threads, cpus %s)",
         config.name, config.host, config.port, config.role, config.bootstrap_port, config.device,
@@ -156,6 +184,7 @@ async def serve(config: WorkerConfig) -> None:
     await asyncio.sleep(0.2)  # let handlers write the errors of the requests the engine just ended
     if sender is not None:
         await sender.close()
+    http.close()
     await runner.cleanup()
     service.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -9,6 +10,48 @@ from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.realrun.engine import ROLES
 
 KV_TRANSPORTS = ("auto", "tcp")
+
+
+#: Longest hand-off or bootstrap wait a worker accepts (an hour: anything longer is a mistake).
+MAX_TIMEOUT_S = 3600.0
+
+
+def check_timeout(flag: str, value: float) -> float:
+    """A finite, positive number of seconds, at most :data:`MAX_TIMEOUT_S` (``nan`` and ``inf``
+    would remove the limit altogether).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{flag} {value!r}: expected a finite number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise ConfigError(f"{flag} {value!r}: expected seconds in (0, {MAX_TIMEOUT_S:g}]")
+    return float(value)
+
+
+def check_max_queue(value: int) -> int:
+    """``--max-queue``: waiting requests before 503, 0 … 100000.
+
+    Raises:
+        ConfigError: a negative or absurd value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100_000:
+        raise ConfigError(f"--max-queue {value!r}: expected an integer in [0, 100000]")
+    return value
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) → ``(host, port)``.
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--prefill-peers {text!r}: expected host:port")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -39,24 +82,47 @@ class WorkerConfig:
     bootstrap_timeout_s: float = 3.0
     kv_transport: str = "auto"
     parent_pid: int | None = None
+    max_connections: int = 512
+    chunk_tokens: int | None = None
+    schedule: str = "prefill-first"
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    #: A decode worker's prefill bootstrap addresses ``host:port`` (the only peers it connects to).
+    prefill_peers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise choices_error("--role", self.role, ROLES)
         if self.kv_transport not in KV_TRANSPORTS:
             raise choices_error("--kv-transport", self.kv_transport, KV_TRANSPORTS)
-        for field in ("port", "threads", "max_batch_size", "max_batch_tokens", "max_kv_tokens"):
+        for field in (
+            "port",
+            "threads",
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_kv_tokens",
+            "max_connections",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{field.replace('_', '-')} {value!r}: expected a positive integer")
         if self.port > 65535:
             raise ConfigError(f"--port {self.port}: expected at most 65535")
-        if self.max_queue < 0:
-            raise ConfigError(f"--max-queue {self.max_queue}: expected ≥ 0")
-        if self.kv_timeout_s <= 0 or self.bootstrap_timeout_s <= 0:
+        check_max_queue(self.max_queue)
+        for name in ("kv_timeout_s", "bootstrap_timeout_s", "header_timeout_s", "body_timeout_s"):
+            check_timeout(f"--{name.replace('_', '-')}", getattr(self, name))
+        if self.chunk_tokens is not None and (isinstance(self.chunk_tokens, bool) or self.chunk_tokens < 1):
+            raise ConfigError(f"--chunk-tokens {self.chunk_tokens!r}: expected a positive integer")
+        if self.schedule not in ("prefill-first", "chunked"):
+            raise choices_error("--schedule", self.schedule, ("prefill-first", "chunked"))
+        if self.schedule == "chunked" and self.chunk_tokens is None:
+            raise ConfigError("--schedule chunked needs --chunk-tokens")
+        for peer in self.prefill_peers:
+            parse_peer(peer)
+        if self.role == "decode" and not self.prefill_peers:
             raise ConfigError(
-                f"--kv-timeout-s {self.kv_timeout_s} / --bootstrap-timeout-s {self.bootstrap_timeout_s}: "
-                "expected positive seconds"
+                "--prefill-peers: a decode worker needs the bootstrap addresses (host:port) of its "
+                "deployment's prefill workers; it connects to no other"
             )
         if self.role == "prefill":
             if self.bootstrap_port is None or not 1 <= self.bootstrap_port <= 65535:
@@ -72,4 +138,5 @@ class WorkerConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["cpus"] = list(self.cpus)
+        data["prefill_peers"] = list(self.prefill_peers)
         return data

@@ -2,8 +2,11 @@
 
 ``pdplan deploy PLAN --target local [--devices cpu|cuda:0,1] [--port 8000] [--out DIR] [--dry-run]``
 starts one worker per instance (``python -m pdplan.realrun.worker``; CPU cores or GPUs split between
-them), waits for their ``/health``, starts ``python -m sglang_router.launch_router`` on 127.0.0.1,
-prints the endpoint and stays in the foreground, reporting workers that die. Ctrl-C, SIGTERM, or
+them), waits for their ``/health``, starts ``python -m sglang_router.launch_router`` on an internal
+127.0.0.1 port and the pdplan gateway (``python -m pdplan.realrun.gateway``) on ``--port`` in front of
+it, prints the endpoint and stays in the foreground, restarting workers that die (with backoff).
+``pdplan deploy --status DIR`` prints the state of a deployment (``failed`` once its supervisor is
+gone). Ctrl-C, SIGTERM, or
 ``pdplan deploy --stop DIR`` from another shell stops every process. ``--dry-run`` prints the
 processes and their command lines and starts nothing.
 
@@ -57,6 +60,10 @@ def deploy(
     stop: Annotated[
         Path | None, typer.Option("--stop", help="Stop the deployment recorded in this run directory.")
     ] = None,
+    status: Annotated[
+        Path | None,
+        typer.Option("--status", help="Print the status of the deployment in this run directory."),
+    ] = None,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", help="HF directory with safetensors (default: seeded random weights)."),
@@ -107,6 +114,9 @@ def deploy(
     if stop is not None:
         _stop(stop)
         return
+    if status is not None:
+        _status(status)
+        return
     if plan is None:
         raise ConfigError("PLAN: expected a plan.yaml to deploy (or --stop DIR)")
     if target not in TARGETS:
@@ -142,13 +152,17 @@ def deploy(
         from pdplan.planner.rundir import claim_out
 
         claim_out(out, "deploy", force=force)
-    from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory
+    from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory, parse_devices
+    from pdplan.realrun.worker_config import check_max_queue, check_timeout
 
+    check_max_queue(max_queue)
+    check_timeout("--kv-timeout-s", kv_timeout_s)
+    device_list = parse_devices(devices)
     spec = _load_spec(plan, weights, tokenizer, seed)
-    device_list = tuple(d.strip() for d in devices.split(",") if d.strip())
     opts = LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)
+    # Memory first: a deployment that cannot fit is refused whatever else is wrong (ports included).
+    memory = check_cpu_memory(spec, opts) if device_list == ("cpu",) else ""
     launch = build_launch(spec, opts)
-    memory = check_cpu_memory(spec, launch, opts) if device_list == ("cpu",) else ""
     _print_launch(launch, show_commands=dry_run, memory=memory)
     if dry_run:
         return
@@ -158,8 +172,8 @@ def deploy(
 def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, seed: int) -> DeploymentSpec:
     """``plan.yaml`` (read strictly by ``pdplan.planner.plan.load_plan``) → what the deployment runs.
 
-    The local runtime schedules prompts whole (no chunked prefill): a plan's ``chunk_tokens`` becomes
-    the prefill token budget per batch, with a warning.
+    A plan's ``chunk_tokens`` runs as chunked prefill in the workers (``--chunk-tokens``); a colocated
+    ``chunked`` policy also alternates prompt slices with decode steps (``--schedule chunked``).
     """
     from pdplan.planner.plan import load_plan
     from pdplan.profiles.errors import ConfigError
@@ -176,26 +190,39 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
     if plan.mode == "disaggregated":
         assert plan.prefill is not None and plan.decode is not None, "checked by Plan"
         p, d = plan.prefill, plan.decode
-        if p.chunk_tokens is not None:
-            log.warning("prefill.chunk_tokens=%d: the local runtime does not split prompts; it caps "
-                        "prefill batches at %d tokens instead", p.chunk_tokens, p.step_tokens)  # fmt: skip
-        groups.append(InstanceGroup("prefill", p.instances, p.tp, p.max_batch_size, p.step_tokens))
+        groups.append(
+            InstanceGroup(
+                "prefill",
+                p.instances,
+                p.tp,
+                p.max_batch_size,
+                p.step_tokens,
+                chunk_tokens=p.step_tokens if p.chunk_tokens else None,
+            )
+        )
         groups.append(InstanceGroup("decode", d.instances, d.tp, d.max_batch_size, 2048, d.max_kv_tokens))
     else:
         assert plan.colocated is not None, "checked by Plan"
         c = plan.colocated
-        if c.policy == "chunked":
-            log.warning("colocated policy 'chunked' runs prefill-first locally, with prefill batches "
-                        "of at most chunk_tokens=%d tokens", c.chunk_tokens)  # fmt: skip
+        chunk = c.chunk_tokens if c.policy == "chunked" else None
         groups.append(
             InstanceGroup(
-                "colocated", c.instances, c.tp, c.max_batch_size, c.step_tokens, c.max_kv_tokens, c.policy
+                "colocated",
+                c.instances,
+                c.tp,
+                c.max_batch_size,
+                c.step_tokens,
+                c.max_kv_tokens,
+                c.policy,
+                chunk,
             )
         )
     if weights is not None and not weights.is_dir():
         raise ConfigError(f"--weights {str(weights)!r}: not a directory")
     tok = tokenizer or (str(weights) if weights is not None else "bytes")
-    return DeploymentSpec(plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed)
+    return DeploymentSpec(
+        plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed, plan.router
+    )
 
 
 def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> None:
@@ -206,7 +233,7 @@ def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> 
     table = Table(title=f"{launch.mode} deployment: {len(launch.workers)} workers + router")
     for column in ("process", "role", "address", "bootstrap", "device", "threads", "cpus"):
         table.add_column(column)
-    for p in (*launch.workers, launch.router):
+    for p in launch.processes:
         cpus = ",".join(map(str, p.cpus)) or "-"
         table.add_row(
             p.name, p.role, p.url, str(p.bootstrap_port or "-"), p.device, str(p.threads or "-"), cpus
@@ -216,7 +243,7 @@ def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> 
     if memory:
         console.print(memory, highlight=False)
     if show_commands:
-        for p in (*launch.workers, launch.router):
+        for p in launch.processes:
             extra = "  (+ --parent-pid <pid of pdplan deploy>)" if p.role != "router" else ""
             console.print(f"[bold]{p.name}[/]: {shlex.join(p.argv)}{extra}", highlight=False, soft_wrap=True)
 
@@ -247,7 +274,7 @@ def _run(plan: Path, launch: LaunchPlan, out: Path) -> None:
         console.print(f"stop with Ctrl-C or: pdplan deploy --stop {out}")
         while sup.router_alive:
             for line in sup.poll():
-                console.print(f"[bold red]worker down:[/] {line}; the router keeps serving from the others")
+                console.print(f"[bold]worker:[/] {line}", highlight=False)
             time.sleep(0.5)
         sup.poll()
         console.print("[bold red]the router exited[/]; stopping the deployment")
@@ -274,6 +301,20 @@ def _stop(run_dir: Path) -> None:
     for line in stopped:
         typer.echo(f"stopped {line}")
     typer.echo(f"deployment in {run_dir} is stopped")
+
+
+def _status(run_dir: Path) -> None:
+    """One line per process and the deployment's status as :func:`read_deployment` judges it (a
+    record whose supervisor is gone is ``failed``, whatever deploy.json says)."""
+    from pdplan.realrun.procfs import is_alive
+    from pdplan.realrun.supervisor import read_deployment
+
+    data = read_deployment(run_dir)
+    for p in data.get("processes", []):
+        alive = isinstance(p, dict) and is_alive(int(p.get("pid", 0)), p.get("start_ticks"))
+        typer.echo(f"{p.get('name')}: pid {p.get('pid')} {'running' if alive else 'not running'}")
+    reason = f" ({data['status_reason']})" if data.get("status_reason") else ""
+    typer.echo(f"status: {data.get('status')}{reason}  endpoint: {data.get('endpoint')}")
 
 
 def _report(out: Path) -> None:

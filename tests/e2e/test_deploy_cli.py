@@ -76,10 +76,78 @@ def test_weights_beyond_memory_are_refused_before_starting(tmp_path: Path, pdpla
         "decode: {instances: 1}\nkv_transfer: {link: loopback}\n"
     )
     done = subprocess.run(
-        [str(pdplan_script), "deploy", str(plan), "--out", str(tmp_path / "run")],
+        [str(pdplan_script), "deploy", str(plan), "--port", str(free_port()), "--out", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2 and "for weights alone" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_weights_beyond_memory_are_refused_even_when_the_port_is_taken(
+    tmp_path: Path, pdplan_script: Path
+) -> None:
+    """The memory check comes first: its answer does not depend on which ports happen to be free."""
+    import socket
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "schema_version: 1\nmode: disaggregated\nmodel: llama-3.1-70b\nprefill: {instances: 1}\n"
+        "decode: {instances: 1}\nkv_transfer: {link: loopback}\n"
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        done = subprocess.run(
+            [str(pdplan_script), "deploy", str(plan), "--port", str(busy.getsockname()[1]), "--dry-run"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2 and "for weights alone" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--kv-timeout-s", "nan"], "--kv-timeout-s nan"),
+        (["--kv-timeout-s", "inf"], "--kv-timeout-s inf"),
+        (["--kv-timeout-s", "0"], "--kv-timeout-s 0"),
+        (["--max-queue", "-1"], "--max-queue -1"),
+        (["--devices", "cuda:0,x"], "'x' is not a GPU"),
+    ],
+)
+def test_bad_runtime_options_exit_2(
+    tmp_path: Path, pdplan_script: Path, option: list[str], message: str
+) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", prefill={"instances": 1}, decode={"instances": 1})
+    done = subprocess.run(
+        [str(pdplan_script), "deploy", str(plan), "--port", str(free_port()), "--dry-run", *option],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_devices_as_help_shows_them(tmp_path: Path) -> None:
+    """``--devices cuda:0,1`` (the form ``--help`` shows) places workers on GPUs 0 and 1."""
+    plan = write_plan(tmp_path / "plan.yaml", prefill={"instances": 1}, decode={"instances": 1})
+    result = CliRunner().invoke(
+        app, ["deploy", str(plan), "--port", str(free_port()), "--devices", "cuda:0,1", "--dry-run"],
+        terminal_width=250,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "--device cuda:0" in result.output and "--device cuda:1" in result.output
+    # One instance per role: power_of_two (the plan's least_loaded) needs two, the router refuses it.
+    assert "--prefill-policy round_robin --decode-policy round_robin" in result.output
+
+
+def test_chunked_plans_run_chunked_prefill(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        prefill={"instances": 1, "max_batch_tokens": 512, "chunk_tokens": 128},
+        decode={"instances": 1},
+    )
+    result = CliRunner().invoke(
+        app, ["deploy", str(plan), "--port", str(free_port()), "--dry-run"], terminal_width=250
+    )
+    assert result.exit_code == 0, result.output
+    assert "--chunk-tokens 128" in result.output and "does not split" not in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -63,3 +64,12 @@ def test_killed_supervisor_leaves_no_orphans(tmp_path: Path, pdplan_script: Path
     os.kill(dep.proc.pid, signal.SIGKILL)  # no chance to clean up: the children must go by themselves
     dep.proc.wait(timeout=10)
     assert _all_gone(record, 20.0), [p["name"] for p in record["processes"] if alive(p["pid"])]
+    # deploy.json was last written as "ready"; its readers must not believe it any more.
+    assert dep.record()["status"] == "ready"
+    from pdplan.realrun.supervisor import read_deployment
+
+    assert read_deployment(dep.out)["status"] == "failed"
+    done = subprocess.run(
+        [str(pdplan_script), "deploy", "--status", str(dep.out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "status: failed (supervisor gone" in done.stdout, done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import httpx
 
 #: Untied test model (see its config.json for why the catalog tiny-llama cannot serve these tests).
 TEST_MODEL = Path(__file__).resolve().parent / "models" / "pd-test-llama"
+#: The KV hand-off secret of the workers the tests start (one test "deployment").
+TEST_SECRET = "pdplan-test-deployment-secret-0123456789"
 
 
 def free_port() -> int:
@@ -21,13 +24,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_worker(*args: str, timeout_s: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m pdplan.realrun.worker ARGS --port <free>`` and wait for its /health."""
+def start_worker(
+    *args: str, timeout_s: float = 120.0, secret: str = TEST_SECRET
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m pdplan.realrun.worker ARGS --port <free>`` (with the test deployment's
+    hand-off secret) and wait for its /health."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pdplan.realrun.worker", *args, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "PDPLAN_KV_SECRET": secret},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s

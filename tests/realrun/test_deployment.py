@@ -30,7 +30,15 @@ def test_disaggregated_launch_plan() -> None:
     i = argv.index("--prefill")
     assert argv[i + 1 : i + 3] == (prefill.url, str(prefill.bootstrap_port))
     assert [argv[j + 1] for j, a in enumerate(argv) if a == "--decode"] == [w.url for w in launch.workers[1:]]
-    assert "--disable-circuit-breaker" in argv and argv[argv.index("--port") + 1] == str(port)
+    # The router listens on an internal port; the gateway in front of it on the public one.
+    assert "--disable-circuit-breaker" in argv and argv[argv.index("--port") + 1] == str(launch.router.port)
+    assert launch.gateway is not None and launch.endpoint == f"http://127.0.0.1:{port}"
+    gateway = launch.gateway.argv
+    assert gateway[gateway.index("--router") + 1] == launch.router.url
+    assert gateway[gateway.index("--model-name") + 1] == "tiny-llama"
+    assert (
+        int(gateway[gateway.index("--max-inflight") + 1]) == 2 * 16 + 1 * 128
+    )  # 2 decode batches + 1 prefill queue
     decode_argv = launch.workers[1].argv
     assert decode_argv[decode_argv.index("--max-kv-tokens") + 1] == "4096"
     assert decode_argv[decode_argv.index("--role") + 1] == "decode"
@@ -72,3 +80,16 @@ def test_busy_router_port_is_refused() -> None:
         busy.listen()
         with pytest.raises(DeployError, match="already in use"):
             build_launch(_disagg(), LaunchOptions(port=busy.getsockname()[1]))
+
+
+def test_router_policy_is_the_plans_where_the_router_allows_it() -> None:
+    """least_loaded -> power_of_two for a role with two or more workers; one worker -> round_robin
+    (sglang-router refuses power_of_two there)."""
+    launch = build_launch(_disagg(1, 2), LaunchOptions(port=free_port()))
+    argv = list(launch.router.argv)
+    assert argv[argv.index("--prefill-policy") + 1] == "round_robin"
+    assert argv[argv.index("--decode-policy") + 1] == "power_of_two"
+    decode = [w for w in launch.workers if w.role == "decode"]
+    prefill = [w for w in launch.workers if w.role == "prefill"]
+    peers = decode[0].argv[list(decode[0].argv).index("--prefill-peers") + 1]
+    assert peers == f"127.0.0.1:{prefill[0].bootstrap_port}"

@@ -21,6 +21,7 @@ from pdplan.realrun.metrics import WorkerMetrics  # noqa: E402
 from pdplan.realrun.protocol import Bootstrap  # noqa: E402
 
 PROMPT = (17, 923, 411, 250, 77, 1000, 3)
+KEY = b"test-secret-of-this-deployment"
 
 
 def _prefilled(executor: Any, prompt: tuple[int, ...] = PROMPT) -> PrefilledEvent:
@@ -39,7 +40,7 @@ def _payload(executor: Any, prompt_tokens: int) -> int:
 
 async def _sender(executor: Any, metrics: WorkerMetrics | None = None, **timeouts: float) -> KvSender:
     sender = KvSender(
-        "127.0.0.1", free_port(), executor.dtype_name, metrics or WorkerMetrics("prefill"), **timeouts
+        "127.0.0.1", free_port(), executor.dtype_name, metrics or WorkerMetrics("prefill"), KEY, **timeouts
     )
     await sender.start()
     return sender
@@ -73,7 +74,7 @@ def test_handoff_is_lossless(
         pool = ThreadPoolExecutor(1)
         n = len(PROMPT)
         cache = caches.allocate(n + 8) if caches else executor.new_cache(n + 8)
-        async with await KvClaim.open(boot, PROMPT, transport) as claim:
+        async with await KvClaim.open(boot, PROMPT, KEY, transport) as claim:
             if claim_first:
                 await asyncio.sleep(0.05)
                 room = sender.register(42, PROMPT)
@@ -108,7 +109,7 @@ def test_received_cache_decodes_like_the_original(executor: Any) -> None:
         n = len(PROMPT)
         caches = _shared(executor)
         cache = caches.allocate(n + 8)
-        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 7), PROMPT) as claim:
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 7), PROMPT, KEY) as claim:
             await claim.receive(
                 _payload(executor, n), cache, _expect(executor, n), pool, 5.0, caches.fd_of(cache)
             )
@@ -137,7 +138,7 @@ def test_unclaimed_room_fails_after_the_bootstrap_timeout(executor: Any) -> None
             await asyncio.wait_for(room.result, 5.0)
         waited = time.monotonic() - start
         # A late claim is answered at once from the tombstone, with the same status.
-        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 5), PROMPT) as claim:
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 5), PROMPT, KEY) as claim:
             with pytest.raises(HandoffError) as late:
                 await asyncio.wait_for(claim.guard(asyncio.sleep(30)), 5.0)
         await sender.close()
@@ -153,7 +154,7 @@ def test_decode_hanging_up_fails_the_room_at_once(executor: Any) -> None:
     async def scenario() -> tuple[HandoffError, float]:
         sender = await _sender(executor, kv_timeout_s=30.0)
         room = sender.register(9, PROMPT)
-        claim = await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 9), PROMPT)
+        claim = await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 9), PROMPT, KEY)
         await asyncio.sleep(0.05)
         start = time.monotonic()
         claim.close()  # the decode worker dies before READY
@@ -170,7 +171,7 @@ def test_prefill_failure_ends_the_decode_wait_with_its_status(executor: Any) -> 
     async def scenario() -> HandoffError:
         sender = await _sender(executor)
         sender.register(11, PROMPT)
-        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 11), PROMPT) as claim:
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 11), PROMPT, KEY) as claim:
             asyncio.get_running_loop().call_later(0.1, sender.fail, 11, "prefill overloaded", 503)
             with pytest.raises(HandoffError) as err:
                 await asyncio.wait_for(claim.guard(asyncio.sleep(30)), 5.0)
@@ -185,7 +186,7 @@ def test_abort_from_the_decode_side_fails_the_room(executor: Any) -> None:
     async def scenario() -> HandoffError:
         sender = await _sender(executor)
         room = sender.register(13, PROMPT)
-        await send_abort(Bootstrap("127.0.0.1", sender.port, 13), "queue full")
+        await send_abort(Bootstrap("127.0.0.1", sender.port, 13), "queue full", KEY)
         with pytest.raises(HandoffError) as err:
             await asyncio.wait_for(room.result, 5.0)
         await sender.close()
@@ -211,7 +212,7 @@ def test_mismatches_are_refused_on_both_sides(
         sender.kv_ready(17, event)
         pool = ThreadPoolExecutor(1)
         n = len(claimed_prompt)
-        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 17), claimed_prompt) as claim:
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 17), claimed_prompt, KEY) as claim:
             with pytest.raises(HandoffError) as decode_err:
                 cache = executor.new_cache(n + 4)
                 await claim.receive(
@@ -240,7 +241,7 @@ def test_prefill_refuses_a_shared_buffer_of_the_wrong_size(executor: Any) -> Non
         small = caches.allocate(n + 8)
         big = caches.allocate(n + 500)  # claims small's capacity but hands over big's memory
         pool = ThreadPoolExecutor(1)
-        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 19), PROMPT) as claim:
+        async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 19), PROMPT, KEY) as claim:
             with pytest.raises(HandoffError) as decode_err:
                 await claim.receive(
                     _payload(executor, n), small, _expect(executor, n), pool, 5.0, caches.fd_of(big)
@@ -252,3 +253,47 @@ def test_prefill_refuses_a_shared_buffer_of_the_wrong_size(executor: Any) -> Non
 
     decode_err, prefill_err = asyncio.run(scenario())
     assert "shared KV buffer" in prefill_err.message and "shared KV buffer" in decode_err.message
+
+
+@pytest.mark.parametrize("side", ["decode", "prefill"])
+def test_a_party_without_the_secret_gets_nothing(executor: Any, side: str) -> None:
+    """A claim signed with another secret is dropped without ACCEPT and the room stays open for the
+    real decode side; a prefill without the secret gets no READY from a decode worker."""
+    event = _prefilled(executor)
+
+    async def scenario() -> tuple[str, float]:
+        metrics = WorkerMetrics("prefill")
+        key = KEY if side == "decode" else b"a-prefill-that-lacks-the-secret"
+        sender = KvSender("127.0.0.1", free_port(), executor.dtype_name, metrics, key)
+        await sender.start()
+        room = sender.register(21, PROMPT)
+        claim_key = b"a-decode-that-lacks-the-secret" if side == "decode" else KEY
+        try:
+            await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 21), PROMPT, claim_key)
+            message = "claim accepted"
+        except HandoffError as err:
+            message = err.message
+        await asyncio.sleep(0.05)
+        assert not room.result.done() or side == "prefill"
+        if side == "decode":  # the genuine decode worker still gets the KV
+            sender.kv_ready(21, event)
+            cache = executor.new_cache(len(PROMPT) + 4)
+            async with await KvClaim.open(Bootstrap("127.0.0.1", sender.port, 21), PROMPT, KEY) as claim:
+                meta, _ = await claim.receive(
+                    _payload(executor, len(PROMPT)),
+                    cache,
+                    _expect(executor, len(PROMPT)),
+                    ThreadPoolExecutor(1),
+                    5.0,
+                )
+            assert meta.prompt_tokens == len(PROMPT)
+        await sender.close()
+        return message, metrics.counter("kv_auth_failures_total")
+
+    message, failures = asyncio.run(scenario())
+    if side == "decode":
+        assert "dropped the claim" in message and failures == 1
+    else:
+        # It cannot check the decode's claim, so it cannot answer one: the decode side never sends
+        # READY (a stand-in that forges an ACCEPT: tests/realrun/test_worker_failures.py).
+        assert message != "claim accepted" and "dropped the claim" in message

@@ -22,9 +22,9 @@ def test_frame_round_trip() -> None:
     ("fields", "message"),
     [
         ((b"XXXX", 1, 1, 0, 0), "bad magic"),
-        ((b"PDKV", 2, 1, 0, 0), "version 2"),
-        ((b"PDKV", 1, 99, 0, 0), "unknown frame kind 99"),
-        ((b"PDKV", 1, 1, 0, wire.MAX_BODY_BYTES + 1), "exceeds the limit"),
+        ((b"PDKV", 1, 1, 0, 0), "version 1"),
+        ((b"PDKV", wire.VERSION, 99, 0, 0), "unknown frame kind 99"),
+        ((b"PDKV", wire.VERSION, 1, 0, wire.MAX_BODY_BYTES + 1), "exceeds the limit"),
     ],
 )
 def test_bad_headers_are_refused(fields: tuple[object, ...], message: str) -> None:

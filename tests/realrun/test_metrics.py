@@ -1,28 +1,49 @@
-"""The hand-written Prometheus exposition: cumulative buckets, labels, gauges read at scrape time."""
+"""A worker's Prometheus exposition (prometheus_client): cumulative buckets, labels, gauges read at
+scrape time, and SGLang's metric names kept beside pdplan's."""
 
 from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from pdplan.realrun.metrics import WorkerMetrics
 
 
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
 def test_prometheus_text() -> None:
-    metrics = WorkerMetrics("decode")
+    metrics = WorkerMetrics("decode", "tiny-llama")
     level = [3]
     metrics.gauge("queue_length", "waiting", lambda: level[0])
     metrics.observe("ttft_seconds", 0.003)
     metrics.observe("ttft_seconds", 0.2)
     metrics.inc("requests_total", label="ok")
     metrics.inc("kv_transfer_bytes_total", 1024, label="socket")
+    metrics.inc("generated_tokens_total", 7)
     metrics.decode_step(4, 100, 0.02)
     level[0] = 5
-    lines = metrics.render().splitlines()
-    assert 'pdplan_worker_queue_length{role="decode"} 5' in lines
-    assert 'pdplan_worker_ttft_seconds_bucket{role="decode",le="0.0025"} 0' in lines
-    assert 'pdplan_worker_ttft_seconds_bucket{role="decode",le="0.005"} 1' in lines
-    assert 'pdplan_worker_ttft_seconds_bucket{role="decode",le="+Inf"} 2' in lines
-    assert 'pdplan_worker_ttft_seconds_count{role="decode"} 2' in lines
-    assert 'pdplan_worker_requests_total{role="decode",status="ok"} 1' in lines
-    assert 'pdplan_worker_kv_transfer_bytes_total{role="decode",path="socket"} 1024' in lines
-    assert 'pdplan_worker_generated_tokens_total{role="decode"} 0' in lines
-    assert "# TYPE pdplan_worker_itl_seconds histogram" in lines
+    text = metrics.render()
+    got = _samples(text)
+    role = (("role", "decode"),)
+    assert got[("pdplan_worker_queue_length", role)] == 5
+    assert got[("pdplan_worker_ttft_seconds_bucket", (("le", "0.0025"), *role))] == 0
+    assert got[("pdplan_worker_ttft_seconds_bucket", (("le", "0.005"), *role))] == 1
+    assert got[("pdplan_worker_ttft_seconds_bucket", (("le", "+Inf"), *role))] == 2
+    assert got[("pdplan_worker_ttft_seconds_count", role)] == 2
+    assert got[("pdplan_worker_requests_total", (("role", "decode"), ("status", "ok")))] == 1
+    assert got[("pdplan_worker_kv_transfer_bytes_total", (("path", "socket"), *role))] == 1024
+    assert got[("pdplan_worker_generated_tokens_total", role)] == 7
+    # The same facts under SGLang's names.
+    model = (("model_name", "tiny-llama"),)
+    assert got[("sglang:num_queue_reqs", model)] == 5
+    assert got[("sglang:time_to_first_token_seconds_count", model)] == 2
+    assert got[("sglang:generation_tokens_total", model)] == 7
+    assert "# TYPE pdplan_worker_itl_seconds histogram" in text.splitlines()
+    assert "_created" not in text
     assert metrics.recent_steps() == [(4, 100, 20.0)]
+    assert metrics.counter("requests_total", "ok") == 1

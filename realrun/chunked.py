@@ -1,0 +1,77 @@
+"""Chunked prefill: extend a request's KV cache with the next slice of its prompt.
+
+A worker with ``--chunk-tokens N`` prefills long prompts in slices of at most N tokens per forward
+(SGLang's ``--chunked-prefill-size``, vLLM's chunked prefill): each step packs up to N prompt
+tokens, taken FIFO, finishing the head prompt's slice before the next prompt's; a prompt's first
+token is sampled once its last slice ran. Attention of a slice sees every earlier position of its
+own prompt (already in the cache) and, causally, its own tokens, so the result equals one whole-
+prompt forward (``tests/realrun/test_chunked.py`` checks the logits and the cache).
+
+This drives the executor's layer loop (``Executor._forward``) with its own attention callback, the
+same way ``Executor.prefill`` and ``Executor.decode`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from pdplan.profiles.executor import Executor
+from pdplan.profiles.kv_cache import KVCache
+
+
+@torch.no_grad()
+def prefill_chunks(executor: Executor, items: Sequence[tuple[Sequence[int], KVCache]]) -> torch.Tensor:
+    """Run each ``(slice, cache)``: the slice's tokens follow the ``cache.length`` positions already
+    in the cache (which must have room for them). Returns the logits of each slice's last token
+    ``[len(items), vocab]``; every cache's ``length`` grows by its slice.
+
+    Raises:
+        ConfigError: an empty slice or a token id outside the vocabulary.
+    """
+    device = executor.device
+    for chunk, cache in items:
+        executor._check_tokens(chunk)
+        assert cache.length + len(chunk) <= cache.capacity, "the cache must hold the whole prompt"
+    lengths = [len(chunk) for chunk, _ in items]
+    ids = torch.tensor([t for chunk, _ in items for t in chunk], dtype=torch.long, device=device)
+    positions = torch.cat(
+        [
+            torch.arange(c.length, c.length + n, device=device)
+            for (_, c), n in zip(items, lengths, strict=True)
+        ]
+    )
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+
+    def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(q.shape[0], q.shape[1] * q.shape[2], dtype=q.dtype, device=q.device)
+        for i, (_, cache) in enumerate(items):
+            lo, hi = starts[i], starts[i + 1]
+            n, past = hi - lo, cache.length
+            cache.k[layer, :, past : past + n].copy_(k[lo:hi].transpose(0, 1))
+            cache.v[layer, :, past : past + n].copy_(v[lo:hi].transpose(0, 1))
+            kc, vc = cache.k[layer, :, : past + n], cache.v[layer, :, : past + n]
+            query = q[lo:hi].transpose(0, 1)[None]
+            if past == 0:
+                att = F.scaled_dot_product_attention(
+                    query, kc[None], vc[None], is_causal=True, enable_gqa=True
+                )
+            else:  # query i sits at position past + i: it sees keys 0 .. past + i
+                keys = torch.arange(past + n, device=q.device)
+                mask = keys[None, :] <= (past + torch.arange(n, device=q.device))[:, None]
+                att = F.scaled_dot_product_attention(
+                    query, kc[None], vc[None], attn_mask=mask[None, None], enable_gqa=True
+                )
+            out[lo:hi] = att[0].transpose(0, 1).reshape(n, -1)
+        return out
+
+    hidden = executor._forward(ids, positions, attend)
+    last = hidden[torch.tensor([s - 1 for s in starts[1:]], device=device)]
+    logits = executor._logits(last)
+    for (_, cache), n in zip(items, lengths, strict=True):
+        cache.length += n
+    return logits
