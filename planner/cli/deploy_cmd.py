@@ -123,11 +123,10 @@ def deploy(
         raise choices_error("--target", target, TARGETS)
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: expected 1..65535")
-    if not 1 <= max_queue <= 1_000_000:
-        raise ConfigError(f"--max-queue {max_queue}: expected 1..1000000")
-    from pdplan.profiles.validate import number
+    from pdplan.realrun.worker_config import check_max_queue, check_timeout
 
-    number("--kv-timeout-s", kv_timeout_s, low=0, low_open=True, high=86400)
+    check_max_queue(max_queue)
+    check_timeout("--kv-timeout-s", kv_timeout_s)
     from pdplan.planner.cli.deploy_targets import check_options
 
     check_options(
@@ -153,10 +152,6 @@ def deploy(
 
         claim_out(out, "deploy", force=force)
     from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory, parse_devices
-    from pdplan.realrun.worker_config import check_max_queue, check_timeout
-
-    check_max_queue(max_queue)
-    check_timeout("--kv-timeout-s", kv_timeout_s)
     device_list = parse_devices(devices)
     spec = _load_spec(plan, weights, tokenizer, seed)
     opts = LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -88,7 +88,7 @@ def target_plan(plan: Plan, req: TargetRequest) -> TargetPlan:
         model=plan.model,
         pools=tuple(pools),
         router=router,
-        mem_fraction=_memory_fraction(plan, req, pools),
+        mem_fraction=plan.gpu_memory_utilisation,  # None: each engine's own default
         hardware=plan.hardware,
         settings=settings,
         ports=ports,
@@ -192,17 +192,3 @@ def _execute(plan_path: Path, launch: LaunchPlan, where: Path) -> None:
 
     _print_launch(launch, show_commands=False)
     _run(plan_path, launch, where / "run")
-
-
-def _memory_fraction(plan: Plan, req: TargetRequest, pools: list[tuple[str, Any]]) -> float:
-    """The plan's memory fraction, or — when the plan leaves it to the engine — that engine's
-    default (``pdplan.profiles.engine``): SGLang's ``mem_fraction_static`` for the largest TP, or
-    vLLM's ``gpu_memory_utilization``."""
-    if plan.gpu_memory_utilisation is not None:
-        return float(plan.gpu_memory_utilisation)
-    from pdplan.profiles.engine import VLLM_GPU_MEMORY_UTILIZATION, sglang_mem_fraction_static
-
-    engine = "vllm" if req.target == "vllm" or (req.target == "k8s" and req.engine == "vllm") else "sglang"
-    if engine == "vllm":
-        return VLLM_GPU_MEMORY_UTILIZATION
-    return sglang_mem_fraction_static(max(pool.tp for _, pool in pools))

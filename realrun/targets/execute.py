@@ -85,6 +85,11 @@ def launch_plan(bundle: Bundle, stand_in: bool) -> LaunchPlan:
         )
     hosts = {"NODE0": HOST}
     workers, router = [], None
+    # SGLang learns a prefill's bootstrap address from each request; pdplan's decode workers accept
+    # only their own deployment's prefills (issue 14), so the stand-in is told them up front
+    peers = ",".join(
+        f"{HOST}:{p.bootstrap_port}" for p in bundle.processes if p.role == "prefill" and p.bootstrap_port
+    )
     for p in bundle.processes:
         argv = substitute_hosts(p.argv, hosts)
         for port in (p.port, p.bootstrap_port):
@@ -106,6 +111,8 @@ def launch_plan(bundle: Bundle, stand_in: bool) -> LaunchPlan:
         else:
             full = (sys.executable, "-m", "pdplan.realrun.targets.engine_exec", sys.executable, *argv[1:])
         env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        if stand_in and p.role == "decode":
+            env["PDPLAN_STANDIN_PREFILL_PEERS"] = peers
         workers.append(ProcessSpec(p.name, p.role, full, p.url(HOST), p.port, p.bootstrap_port, env=env))
     assert router is not None, "an sglang bundle has a router"
     mode = "colocated" if all(w.role == "colocated" for w in workers) else "disaggregated"

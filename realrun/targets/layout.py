@@ -136,7 +136,7 @@ class TargetPlan:
     model: str
     pools: tuple[tuple[str, Pool], ...]
     router: str = "least_loaded"
-    mem_fraction: float = 0.9
+    mem_fraction: float | None = None  # None: each engine's own default (pdplan.profiles.engine)
     hardware: str = ""
     settings: LaunchSettings = field(default_factory=LaunchSettings)
     ports: Ports = field(default_factory=Ports)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 
+from pdplan.profiles.engine import sglang_mem_fraction_static
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.targets import flags
 from pdplan.realrun.targets.bundle import Bundle, Process, shell_command
@@ -52,7 +53,7 @@ def engine_argv(plan: TargetPlan, p: Placement, rank: int) -> list[str]:
         args += ["--ep-size", str(par.ep)]
     args += [
         "--mem-fraction-static",
-        f"{plan.mem_fraction:g}",
+        f"{plan.mem_fraction if plan.mem_fraction is not None else sglang_mem_fraction_static(pool.tp):g}",
         "--max-running-requests",
         str(pool.max_batch_size),
     ]

@@ -66,6 +66,9 @@ def worker_argv(args: list[str]) -> list[str]:
         argv += ["--max-kv-tokens", given["--max-total-tokens"]]
     if role == "prefill":
         argv += ["--bootstrap-port", given.get("--disaggregation-bootstrap-port", "8998")]
+    peers = os.environ.get("PDPLAN_STANDIN_PREFILL_PEERS")
+    if role == "decode" and peers:  # a pdplan decode worker talks only to its deployment's prefills
+        argv += ["--prefill-peers", peers]
     argv += ["--seed", os.environ.get("PDPLAN_STANDIN_SEED", "0")]
     argv += ["--device", os.environ.get("PDPLAN_STANDIN_DEVICE", "cpu")]
     argv += ["--threads", os.environ.get("PDPLAN_STANDIN_THREADS", "1")]

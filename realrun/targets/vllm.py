@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 
+from pdplan.profiles.engine import VLLM_GPU_MEMORY_UTILIZATION
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.targets import flags
 from pdplan.realrun.targets.bundle import Bundle, Process, shell_command
@@ -80,7 +81,8 @@ def engine_process(plan: TargetPlan, p: Placement, rank: int) -> Process:
         args += ["--data-parallel-size", str(dp)]
     if par.ep > 1:
         args.append("--enable-expert-parallel")
-    args += ["--max-num-seqs", str(pool.max_batch_size), "--gpu-memory-utilization", f"{plan.mem_fraction:g}"]
+    fraction = plan.mem_fraction if plan.mem_fraction is not None else VLLM_GPU_MEMORY_UTILIZATION
+    args += ["--max-num-seqs", str(pool.max_batch_size), "--gpu-memory-utilization", f"{fraction:g}"]
     chunk = pool.chunk_tokens if isinstance(pool, PrefillPool) else None
     if isinstance(pool, ColocatedPool) and pool.policy == "chunked":
         chunk = pool.chunk_tokens

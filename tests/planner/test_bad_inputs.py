@@ -230,7 +230,7 @@ CASES: list[tuple[str, dict[str, object], list[str], str]] = [
     ("deploy-plan-missing", {}, ["deploy", "{t}/nowhere.yaml", "--dry-run"], "nowhere"),
     ("deploy-plan-python-tag", {"plan.yaml": "mode: !!python/name:os.system\n"}, DEPLOY, "line 1"),
     ("deploy-port-zero", {}, [*DEPLOY, "--port", "0"], "--port"),
-    ("deploy-max-queue-zero", {}, [*DEPLOY, "--max-queue", "0"], "--max-queue"),
+    ("deploy-max-queue-negative", {}, [*DEPLOY, "--max-queue=-1"], "--max-queue"),
     ("deploy-kv-timeout-inf", {}, [*DEPLOY, "--kv-timeout-s", "inf"], "--kv-timeout-s"),
     ("deploy-out-over-run", {}, ["deploy", "{t}/plan.yaml", "--out", "{t}/" + RUN], "--force"),
     ("deploy-stop-nowhere", {}, ["deploy", "--stop", "{t}/nowhere"], "deploy.json"),

@@ -157,4 +157,5 @@ def test_percentile_slo_holds_at_the_operating_point(profiles: ProfileSet) -> No
     summary = result.operating_summary
     assert summary["ttft_ms"]["p99"] <= 2000 and summary["tpot_ms"]["p90"] <= 40
     above = [p for p in result.chosen.probes if not p.meets_slo]
-    assert all("_p" in p.violated for p in above), "misses name the percentile that failed"
+    # a miss names the percentile that failed, or the stability test (a growing backlog)
+    assert all("_p" in p.violated or "unstable" in p.violated for p in above), [p.violated for p in above]

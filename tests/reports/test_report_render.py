@@ -88,7 +88,8 @@ def test_combined_report_has_every_section(
     html = out.read_text()
     _check_self_contained(html)
     assert all(_sections(html).values()) and len(_sections(html)) == 6
-    assert len(_figures(html)) == 13  # a traffic-over-time figure for the search and the bench
+    # a traffic-over-time figure for the search and the bench; validation: CDFs and error over time
+    assert len(_figures(html)) == 15
     assert "<title>All &lt;in&gt; one</title>" in html
 
 

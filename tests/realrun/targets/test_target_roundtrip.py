@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from target_cases import PLANS, plan, tplan
 
 from pdplan.planner.cli.deploy_targets import TargetRequest, target_plan
 from pdplan.planner.plan import Plan
+from pdplan.profiles.engine import sglang_mem_fraction_static
 from pdplan.profiles.errors import DeployError
 from pdplan.realrun.targets import sglang
 from pdplan.realrun.targets.layout import LaunchSettings, RoleParallel, TargetPlan
@@ -41,8 +44,13 @@ def test_plan_survives_the_sglang_scripts(name: str) -> None:
         kv_transfer=original.kv_transfer,  # a link's numbers are the simulator's, not an engine flag
         **dict(back.pools),
     )
-    assert _launch_view(rebuilt) == _launch_view(original)
-    assert rebuilt.to_dict() == original.to_dict() | {"predicted": {}, "slo": None}
+    # a plan that leaves the memory fraction to the engine gets SGLang's default for its TP, spelled out
+    fraction = original.gpu_memory_utilisation
+    if fraction is None:
+        fraction = sglang_mem_fraction_static(max(original.tps.values()))
+    expected = replace(original, gpu_memory_utilisation=fraction)
+    assert _launch_view(rebuilt) == _launch_view(expected)
+    assert rebuilt.to_dict() == expected.to_dict() | {"predicted": {}, "slo": None}
 
 
 _pools = st.one_of(

@@ -14,7 +14,7 @@ python3 -m sglang.launch_server \
     --host "${NODE0}" \
     --port 30000 \
     --tp-size 1 \
-    --mem-fraction-static 0.9 \
+    --mem-fraction-static 0.88 \
     --max-running-requests 64 \
     --max-prefill-tokens 8192 \
     --chunked-prefill-size 2048 \
@@ -29,7 +29,7 @@ python3 -m sglang.launch_server \
     --host "${NODE0}" \
     --port 30001 \
     --tp-size 1 \
-    --mem-fraction-static 0.9 \
+    --mem-fraction-static 0.88 \
     --max-running-requests 64 \
     --max-prefill-tokens 8192 \
     --chunked-prefill-size 2048 \
@@ -44,7 +44,7 @@ python3 -m sglang.launch_server \
     --host "${NODE0}" \
     --port 30002 \
     --tp-size 1 \
-    --mem-fraction-static 0.9 \
+    --mem-fraction-static 0.88 \
     --max-running-requests 64 \
     --max-prefill-tokens 8192 \
     --chunked-prefill-size 2048 \
@@ -59,7 +59,7 @@ python3 -m sglang.launch_server \
     --host "${NODE0}" \
     --port 30003 \
     --tp-size 1 \
-    --mem-fraction-static 0.9 \
+    --mem-fraction-static 0.88 \
     --max-running-requests 64 \
     --max-prefill-tokens 8192 \
     --chunked-prefill-size 2048 \
