@@ -7,7 +7,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -225,18 +224,20 @@ def test_measured_quick_cpu_profile(tmp_path: Path) -> None:
     assert yaml.safe_load((out / "run.yaml").read_text())["kind"] == "profile"
 
 
-def test_help_is_fast_and_does_not_import_torch(pdplan_script: Path) -> None:
+HEAVY = ("torch", "transformers", "numpy", "pandas", "matplotlib", "simpy", "aiohttp", "httpx")
+
+
+@pytest.mark.parametrize("command", ["", "profile", "simulate", "deploy", "report", "bench"])
+def test_help_does_not_import_heavy_modules(command: str) -> None:
+    """``pdplan [COMMAND] --help`` starts fast because it imports nothing heavy: a deterministic check
+    (the wall time itself depends on the machine's load, so it is not asserted here)."""
+    argv = ["pdplan", *([command] if command else []), "--help"]
     probe = (
-        "import sys\nsys.argv = ['pdplan', 'profile', '--help']\n"
+        f"import sys\nsys.argv = {argv!r}\n"
         "from pdplan.planner.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('heavy:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+        f"print('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "heavy: []" in shown.stdout and "--analytic" in shown.stdout
-    best = float("inf")
-    for _ in range(3):  # best of three: the machine is shared
-        start = time.perf_counter()
-        subprocess.run([str(pdplan_script), "--help"], capture_output=True, check=True)
-        best = min(best, time.perf_counter() - start)
-    assert best < 1.0, f"pdplan --help took {best:.2f} s"
+    assert "heavy: []" in shown.stdout, shown.stdout[-300:]
+    assert "Usage" in shown.stdout
