@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from pdplan.planner.search import SearchSpec
 
 log = logging.getLogger(__name__)
-#: Candidates tried in turn when the top one fails its replays.
-MAX_TRIES = 6
+#: Confirmations before the choice is settled among the confirmed only. A confirmed goodput is at
+#: most the search's failing rate (the search's replay is one of the confirmation's), so the loop
+#: converges: each round confirms the best unconfirmed candidate that could still win or tie.
+MAX_TRIES = 32
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def notes_of(result: SearchResult) -> dict[str, Any]:
         notes["tie"] = (
             f"{top.candidate.label} ({top.candidate.gpus} GPUs) reached {top.goodput_rps_per_gpu:.4g} req/s "
             f"per GPU, within the search's resolution (±{spec.rate_policy.tolerance:.1%}) of this plan's "
-            f"{chosen.goodput_rps_per_gpu:.4g}: a tie, broken toward fewer GPUs and the simpler layout"
+            f"{chosen.goodput_rps_per_gpu:.4g}: a tie, broken toward "
+            f"{_tie_break(chosen.candidate, top.candidate)}"
         )
     if spec.target_rate_rps is not None:
         probe = promise.target_probe if promise is not None else None
@@ -119,6 +120,20 @@ def notes_of(result: SearchResult) -> dict[str, Any]:
     if spec.price_per_gpu_hour is not None:
         notes["cost"] = _cost(result)
     return notes
+
+
+def _tie_break(chosen: Candidate, top: Candidate) -> str:
+    """What decided a tie (``pdplan.planner.evaluation.simplicity_key``), in words."""
+    reasons = (
+        (chosen.gpus, top.gpus, "fewer GPUs"),
+        (sum(chosen.instances.values()), sum(top.instances.values()), "fewer instances"),
+        (max(chosen.tps), max(top.tps), "the smaller TP"),
+        (chosen.mode != "colocated", top.mode != "colocated", "colocated (one pool to run)"),
+    )
+    for ours, theirs, words in reasons:
+        if ours != theirs:
+            return words
+    return "the first in candidate order (they differ only in batch limits)"
 
 
 def _cost(result: SearchResult) -> dict[str, Any]:
