@@ -35,6 +35,9 @@ class KvClaim:
         self._sock = sock
         self.bootstrap = bootstrap
         self.session = session
+        # A frame the prefill sent while ``guard`` was finishing (e.g. its ERROR 503 arriving just
+        # as KV space freed up): read, so it must not be lost; ``receive`` reports it.
+        self._early: asyncio.Future[Any] | None = None
 
     @classmethod
     async def open(
@@ -104,6 +107,8 @@ class KvClaim:
                 if not task.done():
                     task.cancel()
         if main in done:
+            if peer in done:
+                self._early = peer
             return main.result()
         raise self._peer_failure(peer)
 
@@ -127,6 +132,8 @@ class KvClaim:
             HandoffError: the prefill failed, hung up, broke the protocol, or timed out (504).
         """
         loop, room = self._loop, self.bootstrap.room
+        if self._early is not None:
+            raise self._peer_failure(self._early)
         if self._sock.family != socket.AF_UNIX:
             shared_fd = None
         try:

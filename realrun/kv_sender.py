@@ -246,6 +246,7 @@ class KvSender:
             if room is not None:
                 self._fail(room, message, status)
             await self._try_send_error(loop, conn, room_id, status, message)
+            await _linger(loop, conn)
         finally:
             conn.close()
             if room is not None:
@@ -370,6 +371,20 @@ class KvSender:
         # If the peer is gone it sees the closed connection instead.
         with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(wire.send_frame(loop, conn, wire.ERROR, room_id, body), 1.0)
+
+
+async def _linger(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout_s: float = 1.0) -> None:
+    """After an ERROR: stop sending, and read what the decode still sends (its READY may be on
+    the way) until it hangs up, for at most ``timeout_s``. Closing with unread input would reset
+    the connection, and a reset can destroy the ERROR frame before the decode reads it: the client
+    would see a 502 instead of the prefill's status (a 503 must stay a 503)."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+    deadline = loop.time() + timeout_s
+    with contextlib.suppress(OSError, TimeoutError):
+        while (left := deadline - loop.time()) > 0:
+            if not await asyncio.wait_for(loop.sock_recv(conn, 65536), left):
+                return
 
 
 async def _no_fds(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[wire.Frame, list[int]]:

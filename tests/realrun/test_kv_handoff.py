@@ -182,6 +182,37 @@ def test_prefill_failure_ends_the_decode_wait_with_its_status(executor: Any) -> 
     assert err.status == 503 and "prefill overloaded" in err.message
 
 
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+def test_prefill_refusal_racing_the_decode_admission_keeps_its_status(executor: Any, transport: str) -> None:
+    """The prefill refuses (503) just as the decode's admission completes: both are ready in the
+    same loop turn. The refusal was read by the guard and must be reported, not lost to a later
+    broken pipe (a 503 turned 502 in CI)."""
+
+    async def admitted() -> None:
+        return None
+
+    async def scenario() -> HandoffError:
+        sender = await _sender(executor)
+        sender.register(12, PROMPT)
+        pool = ThreadPoolExecutor(1)
+        boot = Bootstrap("127.0.0.1", sender.port, 12)
+        async with await KvClaim.open(boot, PROMPT, KEY, transport) as claim:
+            sender.fail(12, "prefill overloaded", 503)
+            await asyncio.sleep(0.2)  # the ERROR frame is in the decode's socket, the prefill has hung up
+            await claim.guard(admitted())
+            cache = executor.new_cache(len(PROMPT) + 8)
+            with pytest.raises(HandoffError) as err:
+                await claim.receive(
+                    _payload(executor, len(PROMPT)), cache, _expect(executor, len(PROMPT)), pool, 5.0
+                )
+        await sender.close()
+        pool.shutdown()
+        return err.value
+
+    err = asyncio.run(scenario())
+    assert err.status == 503 and "prefill overloaded" in err.message
+
+
 def test_abort_from_the_decode_side_fails_the_room(executor: Any) -> None:
     async def scenario() -> HandoffError:
         sender = await _sender(executor)
