@@ -32,7 +32,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, TCPConnector, web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from pdplan.realrun.conn_guard import ConnectionGuard
@@ -42,6 +42,7 @@ log = logging.getLogger("pdplan.realrun.gateway")
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
 PASS_PATHS = ("/health", "/readiness", "/liveness", "/get_server_info", "/get_model_info", "/server_info")
 MAX_JSON_DEPTH = 64
+MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
 def _error(message: str, status: int, kind: str) -> web.Response:
@@ -96,6 +97,36 @@ def _is_json_error(body: bytes) -> bool:
     except (ValueError, RecursionError):
         return False
     return isinstance(parsed, dict) and "error" in parsed
+
+
+async def _read_bounded(upstream: ClientResponse, limit: int) -> bytes:
+    """The body up to ``limit`` bytes (an error body; the rest is dropped)."""
+    parts: list[bytes] = []
+    size = 0
+    with contextlib.suppress(ClientError, asyncio.IncompleteReadError, ConnectionError):
+        while size < limit and (chunk := await upstream.content.read(limit - size)):
+            parts.append(chunk)
+            size += len(chunk)
+    return b"".join(parts)
+
+
+def _error_text(body: bytes) -> str:
+    """The message of an upstream error body: JSON or SSE ``data:`` lines, however nested."""
+    text = body.decode("utf-8", "replace").strip()
+    lines = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    text = " ".join(line for line in lines if line != "[DONE]") if lines else text
+    for _ in range(8):  # unwrap {"error": {"message": ...}} layers, as routers nest them
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            break
+        inner = parsed.get("error", parsed.get("message")) if isinstance(parsed, dict) else None
+        if isinstance(inner, dict):
+            inner = inner.get("message", inner)
+        if inner is None:
+            break
+        text = inner if isinstance(inner, str) else json.dumps(inner)
+    return text[:500] or "upstream error"
 
 
 class Gateway:
@@ -216,17 +247,26 @@ class Gateway:
             return _error(f"router unreachable: {err}", 503, "unavailable")
         async with upstream:
             streamed = upstream.content_type == "text/event-stream"
+            if upstream.status >= 400:
+                # An error is answered as one JSON body, also when the router sent it as an event
+                # stream (it does so for a failed streamed request): never a 5xx with SSE text.
+                body = await _read_bounded(upstream, MAX_ERROR_BODY_BYTES)
+                overloaded = upstream.status in (429, 503)
+                self.requests.labels("overloaded" if overloaded else "error").inc()
+                status = 503 if upstream.status == 429 else upstream.status
+                if streamed or not _is_json_error(body):
+                    kind = "overloaded" if overloaded else "upstream_error"
+                    return _error(_error_text(body), status, kind)
+                return web.Response(
+                    status=status,
+                    body=body,
+                    content_type="application/json",
+                    headers={"Retry-After": "1"} if status == 503 else None,
+                )
             if not streamed:
                 body = await upstream.read()
-                self.requests.labels("ok" if upstream.status < 400 else "error").inc()
-                if upstream.status >= 400 and not _is_json_error(body):
-                    kind = "overloaded" if upstream.status in (429, 503) else "upstream_error"
-                    status = 503 if upstream.status == 429 else upstream.status
-                    return _error(body.decode("utf-8", "replace")[:500] or "error", status, kind)
-                out_headers = {"Retry-After": "1"} if upstream.status == 503 else None
-                return web.Response(
-                    status=upstream.status, body=body, content_type=upstream.content_type, headers=out_headers
-                )
+                self.requests.labels("ok").inc()
+                return web.Response(status=upstream.status, body=body, content_type=upstream.content_type)
             response = web.StreamResponse(
                 status=upstream.status,
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
