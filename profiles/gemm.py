@@ -68,6 +68,17 @@ FAMILY: dict[str, str] = {
 VIDUR_PEAKS: dict[str, tuple[float, float]] = {"a100": (312e12, 2039e9), "h100": (989.4e12, 3350e9)}
 
 
+def fit_source(hardware_name: str) -> str:
+    """Where a GPU's kernel constants come from, for the profile's notes."""
+    family = FAMILY.get(hardware_name, "a100")
+    if family == "ada":
+        return "ada: A100 fit with the MFU published cuBLAS figures give on AD102, not fitted"
+    measured = {"a100": "a100-80g", "h100": "h100-sxm"}[family]
+    if hardware_name == measured:
+        return "fitted on Vidur op times"
+    return f"borrowed: the {family} fit on Vidur op times"
+
+
 def kernel_fit(hardware_name: str) -> KernelFit:
     """The fit a GPU uses; the CPU and unknown parts get the A100 fit (an assumption)."""
     return FITS[FAMILY.get(hardware_name, "a100")]
