@@ -19,7 +19,7 @@ import yaml
 from pdplan.profiles.atomic import replacing_dir, write_file
 from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.latency_model import LatencyModel
-from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec
+from pdplan.profiles.model_spec import WEIGHT_BITS, ModelSpec
 from pdplan.profiles.validate import (
     MAX_FILE_BYTES,
     MAX_TOKENS,
@@ -110,10 +110,10 @@ class Profile:
         """KV bytes per token held by *one* GPU of a TP group.
 
         KV heads are split across ranks; when TP exceeds the KV head count each rank keeps one
-        (replicated) head, as vLLM and SGLang do.
+        (replicated) head, as vLLM and SGLang do; MLA's latent is held whole by every rank
+        (``ModelSpec.kv_bytes_per_token_per_rank``).
         """
-        heads_per_rank = max(1, self.model.num_kv_heads // self.tp)
-        return self.model.kv_bytes_per_token(self.dtype) * heads_per_rank // self.model.num_kv_heads
+        return self.model.kv_bytes_per_token_per_rank(self.tp, self.dtype)
 
     @property
     def weight_bytes(self) -> int:
@@ -215,8 +215,8 @@ def load_profile(path: str | Path) -> Profile:
         tp = integer(f"{meta_path}: tp", meta["tp"], low=1, high=1024)
     except (ConfigError, TypeError) as err:
         raise ProfileError(f"{meta_path}: {err}" if str(meta_path) not in str(err) else str(err)) from None
-    if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPE_BYTES:
-        raise ProfileError(f"{meta_path}: dtype={meta['dtype']!r}; expected one of {', '.join(DTYPE_BYTES)}")
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in WEIGHT_BITS:
+        raise ProfileError(f"{meta_path}: dtype={meta['dtype']!r}; expected one of {', '.join(WEIGHT_BITS)}")
     return Profile(
         method=meta["method"],
         model=model,
