@@ -102,7 +102,7 @@ class Roofline:
 
     def _step(self, tokens: int, seqs: int, attn_pairs: float, attn_bytes: float) -> StepCost:
         s, e, hw = self.shard, self._bytes, self.hardware
-        fit = kernel_fit(hw.name)
+        fit = kernel_fit(hw.kernel_family)
         peak, bw = hw.peak_bf16_tflops * 1e12, hw.mem_bandwidth_gbps * 1e9
         h, q, kv, inter = s.hidden_size, s.q_size, s.kv_size, s.intermediate_size
         gemm_layer = 0.0
@@ -272,7 +272,7 @@ def analytic_profile(
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     chosen = resolve_dtype(spec, hw, dtype)
     prefill, decode, ops = analytic_tables(spec, hw, tp=tp, dtype=chosen, engine=engine)
-    fit = kernel_fit(hw.name)
+    fit = kernel_fit(hw.kernel_family)
     return Profile(
         method="analytic",
         model=spec,

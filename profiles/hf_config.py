@@ -229,7 +229,7 @@ def _moe_fields(config: dict[str, Any], ints: dict[str, int], model_type: str, w
     }
 
 
-def _mla_fields(ints: dict[str, int]) -> dict[str, int]:
+def _mla_fields(ints: dict[str, int]) -> dict[str, Any]:
     """The MLA fields of ``ModelSpec`` (empty without ``kv_lora_rank``)."""
     if not ints.get("kv_lora_rank"):
         return {}
