@@ -178,4 +178,3 @@ def detect_cuda(device: str = "cuda") -> dict[str, Any]:
         info = entry.to_dict()
     info["device"] = f"cuda:{index} {props.name}"
     return info
-

@@ -103,8 +103,9 @@ def activation_bytes(spec: ModelSpec, tp: int, dtype: str, max_step_tokens: int,
     Forward: one layer's activations are live at a time; the MLP is the peak, holding the
     residual stream and the normalised input (2 × hidden) and the gate/up output plus the
     activation output (3 × intermediate / tp) for every token; in a MoE layer each token's top-k
-    experts and the shared experts hold theirs (3 × (k · moe_intermediate + shared) / tp). Sampler: ``max_batch_size`` rows of
-    the full vocabulary (logits are gathered) × :data:`SAMPLER_BYTES_PER_LOGIT`.
+    experts and the shared experts hold theirs (3 × (k · moe_intermediate + shared) / tp).
+    Sampler: ``max_batch_size`` rows of the full vocabulary (logits are gathered) ×
+    :data:`SAMPLER_BYTES_PER_LOGIT`.
     """
     widest = spec.intermediate_size if spec.num_moe_layers < spec.num_layers else 0
     if spec.is_moe:

@@ -63,11 +63,17 @@ class Hardware:
                 raise ConfigError(f"{where}: {field}={value!r}; expected > 0")
         for field in ("peak_fp8_tflops", "inter_node_bandwidth_gbps", "price_per_hour"):
             value = getattr(self, field)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
                 raise ConfigError(f"{where}: {field}={value!r}; expected > 0 (or leave it out)")
         if self.link_latency_us < 0:
             raise ConfigError(f"{where}: link_latency_us={self.link_latency_us!r}; expected ≥ 0")
-        if isinstance(self.gpus_per_node, bool) or not isinstance(self.gpus_per_node, int) or self.gpus_per_node < 1:
+        if (
+            isinstance(self.gpus_per_node, bool)
+            or not isinstance(self.gpus_per_node, int)
+            or self.gpus_per_node < 1
+        ):
             raise ConfigError(f"{where}: gpus_per_node={self.gpus_per_node!r}; expected an integer ≥ 1")
         if self.intra_node_link not in INTRA_NODE_LINKS:
             raise choices_error(f"{where}: intra_node_link", self.intra_node_link, INTRA_NODE_LINKS)
@@ -129,101 +135,199 @@ CATALOG: dict[str, Hardware] = {
     h.name: h
     for h in (
         _gpu(
-            "h100-sxm", 80, 989.4, 1978.9, 3350.0, link_bandwidth_gbps=450.0, kernel_family="h100",
+            "h100-sxm",
+            80,
+            989.4,
+            1978.9,
+            3350.0,
+            link_bandwidth_gbps=450.0,
+            kernel_family="h100",
             description="NVIDIA H100 SXM5 80GB HBM3",
             source="NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 1,979 / FP8 3,958 TFLOPS with "
             "sparsity (halved); 80 GB HBM3 at 3.35 TB/s; NVLink 900 GB/s bidirectional",
         ),
         _gpu(
-            "h100-pcie", 80, 756.0, 1513.0, 2000.0, link_bandwidth_gbps=_PCIE5_X16_GBPS,
-            intra_node_link="pcie", kernel_family="h100", description="NVIDIA H100 PCIe 80GB HBM2e",
+            "h100-pcie",
+            80,
+            756.0,
+            1513.0,
+            2000.0,
+            link_bandwidth_gbps=_PCIE5_X16_GBPS,
+            intra_node_link="pcie",
+            kernel_family="h100",
+            description="NVIDIA H100 PCIe 80GB HBM2e",
             source="NVIDIA H100 datasheet (PCIe): BF16 1,513 / FP8 3,026 TFLOPS sparse (halved); 80 GB "
             "HBM2e at 2.0 TB/s; NVLink bridges pair two cards only, so TP > 2 runs over PCIe Gen5 x16",
         ),
         _gpu(
-            "h200", 141, 989.4, 1978.9, 4800.0, link_bandwidth_gbps=450.0, kernel_family="h100",
+            "h200",
+            141,
+            989.4,
+            1978.9,
+            4800.0,
+            link_bandwidth_gbps=450.0,
+            kernel_family="h100",
             description="NVIDIA H200 SXM 141GB HBM3e",
             source="NVIDIA H200 Tensor Core GPU datasheet (SXM): BF16 1,979 / FP8 3,958 TFLOPS sparse "
             "(halved); 141 GB HBM3e at 4.8 TB/s; NVLink 900 GB/s bidirectional",
         ),
         _gpu(
-            "h800", 80, 989.4, 1978.9, 3350.0, link_bandwidth_gbps=200.0, kernel_family="h100",
+            "h800",
+            80,
+            989.4,
+            1978.9,
+            3350.0,
+            link_bandwidth_gbps=200.0,
+            kernel_family="h100",
             description="NVIDIA H800 SXM5 80GB HBM3 (NVLink 400 GB/s)",
             source="NVIDIA H800 Tensor Core GPU datasheet (SXM): H100 SXM compute (BF16 1,979 / FP8 "
             "3,958 TFLOPS sparse, halved), 80 GB HBM3 at 3.35 TB/s, NVLink 400 GB/s bidirectional; "
             "DeepSeek-V3 report §3.2.2: 160 GB/s NVLink achieved, 50 GB/s InfiniBand per GPU",
         ),
         _gpu(
-            "h20", 96, 148.0, 296.0, 4000.0, link_bandwidth_gbps=450.0, kernel_family="h100",
+            "h20",
+            96,
+            148.0,
+            296.0,
+            4000.0,
+            link_bandwidth_gbps=450.0,
+            kernel_family="h100",
             description="NVIDIA H20 96GB HBM3 (HGX)",
             source="NVIDIA HGX H20 product brief (as reported; NVIDIA publishes no public datasheet): "
             "FP16/BF16 148 TFLOPS, FP8 296 TFLOPS dense, 96 GB HBM3 at 4.0 TB/s, NVLink 900 GB/s",
         ),
         _gpu(
-            "a100-80g", 80, 312.0, None, 2039.0, link_bandwidth_gbps=300.0, description="NVIDIA A100 SXM4 80GB",
+            "a100-80g",
+            80,
+            312.0,
+            None,
+            2039.0,
+            link_bandwidth_gbps=300.0,
+            description="NVIDIA A100 SXM4 80GB",
             source="NVIDIA A100 Tensor Core GPU datasheet (80GB SXM): BF16 312 TFLOPS dense (624 "
             "sparse), no FP8; HBM2e 2,039 GB/s; NVLink 600 GB/s bidirectional; DGX A100: 200 Gb/s HDR "
             "InfiniBand per GPU",
             inter_node_bandwidth_gbps=_NIC_200G_GBPS,
         ),
         _gpu(
-            "a100-40g", 40, 312.0, None, 1555.0, link_bandwidth_gbps=300.0, description="NVIDIA A100 SXM4 40GB",
+            "a100-40g",
+            40,
+            312.0,
+            None,
+            1555.0,
+            link_bandwidth_gbps=300.0,
+            description="NVIDIA A100 SXM4 40GB",
             source="NVIDIA A100 datasheet (40GB SXM): BF16 312 dense; HBM2 1,555 GB/s; NVLink 600 GB/s",
             inter_node_bandwidth_gbps=_NIC_200G_GBPS,
         ),
         _gpu(
-            "a10g", 24, 70.0, None, 600.0, link_bandwidth_gbps=_PCIE4_X16_GBPS, intra_node_link="pcie",
+            "a10g",
+            24,
+            70.0,
+            None,
+            600.0,
+            link_bandwidth_gbps=_PCIE4_X16_GBPS,
+            intra_node_link="pcie",
             description="NVIDIA A10G 24GB GDDR6 (AWS G5)",
             source="AWS publishes no A10G datasheet: 24 GB GDDR6 at 600 GB/s as the A10 (NVIDIA A10 "
             "datasheet); tensor BF16 ~70 TFLOPS dense vs the A10's 125 (Baseten, 'NVIDIA A10 vs A10G "
             "for ML model inference'); PCIe Gen4 x16, no NVLink",
         ),
         _gpu(
-            "l40s", 48, 362.05, 733.0, 864.0, link_bandwidth_gbps=_PCIE4_X16_GBPS, intra_node_link="pcie",
+            "l40s",
+            48,
+            362.05,
+            733.0,
+            864.0,
+            link_bandwidth_gbps=_PCIE4_X16_GBPS,
+            intra_node_link="pcie",
             description="NVIDIA L40S 48GB GDDR6",
             source="NVIDIA L40S datasheet: BF16 733 / FP8 1,466 TFLOPS with sparsity (halved); 48 GB "
             "GDDR6 with ECC at 864 GB/s; no NVLink, PCIe Gen4 x16",
         ),
         _gpu(
-            "l20", 48, 119.5, 239.0, 864.0, link_bandwidth_gbps=_PCIE4_X16_GBPS, intra_node_link="pcie",
+            "l20",
+            48,
+            119.5,
+            239.0,
+            864.0,
+            link_bandwidth_gbps=_PCIE4_X16_GBPS,
+            intra_node_link="pcie",
             description="NVIDIA L20 48GB GDDR6",
             source="NVIDIA L20 (China market, AD102) product brief as reported: FP16/BF16 119.5, FP8 "
             "239 TFLOPS dense (about a third of the L40S), 48 GB GDDR6 at 864 GB/s, PCIe Gen4 x16",
         ),
         _gpu(
-            "rtx-4090", 24, 165.2, 330.3, 1008.0, link_bandwidth_gbps=_PCIE4_X16_GBPS, intra_node_link="pcie",
+            "rtx-4090",
+            24,
+            165.2,
+            330.3,
+            1008.0,
+            link_bandwidth_gbps=_PCIE4_X16_GBPS,
+            intra_node_link="pcie",
             description="NVIDIA GeForce RTX 4090 24GB GDDR6X",
             source="NVIDIA Ada Lovelace architecture whitepaper (RTX 4090): BF16 165.2 and FP8 330.3 "
             "TFLOPS dense with FP32 accumulate; 24 GB GDDR6X at 1,008 GB/s; PCIe Gen4 x16",
         ),
         _gpu(
-            "rtx-pro-6000", 96, 503.8, 1007.6, 1792.0, link_bandwidth_gbps=_PCIE5_X16_GBPS,
-            intra_node_link="pcie", description="NVIDIA RTX PRO 6000 Blackwell Workstation Edition 96GB GDDR7",
+            "rtx-pro-6000",
+            96,
+            503.8,
+            1007.6,
+            1792.0,
+            link_bandwidth_gbps=_PCIE5_X16_GBPS,
+            intra_node_link="pcie",
+            description="NVIDIA RTX PRO 6000 Blackwell Workstation Edition 96GB GDDR7",
             source="NVIDIA RTX PRO 6000 Blackwell datasheet: 4,000 AI TOPS (FP4, sparse) → FP8 "
             "1,007.6 and BF16 503.8 TFLOPS dense; 96 GB GDDR7 ECC, 512-bit at 28 Gbps = 1,792 GB/s; "
             "PCIe Gen5 x16, no NVLink; 600 W",
         ),
         _gpu(
-            "rtx-pro-6000-server", 96, 503.8, 1007.6, 1792.0, link_bandwidth_gbps=_PCIE5_X16_GBPS,
-            intra_node_link="pcie", description="NVIDIA RTX PRO 6000 Blackwell Server Edition 96GB GDDR7",
+            "rtx-pro-6000-server",
+            96,
+            503.8,
+            1007.6,
+            1792.0,
+            link_bandwidth_gbps=_PCIE5_X16_GBPS,
+            intra_node_link="pcie",
+            description="NVIDIA RTX PRO 6000 Blackwell Server Edition 96GB GDDR7",
             source="NVIDIA RTX PRO 6000 Blackwell Server Edition datasheet: the Workstation Edition's "
             "GB202 (188 SMs), 96 GB GDDR7 at 1,792 GB/s, PCIe Gen5 x16, passive, up to 600 W",
         ),
         _gpu(
-            "b200", 180, 2250.0, 4500.0, 8000.0, link_bandwidth_gbps=900.0, kernel_family="h100",
+            "b200",
+            180,
+            2250.0,
+            4500.0,
+            8000.0,
+            link_bandwidth_gbps=900.0,
+            kernel_family="h100",
             description="NVIDIA B200 (HGX) 180GB HBM3e",
             source="NVIDIA HGX B200 datasheet (8 GPUs): FP16/BF16 36 and FP8 72 PFLOPS with sparsity "
             "→ 2.25 / 4.5 PFLOPS dense per GPU; 1,440 GB HBM3e at 64 TB/s; NVLink 5 1.8 TB/s bidirectional",
         ),
         _gpu(
-            "gb200", 186, 2500.0, 5000.0, 8000.0, link_bandwidth_gbps=900.0, kernel_family="h100",
-            gpus_per_node=72, description="NVIDIA GB200 NVL72 (per Blackwell GPU) 186GB HBM3e",
+            "gb200",
+            186,
+            2500.0,
+            5000.0,
+            8000.0,
+            link_bandwidth_gbps=900.0,
+            kernel_family="h100",
+            gpus_per_node=72,
+            description="NVIDIA GB200 NVL72 (per Blackwell GPU) 186GB HBM3e",
             source="NVIDIA GB200 NVL72 datasheet (72 GPUs): FP16/BF16 360 and FP8 720 PFLOPS with "
             "sparsity → 2.5 / 5 PFLOPS dense per GPU; 13.4 TB HBM3e at 576 TB/s → 186 GB and 8 TB/s "
             "per GPU; one 72-GPU NVLink 5 domain at 1.8 TB/s bidirectional per GPU",
         ),
         _gpu(
-            "mi300x", 192, 1307.4, 2614.9, 5300.0, link_bandwidth_gbps=448.0, kernel_family="h100",
+            "mi300x",
+            192,
+            1307.4,
+            2614.9,
+            5300.0,
+            link_bandwidth_gbps=448.0,
+            kernel_family="h100",
             description="AMD Instinct MI300X 192GB HBM3",
             source="AMD Instinct MI300X datasheet: BF16 2,614.9 / FP8 5,229.8 TFLOPS with sparsity "
             "(halved); 192 GB HBM3 at 5.3 TB/s; Infinity Fabric 7 × 128 GB/s bidirectional = 896 "
@@ -231,7 +335,13 @@ CATALOG: dict[str, Hardware] = {
             "NVLink figure, for want of a published small-message measurement",
         ),
         _gpu(
-            "mi325x", 256, 1307.4, 2614.9, 6000.0, link_bandwidth_gbps=448.0, kernel_family="h100",
+            "mi325x",
+            256,
+            1307.4,
+            2614.9,
+            6000.0,
+            link_bandwidth_gbps=448.0,
+            kernel_family="h100",
             description="AMD Instinct MI325X 256GB HBM3E",
             source="AMD Instinct MI325X datasheet: MI300X compute (BF16 2,614.9 / FP8 5,229.8 TFLOPS "
             "sparse, halved); 256 GB HBM3E at 6.0 TB/s; Infinity Fabric as the MI300X",
@@ -306,7 +416,9 @@ def hardware_names() -> list[str]:
 
 def is_hardware_file(name: str) -> bool:
     """Whether a ``--hardware`` value names a YAML file rather than a catalog entry."""
-    return name.endswith((".yaml", ".yml")) or (name not in CATALOG and name != "cpu" and Path(name).is_file())
+    return name.endswith((".yaml", ".yml")) or (
+        name not in CATALOG and name != "cpu" and Path(name).is_file()
+    )
 
 
 def get_hardware(name: str) -> Hardware:
@@ -324,7 +436,8 @@ def get_hardware(name: str) -> Hardware:
 
         return load_hardware_file(Path(name))
     if name not in CATALOG:
-        raise choices_error("hardware (a catalog name or a .yaml file)", name, hardware_names())
+        err = choices_error("hardware", name, hardware_names())
+        raise ConfigError(f"{err} (or a hardware .yaml file: see `pdplan hardware show h100-sxm`)")
     return CATALOG[name]
 
 
@@ -344,7 +457,8 @@ def detect_cuda(device: str = "cuda") -> dict[str, Any]:
 
 
 def catalog_name_for_device(device_name: str) -> str | None:
-    """The catalog name of a CUDA/ROCm device name (:func:`pdplan.profiles.detect.catalog_name_for_device`)."""
+    """The catalog name of a CUDA/ROCm device name, or None
+    (:func:`pdplan.profiles.detect.catalog_name_for_device`)."""
     from pdplan.profiles.detect import catalog_name_for_device as lookup
 
     return lookup(device_name)
@@ -359,5 +473,3 @@ def link_preset(label: str) -> LinkPreset:
     if label not in LINK_PRESETS:
         raise choices_error("kv_transfer link", label, LINK_PRESETS)
     return LINK_PRESETS[label]
-
-

@@ -92,7 +92,9 @@ def load_hardware_file(path: Path) -> Hardware:
         "link_latency_us": values.pop(
             "link_latency_us", _PCIE_LATENCY_US if link == "pcie" else _NVLINK_LATENCY_US
         ),
-        "gpus_per_node": integer(f"{where}: gpus_per_node", data.get("gpus_per_node", 8), low=1, high=1 << 16),
+        "gpus_per_node": integer(
+            f"{where}: gpus_per_node", data.get("gpus_per_node", 8), low=1, high=1 << 16
+        ),
         "kernel_family": data.get("kernel_family", "h100"),
     }
     for key in ("description", "source"):

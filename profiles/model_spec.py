@@ -323,15 +323,19 @@ class ModelSpec:
         bytes for MLA."""
         return self.num_layers * self.kv_elements_per_token * self.kv_element_bytes(dtype)
 
-    def kv_bytes_per_token_per_rank(self, tp: int, dtype: str | None = None) -> int:
-        """KV bytes per token that *one* GPU of a ``tp`` group holds. KV heads are split across
-        ranks, or replicated one per rank when ``tp`` exceeds them (vLLM, SGLang); MLA's latent has
-        no heads to split, so every rank holds all of it (what SGLang's DP attention avoids)."""
+    def kv_bytes_per_token_per_rank(self, tp: int, dtype: str | None = None, attention_dp: int = 1) -> int:
+        """KV bytes per token of the instance that *one* GPU of a ``tp`` group holds. KV heads are
+        split across ranks, or replicated one per rank when ``tp`` exceeds them (vLLM, SGLang);
+        MLA's latent has no heads to split, so every rank holds all of it. With data-parallel
+        attention (``attention_dp`` groups of tp/attention_dp GPUs, each serving its own share of
+        the sequences) a GPU holds 1/attention_dp of the tokens (rounded up)."""
         full = self.kv_bytes_per_token(dtype)
+        attention_tp = max(1, tp // attention_dp)
         if self.is_mla:
-            return full
-        heads_per_rank = max(1, self.num_kv_heads // tp)
-        return full * heads_per_rank // self.num_kv_heads
+            per_rank = full
+        else:
+            per_rank = full * max(1, self.num_kv_heads // attention_tp) // self.num_kv_heads
+        return -(-per_rank // attention_dp)
 
     # --- FLOPs --------------------------------------------------------------------------------
     @property

@@ -41,11 +41,11 @@ BAD_INPUTS = [
     # (arguments before --out, text the one-line error must contain)
     (
         ["--analytic", "--model", "llama-9", "--hardware", "h100-sxm"],
-        "unknown model (catalog name or path to config.json) 'llama-9'; valid: llama-3.1-70b",
+        "unknown model (catalog name or path to config.json) 'llama-9'; valid: deepseek-v3, llama-3.1-70b",
     ),
     (
         ["--analytic", "--model", "llama-3.1-8b", "--hardware", "h300"],
-        "unknown hardware 'h300'; valid: a100-40g, a100-80g, b200, cpu, h100-pcie",
+        "unknown hardware 'h300'; valid: a100-40g, a100-80g, a10g, b200, cpu, gb200, h100-pcie",
     ),
     (
         ["--analytic", "--model", "llama-3.1-70b", "--hardware", "h100-sxm"],
