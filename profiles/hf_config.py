@@ -219,7 +219,9 @@ def _moe_fields(config: dict[str, Any], ints: dict[str, int], model_type: str, w
                 raise ConfigError(f"{where} mlp_only_layers={only!r}; expected a list of layer indices")
             step = ints.get("decoder_sparse_step", 1)
             dense = sum(1 for i in range(layers) if i in only or (i + 1) % step)
+    norm = model_type == "mixtral" or _flag(f"{where} norm_topk_prob", config.get("norm_topk_prob", False))
     return {
+        "norm_topk_prob": norm,
         "num_experts": experts,
         "num_experts_per_tok": ints["num_experts_per_tok"],
         "moe_intermediate_size": moe_inter,

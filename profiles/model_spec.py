@@ -67,7 +67,8 @@ class ModelSpec:
     router (hidden × experts), ``num_experts`` SwiGLU experts of ``moe_intermediate_size`` of which
     ``num_experts_per_tok`` run per token, and shared experts of ``shared_expert_intermediate_size``
     in all (DeepSeek: ``n_shared_experts × moe_intermediate_size``; Qwen2-MoE: one, with a sigmoid
-    gate, ``shared_expert_gate``). Dense layers use ``intermediate_size``.
+    gate, ``shared_expert_gate``). Dense layers use ``intermediate_size``. ``norm_topk_prob``
+    renormalises the top-k routing weights (numerics only: the executor follows it).
 
     Multi-head latent attention (``kv_lora_rank`` > 0, DeepSeek-V2/V3): queries through an optional
     low-rank ``q_lora_rank``; keys and values from a cached latent of ``kv_lora_rank`` plus one
@@ -98,6 +99,7 @@ class ModelSpec:
     shared_expert_intermediate_size: int = 0
     shared_expert_gate: bool = False
     num_dense_layers: int = 0
+    norm_topk_prob: bool = False
     kv_lora_rank: int = 0
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
@@ -119,7 +121,13 @@ class ModelSpec:
         integer(f"{where}: max_position_embeddings", self.max_position_embeddings, low=1)
         number(f"{where}: rms_norm_eps", self.rms_norm_eps, low=0, high=1)
         number(f"{where}: rope_theta", self.rope_theta, low=0, low_open=True)
-        for flag in ("tie_word_embeddings", "attention_bias", "qk_norm", "shared_expert_gate"):
+        for flag in (
+            "tie_word_embeddings",
+            "attention_bias",
+            "qk_norm",
+            "shared_expert_gate",
+            "norm_topk_prob",
+        ):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{where}: {flag}={getattr(self, flag)!r}; expected true or false")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
@@ -399,6 +407,7 @@ _COUNTS = (
 _OPTIONAL: dict[str, Any] = {
     "qk_norm": False,
     "shared_expert_gate": False,
+    "norm_topk_prob": False,
     "kv_dtype": None,
     **dict.fromkeys(_COUNTS, 0),
 }

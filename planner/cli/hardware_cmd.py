@@ -23,7 +23,15 @@ def list_hardware() -> None:
     from pdplan.profiles.hardware import CATALOG
 
     table = Table(title="pdplan hardware catalog (per GPU; dense tensor peaks)", title_justify="left")
-    for column in ("name", "memory GiB", "bf16 TFLOP/s", "fp8 TFLOP/s", "DRAM GB/s", "intra-node GB/s", "inter-node GB/s"):
+    for column in (
+        "name",
+        "memory GiB",
+        "bf16 TFLOP/s",
+        "fp8 TFLOP/s",
+        "DRAM GB/s",
+        "intra-node GB/s",
+        "inter-node GB/s",
+    ):
         table.add_column(column, justify="left" if column == "name" else "right")
     table.add_column("description")
     for hw in CATALOG.values():
