@@ -87,16 +87,19 @@ def profile(
 
     start = time.perf_counter()
     _check_options(analytic, hardware, device, quick, weights)
-    if not analytic and (dtype not in (None, *DTYPE_BYTES) or kv_dtype or ep != 1 or attention_dp != 1):
-        from pdplan.profiles.errors import ConfigError
+    from pdplan.profiles.errors import ConfigError, choices_error
+    from pdplan.profiles.model_spec import WEIGHT_BITS
 
+    if dtype is not None and dtype not in WEIGHT_BITS:
+        raise choices_error("--dtype", dtype, WEIGHT_BITS)
+    if not analytic and dtype is not None and dtype not in DTYPE_BYTES:
         raise ConfigError(
-            f"--dtype {dtype}, --kv-dtype, --ep and --attention-dp: a measured run takes --dtype "
-            f"{', '.join(DTYPE_BYTES)} only and runs one GPU's TP shard; use --analytic for the rest"
+            f"--dtype {dtype} is priced by --analytic profiles only; a measured run computes in "
+            f"{', '.join(DTYPE_BYTES)}"
         )
+    if not analytic and (kv_dtype or ep != 1 or attention_dp != 1):
+        raise ConfigError("--kv-dtype, --ep and --attention-dp apply to --analytic profiles only")
     if not 1 <= tp <= 1024:
-        from pdplan.profiles.errors import ConfigError
-
         raise ConfigError(f"--tp {tp}; expected an integer in [1, 1024]")
     from pdplan.profiles.engine import get_engine
 

@@ -66,7 +66,13 @@ BAD_INPUTS = [
         "--quick apply to measured runs, not to --analytic",
     ),
     (["--model", "tiny-llama", "--device", "gpu"], "--device 'gpu': expected cpu, cuda or cuda:N"),
-    (["--model", "tiny-llama", "--dtype", "fp8"], "unknown --dtype 'fp8'; valid: bfloat16"),
+    (["--model", "tiny-llama", "--dtype", "int3"], "unknown --dtype 'int3'; valid: bfloat16"),
+    (["--model", "tiny-llama", "--dtype", "fp8"], "--dtype fp8 is priced by --analytic profiles only"),
+    (["--model", "tiny-llama", "--ep", "2"], "--kv-dtype, --ep and --attention-dp apply to --analytic"),
+    (
+        ["--analytic", "--model", "qwen3-8b", "--hardware", "h100-sxm", "--tp", "2", "--ep", "2"],
+        "--ep 2: model 'qwen3-8b' has no experts",
+    ),
     (["--model", "tiny-llama", "--weights", "/nonexistent/weights"], "--weights"),
     (["--model", "tiny-llama", "--tp", "3"], "--tp 3 does not divide num_attention_heads=8"),
 ]

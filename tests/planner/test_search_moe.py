@@ -30,7 +30,9 @@ def test_deepseek_needs_multi_node_instances_with_ep_and_dp_attention(deepseek: 
     # 671B parameters in fp8 are 625 GiB: 8 H800s (80 GB) cannot hold them, 16 can
     assert deepseek.tps == (16, 32, 64)
     assert "needs 79.8 GiB per GPU" in deepseek.unfit[8]
-    assert deepseek.layouts[16].startswith("TP16 + EP16 + DP-attention 16 (SGLang --tp 16 --ep-size 16 --dp 16")
+    assert deepseek.layouts[16].startswith(
+        "TP16 + EP16 + DP-attention 16 (SGLang --tp 16 --ep-size 16 --dp 16"
+    )
     profile = deepseek.profiles[16]
     assert (profile.ep, profile.attention_dp) == (16, 16)
     # DP attention: each GPU holds a sixteenth of the tokens' latent KV
