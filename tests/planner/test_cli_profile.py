@@ -233,7 +233,7 @@ def test_measured_quick_cpu_profile(tmp_path: Path) -> None:
 HEAVY = ("torch", "transformers", "numpy", "pandas", "matplotlib", "simpy", "aiohttp", "httpx")
 
 
-@pytest.mark.parametrize("command", ["", "profile", "simulate", "deploy", "report", "bench"])
+@pytest.mark.parametrize("command", ["", "profile", "simulate", "deploy", "report", "bench", "hardware"])
 def test_help_does_not_import_heavy_modules(command: str) -> None:
     """``pdplan [COMMAND] --help`` starts fast because it imports nothing heavy: a deterministic check
     (the wall time itself depends on the machine's load, so it is not asserted here)."""
