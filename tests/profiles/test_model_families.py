@@ -10,7 +10,7 @@ import pytest
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.profiles.hf_config import read_config
-from pdplan.profiles.model_spec import ModelSpec, load_model_spec, shard_spec, with_dtypes
+from pdplan.profiles.model_spec import ModelSpec, load_model_spec, shard_spec, spec_from_config, with_dtypes
 
 # (total, active) as each release states them: Qwen3 model cards ("8.2B"; "30.5B in total and
 # 3.3B activated"), Mistral's Mixtral announcement ("46.7B total parameters but only uses 12.9B
@@ -152,3 +152,40 @@ def test_quantised_checkpoints_are_read_as_such(tmp_path: Path) -> None:
     config = {**read_config("qwen3-8b"), "quantization_config": {"quant_method": "awq", "bits": 4}}
     spec = load_model_spec(_write(tmp_path, config))
     assert spec.dtype == "int4" and spec.weight_bytes() == spec.num_params // 2
+
+
+@pytest.mark.parametrize(
+    ("config_class", "model_class", "overrides"),
+    [
+        ("GemmaConfig", "GemmaForCausalLM", {}),  # Gemma-7B shapes (head_dim 256, tied head)
+        ("Phi3Config", "Phi3ForCausalLM", {}),  # Phi-3-mini shapes
+        (  # DeepSeek-V2-Lite shapes: MLA without q_lora, 2 shared experts, the first layer dense
+            "DeepseekV2Config",
+            "DeepseekV2ForCausalLM",
+            dict(
+                hidden_size=2048,
+                num_hidden_layers=27,
+                num_attention_heads=16,
+                num_key_value_heads=16,
+                q_lora_rank=None,
+                moe_intermediate_size=1408,
+                n_routed_experts=64,
+                n_shared_experts=2,
+                num_experts_per_tok=6,
+                first_k_dense_replace=1,
+                intermediate_size=10944,
+                vocab_size=102400,
+            ),
+        ),
+    ],
+)
+def test_other_families_count_as_transformers_builds_them(
+    config_class: str, model_class: str, overrides: dict
+) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = getattr(transformers, config_class)(**overrides)
+    spec = spec_from_config(config.to_dict(), config_class)
+    with torch.device("meta"):
+        model = getattr(transformers, model_class)(config)
+    assert spec.num_params == sum(p.numel() for p in model.parameters())
