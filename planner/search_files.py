@@ -52,6 +52,7 @@ def plan_of(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan
         "slo": spec.slo.slo,
         "attainment": spec.slo.attainment,
         "workload": workload,
+        **serving_dtypes(spec.profiles),
     }
     chosen = result.chosen
     if chosen is None:
@@ -74,6 +75,16 @@ def plan_of(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan
     if launch is not None:
         common["launch"] = launch
     return _layout_plan(c, spec.link, predicted, common)
+
+
+def serving_dtypes(profiles: ProfileSet) -> dict[str, str]:
+    """``dtype``/``kv_dtype`` for plan.yaml when the profiles serve other than what the model config
+    gives by default (its dtype; float16 for a float32 checkpoint on a GPU)."""
+    first = profiles.any
+    gpu = first.hardware.get("name") != "cpu"
+    default = "float16" if gpu and first.model.dtype == "float32" else first.model.dtype
+    out = {"dtype": first.dtype} if first.dtype != default else {}
+    return out | ({"kv_dtype": first.model.kv_dtype} if first.model.kv_dtype else {})
 
 
 def launch_of(c: Candidate, profiles: ProfileSet) -> LaunchSettings | None:

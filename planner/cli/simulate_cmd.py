@@ -273,6 +273,8 @@ def _simulate_plan(
         raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
     if not profile_dirs and not (model or hardware):
         model, hardware = plan.model or None, plan.hardware or None
+    if not profile_dirs:  # the plan's serving dtypes unless --dtype/--kv-dtype say otherwise
+        dtypes = (dtypes[0] or plan.dtype, dtypes[1] or plan.kv_dtype)
     profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes)
     _warn_outside_calibration(profiles, source)
     first = next(iter(profiles.values()))

@@ -71,3 +71,18 @@ def test_dense_models_keep_the_tp_layout_and_their_profile() -> None:
     assert choice.layout == Layout(tp=2)
     plain = analytic_profile(spec, h100, tp=2)
     assert choice.profile.decode["latency_ms"].tolist() == plain.decode["latency_ms"].tolist()
+
+
+def test_serving_dtypes_travel_in_the_plan_and_back() -> None:
+    from pdplan.planner.plan import plan_from_dict
+    from pdplan.planner.search_files import serving_dtypes
+
+    assert serving_dtypes(analytic_profile_set("qwen3-8b", "h100-sxm", tps=(1,))) == {}
+    quantised = analytic_profile_set("qwen3-8b", "h100-sxm", tps=(1,), dtype="fp8", kv_dtype="fp8")
+    dtypes = serving_dtypes(quantised)
+    assert dtypes == {"dtype": "fp8", "kv_dtype": "fp8"}
+    raw = {"mode": "colocated", "colocated": {"instances": 1, "tp": 1}, **dtypes}
+    plan = plan_from_dict(raw)
+    assert (plan.dtype, plan.kv_dtype) == ("fp8", "fp8") and plan.to_dict()["kv_dtype"] == "fp8"
+    with pytest.raises(Exception, match="unknown plan dtype 'fp4'"):
+        plan_from_dict({**raw, "dtype": "fp4"})
