@@ -9,10 +9,18 @@ Prints four tables and writes them to ``bench/results/moe_models.json``::
    token (bf16 and fp8 KV);
 2. the analytic decode step of Qwen3-30B-A3B on one H100 by batch: expected experts touched per
    MoE layer, GEMM time, and the weight bytes per step that implies;
-3. measured on this CPU (the executor, random float32 weights, 2 threads; the minimum and the
+3. measured on this CPU (the executor, random float32 weights, one thread; the minimum and the
    median of 9 repeats — the minimum is the figure to read on a shared machine): decode steps of
-   ``tiny-qwen3-moe`` (16 experts, top-4) and the dense ``tiny-qwen3`` by batch;
-4. DeepSeek-V3 decode on 16 H800s under each layout pdplan considers (TP, +EP, +DP attention).
+   ``tiny-qwen3-moe`` (16 experts, top-4) and the dense ``tiny-qwen3`` by batch, beside the
+   analytic model of this CPU (detected peak and bandwidth, the A100 kernel fit: an assumption)
+   and its error, predicted / measured − 1;
+4. DeepSeek-V3 decode on 16 H800s under each layout pdplan considers (TP, +EP, +DP attention);
+5. DeepSeek-V3 decode on H100s under EP + DP attention at 256 sequences per GPU and 2,000-token
+   contexts, against SGLang's published 22.3k output tokens/s per 8-GPU node (LMSYS blog
+   "Deploying DeepSeek with PD Disaggregation and Large-scale Expert Parallelism on 96 H100
+   GPUs", 2025-05-05: decode on 9 nodes, EP72, DeepEP, two-batch overlap, EPLB; 2,000-token
+   inputs): predicted / published − 1. pdplan's instances are TP16-64 (EP = TP), so the layouts
+   differ; it is a sanity check of magnitude, not a validation.
 """
 
 from __future__ import annotations
@@ -87,11 +95,14 @@ def analytic_batches() -> list[dict]:
 def measured_cpu() -> list[dict]:
     import torch
 
+    from pdplan.profiles.analytic import roofline
     from pdplan.profiles.executor import Executor
+    from pdplan.profiles.hardware import get_hardware
     from pdplan.profiles.model_spec import load_model_spec
-    from pdplan.profiles.moe_cost import expected_distinct_experts
+    from pdplan.profiles.moe_cost import Layout, expected_distinct_experts
 
-    torch.set_num_threads(2)
+    cpu = get_hardware("cpu")
+    torch.set_num_threads(1)  # as bench/profile.py: 2 threads on a shared 2-core machine spin-wait
     rows = []
     for name in ("tiny-qwen3", "tiny-qwen3-moe"):
         spec = load_model_spec(name)
@@ -112,12 +123,16 @@ def measured_cpu() -> list[dict]:
                 if spec.is_moe
                 else None
             )
+            measured = min(times[1:])
+            predicted = roofline(spec, cpu, Layout(), "float32").decode(batch, 128).total_ms
             rows.append(
                 {
                     "model": name,
                     "batch": batch,
                     "experts_touched": None if experts is None else round(experts, 2),
-                    "decode_ms_min": round(min(times[1:]), 2),
+                    "analytic_cpu_ms": round(predicted, 2),
+                    "error": f"{predicted / measured - 1:+.0%}",
+                    "decode_ms_min": round(measured, 2),
                     "decode_ms_median": round(statistics.median(times[1:]), 2),
                 }
             )
@@ -145,6 +160,35 @@ def deepseek_layouts() -> list[dict]:
     return rows
 
 
+#: SGLang's published decode throughput per H100 (22.3k output tok/s per 8-GPU node)
+SGLANG_DECODE_TOK_S_PER_GPU = 22_300 / 8
+
+
+def deepseek_vs_sglang() -> list[dict]:
+    from pdplan.profiles.analytic import roofline
+    from pdplan.profiles.hardware import CATALOG
+    from pdplan.profiles.model_spec import load_model_spec
+    from pdplan.profiles.moe_cost import Layout
+
+    spec, h100 = load_model_spec("deepseek-v3"), CATALOG["h100-sxm"]
+    rows = []
+    for tp in (16, 32, 64):
+        batch = 256 * tp
+        cost = roofline(spec, h100, Layout(tp, tp, tp), "fp8", "sglang").decode(batch, 2000)
+        per_gpu = batch / cost.total_ms * 1e3 / tp
+        rows.append(
+            {
+                "layout": f"TP{tp} + EP{tp} + DP-attention {tp}",
+                "step_ms": round(cost.total_ms, 1),
+                "comm_ms": round(cost.allreduce_ms, 1),
+                "decode_tok_s_per_gpu": round(per_gpu),
+                "sglang_published": round(SGLANG_DECODE_TOK_S_PER_GPU),
+                "error": f"{per_gpu / SGLANG_DECODE_TOK_S_PER_GPU - 1:+.0%}",
+            }
+        )
+    return rows
+
+
 def _print(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     keys = list(rows[0])
@@ -159,6 +203,7 @@ def main() -> int:
         "counts": counts(),
         "analytic_qwen3_30b_a3b_h100_decode_ctx1024": analytic_batches(),
         "deepseek_v3_h800_tp16_layouts": deepseek_layouts(),
+        "deepseek_v3_h100_decode_vs_sglang_blog": deepseek_vs_sglang(),
         "measured_cpu_decode_ctx128": measured_cpu(),
     }
     for title, rows in results.items():

@@ -174,8 +174,9 @@ class Roofline:
             attn_flops / (hw.peak_bf16_tflops * 1e12 * ATTENTION_EFFICIENCY), attn_bytes / (bw * fit.mbu)
         )
         width = 2 * (a.q_size + a.kv_size) if not a.is_mla else 2 * a.q_size + a.kv_elements_per_token
+        # norms, RoPE, activation, residuals: on this GPU's tokens (a DP-attention group's share)
         elementwise = sum(
-            elementwise_s(fit, e * tokens * per_token, bw)
+            elementwise_s(fit, e * t_attn * per_token, bw)
             for per_token in (2 * h, 2 * h, width, 3 * max(inter, s.moe_intermediate_size), 3 * h, 3 * h)
         )
         return StepCost(
@@ -197,8 +198,12 @@ class Roofline:
         num_moe = s.num_moe_layers if self.ep > 1 else 0
         a2a = 0.0
         if num_moe:
-            per_rank = tokens / self.tp * s.num_experts_per_tok * h * e
-            a2a = 2 * all_to_all_s(hw, self.ep, per_rank)
+            per_rank = tokens / self.tp * s.num_experts_per_tok * h
+            # dispatch in fp8 when the weights are (DeepEP's low-latency dispatch), combine in 16 bits
+            dispatch_bytes = 1 if self.dtype == "fp8" else e
+            a2a = all_to_all_s(hw, self.ep, per_rank * dispatch_bytes) + all_to_all_s(
+                hw, self.ep, per_rank * e
+            )
             if self.ep < self.tp:  # each expert is still TP-split inside its group
                 a2a += tp_all_reduce_s(hw, self.tp // self.ep, tokens / self.ep * h * e)
         return s.num_layers * attn + (s.num_layers - num_moe) * mlp + num_moe * a2a

@@ -170,13 +170,21 @@ def _profiles(
 
 
 def _grid(profiles: ProfileSet) -> dict[str, Any]:
-    """The search grid's TPs widened to multi-node instances when the profiles need them (a model
-    that does not fit in 8 GPUs); the default grid otherwise."""
+    """The search grid widened for multi-node instances when the profiles need them (a model that
+    does not fit in 8 GPUs): their TPs, and decode batch caps that give each GPU of a 16-64-GPU
+    instance a batch as large as a single-node instance's (SGLang's DeepSeek decode runs hundreds
+    of sequences per GPU under DP attention); the default grid otherwise."""
     from pdplan.planner.space import SpaceGrid
 
-    if max(profiles.tps) <= max(SpaceGrid().tps):
+    base = SpaceGrid()
+    if max(profiles.tps) <= max(base.tps):
         return {}
-    return {"grid": SpaceGrid(tps=tuple(sorted({*SpaceGrid().tps, *profiles.tps})))}
+    return {
+        "grid": SpaceGrid(
+            tps=tuple(sorted({*base.tps, *profiles.tps})),
+            decode_max_batch_size=(*base.decode_max_batch_size, 1024, 2048, 4096),
+        )
+    }
 
 
 def _traffic(
