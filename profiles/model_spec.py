@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from pdplan.profiles.errors import ConfigError, choices_error
-from pdplan.profiles.validate import integer, number
 
 #: Families whose shapes pdplan prices (the executor runs a subset: ``executor.EXECUTOR_MODEL_TYPES``).
 SUPPORTED_MODEL_TYPES = (
@@ -108,85 +107,9 @@ class ModelSpec:
     kv_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        where = f"model {self.name!r}"
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"{where}: model_type {self.model_type!r} is not supported; "
-                f"expected one of {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
-        for field in _POSITIVE:
-            integer(f"{where}: {field}", getattr(self, field), low=1, high=1 << 24)
-        for field in _COUNTS:
-            integer(f"{where}: {field}", getattr(self, field), low=0, high=1 << 24)
-        integer(f"{where}: max_position_embeddings", self.max_position_embeddings, low=1)
-        number(f"{where}: rms_norm_eps", self.rms_norm_eps, low=0, high=1)
-        number(f"{where}: rope_theta", self.rope_theta, low=0, low_open=True)
-        for flag in (
-            "tie_word_embeddings",
-            "attention_bias",
-            "qk_norm",
-            "shared_expert_gate",
-            "norm_topk_prob",
-        ):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{where}: {flag}={getattr(self, flag)!r}; expected true or false")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
-            raise ConfigError(f"{where}: rope_scaling={self.rope_scaling!r}; expected a mapping")
-        if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"{where}: num_attention_heads={self.num_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_kv_heads}"
-            )
-        if not isinstance(self.dtype, str) or self.dtype not in WEIGHT_BITS:
-            raise choices_error("dtype", self.dtype, WEIGHT_BITS)
-        if self.kv_dtype is not None and self.kv_dtype not in KV_DTYPE_BYTES:
-            raise choices_error("kv_dtype", self.kv_dtype, KV_DTYPE_BYTES)
-        self._check_moe(where)
-        self._check_mla(where)
+        from pdplan.profiles.model_checks import check_spec
 
-    def _check_moe(self, where: str) -> None:
-        moe_fields = ("num_experts_per_tok", "moe_intermediate_size", "num_dense_layers")
-        if not self.num_experts:
-            extra = [f for f in (*moe_fields, "shared_expert_intermediate_size") if getattr(self, f)]
-            if extra or self.shared_expert_gate:
-                raise ConfigError(
-                    f"{where}: {', '.join(extra) or 'shared_expert_gate'} set without num_experts"
-                )
-            return
-        if not 1 <= self.num_experts_per_tok <= self.num_experts:
-            raise ConfigError(
-                f"{where}: num_experts_per_tok={self.num_experts_per_tok}; expected 1..{self.num_experts}"
-            )
-        if self.moe_intermediate_size < 1:
-            raise ConfigError(f"{where}: moe_intermediate_size={self.moe_intermediate_size}; expected ≥ 1")
-        if self.num_dense_layers >= self.num_layers:
-            raise ConfigError(
-                f"{where}: num_dense_layers={self.num_dense_layers}; expected < num_layers={self.num_layers}"
-            )
-        if self.shared_expert_gate and not self.shared_expert_intermediate_size:
-            raise ConfigError(f"{where}: shared_expert_gate without shared_expert_intermediate_size")
-
-    def _check_mla(self, where: str) -> None:
-        mla_fields = ("q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
-        if not self.kv_lora_rank:
-            extra = [f for f in mla_fields if getattr(self, f)]
-            if extra:
-                raise ConfigError(f"{where}: {', '.join(extra)} set without kv_lora_rank (MLA)")
-            return
-        missing = [f for f in mla_fields[1:] if getattr(self, f) < 1]
-        if missing:
-            raise ConfigError(
-                f"{where}: MLA (kv_lora_rank={self.kv_lora_rank}) needs {', '.join(missing)} ≥ 1"
-            )
-        if self.head_dim != self.qk_nope_head_dim + self.qk_rope_head_dim:
-            raise ConfigError(
-                f"{where}: head_dim={self.head_dim}; MLA expects qk_nope_head_dim + qk_rope_head_dim = "
-                f"{self.qk_nope_head_dim + self.qk_rope_head_dim}"
-            )
-        if self.num_kv_heads != self.num_heads:
-            raise ConfigError(
-                f"{where}: MLA expects num_key_value_heads = num_attention_heads={self.num_heads}"
-            )
+        check_spec(self)
 
     # --- structure ----------------------------------------------------------------------------
     @property
@@ -382,16 +305,8 @@ class ModelSpec:
         return cls(**data)
 
 
-_POSITIVE = (
-    "hidden_size",
-    "intermediate_size",
-    "num_layers",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "vocab_size",
-)
-_COUNTS = (
+#: Structure counts that are 0 for a dense, non-MLA model.
+COUNT_FIELDS = (
     "num_experts",
     "num_experts_per_tok",
     "moe_intermediate_size",
@@ -409,7 +324,7 @@ _OPTIONAL: dict[str, Any] = {
     "shared_expert_gate": False,
     "norm_topk_prob": False,
     "kv_dtype": None,
-    **dict.fromkeys(_COUNTS, 0),
+    **dict.fromkeys(COUNT_FIELDS, 0),
 }
 
 
