@@ -169,15 +169,20 @@ def role_profiles(
     profile_dirs: Sequence[Path] = (),
     model: str | None = None,
     hardware: str | None = None,
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> dict[str, Profile]:
     """A profile for every role (``{"prefill": 1, "decode": 2}`` → profiles at those TPs).
+    Analytic profiles (``model``/``hardware``, weights in ``dtype``, KV in ``kv_dtype``) take the
+    layout the search takes at that TP (``pdplan.profiles.layouts.choose_layout``: expert
+    parallelism / DP attention for MoE models), so a search's plan replays as it was searched.
 
     Raises:
         ConfigError: no profile source, a role whose TP has no profile, two profiles at one TP.
         ProfileError: a profile that cannot be read, or a model that does not fit.
     """
-    if profile_dirs and (model or hardware):
-        raise ConfigError("give either --profile or --model/--hardware, not both")
+    if profile_dirs and (model or hardware or dtype or kv_dtype):
+        raise ConfigError("give either --profile or --model/--hardware (with --dtype, --kv-dtype), not both")
     if profile_dirs:
         by_tp: dict[int, Profile] = {}
         for folder in profile_dirs:
@@ -196,14 +201,16 @@ def role_profiles(
         return out
     if not (model and hardware):
         raise ConfigError("need --profile DIR, or --model M with --hardware H (or a plan that names both)")
-    from pdplan.profiles.analytic import analytic_profile
+    from pdplan.profiles.hardware import get_hardware
+    from pdplan.profiles.layouts import choose_layout
     from pdplan.profiles.model_spec import load_model_spec
 
-    spec = load_model_spec(model)
+    spec = load_model_spec(model, kv_dtype=kv_dtype)
+    hw = get_hardware(hardware)
     cache: dict[int, Profile] = {}
     for tp in tps.values():
         if tp not in cache:
-            cache[tp] = analytic_profile(spec, hardware, tp=tp)
+            cache[tp] = choose_layout(spec, hw, tp, dtype).profile
     return {role: cache[tp] for role, tp in tps.items()}
 
 

@@ -62,6 +62,8 @@ PLAN_KEYS = (
     "budget",
     "cost",
     "launch",
+    "dtype",
+    "kv_dtype",
 )
 #: What a search adds about its promise (free-form, for people and reports; never simulated):
 #: how the traffic was judged, the confirmation on the user's replays, a tie, a target rate's
@@ -119,6 +121,9 @@ class Plan:
     notes: dict[str, Any] = field(default_factory=dict)  # NOTE_KEYS
     #: optional ``launch:`` section for engine targets (``pdplan.realrun.targets.layout.LaunchSettings``)
     launch: LaunchSettings | None = None
+    #: serving weight dtype (fp8, int4, ...) and KV cache dtype when not the model config's (None)
+    dtype: str | None = None
+    kv_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -130,6 +135,12 @@ class Plan:
         from pdplan.profiles.engine import get_engine
 
         get_engine(self.engine)
+        from pdplan.profiles.model_spec import KV_DTYPE_BYTES, WEIGHT_BITS
+
+        if self.dtype is not None and self.dtype not in WEIGHT_BITS:
+            raise choices_error("plan dtype", self.dtype, WEIGHT_BITS)
+        if self.kv_dtype is not None and self.kv_dtype not in KV_DTYPE_BYTES:
+            raise choices_error("plan kv_dtype", self.kv_dtype, KV_DTYPE_BYTES)
         util = self.gpu_memory_utilisation
         if util is not None and not (isinstance(util, (int, float)) and 0 < util <= 1):
             raise ConfigError(f"plan gpu_memory_utilisation={util!r}; expected a fraction in (0, 1]")
@@ -216,6 +227,9 @@ class Plan:
         out.update({k: self.notes[k] for k in NOTE_KEYS if k in self.notes})
         if self.launch is not None:
             out["launch"] = self.launch.to_dict()
+        for key in ("dtype", "kv_dtype"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
@@ -240,7 +254,7 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
             kwargs[name] = _section(source, name, cls, data[name])
     if data.get("kv_transfer") is not None:
         kwargs["kv_transfer"] = kv_link_from_dict(data["kv_transfer"], source=source)
-    for key in ("model", "hardware", "router", "engine", "reason"):
+    for key in ("model", "hardware", "router", "engine", "reason", "dtype", "kv_dtype"):
         if data.get(key) is not None:
             kwargs[key] = str(data[key])
     for key in ("gpu_memory_utilisation", "attainment", "workload", "feasible"):

@@ -1,9 +1,11 @@
 """``ProfileSet``: the profiles a search may use — one per TP, for one model on one hardware.
 
 From ``--profile DIR`` (repeatable; measured or analytic profile directories, one per TP) or from
-``--model M --hardware H`` (an analytic roofline profile per TP in ``DEFAULT_TPS``; a TP at which
-the model does not fit, or that does not divide its heads, is kept with the reason, so the search
-can report the candidates that need it as infeasible).
+``--model M --hardware H`` (an analytic roofline profile per TP in ``DEFAULT_TPS``, and the
+multi-node TPs 16-64 when the model does not fit in 8 GPUs; a MoE model's instance takes the
+expert-parallel / DP-attention layout that decodes fastest at that TP, ``pdplan.profiles.layouts``;
+a TP at which the model does not fit, or that does not divide its heads, is kept with the reason,
+so the search can report the candidates that need it as infeasible).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class ProfileSet:
 
     profiles: Mapping[int, Profile]
     unfit: Mapping[int, str] = field(default_factory=dict)
+    #: per TP, the parallel layout chosen for its instances and why (analytic MoE profiles)
+    layouts: Mapping[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.profiles:
@@ -89,28 +93,40 @@ def load_profile_set(profile_dirs: Sequence[Path]) -> ProfileSet:
 
 
 def analytic_profile_set(
-    model: str, hardware: str, tps: Sequence[int] = DEFAULT_TPS, dtype: str | None = None
+    model: str,
+    hardware: str,
+    tps: Sequence[int] = DEFAULT_TPS,
+    dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> ProfileSet:
-    """Analytic profiles of ``model`` on ``hardware`` at each TP that can serve it.
+    """Analytic profiles of ``model`` on ``hardware`` (a catalog name or a YAML file) at each TP
+    that can serve it, with weights in ``dtype`` and the KV cache in ``kv_dtype``.
 
     Raises:
         ConfigError: unknown model or hardware, or no TP can serve the model (reasons listed).
     """
-    from pdplan.profiles.analytic import analytic_profile
     from pdplan.profiles.hardware import get_hardware
+    from pdplan.profiles.layouts import choose_layout, tps_to_try
     from pdplan.profiles.model_spec import load_model_spec
 
-    spec = load_model_spec(model)
+    spec = load_model_spec(model, kv_dtype=kv_dtype)
     hw = get_hardware(hardware)
+    if tuple(tps) == DEFAULT_TPS:
+        tps = tps_to_try(spec, hw, dtype)
     profiles: dict[int, Profile] = {}
     unfit: dict[int, str] = {}
+    layouts: dict[int, str] = {}
     for tp in tps:
         try:
-            profiles[tp] = analytic_profile(spec, hw, tp=tp, dtype=dtype)
+            choice = choose_layout(spec, hw, tp, dtype)
+            profiles[tp] = choice.profile
+            if spec.is_moe:
+                layouts[tp] = choice.reason
+                log.info("tp=%d: %s", tp, choice.reason)
         except ProfileError as err:  # the weights leave no room for KV
             unfit[tp] = f"does not fit in memory: {err}"
         except ConfigError as err:  # tp does not divide the heads
             unfit[tp] = f"tp={tp} cannot shard the model: {err}"
         if tp in unfit:
             log.info("tp=%d left out: %s", tp, unfit[tp])
-    return ProfileSet(profiles, unfit)
+    return ProfileSet(profiles, unfit, layouts)

@@ -9,19 +9,23 @@ of that plan at its operating point; then ``run.yaml``. Each file is written ato
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pdplan.planner.evaluation import CANDIDATE_COLUMNS
 from pdplan.planner.plan import Plan, save_plan
 from pdplan.planner.probe import PROBE_COLUMNS
+from pdplan.planner.profileset import ProfileSet
 from pdplan.planner.rundir import write_csv, write_run_yaml, write_yaml
 from pdplan.planner.search import SearchResult
 from pdplan.planner.space import Candidate
 from pdplan.planner.verdict import infeasible_reason
 from pdplan.sim.cluster import KvLink
 from pdplan.sim.timeseries import timeseries
+
+if TYPE_CHECKING:
+    from pdplan.realrun.targets.layout import LaunchSettings
 
 _LATENCY_KEYS = ("ttft", "tpot")
 #: The chosen unit scaled to fill the GPU budget, written beside plan.yaml.
@@ -48,6 +52,7 @@ def plan_of(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan
         "slo": spec.slo.slo,
         "attainment": spec.slo.attainment,
         "workload": workload,
+        **serving_dtypes(spec.profiles),
     }
     chosen = result.chosen
     if chosen is None:
@@ -66,7 +71,38 @@ def plan_of(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan
         for q in ("p50", "p90", "p99"):
             predicted[f"{metric}_{q}_ms"] = stats.get(q)
     common["notes"] = notes_of(result)
+    launch = launch_of(c, spec.profiles)
+    if launch is not None:
+        common["launch"] = launch
     return _layout_plan(c, spec.link, predicted, common)
+
+
+def serving_dtypes(profiles: ProfileSet) -> dict[str, str]:
+    """``dtype``/``kv_dtype`` for plan.yaml when the profiles serve other than what the model config
+    gives by default (its dtype; float16 for a float32 checkpoint on a GPU)."""
+    first = profiles.any
+    gpu = first.hardware.get("name") != "cpu"
+    default = "float16" if gpu and first.model.dtype == "float32" else first.model.dtype
+    out = {"dtype": first.dtype} if first.dtype != default else {}
+    return out | ({"kv_dtype": first.model.kv_dtype} if first.model.kv_dtype else {})
+
+
+def launch_of(c: Candidate, profiles: ProfileSet) -> LaunchSettings | None:
+    """The plan's ``launch:`` parallelism when the chosen roles' profiles run expert parallelism or
+    DP attention inside their instances (``pdplan.profiles.layouts``), else None."""
+    from pdplan.realrun.targets.layout import LaunchSettings, RoleParallel
+
+    parallel = {}
+    for role, pool in c.pools.items():
+        prof = profiles.profiles.get(pool.tp)
+        if prof is not None and (prof.ep > 1 or prof.attention_dp > 1):
+            parallel[role] = RoleParallel(
+                dp=prof.attention_dp, ep=prof.ep, dp_attention=prof.attention_dp > 1
+            )
+    if not parallel:
+        return None
+    per_node = profiles.any.hardware.get("gpus_per_node", 8)
+    return LaunchSettings(parallel=parallel, gpus_per_node=per_node if isinstance(per_node, int) else 8)
 
 
 def _layout_plan(

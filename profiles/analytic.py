@@ -39,12 +39,12 @@ from importlib import metadata
 
 import pandas as pd
 
-from pdplan.profiles.comm import all_reduce_fit
 from pdplan.profiles.engine import DEFAULT_ENGINE, get_engine, kv_pool_bytes
 from pdplan.profiles.errors import ConfigError, ProfileError, choices_error
-from pdplan.profiles.gemm import elementwise_s, fit_source, gemm_s, kernel_fit
+from pdplan.profiles.gemm import KernelFit, elementwise_s, fit_source, gemm_s, kernel_fit
 from pdplan.profiles.hardware import Hardware, get_hardware
-from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, shard_spec
+from pdplan.profiles.model_spec import DTYPE_BYTES, WEIGHT_BITS, ModelSpec, activation_dtype, shard_spec
+from pdplan.profiles.moe_cost import Layout, all_to_all_s, expected_distinct_experts, tp_all_reduce_s
 from pdplan.profiles.profile import Profile
 
 #: Achieved / peak FLOP/s of attention. FlashAttention-3 forward, bf16, head_dim 128 on H100:
@@ -88,69 +88,167 @@ class StepCost:
 
 @dataclass(frozen=True)
 class Roofline:
-    """The kernel-level model of one model shard on one GPU: prices prefill and decode steps."""
+    """The kernel-level model of one model shard on one GPU: prices prefill and decode steps.
+
+    ``shard`` is ``shard_spec(model, tp)``. ``ep`` and ``attention_dp`` are the instance's expert
+    parallelism and data-parallel attention (:mod:`pdplan.profiles.moe_cost`); with
+    ``attention_dp`` > 1, ``attention_shard`` is ``shard_spec(model, tp // attention_dp)``.
+    ``dtype`` is the weight dtype: fp8 runs W8A8 at the fp8 peak, int4 reads a quarter of the
+    bf16 bytes and computes at the bf16 rate.
+    """
 
     shard: ModelSpec
     hardware: Hardware
     tp: int
     dtype: str
     engine: str = DEFAULT_ENGINE
+    ep: int = 1
+    attention_dp: int = 1
+    attention_shard: ModelSpec | None = None
 
     @property
     def _bytes(self) -> int:
-        return DTYPE_BYTES[self.dtype]
+        """Bytes per activation element."""
+        return DTYPE_BYTES[activation_dtype(self.dtype)]
+
+    @property
+    def _attn(self) -> ModelSpec:
+        return self.attention_shard or self.shard
+
+    def _gemm(self, fit: KernelFit, tokens: float, k: int, n: int, weight_rows: float | None = None) -> float:
+        """One GEMM of ``tokens`` × k × n (``weight_rows`` × k × n weights read, default all)."""
+        hw, e = self.hardware, self._bytes
+        weights = (k * n if weight_rows is None else weight_rows * k * n) * WEIGHT_BITS[self.dtype] / 8
+        return gemm_s(
+            fit,
+            2.0 * tokens * k * n,
+            weights + e * tokens * (k + n),
+            hw.peak_tflops(self.dtype) * 1e12,
+            hw.mem_bandwidth_gbps * 1e9,
+        )
+
+    def _moe_s(self, fit: KernelFit, tokens: int) -> float:
+        """One MoE block on one GPU: router, the local experts the batch touches, shared experts."""
+        s, h = self.shard, self.shard.hidden_size
+        mi = s.moe_intermediate_size * self.ep  # one expert's intermediate on this rank
+        touched = expected_distinct_experts(tokens, s.num_experts_per_tok, s.num_experts) / self.ep
+        pairs = tokens * s.num_experts_per_tok / self.ep  # (token, expert) pairs on this rank
+        # expert GEMMs as one grouped kernel each: FLOPs of the routed pairs, weights of the touched experts
+        routed = self._gemm(fit, pairs, h, 2 * mi, weight_rows=touched) + self._gemm(
+            fit, pairs, mi, h, weight_rows=touched
+        )
+        router = gemm_s(  # the gate stays in 16 bits in fp8 checkpoints (DeepSeek-V3, Qwen3-FP8)
+            fit,
+            2.0 * tokens * h * s.num_experts,
+            self._bytes * (h * s.num_experts + tokens * (h + s.num_experts)),
+            self.hardware.peak_bf16_tflops * 1e12,
+            self.hardware.mem_bandwidth_gbps * 1e9,
+        )
+        shared = 0.0
+        if s.shared_expert_intermediate_size:
+            si = s.shared_expert_intermediate_size
+            shared = self._gemm(fit, tokens, h, 2 * si) + self._gemm(fit, tokens, si, h)
+        return routed + router + shared
 
     def _step(self, tokens: int, seqs: int, attn_pairs: float, attn_bytes: float) -> StepCost:
-        s, e, hw = self.shard, self._bytes, self.hardware
-        fit = kernel_fit(hw.name)
-        peak, bw = hw.peak_bf16_tflops * 1e12, hw.mem_bandwidth_gbps * 1e9
-        h, q, kv, inter = s.hidden_size, s.q_size, s.kv_size, s.intermediate_size
-        gemm_layer = 0.0
-        for k, n in ((h, q + 2 * kv), (q, h), (h, 2 * inter), (inter, h)):
-            gemm_layer += gemm_s(fit, 2.0 * tokens * k * n, e * (k * n + tokens * (k + n)), peak, bw)
-        vocab = s.embedding_params // h  # the LM head shard's rows
-        head = gemm_s(fit, 2.0 * seqs * h * vocab, e * (h * vocab + seqs * (h + vocab)), peak, bw)
-        attn_flops = 4.0 * s.num_heads * s.head_dim * attn_pairs  # per layer
+        """``attn_pairs``/``attn_bytes``: attention (query, key) pairs and bytes on one GPU, per layer."""
+        s, a, e, hw = self.shard, self._attn, self._bytes, self.hardware
+        fit = kernel_fit(hw.kernel_family)
+        bw = hw.mem_bandwidth_gbps * 1e9
+        h, inter = s.hidden_size, s.intermediate_size
+        t_attn = -(-tokens // self.attention_dp)  # tokens of this GPU's attention group
+        proj = sum(self._gemm(fit, t_attn, k, n) for k, n in attention_gemms(a))
+        num_moe = s.num_moe_layers
+        dense_mlp = self._gemm(fit, tokens, h, 2 * inter) + self._gemm(fit, tokens, inter, h)
+        gemm = s.num_layers * proj + (s.num_layers - num_moe) * dense_mlp
+        if num_moe:
+            gemm += num_moe * self._moe_s(fit, tokens)
+        vocab = s.vocab_size  # the LM head shard's rows
+        head = gemm_s(
+            fit, 2.0 * seqs * h * vocab, e * (h * vocab + seqs * (h + vocab)), hw.peak_bf16_tflops * 1e12, bw
+        )
+        attn_flops = 2.0 * a.num_heads * (a.head_dim + a.v_size // a.num_heads) * attn_pairs
+        if a.is_mla and attn_pairs and tokens == seqs:  # decode: absorbed MLA attends in the latent
+            attn_flops = 2.0 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim) * attn_pairs
         attention = fit.gemm_t0_us * 1e-6 + max(
-            attn_flops / (peak * ATTENTION_EFFICIENCY), attn_bytes / s.num_layers / (bw * fit.mbu)
+            attn_flops / (hw.peak_bf16_tflops * 1e12 * ATTENTION_EFFICIENCY), attn_bytes / (bw * fit.mbu)
         )
+        width = 2 * (a.q_size + a.kv_size) if not a.is_mla else 2 * a.q_size + a.kv_elements_per_token
+        # norms, RoPE, activation, residuals: on this GPU's tokens (a DP-attention group's share)
         elementwise = sum(
-            elementwise_s(fit, e * tokens * per_token, bw)
-            for per_token in (2 * h, 2 * h, 2 * (q + kv), 3 * inter, 3 * h, 3 * h)
+            elementwise_s(fit, e * t_attn * per_token, bw)
+            for per_token in (2 * h, 2 * h, width, 3 * max(inter, s.moe_intermediate_size), 3 * h, 3 * h)
         )
-        allreduce = 0.0
-        if self.tp > 1:
-            allreduce = 2 * s.num_layers * all_reduce_fit(hw, self.tp).seconds(self.tp, tokens * h * e)
         return StepCost(
-            gemm_ms=1e3 * (s.num_layers * gemm_layer + head),
+            gemm_ms=1e3 * (gemm + head),
             attention_ms=1e3 * s.num_layers * attention,
             other_ms=1e3 * s.num_layers * elementwise + get_engine(self.engine).step_overhead_ms,
-            allreduce_ms=1e3 * allreduce,
+            allreduce_ms=1e3 * self._comm_s(tokens, t_attn),
         )
+
+    def _comm_s(self, tokens: int, t_attn: int) -> float:
+        """Collectives of one step: the attention output's all-reduce inside its TP group; after
+        each MLP an all-reduce over the instance (with DP attention: the gather and scatter of
+        the tokens, a ring all-reduce's two halves), or, in MoE layers under EP, the dispatch and
+        combine all-to-alls."""
+        s, e, hw = self.shard, self._bytes, self.hardware
+        h, attention_tp = s.hidden_size, self.tp // self.attention_dp
+        attn = tp_all_reduce_s(hw, attention_tp, t_attn * h * e)
+        mlp = tp_all_reduce_s(hw, self.tp, tokens * h * e)
+        num_moe = s.num_moe_layers if self.ep > 1 else 0
+        a2a = 0.0
+        if num_moe:
+            per_rank = tokens / self.tp * s.num_experts_per_tok * h
+            # dispatch in fp8 when the weights are (DeepEP's low-latency dispatch), combine in 16 bits
+            dispatch_bytes = 1 if self.dtype == "fp8" else e
+            a2a = all_to_all_s(hw, self.ep, per_rank * dispatch_bytes) + all_to_all_s(
+                hw, self.ep, per_rank * e
+            )
+            if self.ep < self.tp:  # each expert is still TP-split inside its group
+                a2a += tp_all_reduce_s(hw, self.tp // self.ep, tokens / self.ep * h * e)
+        return s.num_layers * attn + (s.num_layers - num_moe) * mlp + num_moe * a2a
+
+    def _kv_element_bytes(self) -> int:
+        return self._attn.kv_element_bytes(self.dtype)
 
     def prefill(self, num_seqs: int, seq_len: int) -> StepCost:
         """One prefill forward of ``num_seqs`` sequences of ``seq_len`` new tokens each."""
-        s, e = self.shard, self._bytes
+        a, e, dp = self._attn, self._bytes, self.attention_dp
         tokens = num_seqs * seq_len
-        pairs = tokens * (seq_len + 1) / 2  # causal: token i attends to i + 1 keys
-        # read Q, K, V and write O; write the new K and V into the cache
-        attn_bytes = e * s.num_layers * tokens * (2 * s.q_size + 4 * s.kv_size)
-        return self._step(tokens, num_seqs, pairs, attn_bytes)
+        pairs = tokens * (seq_len + 1) / 2 / dp  # causal: token i attends to i + 1 keys
+        # read Q, K, V and write O (MLA: decompressed per head); write the new KV into the cache
+        if a.is_mla:
+            per_token = e * (2 * a.q_size + 2 * a.v_size) + a.kv_elements_per_token * self._kv_element_bytes()
+        else:
+            per_token = e * (2 * a.q_size + 2 * a.kv_size) + 2 * a.kv_size * self._kv_element_bytes()
+        return self._step(tokens, num_seqs, pairs, per_token * tokens / dp)
 
     def decode(self, batch_size: int, context_len: int) -> StepCost:
         """One decode step of ``batch_size`` sequences with ``context_len`` tokens in KV each."""
-        s, e = self.shard, self._bytes
+        a, e, dp = self._attn, self._bytes, self.attention_dp
         keys = context_len + 1  # the new token attends to itself as well
-        pairs = batch_size * keys
-        attn_bytes = e * s.num_layers * batch_size * (2 * s.kv_size * keys + 2 * s.q_size)
-        return self._step(batch_size, batch_size, pairs, attn_bytes)
+        seqs = batch_size / dp  # this GPU's attention group's share
+        kv = a.kv_elements_per_token * self._kv_element_bytes()  # per token per layer
+        attn_bytes = seqs * (kv * keys + e * 2 * a.q_size)
+        return self._step(batch_size, batch_size, seqs * keys, attn_bytes)
+
+
+def attention_gemms(a: ModelSpec) -> list[tuple[int, int]]:
+    """(K, N) of the attention projections of one layer's shard: fused q/k/v and o, or MLA's
+    q (low-rank or not), kv_a (latent + RoPE key), kv_b (keys and values per head) and o."""
+    h = a.hidden_size
+    if not a.is_mla:
+        return [(h, a.q_size + 2 * a.kv_size), (a.q_size, h)]
+    q = [(h, a.q_lora_rank), (a.q_lora_rank, a.q_size)] if a.q_lora_rank else [(h, a.q_size)]
+    kv_b = (a.kv_lora_rank, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim))
+    return [*q, (h, a.kv_elements_per_token), kv_b, (a.v_size, h)]
 
 
 def resolve_dtype(spec: ModelSpec, hardware: Hardware, dtype: str | None) -> str:
-    """The serving dtype: ``dtype`` when given, else the config's, except that a float32
+    """The serving weight dtype: ``dtype`` when given, else the config's, except that a float32
     checkpoint on a GPU serves in float16 (vLLM's ``dtype="auto"`` rule)."""
-    if dtype is not None and dtype not in DTYPE_BYTES:
-        raise choices_error("dtype", dtype, DTYPE_BYTES)
+    if dtype is not None and dtype not in WEIGHT_BITS:
+        raise choices_error("dtype", dtype, WEIGHT_BITS)
     gpu = hardware.name != "cpu"
     chosen = dtype or ("float16" if gpu and spec.dtype == "float32" else spec.dtype)
     if gpu and chosen == "float32":
@@ -162,7 +260,12 @@ def resolve_dtype(spec: ModelSpec, hardware: Hardware, dtype: str | None) -> str
 
 
 def kv_budget_bytes(
-    spec: ModelSpec, hardware: Hardware, tp: int, dtype: str, engine: str = DEFAULT_ENGINE
+    spec: ModelSpec,
+    hardware: Hardware,
+    tp: int,
+    dtype: str,
+    engine: str = DEFAULT_ENGINE,
+    attention_dp: int = 1,
 ) -> int:
     """Bytes of KV pool per GPU as ``engine`` sizes it (``pdplan.profiles.engine``) at vLLM's
     default online batch limits (``GRID_STEP_TOKENS`` tokens, 256 sequences). It bounds the grid
@@ -172,7 +275,7 @@ def kv_budget_bytes(
         ProfileError: the shard, its activations and ``MIN_KV_TOKENS`` of KV do not fit
             ("needs X, has Y").
     """
-    kv_token = _kv_bytes_per_token(spec, tp, dtype)
+    kv_token = spec.kv_bytes_per_token_per_rank(tp, dtype, attention_dp)
     pool, terms = kv_pool_bytes(
         engine,
         spec,
@@ -195,10 +298,26 @@ def kv_budget_bytes(
     return pool
 
 
-def _kv_bytes_per_token(spec: ModelSpec, tp: int, dtype: str) -> int:
-    """Per-GPU KV bytes per token (KV heads split, or one replicated head per rank)."""
-    heads = max(1, spec.num_kv_heads // tp)
-    return spec.kv_bytes_per_token(dtype) * heads // spec.num_kv_heads
+def roofline(
+    spec: ModelSpec, hardware: Hardware, layout: Layout, dtype: str, engine: str = DEFAULT_ENGINE
+) -> Roofline:
+    """The ``Roofline`` of ``spec`` under ``layout`` (shards built and the layout checked).
+
+    Raises:
+        ConfigError: the layout cannot run the model (named), or ``tp`` does not divide its heads.
+    """
+    layout.check(spec)
+    attention = shard_spec(spec, layout.attention_tp) if layout.attention_dp > 1 else None
+    return Roofline(
+        shard_spec(spec, layout.tp),
+        hardware,
+        layout.tp,
+        dtype,
+        engine,
+        ep=layout.ep,
+        attention_dp=layout.attention_dp,
+        attention_shard=attention,
+    )
 
 
 def analytic_tables(
@@ -208,6 +327,7 @@ def analytic_tables(
     tp: int = 1,
     dtype: str | None = None,
     engine: str = DEFAULT_ENGINE,
+    layout: Layout | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The ``prefill``, ``decode`` and ``ops`` tables of the analytic profile (see the module doc).
 
@@ -220,9 +340,10 @@ def analytic_tables(
     """
     chosen = resolve_dtype(spec, hardware, dtype)
     get_engine(engine)
-    roof = Roofline(shard_spec(spec, tp), hardware, tp, chosen, engine)
-    budget = kv_budget_bytes(spec, hardware, tp, chosen, engine)
-    budget_tokens = budget // _kv_bytes_per_token(spec, tp, chosen)
+    roof = roofline(spec, hardware, layout or Layout(tp=tp), chosen, engine)
+    dp = roof.attention_dp
+    budget = kv_budget_bytes(spec, hardware, tp, chosen, engine, dp)
+    budget_tokens = budget // spec.kv_bytes_per_token_per_rank(tp, chosen, dp)
     max_len = spec.max_position_embeddings
     prefill_rows: list[tuple[int, int, float]] = []
     decode_rows: list[tuple[int, int, float]] = []
@@ -262,17 +383,23 @@ def analytic_profile(
     tp: int = 1,
     dtype: str | None = None,
     engine: str = DEFAULT_ENGINE,
+    ep: int = 1,
+    attention_dp: int = 1,
 ) -> Profile:
-    """A ``method: analytic`` Profile of ``spec`` on one GPU of a ``tp``-way group of ``hardware``.
+    """A ``method: analytic`` Profile of ``spec`` on one GPU of a ``tp``-way group of ``hardware``,
+    with ``ep``-way expert parallelism and ``attention_dp`` data-parallel attention groups inside
+    the group (:class:`pdplan.profiles.moe_cost.Layout`).
 
     Raises:
-        ConfigError: unknown hardware name, ``tp`` does not divide the heads, bad dtype.
+        ConfigError: unknown hardware name, ``tp`` does not divide the heads, bad dtype, a layout
+            the model cannot use.
         ProfileError: the model does not fit ("needs X GiB per GPU, has Y GiB").
     """
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     chosen = resolve_dtype(spec, hw, dtype)
-    prefill, decode, ops = analytic_tables(spec, hw, tp=tp, dtype=chosen, engine=engine)
-    fit = kernel_fit(hw.name)
+    layout = Layout(tp=tp, ep=ep, attention_dp=attention_dp)
+    prefill, decode, ops = analytic_tables(spec, hw, tp=tp, dtype=chosen, engine=engine, layout=layout)
+    fit = kernel_fit(hw.kernel_family)
     return Profile(
         method="analytic",
         model=spec,
@@ -285,9 +412,11 @@ def analytic_profile(
         versions=_versions(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         engine=engine,
+        ep=ep,
+        attention_dp=attention_dp,
         notes=(
             f"kernel model (pdplan.profiles.analytic): GEMM t0={fit.gemm_t0_us} us, "
-            f"MFU={fit.mfu}, MBU={fit.mbu} ({fit_source(hw.name)}), "
+            f"MFU={fit.mfu}, MBU={fit.mbu} ({fit_source(hw.name, hw.kernel_family)}), "
             f"attention efficiency={ATTENTION_EFFICIENCY}, all-reduce fitted on Vidur NCCL "
             f"times, {engine} step overhead={get_engine(engine).step_overhead_ms} ms"
         ),

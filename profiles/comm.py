@@ -63,6 +63,10 @@ TOPOLOGY: dict[str, str] = {
     "h200": "h100_dgx",
     "b200": "h100_dgx",
     "mi300x": "h100_dgx",
+    "h800": "h100_dgx",
+    "h20": "h100_dgx",
+    "gb200": "h100_dgx",
+    "mi325x": "h100_dgx",
 }
 #: Achieved / nominal PCIe bandwidth of an NCCL ring over PCIe. Vidur's 4-GPU pairwise-NVLink
 #: A100 node, whose ring crosses PCIe Gen4 between the pairs, reaches 47 GB/s bus bandwidth over
@@ -79,6 +83,8 @@ def all_reduce_fit(hardware: Hardware, num_workers: int) -> AllReduceFit:
     Group sizes between the measured ones take the next measured size up (8 for anything above 4).
     """
     topo = TOPOLOGY.get(hardware.name)
+    if topo is None and hardware.intra_node_link == "nvlink":  # a --hardware file's switched part
+        topo = f"{hardware.kernel_family}_dgx"
     if topo is None:
         return AllReduceFit(PCIE_ALPHA_US, hardware.link_bandwidth_gbps * PCIE_EFFICIENCY)
     sizes = sorted(n for t, n in FITS if t == topo)

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pdplan.profiles.errors import choices_error
-from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec
+from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, activation_dtype
 
 ENGINES = ("vllm", "sglang", "trtllm")
 DEFAULT_ENGINE = "vllm"
@@ -102,11 +102,17 @@ def activation_bytes(spec: ModelSpec, tp: int, dtype: str, max_step_tokens: int,
 
     Forward: one layer's activations are live at a time; the MLP is the peak, holding the
     residual stream and the normalised input (2 × hidden) and the gate/up output plus the
-    activation output (3 × intermediate / tp) for every token. Sampler: ``max_batch_size`` rows of
-    the full vocabulary (logits are gathered) × :data:`SAMPLER_BYTES_PER_LOGIT`.
+    activation output (3 × intermediate / tp) for every token; in a MoE layer each token's top-k
+    experts and the shared experts hold theirs (3 × (k · moe_intermediate + shared) / tp).
+    Sampler: ``max_batch_size`` rows of the full vocabulary (logits are gathered) ×
+    :data:`SAMPLER_BYTES_PER_LOGIT`.
     """
-    per_token = 2 * spec.hidden_size + 3 * spec.intermediate_size // tp
-    forward = max_step_tokens * per_token * DTYPE_BYTES[dtype]
+    widest = spec.intermediate_size if spec.num_moe_layers < spec.num_layers else 0
+    if spec.is_moe:
+        routed = spec.num_experts_per_tok * spec.moe_intermediate_size
+        widest = max(widest, routed + spec.shared_expert_intermediate_size)
+    per_token = 2 * spec.hidden_size + 3 * widest // tp
+    forward = max_step_tokens * per_token * DTYPE_BYTES[activation_dtype(dtype)]
     sampler = min(max_batch_size, max_step_tokens) * spec.vocab_size * SAMPLER_BYTES_PER_LOGIT
     return forward + sampler
 

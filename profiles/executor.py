@@ -1,9 +1,15 @@
-"""``Executor``: a compact forward pass of the Llama/Qwen2/Mistral family, with per-request KV caches.
+"""``Executor``: a compact forward pass of the Llama/Qwen2/Qwen3/Mistral family and of the
+Qwen2-MoE/Qwen3-MoE/Mixtral mixtures of experts, with per-request KV caches.
 
-Pre-norm decoder layers: RMSNorm → fused q/k/v projection (+ Qwen2 bias) → RoPE (plain or llama3
-scaled) → grouped-query attention (``torch.nn.functional.scaled_dot_product_attention``) → output
-projection → residual → RMSNorm → SwiGLU MLP (fused gate/up) → residual; final RMSNorm and a tied or
-untied LM head. The arithmetic mirrors ``transformers``' reference models so that logits agree
+Pre-norm decoder layers: RMSNorm → fused q/k/v projection (+ Qwen2 bias; + Qwen3's per-head q/k
+RMSNorm) → RoPE (plain or llama3 scaled) → grouped-query attention
+(``torch.nn.functional.scaled_dot_product_attention``) → output projection → residual → RMSNorm
+→ SwiGLU MLP (fused gate/up) or MoE block → residual; final RMSNorm and a tied or untied LM head.
+A MoE block routes each token to its top-k experts (softmax over the router's logits in float32,
+top-k, optionally renormalised, as transformers does) and runs only the experts the tokens chose,
+one pair of GEMMs per expert touched, so the measured cost grows with the experts a batch touches
+as served MoE costs do; a shared expert (Qwen2-MoE, with its sigmoid gate) runs on every token.
+The arithmetic mirrors ``transformers``' reference models so that logits agree
 (``tests/profiles/test_executor.py`` checks it).
 
 Batching: a prefill packs every prompt's tokens into one ``[total_tokens, hidden]`` matrix for the
@@ -41,9 +47,11 @@ from pdplan.profiles.errors import ConfigError
 from pdplan.profiles.kv_cache import KVCache
 from pdplan.profiles.model_spec import ModelSpec, shard_spec
 from pdplan.profiles.timing import OpTimer
-from pdplan.profiles.weights import LayerWeights, ModelWeights, load_weights, random_weights
+from pdplan.profiles.weights import LayerWeights, ModelWeights, MoeWeights, load_weights, random_weights
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Families the executor runs (the analytic model prices more: ``model_spec.SUPPORTED_MODEL_TYPES``).
+EXECUTOR_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mixtral")
 _NO_TIMING = contextlib.nullcontext()
 CPU_ROW_BLOCK_TOKENS = 1024
 
@@ -101,6 +109,25 @@ def rope_inv_freq(spec: ModelSpec) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def check_executable(spec: ModelSpec) -> None:
+    """Raise ``ConfigError`` naming what the executor cannot run in ``spec`` (the analytic model
+    can still price it: ``pdplan profile --analytic``)."""
+    hint = "; price it with pdplan profile --analytic instead"
+    if spec.model_type not in EXECUTOR_MODEL_TYPES:
+        raise ConfigError(
+            f"model {spec.name!r}: the executor runs {', '.join(EXECUTOR_MODEL_TYPES)}, "
+            f"not {spec.model_type!r}{hint}"
+        )
+    rope = (spec.rope_scaling or {}).get("rope_type", "llama3")
+    if rope != "llama3":
+        raise ConfigError(f"model {spec.name!r}: the executor runs plain or llama3 RoPE, not {rope!r}{hint}")
+    if spec.is_moe and spec.num_dense_layers:
+        raise ConfigError(
+            f"model {spec.name!r}: {spec.num_dense_layers} dense layers among the MoE layers "
+            f"(mlp_only_layers / decoder_sparse_step) are not run by the executor{hint}"
+        )
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -137,6 +164,7 @@ class Executor:
         if self.dtype_name not in TORCH_DTYPES:
             raise ConfigError(f"dtype {self.dtype_name!r}: expected one of {', '.join(TORCH_DTYPES)}")
         self.dtype = TORCH_DTYPES[self.dtype_name]
+        check_executable(spec)
         self.full_spec = spec
         self.tp = tp
         self.spec = shard_spec(spec, tp)  # the shapes this executor runs
@@ -364,6 +392,8 @@ class Executor:
             q = qkv[:, :q_size].view(t, s.num_heads, s.head_dim)
             k = qkv[:, q_size : q_size + kv_size].view(t, s.num_kv_heads, s.head_dim)
             v = qkv[:, q_size + kv_size :].view(t, s.num_kv_heads, s.head_dim)
+            if w.q_norm is not None and w.k_norm is not None:  # Qwen3: RMSNorm per head, before RoPE
+                q, k = self._norm(q, w.q_norm), self._norm(k, w.k_norm)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
         return q, k, v
@@ -376,14 +406,51 @@ class Executor:
         with self._op("other"):
             x = x + att
             h = self._norm(x, w.post_norm)
-        with self._op("gemm"):
-            gate_up = F.linear(h, w.gate_up)
-        with self._op("other"):
-            h = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-        with self._op("gemm"):
-            h = F.linear(h, w.down)
+        if w.moe is not None:
+            h = self._moe(w.moe, h)
+        else:
+            assert w.gate_up is not None and w.down is not None, "a dense layer has its MLP"
+            h = self._swiglu(h, w.gate_up, w.down, inter)
         with self._op("other"):
             return x + h
+
+    def _swiglu(self, h: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, inter: int) -> torch.Tensor:
+        with self._op("gemm"):
+            gu = F.linear(h, gate_up)
+        with self._op("other"):
+            h = F.silu(gu[:, :inter]) * gu[:, inter:]
+        with self._op("gemm"):
+            return F.linear(h, down)
+
+    def _moe(self, m: MoeWeights, h: torch.Tensor) -> torch.Tensor:
+        """Top-k routing and the experts the tokens chose (transformers' Qwen3-MoE / Mixtral order:
+        softmax in float32, top-k, renormalise when ``norm_topk_prob``, cast, weighted sum)."""
+        s = self.spec
+        inter = s.moe_intermediate_size
+        with self._op("gemm"):
+            logits = F.linear(h, m.router)
+        with self._op("other"):
+            probs = torch.softmax(logits.float(), dim=-1)
+            top, chosen = torch.topk(probs, s.num_experts_per_tok, dim=-1)
+            if s.norm_topk_prob:
+                top = top / top.sum(dim=-1, keepdim=True)
+            top = top.to(h.dtype)
+            out = torch.zeros_like(h)
+        for expert in torch.unique(chosen).tolist():  # sorted: a fixed order, a fixed sum
+            with self._op("other"):
+                tokens, slot = torch.where(chosen == expert)
+            y = self._swiglu(h[tokens], m.gate_up[expert], m.down[expert], inter)
+            with self._op("other"):
+                out.index_add_(0, tokens, y * top[tokens, slot, None])
+        if m.shared_gate_up is not None and m.shared_down is not None:
+            shared = self._swiglu(h, m.shared_gate_up, m.shared_down, s.shared_expert_intermediate_size)
+            if m.shared_gate is not None:
+                with self._op("gemm"):
+                    gate = F.linear(h, m.shared_gate)
+                shared = torch.sigmoid(gate) * shared
+            with self._op("other"):
+                out = out + shared
+        return out
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         with self._op("other"):

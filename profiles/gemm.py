@@ -63,24 +63,33 @@ FAMILY: dict[str, str] = {
     "h200": "h100",
     "b200": "h100",
     "mi300x": "h100",
+    "h800": "h100",
+    "h20": "h100",
+    "gb200": "h100",
+    "mi325x": "h100",
+    "a10g": "a100",
+    "l20": "ada",
+    "rtx-pro-6000": "a100",
+    "rtx-pro-6000-server": "a100",
 }
 #: Peaks Vidur's GPUs were priced at (the catalog's datasheet figures: A100-80GB SXM, H100 SXM).
 VIDUR_PEAKS: dict[str, tuple[float, float]] = {"a100": (312e12, 2039e9), "h100": (989.4e12, 3350e9)}
 
 
-def fit_source(hardware_name: str) -> str:
-    """Where a GPU's kernel constants come from, for the profile's notes."""
-    family = FAMILY.get(hardware_name, "a100")
+def fit_source(hardware_name: str, family: str) -> str:
+    """Where a GPU's kernel constants (``family``'s) come from, for the profile's notes."""
     if family == "ada":
         return "ada: A100 fit with the MFU published cuBLAS figures give on AD102, not fitted"
-    measured = {"a100": "a100-80g", "h100": "h100-sxm"}[family]
-    if hardware_name == measured:
+    if hardware_name == {"a100": "a100-80g", "h100": "h100-sxm"}.get(family):
         return "fitted on Vidur op times"
     return f"borrowed: the {family} fit on Vidur op times"
 
 
 def kernel_fit(hardware_name: str) -> KernelFit:
-    """The fit a GPU uses; the CPU and unknown parts get the A100 fit (an assumption)."""
+    """The fit a GPU (or a family name, ``a100``/``h100``: ``Hardware.kernel_family``) uses; the CPU
+    and unknown parts get the A100 fit (an assumption)."""
+    if hardware_name in FITS:
+        return FITS[hardware_name]
     return FITS[FAMILY.get(hardware_name, "a100")]
 
 

@@ -19,7 +19,7 @@ import yaml
 from pdplan.profiles.atomic import replacing_dir, write_file
 from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.latency_model import LatencyModel
-from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec
+from pdplan.profiles.model_spec import WEIGHT_BITS, ModelSpec
 from pdplan.profiles.validate import (
     MAX_FILE_BYTES,
     MAX_TOKENS,
@@ -48,6 +48,8 @@ META_KEYS = (
     "notes",
     "calibration",
     "engine",
+    "ep",
+    "attention_dp",
 )
 #: ``calibrated``: a measured or analytic profile whose tables ``pdplan calibrate`` adjusted to
 #: measured runs; ``calibration`` in ``profile.yaml`` then says how (pdplan.planner.calibrate).
@@ -76,6 +78,9 @@ class Profile:
     calibration: dict[str, Any] | None = None
     #: the serving engine whose overheads and KV sizing the profile assumes (``pdplan.profiles.engine``)
     engine: str = "vllm"
+    #: expert parallelism and data-parallel attention inside the TP group (written when not 1)
+    ep: int = 1
+    attention_dp: int = 1
     latency: LatencyModel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,10 +115,10 @@ class Profile:
         """KV bytes per token held by *one* GPU of a TP group.
 
         KV heads are split across ranks; when TP exceeds the KV head count each rank keeps one
-        (replicated) head, as vLLM and SGLang do.
+        (replicated) head, as vLLM and SGLang do; MLA's latent is held whole by every rank
+        (``ModelSpec.kv_bytes_per_token_per_rank``).
         """
-        heads_per_rank = max(1, self.model.num_kv_heads // self.tp)
-        return self.model.kv_bytes_per_token(self.dtype) * heads_per_rank // self.model.num_kv_heads
+        return self.model.kv_bytes_per_token_per_rank(self.tp, self.dtype, self.attention_dp)
 
     @property
     def weight_bytes(self) -> int:
@@ -121,21 +126,25 @@ class Profile:
         return self.model.weight_bytes(self.dtype) // self.tp
 
     def metadata(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "method": self.method,
-            "model": self.model.to_dict(),
-            "hardware": dict(self.hardware),
-            "dtype": self.dtype,
-            "tp": self.tp,
-            "kv_bytes_per_token": self.kv_bytes_per_token,
-            "weight_bytes": self.weight_bytes,
-            "versions": dict(self.versions),
-            "created_at": self.created_at,
-            "latency_model": self.latency.to_dict(),
-            "notes": self.notes,
-            "engine": self.engine,
-        } | ({"calibration": self.calibration} if self.calibration is not None else {})
+        return (
+            {
+                "schema_version": SCHEMA_VERSION,
+                "method": self.method,
+                "model": self.model.to_dict(),
+                "hardware": dict(self.hardware),
+                "dtype": self.dtype,
+                "tp": self.tp,
+                "kv_bytes_per_token": self.kv_bytes_per_token,
+                "weight_bytes": self.weight_bytes,
+                "versions": dict(self.versions),
+                "created_at": self.created_at,
+                "latency_model": self.latency.to_dict(),
+                "notes": self.notes,
+                "engine": self.engine,
+            }
+            | ({"calibration": self.calibration} if self.calibration is not None else {})
+            | {key: getattr(self, key) for key in ("ep", "attention_dp") if getattr(self, key) != 1}
+        )
 
 
 def save_profile(profile: Profile, out_dir: str | Path) -> Path:
@@ -215,8 +224,8 @@ def load_profile(path: str | Path) -> Profile:
         tp = integer(f"{meta_path}: tp", meta["tp"], low=1, high=1024)
     except (ConfigError, TypeError) as err:
         raise ProfileError(f"{meta_path}: {err}" if str(meta_path) not in str(err) else str(err)) from None
-    if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPE_BYTES:
-        raise ProfileError(f"{meta_path}: dtype={meta['dtype']!r}; expected one of {', '.join(DTYPE_BYTES)}")
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in WEIGHT_BITS:
+        raise ProfileError(f"{meta_path}: dtype={meta['dtype']!r}; expected one of {', '.join(WEIGHT_BITS)}")
     return Profile(
         method=meta["method"],
         model=model,
@@ -231,7 +240,20 @@ def load_profile(path: str | Path) -> Profile:
         notes=str(meta.get("notes") or ""),
         calibration=meta.get("calibration"),
         engine=_engine(meta.get("engine"), meta_path),
+        ep=_parallel(meta, "ep", tp, meta_path),
+        attention_dp=_parallel(meta, "attention_dp", tp, meta_path),
     )
+
+
+def _parallel(meta: dict[str, Any], key: str, tp: int, meta_path: Path) -> int:
+    """``ep`` / ``attention_dp`` of ``profile.yaml``: 1 when absent, else a divisor of ``tp``."""
+    try:
+        value = integer(f"{meta_path}: {key}", meta.get(key, 1), low=1, high=tp)
+    except ConfigError as err:
+        raise ProfileError(str(err)) from None
+    if tp % value:
+        raise ProfileError(f"{meta_path}: {key}={value} does not divide tp={tp}")
+    return value
 
 
 def _check_table(csv: Path, table: pd.DataFrame, columns: tuple[str, ...]) -> None:

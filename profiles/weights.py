@@ -1,9 +1,13 @@
 """Executor weights: loaded from a Hugging Face safetensors checkpoint, or seeded random.
 
 The executor keeps q/k/v fused into one ``[q + 2·kv, hidden]`` matrix and gate/up into one
-``[2·intermediate, hidden]`` matrix, so each decoder layer runs four GEMMs. A TP shard holds rank
-0's slice of every split matrix (Megatron-style: heads and the MLP's intermediate dimension by rows
-or columns, embedding and LM head by vocab rows); its cost equals every other rank's.
+``[2·intermediate, hidden]`` matrix, so each dense decoder layer runs four GEMMs. Qwen3 adds
+per-head q/k RMSNorm weights; a MoE layer (Qwen3-MoE, Qwen2-MoE, Mixtral) holds a router
+``[experts, hidden]``, every expert's fused gate/up ``[experts, 2·moe_intermediate, hidden]`` and
+down ``[experts, hidden, moe_intermediate]``, and optionally a shared expert with its gate. A TP
+shard holds rank 0's slice of every split matrix (Megatron-style: heads and the MLP's intermediate
+dimension by rows or columns, embedding and LM head by vocab rows); its cost equals every other
+rank's.
 
 Layout: matrices have the logical shape ``[out, in]`` of ``nn.Linear`` everywhere. On a GPU they
 are stored row-major (cuBLAS's preferred "TN" GEMM). On the CPU they are stored column-major (each
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +40,41 @@ def gemm_layout(matrix: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class MoeWeights:
+    """One MoE block (``E`` experts of intermediate ``m``; ``s`` the shared expert's)."""
+
+    router: torch.Tensor  # [E, h]
+    gate_up: torch.Tensor  # [E, 2·m, h]: gate rows first, then up rows, per expert
+    down: torch.Tensor  # [E, h, m]
+    shared_gate_up: torch.Tensor | None = None  # [2·s, h]
+    shared_down: torch.Tensor | None = None  # [h, s]
+    shared_gate: torch.Tensor | None = None  # [1, h] (Qwen2-MoE's sigmoid gate)
+
+    def tensors(self) -> list[torch.Tensor]:
+        extra = [self.shared_gate_up, self.shared_down, self.shared_gate]
+        return [self.router, self.gate_up, self.down, *(t for t in extra if t is not None)]
+
+
+@dataclass
 class LayerWeights:
-    """One decoder layer (``h`` hidden, ``q``/``kv`` projection widths, ``i`` intermediate)."""
+    """One decoder layer (``h`` hidden, ``q``/``kv`` projection widths, ``i`` intermediate).
+    A MoE layer has ``moe`` and no dense ``gate_up``/``down``."""
 
     input_norm: torch.Tensor  # [h]
     qkv: torch.Tensor  # [q + 2·kv, h]
     qkv_bias: torch.Tensor | None  # [q + 2·kv] (Qwen2) or None
     o: torch.Tensor  # [h, q]
     post_norm: torch.Tensor  # [h]
-    gate_up: torch.Tensor  # [2·i, h]: gate rows first, then up rows
-    down: torch.Tensor  # [h, i]
+    gate_up: torch.Tensor | None  # [2·i, h]: gate rows first, then up rows
+    down: torch.Tensor | None  # [h, i]
+    q_norm: torch.Tensor | None = None  # [head_dim] (Qwen3)
+    k_norm: torch.Tensor | None = None  # [head_dim]
+    moe: MoeWeights | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        maybe = [self.qkv_bias, self.gate_up, self.down, self.q_norm, self.k_norm]
+        moe = self.moe.tensors() if self.moe is not None else []
+        return [self.input_norm, self.qkv, self.o, self.post_norm, *(t for t in maybe if t is not None), *moe]
 
 
 @dataclass
@@ -60,8 +90,7 @@ class ModelWeights:
         seen: dict[int, int] = {}
         tensors = [self.embed, self.norm, self.lm_head]
         for layer in self.layers:
-            tensors += [layer.input_norm, layer.qkv, layer.o, layer.post_norm, layer.gate_up]
-            tensors += [layer.down] + ([layer.qkv_bias] if layer.qkv_bias is not None else [])
+            tensors += layer.tensors()
         for t in tensors:
             seen[id(t)] = t.numel() * t.element_size()
         return sum(seen.values())
@@ -88,18 +117,35 @@ def random_weights(shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
         return torch.ones(n, dtype=dtype, device=device)
 
     h, q, kv, i = shard.hidden_size, shard.q_size, shard.kv_size, shard.intermediate_size
-    layers = [
-        LayerWeights(
-            input_norm=ones(h),
-            qkv=normal(q + 2 * kv, h, fan_in=h),
-            qkv_bias=normal(q + 2 * kv, fan_in=h) if shard.attention_bias else None,
-            o=normal(h, q, fan_in=q),
-            post_norm=ones(h),
-            gate_up=normal(2 * i, h, fan_in=h),
-            down=normal(h, i, fan_in=i),
+
+    def moe() -> MoeWeights:
+        e, m, s = shard.num_experts, shard.moe_intermediate_size, shard.shared_expert_intermediate_size
+        return MoeWeights(
+            router=normal(e, h, fan_in=h),
+            gate_up=normal(e, 2 * m, h, fan_in=h),
+            down=normal(e, h, m, fan_in=m),
+            shared_gate_up=normal(2 * s, h, fan_in=h) if s else None,
+            shared_down=normal(h, s, fan_in=s) if s else None,
+            shared_gate=normal(1, h, fan_in=h) if shard.shared_expert_gate else None,
         )
-        for _ in range(shard.num_layers)
-    ]
+
+    layers = []
+    for n in range(shard.num_layers):
+        sparse = shard.is_moe and n >= shard.num_dense_layers
+        layers.append(
+            LayerWeights(
+                input_norm=ones(h),
+                qkv=normal(q + 2 * kv, h, fan_in=h),
+                qkv_bias=normal(q + 2 * kv, fan_in=h) if shard.attention_bias else None,
+                o=normal(h, q, fan_in=q),
+                post_norm=ones(h),
+                gate_up=None if sparse else normal(2 * i, h, fan_in=h),
+                down=None if sparse else normal(h, i, fan_in=i),
+                q_norm=ones(shard.head_dim) if shard.qk_norm else None,
+                k_norm=ones(shard.head_dim) if shard.qk_norm else None,
+                moe=moe() if sparse else None,
+            )
+        )
     # An untied embedding is only gathered from: keep it row-major. A tied one is also the LM head,
     # the largest GEMM of a decode step, so it takes the GEMM layout.
     embed = normal(shard.vocab_size, h, fan_in=1, gemm=shard.tie_word_embeddings)
@@ -150,7 +196,8 @@ class _Checkpoint:
 def load_weights(
     folder: Path, spec: ModelSpec, shard: ModelSpec, *, dtype: torch.dtype, device: torch.device
 ) -> ModelWeights:
-    """Read an HF Llama/Qwen2/Mistral checkpoint (full shapes ``spec``) into rank 0's ``shard``.
+    """Read an HF Llama/Qwen2/Qwen3/Mistral (or Qwen-MoE/Mixtral) checkpoint (full shapes
+    ``spec``) into rank 0's ``shard``.
 
     Raises:
         ConfigError: no safetensors files, a missing tensor, or a shape that disagrees with the config.
@@ -188,13 +235,19 @@ def load_weights(
                     get(att + "v_proj.bias", (spec.kv_size,), rows=kv_rows),
                 ]
             )
-        mlp_shape = (spec.intermediate_size, h)
-        gate_up = torch.cat(
-            [
-                get(p + "mlp.gate_proj.weight", mlp_shape, rows=i_rows),
-                get(p + "mlp.up_proj.weight", mlp_shape, rows=i_rows),
-            ]
-        )
+        sparse = spec.is_moe and n >= spec.num_dense_layers
+        gate_up = down = None
+        if not sparse:
+            mlp_shape = (spec.intermediate_size, h)
+            gate_up = gemm_layout(
+                torch.cat(
+                    [
+                        get(p + "mlp.gate_proj.weight", mlp_shape, rows=i_rows),
+                        get(p + "mlp.up_proj.weight", mlp_shape, rows=i_rows),
+                    ]
+                )
+            )
+            down = gemm_layout(get(p + "mlp.down_proj.weight", (h, spec.intermediate_size), cols=i_rows))
         layers.append(
             LayerWeights(
                 input_norm=get(p + "input_layernorm.weight", (h,)),
@@ -202,8 +255,11 @@ def load_weights(
                 qkv_bias=bias,
                 o=gemm_layout(get(att + "o_proj.weight", (h, spec.q_size), cols=q_rows)),
                 post_norm=get(p + "post_attention_layernorm.weight", (h,)),
-                gate_up=gemm_layout(gate_up),
-                down=gemm_layout(get(p + "mlp.down_proj.weight", (h, spec.intermediate_size), cols=i_rows)),
+                gate_up=gate_up,
+                down=down,
+                q_norm=get(att + "q_norm.weight", (d,)) if spec.qk_norm else None,
+                k_norm=get(att + "k_norm.weight", (d,)) if spec.qk_norm else None,
+                moe=_load_moe(get, p, spec, shard) if sparse else None,
             )
         )
     assert d * shard.num_heads == q_rows, "shard's q rows are whole heads"
@@ -218,3 +274,45 @@ def load_weights(
     log.info("loaded %d layers from %s", spec.num_layers, folder)
     norm = get("model.norm.weight", (h,))
     return ModelWeights(embed=embed, layers=layers, norm=norm, lm_head=lm_head)
+
+
+#: Checkpoint names of one expert's (gate, up, down) and of the router, by family.
+_EXPERT_NAMES = {
+    "mixtral": (
+        "block_sparse_moe.experts.{e}.w1",
+        "block_sparse_moe.experts.{e}.w3",
+        "block_sparse_moe.experts.{e}.w2",
+    ),
+    "qwen": ("mlp.experts.{e}.gate_proj", "mlp.experts.{e}.up_proj", "mlp.experts.{e}.down_proj"),
+}
+
+
+def _load_moe(get: Callable[..., torch.Tensor], prefix: str, spec: ModelSpec, shard: ModelSpec) -> MoeWeights:
+    """One MoE block of an HF checkpoint (per-expert tensors, as the hub and ``save_pretrained``
+    store them), rank 0's slice of each expert's intermediate dimension."""
+    h, m, rows = spec.hidden_size, spec.moe_intermediate_size, shard.moe_intermediate_size
+    family = "mixtral" if spec.model_type == "mixtral" else "qwen"
+    gate_name, up_name, down_name = (prefix + name + ".weight" for name in _EXPERT_NAMES[family])
+    router = prefix + ("block_sparse_moe.gate.weight" if family == "mixtral" else "mlp.gate.weight")
+    gate_up, down = [], []
+    for e in range(spec.num_experts):
+        gate = get(gate_name.format(e=e), (m, h), rows=rows)
+        up = get(up_name.format(e=e), (m, h), rows=rows)
+        gate_up.append(torch.cat([gate, up]))
+        down.append(get(down_name.format(e=e), (h, m), cols=rows))
+    out = MoeWeights(
+        router=get(router, (spec.num_experts, h)), gate_up=torch.stack(gate_up), down=torch.stack(down)
+    )
+    s, s_rows = spec.shared_expert_intermediate_size, shard.shared_expert_intermediate_size
+    if s:
+        shared = prefix + "mlp.shared_expert."
+        out.shared_gate_up = torch.cat(
+            [
+                get(shared + "gate_proj.weight", (s, h), rows=s_rows),
+                get(shared + "up_proj.weight", (s, h), rows=s_rows),
+            ]
+        )
+        out.shared_down = get(shared + "down_proj.weight", (h, s), cols=s_rows)
+    if spec.shared_expert_gate:
+        out.shared_gate = get(prefix + "mlp.shared_expert_gate.weight", (1, h))
+    return out

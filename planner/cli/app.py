@@ -18,6 +18,7 @@ from pdplan.planner.cli import (
     bench_cmd,
     calibrate_cmd,
     deploy_cmd,
+    hardware_cmd,
     profile_cmd,
     report_cmd,
     simulate_cmd,
@@ -41,6 +42,7 @@ app.command("simulate")(simulate_cmd.simulate)
 app.command("bench")(bench_cmd.bench)
 app.command("validate")(validate_cmd.validate)
 app.command("calibrate")(calibrate_cmd.calibrate)
+app.add_typer(hardware_cmd.app, name="hardware")
 
 err_console = Console(stderr=True)
 

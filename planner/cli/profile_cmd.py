@@ -36,7 +36,10 @@ def profile(
         bool, typer.Option("--analytic", help="Roofline model of --hardware instead of measuring.")
     ] = False,
     hardware: Annotated[
-        str | None, typer.Option("--hardware", help="Catalog GPU for --analytic (e.g. h100-sxm).")
+        str | None,
+        typer.Option(
+            "--hardware", help="GPU for --analytic: a catalog name (pdplan hardware list) or a .yaml file."
+        ),
     ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="Measured runs: cpu (default), cuda or cuda:N.")
@@ -47,10 +50,22 @@ def profile(
         str | None,
         typer.Option(
             "--dtype",
-            help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA; "
-            "analytic: the config's).",
+            help="Weights: float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA; "
+            "analytic: the config's); --analytic also fp8 (W8A8) and int4 (weight-only).",
         ),
     ] = None,
+    kv_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--kv-dtype", help="KV cache dtype for --analytic: fp8 halves KV bytes (default: 16-bit)."
+        ),
+    ] = None,
+    ep: Annotated[
+        int, typer.Option("--ep", help="--analytic: expert-parallel ranks inside the TP group (MoE models).")
+    ] = 1,
+    attention_dp: Annotated[
+        int, typer.Option("--attention-dp", help="--analytic: data-parallel attention groups (SGLang --dp).")
+    ] = 1,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", help="Measured runs: HF directory with safetensors weights."),
@@ -72,24 +87,32 @@ def profile(
 
     start = time.perf_counter()
     _check_options(analytic, hardware, device, quick, weights)
-    if dtype is not None and dtype not in DTYPE_BYTES:
-        from pdplan.profiles.errors import choices_error
+    from pdplan.profiles.errors import ConfigError, choices_error
+    from pdplan.profiles.model_spec import WEIGHT_BITS
 
-        raise choices_error("--dtype", dtype, DTYPE_BYTES)
+    if dtype is not None and dtype not in WEIGHT_BITS:
+        raise choices_error("--dtype", dtype, WEIGHT_BITS)
+    if not analytic and dtype is not None and dtype not in DTYPE_BYTES:
+        raise ConfigError(
+            f"--dtype {dtype} is priced by --analytic profiles only; a measured run computes in "
+            f"{', '.join(DTYPE_BYTES)}"
+        )
+    if not analytic and (kv_dtype or ep != 1 or attention_dp != 1):
+        raise ConfigError("--kv-dtype, --ep and --attention-dp apply to --analytic profiles only")
     if not 1 <= tp <= 1024:
-        from pdplan.profiles.errors import ConfigError
-
         raise ConfigError(f"--tp {tp}; expected an integer in [1, 1024]")
     from pdplan.profiles.engine import get_engine
 
     get_engine(engine)  # an unknown engine is a ConfigError listing the choices
-    spec = load_model_spec(model)
+    spec = load_model_spec(model, kv_dtype=kv_dtype)  # the weight dtype is the profile's
     claim_out(out, "profile", force=force)
     if analytic:
         from pdplan.profiles.analytic import analytic_profile
 
         assert hardware is not None, "checked by _check_options"
-        result = analytic_profile(spec, hardware, tp=tp, dtype=dtype, engine=engine)
+        result = analytic_profile(
+            spec, hardware, tp=tp, dtype=dtype, engine=engine, ep=ep, attention_dp=attention_dp
+        )
     else:
         result = _measure(spec, device or "cpu", tp=tp, dtype=dtype, quick=quick, weights=weights)
         if engine != result.engine:  # measured costs are the executor's; the engine sets KV sizing

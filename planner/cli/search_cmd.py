@@ -13,10 +13,13 @@ Nothing heavy is imported at module level: ``pdplan --help`` loads this module.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pdplan.planner.profileset import ProfileSet
@@ -53,7 +56,21 @@ def search(
         str | None, typer.Option("--model", help="Catalog model for analytic profiles (with --hardware).")
     ] = None,
     hardware: Annotated[
-        str | None, typer.Option("--hardware", help="Catalog GPU for analytic profiles (e.g. h100-sxm).")
+        str | None,
+        typer.Option(
+            "--hardware", help="GPU for analytic profiles: a catalog name (e.g. h800) or a .yaml file."
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="Analytic profiles' weights: bfloat16, float16, fp8 or int4 (default: the config's).",
+        ),
+    ] = None,
+    kv_dtype: Annotated[
+        str | None,
+        typer.Option("--kv-dtype", help="Analytic profiles' KV cache: fp8 halves it (default: 16-bit)."),
     ] = None,
     workload: Annotated[
         Path | None, typer.Option("--workload", help="Workload YAML (synthetic or trace).")
@@ -115,7 +132,9 @@ def search(
     if (gpus is None) == (rate is None):
         raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
     views, described = _traffic(workload, trace, preset, seed, traffic)
-    profiles = _profiles(profile or [], model, hardware)
+    profiles = _profiles(profile or [], model, hardware, dtype, kv_dtype)
+    for tp, why in sorted(profiles.layouts.items()):
+        log.info("tp=%d instances: %s", tp, why)
     spec = SearchSpec(
         profiles=profiles,
         traffic=views,
@@ -126,23 +145,46 @@ def search(
         modes=("disaggregated", "colocated") if mode == "both" else (mode,),
         price_per_gpu_hour=price_per_gpu_hour,
         workers=workers if workers is not None else default_workers(),
+        **_grid(profiles),
     )
     claim_out(out, "search", force=force)
     result = _run(spec)
     _finish(out, result, described)
 
 
-def _profiles(dirs: list[Path], model: str | None, hardware: str | None) -> ProfileSet:
+def _profiles(
+    dirs: list[Path], model: str | None, hardware: str | None, dtype: str | None, kv_dtype: str | None
+) -> ProfileSet:
     from pdplan.planner.profileset import analytic_profile_set, load_profile_set
     from pdplan.profiles.errors import ConfigError
 
-    if dirs and (model or hardware):
-        raise ConfigError("give either --profile DIR... or --model M --hardware H, not both")
+    if dirs and (model or hardware or dtype or kv_dtype):
+        raise ConfigError(
+            "give either --profile DIR... or --model M --hardware H [--dtype, --kv-dtype], not both"
+        )
     if dirs:
         return load_profile_set(dirs)
     if not (model and hardware):
         raise ConfigError("need --profile DIR (repeatable), or --model M with --hardware H")
-    return analytic_profile_set(model, hardware)
+    return analytic_profile_set(model, hardware, dtype=dtype, kv_dtype=kv_dtype)
+
+
+def _grid(profiles: ProfileSet) -> dict[str, Any]:
+    """The search grid widened for multi-node instances when the profiles need them (a model that
+    does not fit in 8 GPUs): their TPs, and decode batch caps that give each GPU of a 16-64-GPU
+    instance a batch as large as a single-node instance's (SGLang's DeepSeek decode runs hundreds
+    of sequences per GPU under DP attention); the default grid otherwise."""
+    from pdplan.planner.space import SpaceGrid
+
+    base = SpaceGrid()
+    if max(profiles.tps) <= max(base.tps):
+        return {}
+    return {
+        "grid": SpaceGrid(
+            tps=tuple(sorted({*base.tps, *profiles.tps})),
+            decode_max_batch_size=(*base.decode_max_batch_size, 1024, 2048, 4096),
+        )
+    }
 
 
 def _traffic(

@@ -44,7 +44,15 @@ def simulate(
         str | None, typer.Option("--model", help="Catalog name or config.json (analytic profile).")
     ] = None,
     hardware: Annotated[
-        str | None, typer.Option("--hardware", help="Hardware catalog name (analytic profile).")
+        str | None,
+        typer.Option("--hardware", help="Hardware catalog name or .yaml file (analytic profile)."),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="Analytic profile's weights: bfloat16, float16, fp8 or int4."),
+    ] = None,
+    kv_dtype: Annotated[
+        str | None, typer.Option("--kv-dtype", help="Analytic profile's KV cache dtype (fp8 halves it).")
     ] = None,
     workload: Annotated[
         Path | None, typer.Option("--workload", help="Workload YAML (synthetic or trace).")
@@ -137,6 +145,8 @@ def simulate(
             profile=profile,
             model=model,
             hardware=hardware,
+            dtype=dtype,
+            kv_dtype=kv_dtype,
             workload=workload,
             trace=trace,
             preset=preset,
@@ -159,6 +169,7 @@ def simulate(
         profile_dirs=profile or [],
         model=model,
         hardware=hardware,
+        dtypes=(dtype, kv_dtype),
         source=_request_source(workload, trace, trace_format, rate, seed, preset, traffic),
         slo_text=slo,
         attainment=attainment,
@@ -231,6 +242,7 @@ def _simulate_plan(
     model: str | None,
     hardware: str | None,
     source: RequestSource,
+    dtypes: tuple[str | None, str | None] = (None, None),
     slo_text: str | None,
     attainment: float | None,
     warmup: float,
@@ -261,7 +273,9 @@ def _simulate_plan(
         raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
     if not profile_dirs and not (model or hardware):
         model, hardware = plan.model or None, plan.hardware or None
-    profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
+    if not profile_dirs:  # the plan's serving dtypes unless --dtype/--kv-dtype say otherwise
+        dtypes = (dtypes[0] or plan.dtype, dtypes[1] or plan.kv_dtype)
+    profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes)
     _warn_outside_calibration(profiles, source)
     first = next(iter(profiles.values()))
     other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})

@@ -41,11 +41,11 @@ BAD_INPUTS = [
     # (arguments before --out, text the one-line error must contain)
     (
         ["--analytic", "--model", "llama-9", "--hardware", "h100-sxm"],
-        "unknown model (catalog name or path to config.json) 'llama-9'; valid: llama-3.1-70b",
+        "unknown model (catalog name or path to config.json) 'llama-9'; valid: deepseek-v3, llama-3.1-70b",
     ),
     (
         ["--analytic", "--model", "llama-3.1-8b", "--hardware", "h300"],
-        "unknown hardware 'h300'; valid: a100-40g, a100-80g, b200, cpu, h100-pcie",
+        "unknown hardware 'h300'; valid: a100-40g, a100-80g, a10g, b200, cpu, gb200, h100-pcie",
     ),
     (
         ["--analytic", "--model", "llama-3.1-70b", "--hardware", "h100-sxm"],
@@ -66,7 +66,13 @@ BAD_INPUTS = [
         "--quick apply to measured runs, not to --analytic",
     ),
     (["--model", "tiny-llama", "--device", "gpu"], "--device 'gpu': expected cpu, cuda or cuda:N"),
-    (["--model", "tiny-llama", "--dtype", "fp8"], "unknown --dtype 'fp8'; valid: bfloat16"),
+    (["--model", "tiny-llama", "--dtype", "int3"], "unknown --dtype 'int3'; valid: bfloat16"),
+    (["--model", "tiny-llama", "--dtype", "fp8"], "--dtype fp8 is priced by --analytic profiles only"),
+    (["--model", "tiny-llama", "--ep", "2"], "--kv-dtype, --ep and --attention-dp apply to --analytic"),
+    (
+        ["--analytic", "--model", "qwen3-8b", "--hardware", "h100-sxm", "--tp", "2", "--ep", "2"],
+        "--ep 2: model 'qwen3-8b' has no experts",
+    ),
     (["--model", "tiny-llama", "--weights", "/nonexistent/weights"], "--weights"),
     (["--model", "tiny-llama", "--tp", "3"], "--tp 3 does not divide num_attention_heads=8"),
 ]
@@ -227,7 +233,7 @@ def test_measured_quick_cpu_profile(tmp_path: Path) -> None:
 HEAVY = ("torch", "transformers", "numpy", "pandas", "matplotlib", "simpy", "aiohttp", "httpx")
 
 
-@pytest.mark.parametrize("command", ["", "profile", "simulate", "deploy", "report", "bench"])
+@pytest.mark.parametrize("command", ["", "profile", "simulate", "deploy", "report", "bench", "hardware"])
 def test_help_does_not_import_heavy_modules(command: str) -> None:
     """``pdplan [COMMAND] --help`` starts fast because it imports nothing heavy: a deterministic check
     (the wall time itself depends on the machine's load, so it is not asserted here)."""

@@ -96,8 +96,8 @@ def test_bad_tp_dtype_and_hardware_are_config_errors() -> None:
         analytic_profile(load_model_spec("qwen2.5-7b"), "h100-sxm", tp=8)
     with pytest.raises(ConfigError, match="float32 on h100-sxm"):
         analytic_profile(LLAMA8, "h100-sxm", dtype="float32")
-    with pytest.raises(ConfigError, match="unknown dtype 'fp8'"):
-        analytic_profile(LLAMA8, "h100-sxm", dtype="fp8")
+    with pytest.raises(ConfigError, match="unknown dtype 'int3'"):
+        analytic_profile(LLAMA8, "h100-sxm", dtype="int3")
     with pytest.raises(ConfigError, match="unknown hardware 'tpu'"):
         analytic_profile(LLAMA8, "tpu")
 

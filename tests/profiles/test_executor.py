@@ -45,6 +45,29 @@ def _config(kind: str):
         )
     if kind == "qwen2":
         return transformers.Qwen2Config(**SHAPE, rope_theta=10000.0, tie_word_embeddings=True)
+    if kind == "qwen3":  # per-head q/k RMSNorm
+        return transformers.Qwen3Config(**SHAPE, head_dim=16, rope_theta=10000.0)
+    if kind == "qwen3_moe":  # 8 experts, top-2, renormalised (as Qwen3-30B-A3B)
+        return transformers.Qwen3MoeConfig(
+            **SHAPE,
+            head_dim=16,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            norm_topk_prob=True,
+        )
+    if kind == "qwen2_moe":  # plus a gated shared expert, not renormalised
+        return transformers.Qwen2MoeConfig(
+            **SHAPE,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+        )
+    if kind == "mixtral":  # 4 experts of intermediate_size, top-2
+        return transformers.MixtralConfig(
+            **SHAPE, num_local_experts=4, num_experts_per_tok=2, sliding_window=None
+        )
     assert kind == "mistral"
     return transformers.MistralConfig(**SHAPE, rope_theta=10000.0, sliding_window=None)
 
@@ -54,6 +77,10 @@ _MODELS = {
     "llama3": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "mistral": "MistralForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
 
 
@@ -73,12 +100,15 @@ def _reference_logits(model, seq: list[int]) -> torch.Tensor:
         return model(torch.tensor([seq])).logits[0, -1]
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama3", "qwen2", "mistral"])
+@pytest.mark.parametrize(
+    "kind", ["llama", "llama3", "qwen2", "mistral", "qwen3", "qwen3_moe", "qwen2_moe", "mixtral"]
+)
 def test_logits_match_transformers(kind: str, tmp_path: Path) -> None:
     model = _save_reference(kind, tmp_path)
     spec = load_model_spec(tmp_path)
     assert spec.model_type == ("llama" if kind == "llama3" else kind)
-    assert spec.attention_bias == (kind == "qwen2")
+    assert spec.attention_bias == (kind in ("qwen2", "qwen2_moe"))
+    assert spec.num_params == sum(p.numel() for p in model.parameters())
     assert (spec.rope_scaling is not None) == (kind == "llama3")
     ex = Executor(spec, weights=tmp_path, dtype="float32")
 
@@ -86,7 +116,8 @@ def test_logits_match_transformers(kind: str, tmp_path: Path) -> None:
     assert logits.shape == (len(PROMPTS), SHAPE["vocab_size"])
     assert [c.length for c in caches] == [len(p) for p in PROMPTS]
     seqs = [list(p) for p in PROMPTS]
-    for step in range(4):
+    # the families added later take two decode steps (each step is a full reference forward)
+    for step in range(4 if kind in ("llama", "llama3", "qwen2", "mistral") else 2):
         for i, seq in enumerate(seqs):
             torch.testing.assert_close(logits[i], _reference_logits(model, seq), **TOL)
         tokens = logits.argmax(-1).tolist()  # greedy; the reference is fed the same tokens

@@ -19,11 +19,19 @@ from pdplan.profiles.hardware import (
 )
 
 GPUS = ["h100-sxm", "h100-pcie", "h200", "a100-80g", "a100-40g", "l40s", "rtx-4090", "b200", "mi300x"]
+#: Added for the GPUs SGLang/vLLM users run (issue 13); H20 and L20 are compute-capped parts, so
+#: the ridge-point check of the first list does not apply to them.
+NEW_GPUS = ["h800", "h20", "l20", "rtx-pro-6000", "rtx-pro-6000-server", "a10g", "gb200", "mi325x"]
 
 
 def test_names_cover_the_catalog_and_cpu() -> None:
-    assert hardware_names() == sorted([*GPUS, "cpu"])
-    assert sorted(CATALOG) == sorted(GPUS)
+    assert hardware_names() == sorted([*GPUS, *NEW_GPUS, "cpu"])
+    assert sorted(CATALOG) == sorted(GPUS + NEW_GPUS)
+    for name in GPUS + NEW_GPUS:
+        hw = CATALOG[name]
+        assert hw.source and hw.description, name  # every number cites its datasheet
+        if hw.peak_fp8_tflops is not None:
+            assert hw.peak_fp8_tflops == pytest.approx(2 * hw.peak_bf16_tflops, rel=0.02), name
 
 
 def test_unknown_name_lists_every_valid_one() -> None:
@@ -87,6 +95,13 @@ def test_cpu_is_detected_from_this_machine() -> None:
         ("NVIDIA GeForce RTX 4090", "rtx-4090"),
         ("NVIDIA B200", "b200"),
         ("AMD Instinct MI300X", "mi300x"),
+        ("NVIDIA H800", "h800"),
+        ("NVIDIA H20", "h20"),
+        ("NVIDIA GB200", "gb200"),
+        ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "rtx-pro-6000-server"),
+        ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", "rtx-pro-6000"),
+        ("NVIDIA A10G", "a10g"),
+        ("AMD Instinct MI325X", "mi325x"),
         ("Tesla T4", None),
     ],
 )

@@ -119,7 +119,7 @@ def test_bad_shapes_are_rejected() -> None:
     with pytest.raises(ConfigError, match="hidden_size=0"):
         ModelSpec.from_dict({**base, "hidden_size": 0})
     with pytest.raises(ConfigError, match="unknown keys"):
-        ModelSpec.from_dict({**base, "num_experts": 8})
+        ModelSpec.from_dict({**base, "num_widgets": 8})
 
 
 def test_to_dict_round_trips() -> None:
