@@ -25,6 +25,7 @@ from pdplan.sim.costs import StepCoef
 from pdplan.sim.decode import DecodeInstance, PreemptingDecodeInstance
 from pdplan.sim.kernel import ARRIVAL, Kernel
 from pdplan.sim.prefill import PrefillInstance
+from pdplan.sim.prefix_cache import make_cache
 from pdplan.sim.records import Ledger, SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import make_chooser
@@ -60,8 +61,25 @@ class Run:
         self.decode_coef = StepCoef.of(cluster.decode_cost.latency)
         self.prefill_load = [0] * cluster.prefill.instances
         self.decode_load = [0] * cluster.decode.instances
-        self.choose_prefill = make_chooser(router, self.prefill_load, n, rng)
-        self.choose_decode = make_chooser(router, self.decode_load, n, rng)
+        prefill_kv = cluster.prefill_cost.kv_capacity_tokens
+        self.cache = make_cache(
+            cluster.cache,
+            requests.prefix,
+            self.prompt,
+            cluster.prefill.instances,
+            cluster.kv_bytes_per_token,
+            lambda p: prefill_kv - self.prefill_load[p],
+        )
+        if router == "cache_aware":  # prefill by cache affinity, decode by load (sglang-router PD)
+            blocks = self.cache.blocks if self.cache is not None else None
+            if blocks is None and requests.prefix is not None:
+                blocks = requests.prefix.as_lists()
+            unit = float(np.mean(requests.prompt_tokens)) if n else 1.0
+            self.choose_prefill = make_chooser(router, self.prefill_load, n, rng, blocks, unit)
+            self.choose_decode = make_chooser("least_loaded", self.decode_load, n, rng)
+        else:
+            self.choose_prefill = make_chooser(router, self.prefill_load, n, rng)
+            self.choose_decode = make_chooser(router, self.decode_load, n, rng)
         self.prefills = [PrefillInstance(self, i) for i in range(cluster.prefill.instances)]
         if decode_factory is None:
             decode_factory = (
@@ -114,6 +132,8 @@ class Run:
                 d = self.decode_of[i] = self.choose_decode(i)
                 self.prefill_load[p] += prompt[i]
                 self.decode_load[d] += need
+                if self.cache is not None:
+                    self.cache.lookup(i, p)
                 instance = self.prefills[p]
                 instance.queue.append(i)
                 if not instance.busy:
@@ -165,4 +185,5 @@ class Run:
             transfer_end_s=transfer_end,
             events=self.env.events_scheduled(),
             preemptions=sum(getattr(d, "preemptions", 0) for d in self.decodes),
+            cache=None if self.cache is None else self.cache.stats(),
         )
