@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -62,7 +63,12 @@ class PrefixBlocks:
         return self.ids[self.offsets[i] : self.offsets[i + 1]].tolist()
 
     def as_lists(self) -> list[list[int]]:
-        """Every request's ids (what the simulator walks; one list per request)."""
+        """Every request's ids (what the simulator walks; one list per request). Built once and
+        shared: callers must not modify the lists."""
+        return self._lists
+
+    @cached_property
+    def _lists(self) -> list[list[int]]:
         flat: list[int] = self.ids.tolist()
         bounds: list[int] = self.offsets.tolist()
         return [flat[bounds[i] : bounds[i + 1]] for i in range(len(self))]

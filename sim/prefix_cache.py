@@ -137,19 +137,26 @@ class LruTier:
     """One tier's blocks with least-recently-used eviction, cheap per block.
 
     ``stamp`` maps a block to the clock of its last touch; ``order`` lists the touches, oldest
-    first, as (clock, blocks deepest first), so a touch is two C-level bulk operations; blocks
-    touched again since are stale in their old entry and skipped when it is evicted. ``order`` is
-    compacted when stale entries dominate.
+    first, as (clock, blocks deepest first, anonymous blocks), so a touch is two C-level bulk
+    operations; blocks touched again since are stale in their old entry and skipped when it is
+    evicted. ``order`` is compacted when stale entries dominate.
+
+    *Anonymous* blocks are blocks no other request has (``TieredCache``): they can never be hit,
+    so they are only counted — they take capacity and are evicted in their turn (before the
+    touch's named blocks: they are its deepest), without a dictionary entry each.
     """
 
     def __init__(self) -> None:
         self.stamp: dict[int, int] = {}
-        self.order: deque[tuple[int, list[int]]] = deque()
-        self.entries = 0  # blocks listed in ``order``, stale ones included
+        self.order: deque[tuple[int, list[int], int]] = deque()
+        self.anonymous = 0  # anonymous blocks held
+        self.entries = 0  # named blocks listed in ``order``, stale ones included
         self.clock = 0
+        self.added = 0  # blocks written to this tier, over the run
+        self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self.stamp)
+        return len(self.stamp) + self.anonymous
 
     def __contains__(self, block: int) -> bool:
         return block in self.stamp
@@ -158,26 +165,55 @@ class LruTier:
         """How many of ``blocks``' leading blocks this tier holds."""
         return len(list(takewhile(self.stamp.__contains__, blocks)))
 
-    def touch(self, deepest_first: list[int], cap: int) -> tuple[int, int]:
-        """Mark a request's blocks (given deepest first) most recently used, the root last so that
-        a prefix outlives its extensions (a radix cache evicts leaves first), then evict the least
-        recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
+    def touch(self, deepest_first: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
+        """Mark a request's named blocks (given deepest first) most recently used, the root last
+        so that a prefix outlives its extensions (a radix cache evicts leaves first), add its
+        ``anonymous`` blocks, then evict the least recently used beyond ``cap`` blocks.
+        Returns (blocks added, blocks evicted)."""
         stamp, order = self.stamp, self.order
         self.clock = clock = self.clock + 1
-        before = len(stamp)
-        stamp.update(zip(deepest_first, repeat(clock)))
-        added = len(stamp) - before
-        order.append((clock, deepest_first))
-        self.entries += len(deepest_first)
-        excess = len(stamp) - cap
-        evicted = 0
+        if cap <= len(deepest_first) + anonymous:  # all older blocks go, then the deepest
+            present = len(stamp) + self.anonymous
+            added = len(deepest_first) + anonymous - sum(map(stamp.__contains__, deepest_first))
+            named = deepest_first[len(deepest_first) - cap :] if cap > 0 else []
+            kept_anonymous = max(0, cap - len(deepest_first))
+            stamp.clear()
+            order.clear()
+            stamp.update(zip(named, repeat(clock)))
+            if named or kept_anonymous:
+                order.append((clock, named, kept_anonymous))
+            self.entries, self.anonymous = len(named), kept_anonymous
+            evicted = present + added - len(named) - kept_anonymous
+        else:
+            before = len(stamp)
+            stamp.update(zip(deepest_first, repeat(clock)))
+            added = len(stamp) - before + anonymous
+            order.append((clock, deepest_first, anonymous))
+            self.entries += len(deepest_first)
+            self.anonymous += anonymous
+            evicted = self._evict(len(stamp) + self.anonymous - cap)
+        self.added += added
+        self.evicted += evicted
+        return added, evicted
+
+    def _evict(self, excess: int) -> int:
+        stamp, order = self.stamp, self.order
         get = stamp.get
+        evicted = 0
         while excess > 0:
-            t, group = order[0]
+            t, group, anonymous = order[0]
+            if anonymous:
+                gone = anonymous if anonymous <= excess else excess
+                self.anonymous -= gone
+                excess -= gone
+                evicted += gone
+                if gone < anonymous:
+                    order[0] = (t, group, anonymous - gone)
+                    break
             live = list(compress(group, map(eq, repeat(t), map(get, group))))  # not touched since
             self.entries -= len(group)
             if len(live) > excess:  # the group's deepest blocks go first; the rest stay, unstale
-                order[0] = (t, live[excess:])
+                order[0] = (t, live[excess:], 0)
                 self.entries += len(live) - excess
                 live = live[:excess]
             else:
@@ -186,10 +222,10 @@ class LruTier:
             excess -= len(live)
             evicted += len(live)
         if self.entries > 2 * len(stamp) + 4096:
-            kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g))))) for t, g in order]
-            self.order = deque(e for e in kept if e[1])
-            self.entries = sum(len(g) for _, g in self.order)
-        return added, evicted
+            kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in order]
+            self.order = deque(e for e in kept if e[1] or e[2])
+            self.entries = sum(len(g) for _, g, _ in self.order)
+        return evicted
 
 
 class TieredCache:
@@ -214,8 +250,8 @@ class TieredCache:
         l1_free_tokens: Callable[[int], int],
     ) -> None:
         self.config = config
-        self.blocks = prefix.as_lists()
-        self.deepest_first = [b[::-1] for b in self.blocks]
+        self.blocks, self.anonymous = _named_blocks(prefix)
+        self.inserted = bytearray(len(prompt))
         self.bt = prefix.block_tokens
         self.prompt = prompt
         self.kv_bytes = kv_bytes_per_token
@@ -241,8 +277,6 @@ class TieredCache:
         self.load_s = [0.0] * n
         self.looked_up = 0
         self.hit = [0, 0, 0]  # tokens served per tier
-        self.written = [0, 0, 0]  # blocks added per tier
-        self.evicted = [0, 0, 0]
 
     # --- the two operations ----------------------------------------------------------------------
     def lookup(self, rid: int, inst: int) -> None:
@@ -278,25 +312,24 @@ class TieredCache:
     def insert(self, rid: int, inst: int) -> None:
         """``rid``'s prefill ended on ``inst``: its blocks enter L1 and are written through (the
         blocks it matched are refreshed, and an L2/L3 hit is copied up, here)."""
-        blocks = self.deepest_first[rid]
-        if not blocks:
+        if self.inserted[rid]:
+            return  # a recomputed prompt (after preemption) was inserted by its first prefill
+        self.inserted[rid] = 1
+        blocks = self.blocks[rid][::-1]  # deepest first
+        anonymous = self.anonymous[rid]
+        if not blocks and not anonymous:
             return
         if self.l3 is not None:
-            self._touch(self.l3, blocks, self.l3_cap, 2)
+            self.l3.touch(blocks, self.l3_cap, anonymous)
         if self.l2 is not None:
-            self._touch(self.l2[inst], blocks, self.l2_cap, 1)
+            self.l2[inst].touch(blocks, self.l2_cap, anonymous)
         if self.l1 is not None:
-            self._touch(self.l1[inst], blocks, self._l1_cap(inst), 0)
+            free = self.l1_free_tokens(inst)
+            self.l1[inst].touch(blocks, free // self.bt if free > 0 else 0, anonymous)
 
-    # --- internals -------------------------------------------------------------------------------
-    def _l1_cap(self, inst: int) -> int:
-        free = self.l1_free_tokens(inst)
-        return free // self.bt if free > 0 else 0
-
-    def _touch(self, tier: LruTier, blocks: list[int], cap: int, t: int) -> None:
-        added, evicted = tier.touch(blocks, cap)
-        self.written[t] += added
-        self.evicted[t] += evicted
+    def _sums(self, counter: str) -> list[int]:
+        tiers: list[list[LruTier]] = [self.l1 or [], self.l2 or [], [self.l3] if self.l3 is not None else []]
+        return [sum(getattr(t, counter) for t in tier) for tier in tiers]
 
     def stats(self) -> CacheStats:
         """The run's totals (``bytes_written`` of L1 counts the blocks it was given)."""
@@ -309,8 +342,8 @@ class TieredCache:
                 "l2": self.hit[1] * self.kv_bytes,
                 "l3": self.hit[2] * self.kv_bytes,
             },
-            bytes_written={tier: w * block_bytes for tier, w in zip(TIERS, self.written, strict=True)},
-            evicted_blocks=dict(zip(TIERS, self.evicted, strict=True)),
+            bytes_written={tier: n * block_bytes for tier, n in zip(TIERS, self._sums("added"), strict=True)},
+            evicted_blocks=dict(zip(TIERS, self._sums("evicted"), strict=True)),
             cached_tokens=np.asarray(self.skip, dtype=np.int64),
             load_s=np.asarray(self.load_s, dtype=np.float64),
         )
@@ -334,3 +367,30 @@ def make_cache(
     if (config.l2 is not None or config.l3 is not None) and kv_bytes_per_token < 1:
         raise ConfigError("cache: L2/L3 tiers need the cluster's kv_bytes_per_token (≥ 1)")
     return TieredCache(config, prefix, prompt, num_instances, kv_bytes_per_token, l1_free_tokens)
+
+
+def _named_blocks(prefix: PrefixBlocks) -> tuple[list[list[int]], list[int]]:
+    """Per request: its leading blocks that some other request also has (what can ever be hit;
+    matching is by prefix, so nothing after the first block only this request has can be), and
+    the count of the rest (anonymous: they only take room in the tiers)."""
+    ids = prefix.ids
+    values, counts = np.unique(ids, return_counts=True)
+    shared = np.zeros(ids.size, dtype=bool)
+    if ids.size:
+        shared = counts[np.searchsorted(values, ids)] > 1
+    # leading run of shared blocks per request: position of the first unshared one
+    lists = prefix.as_lists()
+    bounds: list[int] = prefix.offsets.tolist()
+    unshared = np.flatnonzero(~shared).tolist()
+    named: list[list[int]] = []
+    anonymous: list[int] = []
+    j = 0
+    for i, blocks in enumerate(lists):
+        start, stop = bounds[i], bounds[i + 1]
+        while j < len(unshared) and unshared[j] < start:
+            j += 1
+        first = unshared[j] if j < len(unshared) and unshared[j] < stop else stop
+        k = first - start
+        named.append(blocks if k == len(blocks) else blocks[:k])
+        anonymous.append(len(blocks) - k)
+    return named, anonymous

@@ -150,6 +150,9 @@ def test_lru_evicts_the_least_recent_and_a_prefix_outlives_its_extensions():
     assert (added, evicted) == (2, 3)
     assert sorted(tier.stamp) == [1, 2, 5, 7, 8]
     assert tier.leading([1, 2, 3]) == 2 and tier.leading([5, 6]) == 1 and tier.leading([9]) == 0
+    small = LruTier()  # a group larger than the tier: the older blocks, then its deepest, go
+    small.touch([4, 3, 2, 1], cap=10)
+    assert small.touch([6, 5, 2, 1], cap=3) == (2, 3) and sorted(small.stamp) == [1, 2, 5]
 
 
 def test_cache_aware_routing_follows_sglang_router():
