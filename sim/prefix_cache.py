@@ -394,3 +394,52 @@ def _named_blocks(prefix: PrefixBlocks) -> tuple[list[list[int]], list[int]]:
         named.append(blocks if k == len(blocks) else blocks[:k])
         anonymous.append(len(blocks) - k)
     return named, anonymous
+
+
+_TIER_KEYS = ("capacity_gb", "bandwidth_gbps", "latency_ms")
+
+
+def cache_from_dict(raw: object, *, source: str = "plan") -> PrefixCache:
+    """A plan's ``cache:`` section: ``{l1: true, l2: {capacity_gb, bandwidth_gbps, latency_ms},
+    l3: {...}}`` (strict keys; a tier's bandwidth defaults to ``DEFAULT_L2_GBPS`` /
+    ``DEFAULT_L3_GBPS``, the store's latency to ``DEFAULT_L3_LATENCY_MS``).
+
+    Raises:
+        ConfigError: not a mapping, unknown keys, bad values.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: cache must be a mapping with keys ['l1', 'l2', 'l3']")
+    unknown = [k for k in raw if k not in ("l1", "l2", "l3")]
+    if unknown:
+        raise ConfigError(f"{source}: cache: unknown keys {unknown}; valid: ['l1', 'l2', 'l3']")
+    tiers: dict[str, CacheTier | None] = {}
+    for name, gbps, latency in (("l2", DEFAULT_L2_GBPS, 0.0), ("l3", DEFAULT_L3_GBPS, DEFAULT_L3_LATENCY_MS)):
+        spec = raw.get(name)
+        if spec is None:
+            tiers[name] = None
+            continue
+        if not isinstance(spec, dict) or "capacity_gb" not in spec:
+            raise ConfigError(
+                f"{source}: cache.{name} must be a mapping with capacity_gb (keys {list(_TIER_KEYS)})"
+            )
+        bad = [k for k in spec if k not in _TIER_KEYS]
+        if bad:
+            raise ConfigError(f"{source}: cache.{name}: unknown keys {bad}; valid: {list(_TIER_KEYS)}")
+        try:
+            tiers[name] = CacheTier(
+                spec["capacity_gb"], spec.get("bandwidth_gbps", gbps), spec.get("latency_ms", latency)
+            )
+        except ConfigError as err:
+            raise ConfigError(f"{source}: cache.{name}: {err}") from None
+    return PrefixCache(l1=raw.get("l1", True), l2=tiers["l2"], l3=tiers["l3"])
+
+
+def cache_to_dict(cache: PrefixCache) -> dict[str, object]:
+    """The ``cache:`` section :func:`cache_from_dict` reads."""
+
+    def tier(t: CacheTier | None) -> dict[str, float] | None:
+        if t is None:
+            return None
+        return {"capacity_gb": t.capacity_gb, "bandwidth_gbps": t.bandwidth_gbps, "latency_ms": t.latency_ms}
+
+    return {"l1": cache.l1, "l2": tier(cache.l2), "l3": tier(cache.l3)}
