@@ -77,15 +77,26 @@ class CacheTier:
 
 @dataclass(frozen=True)
 class PrefixCache:
-    """A cluster's prefix cache: L1 on (``l1``), and the optional L2 and L3 tiers."""
+    """A cluster's prefix cache: L1 on (``l1``), and the optional L2 and L3 tiers.
+
+    ``decode_reads_store`` (disaggregated, with L3): the decode instance reads the prompt's blocks
+    that the store holds from the store (L3 latency + their bytes at L3 bandwidth, alongside the
+    link), and the prefill instance sends it only the rest, as Mooncake's and the DatenLord /
+    Xinference designs share one store between prefill and decode.
+    """
 
     l1: bool = True
     l2: CacheTier | None = None
     l3: CacheTier | None = None
+    decode_reads_store: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.l1, bool):
             raise ConfigError(f"cache.l1={self.l1!r}; expected true or false")
+        if not isinstance(self.decode_reads_store, bool):
+            raise ConfigError(f"cache.decode_reads_store={self.decode_reads_store!r}; expected true or false")
+        if self.decode_reads_store and self.l3 is None:
+            raise ConfigError("cache.decode_reads_store needs an l3 store to read from")
 
     @property
     def label(self) -> str:
@@ -275,6 +286,8 @@ class TieredCache:
         n = len(prompt)
         self.skip = [0] * n
         self.load_s = [0.0] * n
+        #: tokens of each prompt the store holds when it is routed (``decode_reads_store``)
+        self.in_store: list[int] | None = [0] * n if config.decode_reads_store else None
         self.looked_up = 0
         self.hit = [0, 0, 0]  # tokens served per tier
 
@@ -295,6 +308,8 @@ class TieredCache:
             return
         # tokens per tier: whole blocks, the last prompt token always computed (cut from the top)
         cached = min(k * bt, prompt - 1)
+        if self.in_store is not None:
+            self.in_store[rid] = min(k3 * bt, cached)
         t1 = min(k1 * bt, cached)
         t2 = min(k12 * bt, cached) - t1
         t3 = cached - t1 - t2
@@ -326,6 +341,15 @@ class TieredCache:
         if self.l1 is not None:
             free = self.l1_free_tokens(inst)
             self.l1[inst].touch(blocks, free // self.bt if free > 0 else 0, anonymous)
+
+    def store_read(self, rid: int, now: float) -> tuple[int, float]:
+        """``decode_reads_store``: (prompt tokens the link still carries, when the decode side has
+        read the rest from the store, reading from ``now``)."""
+        assert self.in_store is not None
+        tokens = self.in_store[rid]
+        if not tokens:
+            return self.prompt[rid], now
+        return self.prompt[rid] - tokens, now + self.l3_latency_s + tokens * self.l3_s_per_token
 
     def _sums(self, counter: str) -> list[int]:
         tiers: list[list[LruTier]] = [self.l1 or [], self.l2 or [], [self.l3] if self.l3 is not None else []]
@@ -409,9 +433,10 @@ def cache_from_dict(raw: object, *, source: str = "plan") -> PrefixCache:
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: cache must be a mapping with keys ['l1', 'l2', 'l3']")
-    unknown = [k for k in raw if k not in ("l1", "l2", "l3")]
+    valid = ["l1", "l2", "l3", "decode_reads_store"]
+    unknown = [k for k in raw if k not in valid]
     if unknown:
-        raise ConfigError(f"{source}: cache: unknown keys {unknown}; valid: ['l1', 'l2', 'l3']")
+        raise ConfigError(f"{source}: cache: unknown keys {unknown}; valid: {valid}")
     tiers: dict[str, CacheTier | None] = {}
     for name, gbps, latency in (("l2", DEFAULT_L2_GBPS, 0.0), ("l3", DEFAULT_L3_GBPS, DEFAULT_L3_LATENCY_MS)):
         spec = raw.get(name)
@@ -431,7 +456,12 @@ def cache_from_dict(raw: object, *, source: str = "plan") -> PrefixCache:
             )
         except ConfigError as err:
             raise ConfigError(f"{source}: cache.{name}: {err}") from None
-    return PrefixCache(l1=raw.get("l1", True), l2=tiers["l2"], l3=tiers["l3"])
+    try:
+        return PrefixCache(
+            raw.get("l1", True), tiers["l2"], tiers["l3"], raw.get("decode_reads_store", False)
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def cache_to_dict(cache: PrefixCache) -> dict[str, object]:
@@ -442,4 +472,7 @@ def cache_to_dict(cache: PrefixCache) -> dict[str, object]:
             return None
         return {"capacity_gb": t.capacity_gb, "bandwidth_gbps": t.bandwidth_gbps, "latency_ms": t.latency_ms}
 
-    return {"l1": cache.l1, "l2": tier(cache.l2), "l3": tier(cache.l3)}
+    out: dict[str, object] = {"l1": cache.l1, "l2": tier(cache.l2), "l3": tier(cache.l3)}
+    if cache.decode_reads_store:
+        out["decode_reads_store"] = True
+    return out

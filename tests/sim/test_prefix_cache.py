@@ -15,7 +15,7 @@ import pytest
 import simcases as sc
 
 from pdplan.profiles.errors import ConfigError
-from pdplan.sim import DecodePool, PrefillPool, Requests, SimOptions, simulate
+from pdplan.sim import DecodePool, KvLink, PrefillPool, Requests, SimOptions, simulate
 from pdplan.sim.cache_router import cache_aware
 from pdplan.sim.prefix import PrefixBlocks
 from pdplan.sim.prefix_cache import CacheTier, LruTier, PrefixCache
@@ -217,3 +217,45 @@ def test_mooncake_trace_carries_its_hash_ids(shared_data):
     counts = np.diff(reqs.prefix.offsets)
     assert np.array_equal(counts, -(-reqs.prompt_tokens // 512))  # one id per 512-token block
     assert math.isclose(reqs.prefix.shared_fraction(), 0.366, abs_tol=0.001)  # infinite-cache bound
+
+
+def test_the_decode_side_reads_the_stored_prefix_from_the_store():
+    # Disaggregated, 1/1024 s a token on the link, the store 4x faster (1/4096 s) with 1/128 s latency.
+    # A: prefill [0, 0.25), the link carries all 256 tokens: ready 0.25 + 0.25 + 1/128.
+    # B repeats A: 255 cached (L1 on the prefill side, and in the store): prefill 1 token, ending
+    # t = 1 + 1/1024; the link carries that 1 token, the decode reads 255 from the store:
+    # ready = max(t + 1/1024 + 1/128, t + 1/128 + 255/4096).
+    store = CacheTier(100 * BLOCK_GB, 4.096, latency_ms=1000 * LINK_S)
+    reqs = _requests([(0.0, 256, 2), (1.0, 256, 2)], [[1, 2, 3, 4]] * 2)
+    link = KvLink(bandwidth_gbps=1.024, latency_ms=1000 * LINK_S)
+    cluster = dataclasses.replace(
+        sc.disagg(link=link, kv_bytes_per_token=KV_BYTES),
+        cache=PrefixCache(l3=store, decode_reads_store=True),
+    )
+    result = simulate(reqs, cluster)
+    t = 1.0 + TOKEN_S
+    assert _prefill_times(result) == [(0.0, 0.25), (1.0, t)]
+    assert result.transfer_end_s.tolist() == [0.5 + LINK_S, t + LINK_S + 255 / 4096]
+    plain = dataclasses.replace(cluster, cache=PrefixCache(l3=store))  # the link carries it all
+    assert simulate(reqs, plain).transfer_end_s.tolist() == [0.5 + LINK_S, t + 0.25 + LINK_S]
+    with pytest.raises(ConfigError, match="needs an l3 store"):
+        PrefixCache(decode_reads_store=True)
+
+
+def test_a_prefix_key_leaves_the_other_draws_unchanged():
+    from pdplan.sim import draw_requests, workload_from_dict
+
+    spec = {
+        "num_requests": 300,
+        "arrival": {"process": "poisson", "rate_rps": 4.0},
+        "prompt_tokens": {"dist": "lognormal", "mean": 300, "cv": 0.6, "min": 16, "max": 4096},
+        "output_tokens": {"dist": "uniform", "min": 1, "max": 100},
+    }
+    plain = draw_requests(workload_from_dict(spec))
+    prefix = {"kind": "multi_turn", "turns": 4, "conversations": 10, "system_prompt_tokens": 600}
+    shared = draw_requests(workload_from_dict({**spec, "prefix": prefix}))
+    assert plain.prefix is None and shared.prefix is not None and len(shared.prefix) == 300
+    assert np.array_equal(plain.arrival_s, shared.arrival_s)
+    assert np.array_equal(plain.output_tokens, shared.output_tokens)
+    assert np.all(shared.prompt_tokens >= plain.prompt_tokens)  # a prefix plus the drawn message
+    assert 0.5 < shared.prefix.shared_fraction() < 1.0
