@@ -176,6 +176,7 @@ def figure(data: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in data["rows"] if r["router"] == "least_loaded" and r["cache"] != "no cache"]
     labels = [r["cache"].replace("HBM + ", "+").replace(" + store", "\n+ store") for r in rows]
@@ -187,7 +188,7 @@ def figure(data: dict) -> None:
         left.bar(x, values, bottom=bottom, color=colour, label=tier.upper())
         bottom += values
     bound = data["scenario"]["infinite_cache_block_hit_rate"] * 100
-    left.axhline(bound, color="grey", ls="--", lw=1, label=f"infinite cache ({bound:.0f} %)")
+    left.axhline(bound, color="grey", ls="--", lw=1, label=f"infinite cache, blocks ({bound:.0f} %)")
     left.set_ylabel("prompt tokens served from cache (%)")
     left.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
     left.legend(fontsize=8)
@@ -197,6 +198,8 @@ def figure(data: dict) -> None:
     right.plot(x, [r["ttft_p90_s"] for r in rows], "s--", label="p90")
     right.axhline(no_cache["ttft_mean_s"], color="grey", ls=":", lw=1, label="no cache, mean")
     right.set_yscale("log")
+    right.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    right.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     right.set_ylabel("TTFT (s)")
     right.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
     right.legend(fontsize=8)
