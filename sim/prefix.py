@@ -73,6 +73,31 @@ class PrefixBlocks:
         bounds: list[int] = self.offsets.tolist()
         return [flat[bounds[i] : bounds[i + 1]] for i in range(len(self))]
 
+    @cached_property
+    def named(self) -> tuple[list[list[int]], list[int]]:
+        """Per request: its leading blocks that some other request also has (what can ever be
+        hit: matching is by prefix, so nothing after the first block only this request has can
+        be), and the count of the rest (anonymous: they only take room in a cache). Built once."""
+        ids = self.ids
+        shared = np.zeros(ids.size, dtype=bool)
+        if ids.size:
+            values, counts = np.unique(ids, return_counts=True)
+            shared = counts[np.searchsorted(values, ids)] > 1
+        lists = self.as_lists()
+        bounds: list[int] = self.offsets.tolist()
+        unshared = np.flatnonzero(~shared).tolist()
+        named: list[list[int]] = []
+        anonymous: list[int] = []
+        j = 0
+        for i, blocks in enumerate(lists):
+            start, stop = bounds[i], bounds[i + 1]
+            while j < len(unshared) and unshared[j] < start:
+                j += 1
+            k = (unshared[j] if j < len(unshared) and unshared[j] < stop else stop) - start
+            named.append(blocks if k == len(blocks) else blocks[:k])
+            anonymous.append(len(blocks) - k)
+        return named, anonymous
+
     def take(self, order: np.ndarray) -> PrefixBlocks:
         """The requests at indices ``order`` (a reordering or a subset), in that order."""
         lists = self.as_lists()

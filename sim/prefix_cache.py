@@ -261,7 +261,7 @@ class TieredCache:
         l1_free_tokens: Callable[[int], int],
     ) -> None:
         self.config = config
-        self.blocks, self.anonymous = _named_blocks(prefix)
+        self.blocks, self.anonymous = prefix.named
         self.inserted = bytearray(len(prompt))
         self.bt = prefix.block_tokens
         self.prompt = prompt
@@ -391,33 +391,6 @@ def make_cache(
     if (config.l2 is not None or config.l3 is not None) and kv_bytes_per_token < 1:
         raise ConfigError("cache: L2/L3 tiers need the cluster's kv_bytes_per_token (≥ 1)")
     return TieredCache(config, prefix, prompt, num_instances, kv_bytes_per_token, l1_free_tokens)
-
-
-def _named_blocks(prefix: PrefixBlocks) -> tuple[list[list[int]], list[int]]:
-    """Per request: its leading blocks that some other request also has (what can ever be hit;
-    matching is by prefix, so nothing after the first block only this request has can be), and
-    the count of the rest (anonymous: they only take room in the tiers)."""
-    ids = prefix.ids
-    values, counts = np.unique(ids, return_counts=True)
-    shared = np.zeros(ids.size, dtype=bool)
-    if ids.size:
-        shared = counts[np.searchsorted(values, ids)] > 1
-    # leading run of shared blocks per request: position of the first unshared one
-    lists = prefix.as_lists()
-    bounds: list[int] = prefix.offsets.tolist()
-    unshared = np.flatnonzero(~shared).tolist()
-    named: list[list[int]] = []
-    anonymous: list[int] = []
-    j = 0
-    for i, blocks in enumerate(lists):
-        start, stop = bounds[i], bounds[i + 1]
-        while j < len(unshared) and unshared[j] < start:
-            j += 1
-        first = unshared[j] if j < len(unshared) and unshared[j] < stop else stop
-        k = first - start
-        named.append(blocks if k == len(blocks) else blocks[:k])
-        anonymous.append(len(blocks) - k)
-    return named, anonymous
 
 
 _TIER_KEYS = ("capacity_gb", "bandwidth_gbps", "latency_ms")
