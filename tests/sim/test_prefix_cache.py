@@ -13,6 +13,9 @@ import math
 import numpy as np
 import pytest
 import simcases as sc
+import test_reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, KvLink, PrefillPool, Requests, SimOptions, simulate
@@ -259,3 +262,47 @@ def test_a_prefix_key_leaves_the_other_draws_unchanged():
     assert np.array_equal(plain.output_tokens, shared.output_tokens)
     assert np.all(shared.prompt_tokens >= plain.prompt_tokens)  # a prefix plus the drawn message
     assert 0.5 < shared.prefix.shared_fraction() < 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 50),
+    colocated=st.booleans(),
+    tiers=st.sampled_from(["l1", "l1l2", "l1l2l3", "l3"]),
+    router=st.sampled_from(["least_loaded", "cache_aware", "round_robin"]),
+)
+def test_laws_with_a_prefix_cache(seed, n, colocated, tiers, router):
+    # Random shared prefixes through random tiers: every request still ends, causality holds,
+    # a hit never covers the whole prompt, per-tier hits add up, and the run is deterministic.
+    rng = np.random.default_rng(seed)
+    base = ref._workload(rng, n, True)
+    blocks = [
+        [int(b) for b in rng.integers(0, 3, size=-(-int(p) // BT)).cumsum()] for p in base.prompt_tokens
+    ]
+    reqs = Requests(
+        base.arrival_s, base.prompt_tokens, base.output_tokens, PrefixBlocks.from_lists(blocks, BT)
+    )
+    small = CacheTier(float(rng.integers(1, 6)) * BLOCK_GB, 1.024, 1.0)
+    cache = PrefixCache(
+        l1="l1" in tiers, l2=small if "l2" in tiers else None, l3=small if "l3" in tiers else None
+    )
+    admission = "preempt" if rng.random() < 0.5 else "reserve"
+    cluster = ref._colocated(rng, True, admission) if colocated else ref._disagg(rng, True, admission)
+    cluster = dataclasses.replace(
+        cluster, cache=cache, **({"kv_bytes_per_token": KV_BYTES} if colocated else {})
+    )
+    if not colocated:
+        cluster = dataclasses.replace(cluster, kv_bytes_per_token=KV_BYTES)
+    runs = [simulate(reqs, cluster, SimOptions(router=router)) for _ in range(2)]
+    rec, stats = runs[0].records, runs[0].cache
+    ok = rec.status_code == 0
+    assert np.all(ok | (rec.status_code == 1))
+    assert np.all(rec.prefill_start_s[ok] >= rec.arrival_s[ok]) and np.all(
+        rec.finish_s[ok] >= rec.first_token_s[ok]
+    )
+    assert np.all(stats.cached_tokens <= reqs.prompt_tokens - 1) and np.all(stats.cached_tokens >= 0)
+    assert sum(stats.hit_tokens.values()) == int(stats.cached_tokens.sum())
+    assert np.all((stats.load_s > 0) <= (stats.cached_tokens > 0))
+    for a, b in zip(runs[0].records.columns().values(), runs[1].records.columns().values(), strict=True):
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
