@@ -77,7 +77,8 @@ class PrefixBlocks:
     def named(self) -> tuple[list[list[int]], list[int]]:
         """Per request: its leading blocks that some other request also has (what can ever be
         hit: matching is by prefix, so nothing after the first block only this request has can
-        be), and the count of the rest (anonymous: they only take room in a cache). Built once."""
+        be), without repeats, and the count of the rest (anonymous: they only take room in a
+        cache). Built once."""
         ids = self.ids
         shared = np.zeros(ids.size, dtype=bool)
         if ids.size:
@@ -94,7 +95,10 @@ class PrefixBlocks:
             while j < len(unshared) and unshared[j] < start:
                 j += 1
             k = (unshared[j] if j < len(unshared) and unshared[j] < stop else stop) - start
-            named.append(blocks if k == len(blocks) else blocks[:k])
+            mine = blocks if k == len(blocks) else blocks[:k]
+            if len(set(mine)) < len(mine):  # an id repeated within one prompt is one block
+                mine = list(dict.fromkeys(mine))
+            named.append(mine)
             anonymous.append(len(blocks) - k)
         return named, anonymous
 
