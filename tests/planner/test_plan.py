@@ -120,7 +120,10 @@ def test_cache_section_round_trips_and_reaches_the_cluster(tmp_path):
             "unknown plan router 'nearest'; valid: cache_aware, least_loaded, random, round_robin",
         ),
         ({"cache": {"l2": {"capacity_gb": 0}}}, "cache.l2: cache tier capacity_gb=0; expected a number > 0"),
-        ({"cache": {"l4": {}}}, "cache: unknown keys ['l4']; valid: ['l1', 'l2', 'l3']"),
+        (
+            {"cache": {"l4": {}}},
+            "cache: unknown keys ['l4']; valid: ['l1', 'l2', 'l3', 'decode_reads_store']",
+        ),
         ({"slo": "ttft=1"}, "ttft='1'; expected a positive number with a unit"),
         ({"feasible": "yes"}, "feasible='yes'; expected true or false"),
     ],
