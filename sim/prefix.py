@@ -102,6 +102,11 @@ class PrefixBlocks:
             anonymous.append(len(blocks) - k)
         return named, anonymous
 
+    def hash_column(self) -> list[str]:
+        """The canonical CSV's ``prefix_hashes`` cells (ids separated by spaces; what
+        :func:`parse_hash_cells` reads back)."""
+        return [" ".join(map(str, blocks)) for blocks in self.as_lists()]
+
     def take(self, order: np.ndarray) -> PrefixBlocks:
         """The requests at indices ``order`` (a reordering or a subset), in that order."""
         lists = self.as_lists()
@@ -171,8 +176,3 @@ def parse_hash_cells(cells: Sequence[object], *, where: str) -> list[list[int]]:
 
 
 _NAMED_BASE = 2**62
-
-
-def format_hash_text(blocks: Sequence[int]) -> str:
-    """The inverse of :func:`parse_hash_text` (what a written canonical CSV holds)."""
-    return " ".join(str(int(b)) for b in blocks)

@@ -208,6 +208,9 @@ def test_canonical_csv_prefix_hashes_round_trip_and_block_count_is_checked():
     with pytest.raises(ConfigError, match="request 1: 2 prefix blocks for a 100-token prompt"):
         parse_canonical(frame)
     assert len(reqs.head(1).prefix) == 1 and reqs.scaled(2.0).prefix is reqs.prefix
+    frame.loc[1, "prefix_hashes"] = "7"
+    written = frame.assign(prefix_hashes=parse_canonical(frame).prefix.hash_column())
+    assert written["prefix_hashes"].tolist() == ["7 8", "7"]  # what a canonical CSV holds
 
 
 def test_mooncake_trace_carries_its_hash_ids(shared_data):
