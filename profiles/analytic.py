@@ -42,7 +42,7 @@ import pandas as pd
 from pdplan.profiles.comm import all_reduce_fit
 from pdplan.profiles.engine import DEFAULT_ENGINE, get_engine, kv_pool_bytes
 from pdplan.profiles.errors import ConfigError, ProfileError, choices_error
-from pdplan.profiles.gemm import elementwise_s, gemm_s, kernel_fit
+from pdplan.profiles.gemm import elementwise_s, fit_source, gemm_s, kernel_fit
 from pdplan.profiles.hardware import Hardware, get_hardware
 from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, shard_spec
 from pdplan.profiles.profile import Profile
@@ -287,7 +287,7 @@ def analytic_profile(
         engine=engine,
         notes=(
             f"kernel model (pdplan.profiles.analytic): GEMM t0={fit.gemm_t0_us} us, "
-            f"MFU={fit.mfu}, MBU={fit.mbu} (fitted on Vidur op times), "
+            f"MFU={fit.mfu}, MBU={fit.mbu} ({fit_source(hw.name)}), "
             f"attention efficiency={ATTENTION_EFFICIENCY}, all-reduce fitted on Vidur NCCL "
             f"times, {engine} step overhead={get_engine(engine).step_overhead_ms} ms"
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -176,9 +177,11 @@ async def serve(config: WorkerConfig) -> None:
         torch.get_num_threads(), ",".join(map(str, config.cpus)) or "all",
     )  # fmt: skip
     watcher = asyncio.ensure_future(_watch_parent(config.parent_pid, stop))
+    trimmer = asyncio.ensure_future(_trim_heap())
     await stop.wait()
     log.info("%s stopping: failing requests in flight with 503", config.name)
     watcher.cancel()
+    trimmer.cancel()
     server.shutting_down = True
     await loop.run_in_executor(None, engine.stop)
     await asyncio.sleep(0.2)  # let handlers write the errors of the requests the engine just ended
@@ -199,6 +202,27 @@ def _model_path(model: str) -> str:
     if model in catalog_names():
         return str(resources.files("pdplan.profiles") / "catalog" / f"{model}.json")
     return str(Path(model).resolve())
+
+
+#: how often a worker hands the free memory of its heap back to the system
+HEAP_TRIM_INTERVAL_S = 10.0
+
+
+async def _trim_heap(interval_s: float = HEAP_TRIM_INTERVAL_S) -> None:
+    """Call glibc's ``malloc_trim(0)`` every ``interval_s`` (in a thread; it takes the arenas'
+    locks, not the GIL). glibc keeps the memory a burst freed (the KV of prompts held while a
+    decode worker was down, a batch of long prompts) in its heaps, so without this a worker's
+    resident memory ratchets up to the highest it ever needed; the soak benchmark showed a prefill
+    worker's private memory stepping up by 20 % and staying there. No-op without glibc."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval_s)
+        await loop.run_in_executor(None, trim, 0)
 
 
 async def _watch_parent(parent_pid: int | None, stop: asyncio.Event) -> None:

@@ -96,12 +96,20 @@ class ColocatedPool:
     chunk_tokens: int = 2048
     max_kv_tokens: int | None = None
     admission: str = "preempt"
+    #: under ``admission: preempt``, a re-admitted request reuses what is left of its freed KV in
+    #: the engine's prefix cache instead of recomputing it all (vLLM V1 and SGLang keep freed KV
+    #: cached by default); False recomputes everything (prefix caching off)
+    reuse_preempted_kv: bool = True
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise choices_error("colocated.policy", self.policy, POLICIES)
         if self.admission not in ADMISSIONS:
             raise choices_error("colocated.admission", self.admission, ADMISSIONS)
+        if not isinstance(self.reuse_preempted_kv, bool):
+            raise ConfigError(
+                f"colocated.reuse_preempted_kv={self.reuse_preempted_kv!r}; expected true or false"
+            )
         _ints("colocated", self, ("instances", "tp", "max_batch_size", "max_batch_tokens", "chunk_tokens"))
         if self.max_kv_tokens is not None:
             _ints("colocated", self, ("max_kv_tokens",))

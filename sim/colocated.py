@@ -47,6 +47,23 @@ from pdplan.sim.requests import Requests
 from pdplan.sim.router import make_chooser
 
 IDLE, STEP, SEGMENT = range(3)
+KV_BLOCK_TOKENS = 16  # vLLM's default block size; its prefix cache hits whole blocks only
+
+
+def cached_prefix(fill: int, overwritten: int, block: int = KV_BLOCK_TOKENS) -> int:
+    """Tokens of a preempted request's ``fill`` (prompt + generated) still cached when it is
+    re-admitted, after ``overwritten`` slots of its freed KV were handed to others.
+
+    vLLM (V1, prefix caching on, its default) frees a preempted request's blocks to the tail of
+    the free queue in reverse order, so its last blocks are evicted first, and allocates from the
+    head; a re-admitted request finds its longest cached prefix of whole blocks, and at least its
+    last token is recomputed (its logits are needed).
+    """
+    kept = fill - overwritten
+    if kept < block:
+        return 0
+    kept -= kept % block
+    return kept if kept < fill else fill - 1
 
 
 class ColocatedInstance:
@@ -249,6 +266,13 @@ class PreemptingColocatedInstance(ColocatedInstance):
         self.recomputing: set[int] = set()
         self.order: list[int] = []  # running rids in admission order (stale entries skipped)
         self.preemptions = 0
+        # A prefix-caching engine keeps a preempted request's freed KV blocks, evictable, until
+        # new allocations take them: ``allocated`` counts every token slot handed out, and a
+        # re-admitted request skips the prefix that is still cached (``skip``, whole blocks).
+        self.reuse = run.cluster.pool.reuse_preempted_kv
+        self.allocated = 0
+        self.preempted_at: dict[int, int] = {}
+        self.skip: dict[int, int] = {}
 
     def _fill(self, rid: int) -> int:
         """Tokens the request's (re)prefill computes (``done`` is 0 until it is preempted)."""
@@ -262,9 +286,14 @@ class PreemptingColocatedInstance(ColocatedInstance):
 
     def _reserve(self, rid: int, now: float) -> None:
         self.waiting.popleft()
-        self.held += self._fill(rid)
-        if rid not in self.recomputing:
+        fill = self._fill(rid)
+        if rid in self.recomputing:
+            if self.reuse:
+                self.skip[rid] = cached_prefix(fill, self.allocated - self.preempted_at.pop(rid))
+        else:
             self.ledger.kv_start_s[rid] = now
+        self.held += fill
+        self.allocated += fill
 
     def _release(self, rid: int, now: float) -> None:
         self.ledger.finish_s[rid] = now
@@ -286,6 +315,8 @@ class PreemptingColocatedInstance(ColocatedInstance):
                 continue
             self.fin_step[rid] = -1
             done = self.done[rid] = self.done[rid] + self.steps - self.join_step[rid]
+            # its blocks join the free queue behind the slots free now: those are taken first
+            self.preempted_at[rid] = self.allocated + max(0, self.cap - self.held - self.ctx)
             self.ctx -= self.prompt[rid] + done
             self.batch -= 1
             self.waiting.appendleft(rid)
@@ -303,12 +334,14 @@ class PreemptingColocatedInstance(ColocatedInstance):
             if self.step_decodes:
                 self.steps += 1
                 self.ctx += self.batch
+                self.allocated += self.batch
             ledger = self.ledger
             for rid in self.completing:
                 n = self._fill(rid)
                 self.held -= n
                 if rid in self.recomputing:
                     self.recomputing.discard(rid)
+                    self.skip.pop(rid, None)
                     self._join(rid, n, output[rid] - 1 - self.done[rid])
                     continue
                 ledger.prefill_end_s[rid] = ledger.first_token_s[rid] = ledger.decode_start_s[rid] = now
@@ -322,6 +355,7 @@ class PreemptingColocatedInstance(ColocatedInstance):
         else:
             self.steps += self.wake_k
             self.ctx += self.batch * self.wake_k
+            self.allocated += self.batch * self.wake_k
         fin, steps, fin_step = self.fin, self.steps, self.fin_step
         while fin and fin[0][0] <= steps:
             step, rid = heappop(fin)
@@ -365,11 +399,11 @@ class PreemptingColocatedInstance(ColocatedInstance):
         while waiting:
             rid = waiting[0]
             n = self._fill(rid)
-            skip = cache.skip[rid] if cache is not None and rid not in self.recomputing else 0
-            c = n - skip  # tokens to compute (the cached ones' KV is loaded, still held whole)
+            # a first prefill skips what the prefix cache holds (pdplan.sim.prefix_cache)
+            fresh_skip = cache.skip[rid] if cache is not None and rid not in self.recomputing else 0
             joined = self.batch + len(completing) + 1
             if (
-                (tokens + c > limit and completing)
+                (tokens + n - fresh_skip > limit and completing)
                 or n + joined > self.cap - self.held - self.ctx
                 or joined > self.max_batch
             ):
@@ -378,11 +412,15 @@ class PreemptingColocatedInstance(ColocatedInstance):
             if rid not in self.recomputing:
                 self.ledger.prefill_start_s[rid] = now
             completing.append(rid)
-            tokens += c
-            pairs += c * c + 2 * c * skip
-            if cache is not None:
-                load_s += cache.load_s[rid]
-                offset = skip if len(completing) == 1 else 0
+            # a recompute skips what is left of its freed KV (set by _reserve)
+            cached = fresh_skip or self.skip.get(rid, 0)
+            n -= cached  # tokens to compute; the cached ones' KV is still held whole
+            tokens += n
+            pairs += n * n + 2 * n * cached
+            if fresh_skip:
+                load_s += cache.load_s[rid]  # type: ignore[union-attr]
+            if len(completing) == 1:
+                offset = cached
             if tokens >= limit:
                 break
         if not completing:
@@ -390,7 +428,7 @@ class PreemptingColocatedInstance(ColocatedInstance):
         self.completing, self.step_decodes = completing, False
         if tokens <= limit:
             duration = self.coef.prefill_s(len(completing), tokens, pairs)
-        else:  # one prompt longer than a batch: its chunks back to back (after its cached tokens)
+        else:  # one prompt longer than a batch: its chunks back to back (after its cached prefix)
             duration, done, end = 0.0, offset, offset + tokens
             while done < end:
                 c = min(limit, end - done)
@@ -415,12 +453,13 @@ class PreemptingColocatedInstance(ColocatedInstance):
             rid = prefilling[0]
             if done == 0 and rid not in self.recomputing:
                 self.ledger.prefill_start_s[rid] = now
-                if cache is not None:
+                if cache is not None:  # a first prefill starts after its cached prefix
                     done = cache.skip[rid]
                     load_s += cache.load_s[rid]
-            remaining = self._fill(rid) - done
+            cached = self.skip.get(rid, 0)  # a recompute: what is left of its freed KV
+            remaining = self._fill(rid) - cached - done
             n = remaining if remaining <= left else left
-            pairs += n * n + 2 * n * done
+            pairs += n * n + 2 * n * (done + cached)
             tokens += n
             num_seqs += 1
             left -= n

@@ -79,6 +79,7 @@ SGLANG = FlagTable(
         "--node-rank": VALUE,
         "--enable-hierarchical-cache": SWITCH,
         "--hicache-storage-backend": VALUE,  # file | mooncake | hf3fs | nixl | aibrix
+        "--disable-radix-cache": SWITCH,
         "--enable-metrics": SWITCH,
         "--trust-remote-code": SWITCH,
     },
@@ -139,6 +140,7 @@ VLLM = FlagTable(
         "--gpu-memory-utilization": VALUE,
         "--enable-chunked-prefill": SWITCH,
         "--no-enable-chunked-prefill": SWITCH,
+        "--no-enable-prefix-caching": SWITCH,
         "--block-size": VALUE,
         "--num-gpu-blocks-override": VALUE,
         "--kv-transfer-config": VALUE,  # JSON: kv_connector, kv_role

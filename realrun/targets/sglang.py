@@ -14,6 +14,8 @@ Plan → SGLang flags (each checked against ``flags.SGLANG``):
   ``--disaggregation-transfer-backend``, ``--disaggregation-bootstrap-port`` (prefill);
 - ``launch.kv_store: mooncake`` → ``--enable-hierarchical-cache --hicache-storage-backend mooncake`` on
   the roles that prefill;
+- colocated ``reuse_preempted_kv: false`` (simulated without the prefix cache) →
+  ``--disable-radix-cache``;
 - placement → ``--base-gpu-id``, ``--port``; across nodes ``--dist-init-addr --nnodes --node-rank``;
 - ``router`` → ``sglang_router.launch_router --policy`` (``flags.SGLANG_ROUTER_POLICIES``).
 """
@@ -76,6 +78,8 @@ def engine_argv(plan: TargetPlan, p: Placement, rank: int) -> list[str]:
         args += ["--dist-init-addr", leader, "--nnodes", str(len(p.nodes)), "--node-rank", str(rank)]
     if plan.settings.kv_store == "mooncake" and p.role != "decode":
         args += ["--enable-hierarchical-cache", "--hicache-storage-backend", "mooncake"]
+    if isinstance(pool, ColocatedPool) and not pool.reuse_preempted_kv:
+        args.append("--disable-radix-cache")  # the plan was simulated without the prefix cache
     args.append("--enable-metrics")
     flags.check_argv(flags.SGLANG, args)
     return [*flags.SGLANG.entry, *args]
@@ -249,6 +253,9 @@ def _pool(role: str, e: Mapping[str, list[str]], instances: int) -> Pool:
     if role == "decode":
         return DecodePool(instances, tp, batch, kv)
     tokens = int(_one(e, "--max-prefill-tokens", 16384))
+    reuse = "--disable-radix-cache" not in e
     if chunk > 0:
-        return ColocatedPool(instances, tp, "chunked", batch, tokens, chunk, kv)
-    return ColocatedPool(instances, tp, "prefill-first", batch, tokens, max_kv_tokens=kv)
+        return ColocatedPool(instances, tp, "chunked", batch, tokens, chunk, kv, reuse_preempted_kv=reuse)
+    return ColocatedPool(
+        instances, tp, "prefill-first", batch, tokens, max_kv_tokens=kv, reuse_preempted_kv=reuse
+    )

@@ -10,6 +10,7 @@ Plan → vLLM (each flag checked against ``flags.VLLM``):
   --max-num-batched-tokens max_batch_tokens --max-model-len max_batch_tokens`` (vLLM requires the
   context within the batch budget without chunking; said in the README's notes);
 - ``max_kv_tokens`` → ``--block-size 16 --num-gpu-blocks-override ceil(tokens/16)``;
+- colocated ``reuse_preempted_kv: false`` → ``--no-enable-prefix-caching``;
   ``gpu_memory_utilisation`` → ``--gpu-memory-utilization``;
 - a disaggregated role → ``--kv-transfer-config`` with ``kv_connector`` NixlConnector or
   MooncakeConnector and ``kv_role`` kv_producer (prefill) or kv_consumer (decode);
@@ -83,6 +84,8 @@ def engine_process(plan: TargetPlan, p: Placement, rank: int) -> Process:
         args.append("--enable-expert-parallel")
     fraction = plan.mem_fraction if plan.mem_fraction is not None else VLLM_GPU_MEMORY_UTILIZATION
     args += ["--max-num-seqs", str(pool.max_batch_size), "--gpu-memory-utilization", f"{fraction:g}"]
+    if isinstance(pool, ColocatedPool) and not pool.reuse_preempted_kv:
+        args.append("--no-enable-prefix-caching")  # the plan was simulated without the prefix cache
     chunk = pool.chunk_tokens if isinstance(pool, PrefillPool) else None
     if isinstance(pool, ColocatedPool) and pool.policy == "chunked":
         chunk = pool.chunk_tokens

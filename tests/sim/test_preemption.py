@@ -16,7 +16,7 @@ from test_reference import _colocated, _disagg, _workload
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, simulate
-from pdplan.sim.colocated import ColocatedRun, PreemptingColocatedInstance
+from pdplan.sim.colocated import ColocatedRun, PreemptingColocatedInstance, cached_prefix
 from pdplan.sim.decode import PreemptingDecodeInstance
 from pdplan.sim.disagg import Run
 
@@ -51,12 +51,29 @@ def test_colocated_prefill_first_preemption_timeline():
     # free). A finishes at 0.21875 + 13/64 = 0.421875; B's re-prefill of 70 tokens ends at
     # 0.490234375 and its 13 remaining steps at 0.693359375.
     reqs = sc.requests([(0.0, 64, 20), (0.0, 64, 20)])
-    result = simulate(reqs, sc.colocated(kv_tokens=140, policy="prefill-first", max_batch_size=2))
+    cluster = sc.colocated(kv_tokens=140, policy="prefill-first", max_batch_size=2, reuse_preempted_kv=False)
+    result = simulate(reqs, cluster)
     assert sc.timeline(result) == [
         (0.0, 0.0, 0.125, 0.125, 0.421875),
         (0.0, 0.0, 0.125, 0.125, 0.693359375),
     ]
     assert result.preemptions == 1
+    # With the engine's prefix cache (the default): B's 70 freed tokens go to the free queue,
+    # nothing else was free, and A's 13 remaining steps take 13 of them, from B's end. 57 are
+    # left: 3 whole blocks of 16 = 48 tokens hit, so B recomputes only 22 (22/1024 s): its
+    # re-prefill ends at 0.421875 + 0.021484375 and its 13 steps at 0.646484375.
+    cached = simulate(reqs, sc.colocated(kv_tokens=140, policy="prefill-first", max_batch_size=2))
+    assert sc.timeline(cached)[1] == (0.0, 0.0, 0.125, 0.125, 0.646484375)
+    assert cached.preemptions == 1
+
+
+@pytest.mark.parametrize(
+    ("fill", "overwritten", "cached"),
+    [(70, 13, 48), (70, 0, 64), (64, 0, 63), (70, 55, 0), (70, 54, 16), (10, 0, 0), (70, 200, 0)],
+)
+def test_cached_prefix_is_whole_blocks_from_the_front(fill: int, overwritten: int, cached: int) -> None:
+    # whole 16-token blocks of what the overwrites left, and never the last token (its logits)
+    assert cached_prefix(fill, overwritten) == cached
 
 
 def test_prefill_first_chunks_long_prompts_instead_of_rejecting_them():

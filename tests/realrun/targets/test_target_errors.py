@@ -112,3 +112,19 @@ def test_launch_section_round_trips_through_plan_yaml(tmp_path) -> None:  # type
     assert again.launch == original.launch and again.to_dict() == original.to_dict()
     assert again.to_dict()["launch"]["decode"] == {"dp": 16, "ep": 16, "dp_attention": True}
     assert "launch" not in plan("colocated", launch=None).to_dict()  # plans without it are unchanged
+
+
+def test_a_plan_simulated_without_the_prefix_cache_turns_it_off_in_the_engines() -> None:
+    from target_cases import plan
+
+    from pdplan.planner.cli.deploy_targets import TargetRequest, target_plan
+
+    off = {**PLANS["colocated"]["colocated"], "reuse_preempted_kv": False}
+    for name, module, flag in (
+        ("sglang", sglang, "--disable-radix-cache"),
+        ("vllm", vllm, "--no-enable-prefix-caching"),
+    ):
+        for changes, present in (({}, False), ({"colocated": off}, True)):
+            bundle = module.build(target_plan(plan("colocated", **changes), TargetRequest(name)))
+            text = "\n".join(bundle.files.values())
+            assert (flag in text) == present, (name, changes)

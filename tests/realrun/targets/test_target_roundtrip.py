@@ -64,10 +64,10 @@ _pools = st.one_of(
         st.one_of(
             st.builds(ColocatedPool, st.integers(1, 4), st.sampled_from([1, 2, 8, 16]), st.just("chunked"),
                       st.integers(1, 512), st.integers(256, 32768), st.integers(64, 8192),
-                      st.one_of(st.none(), st.integers(1000, 10**6))),
+                      st.one_of(st.none(), st.integers(1000, 10**6)), reuse_preempted_kv=st.booleans()),
             st.builds(ColocatedPool, st.integers(1, 4), st.sampled_from([1, 2, 8]), st.just("prefill-first"),
                       st.integers(1, 512), st.integers(256, 32768), st.just(2048),
-                      st.one_of(st.none(), st.integers(1000, 10**6))),
+                      st.one_of(st.none(), st.integers(1000, 10**6)), reuse_preempted_kv=st.booleans()),
         )
     ),
 )  # fmt: skip
