@@ -24,11 +24,11 @@ this way; its decode side goes to the least loaded instance (``select_worker_pai
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdplan.profiles.errors import ConfigError
+from pdplan.sim.prefix_cache import LruTier
 
 Chooser = Callable[[int], int]
 
@@ -62,19 +62,9 @@ def cache_aware(
     ``blocks[rid]`` are request ``rid``'s prefix blocks (``None``: no request has any)."""
     config = config or CacheAwareConfig()
     n = len(loads)
-    trees: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(n)]
+    trees = [LruTier() for _ in range(n)]  # LRU over blocks, a prefix outliving its extensions
     abs_threshold = config.balance_abs_threshold * load_unit
     rel, threshold, cap = config.balance_rel_threshold, config.cache_threshold, config.max_tree_blocks
-
-    def insert(w: int, request: list[int]) -> None:
-        tree = trees[w]
-        for b in reversed(request):  # deepest first: a prefix outlives its extensions
-            if b in tree:
-                tree.move_to_end(b)
-            else:
-                tree[b] = None
-        while len(tree) > cap:
-            tree.popitem(last=False)
 
     def choose(rid: int) -> int:
         request = blocks[rid] if blocks is not None else []
@@ -82,22 +72,15 @@ def cache_aware(
         if high - low > abs_threshold and high > low * rel:
             w = loads.index(low)
         else:
-            best, best_k = 0, 0
-            for i, tree in enumerate(trees):
-                k = 0
-                for b in request:
-                    if b not in tree:
-                        break
-                    k += 1
-                if k > best_k:
-                    best, best_k = i, k
+            matched = [tree.leading(request) for tree in trees] if request else [0] * n
+            best_k = max(matched)
             if request and best_k / len(request) > threshold:
-                w = best
+                w = matched.index(best_k)
             else:
                 sizes = [len(t) for t in trees]
                 w = sizes.index(min(sizes))
         if request:
-            insert(w, request)
+            trees[w].touch(request[::-1], cap)
         return w
 
     return choose
