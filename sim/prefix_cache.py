@@ -18,17 +18,20 @@ longest run of leading blocks that some tier holds and prefills only the rest.
   ``bandwidth_gbps`` per instance reading, ``latency_ms`` per load.
 
 Policies (stated, not tuned): blocks are inserted when the request's prefill ends, into L1 and
-written through to L2 and L3 (HiCache's ``write_through`` write policy; writes are asynchronous and
-never delay a request, their bytes are counted). Each tier evicts least recently used blocks; a
-request's blocks are touched deepest first, so a prefix outlives its extensions (a radix cache
-evicts leaves first). The lookup happens when the request is routed; the blocks it matched are then
-held for it (SGLang locks matched nodes while a request runs). An L2 or L3 hit is copied into the
-tiers above it. A hit never covers the whole prompt: the last token is always computed (SGLang
-and vLLM need its logits). The load from L2/L3 is on the critical path of the batch that starts
-the request's prefill (no layer-wise overlap: conservative), and a batch's loads add up (one PCIe
-link and one NIC per instance).
+written through to L2 and L3 (``--hicache-write-policy write_through``, the setting SGLang's
+HiCache best practices give, docs.sglang.io/advanced_features/hicache_best_practices.html; writes
+are asynchronous and never delay a request, their bytes are counted). Each tier evicts least
+recently used blocks; a request's blocks are touched deepest first, so a prefix outlives its
+extensions (a radix cache evicts leaves first). The lookup happens when the request is routed and
+its hit stands until its prefill (SGLang locks matched nodes while a request runs); the insert at
+its prefill end refreshes the blocks it matched and copies an L2/L3 hit into the tiers above. A
+hit never covers the whole prompt: the last token is always computed (SGLang and vLLM need its
+logits). The load from L2/L3 is on the critical path of the batch that starts the request's
+prefill (no layer-wise overlap: conservative), and a batch's loads add up (one PCIe link and one
+NIC per instance). Matching is by tier: a tier serves the leading blocks it holds (``TieredCache``).
 
-Cost: a lookup or insert is O(blocks of the request), never O(tokens).
+Cost: a lookup or insert is O(blocks of the request), never O(tokens); blocks no other request
+has are counted, not stored (``PrefixBlocks.named``).
 """
 
 from __future__ import annotations
