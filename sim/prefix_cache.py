@@ -189,7 +189,7 @@ class LruTier:
         if cap <= len(deepest_first) + anonymous:  # all older blocks go, then the deepest
             present = len(stamp) + self.anonymous
             added = len(deepest_first) + anonymous - sum(map(stamp.__contains__, deepest_first))
-            named = deepest_first[len(deepest_first) - cap :] if cap > 0 else []
+            named = deepest_first[max(0, len(deepest_first) - cap) :] if cap > 0 else []
             kept_anonymous = max(0, cap - len(deepest_first))
             stamp.clear()
             order.clear()

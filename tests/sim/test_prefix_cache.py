@@ -156,6 +156,10 @@ def test_lru_evicts_the_least_recent_and_a_prefix_outlives_its_extensions():
     small = LruTier()  # a group larger than the tier: the older blocks, then its deepest, go
     small.touch([4, 3, 2, 1], cap=10)
     assert small.touch([6, 5, 2, 1], cap=3) == (2, 3) and sorted(small.stamp) == [1, 2, 5]
+    anonymous = LruTier()  # blocks no other request has are counted, and go first (deepest)
+    assert anonymous.touch([3, 2, 1], cap=4, anonymous=2) == (5, 1)
+    assert sorted(anonymous.stamp) == [1, 2, 3] and len(anonymous) == 4
+    assert anonymous.touch([5, 4], cap=4) == (2, 2) and sorted(anonymous.stamp) == [1, 2, 4, 5]  # anon, 3
 
 
 def test_cache_aware_routing_follows_sglang_router():
@@ -309,3 +313,26 @@ def test_laws_with_a_prefix_cache(seed, n, colocated, tiers, router):
     assert np.all((stats.load_s > 0) <= (stats.cached_tokens > 0))
     for a, b in zip(runs[0].records.columns().values(), runs[1].records.columns().values(), strict=True):
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+
+
+def test_lru_tier_is_an_ordered_dict_lru():
+    # The reference: every block (anonymous ones as fresh ids, deepest) in an OrderedDict, touched
+    # deepest first, the oldest evicted beyond cap. LruTier must hold the same named blocks and count.
+    from collections import OrderedDict
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        ref: OrderedDict[int, None] = OrderedDict()
+        tier, cap, fresh = LruTier(), int(rng.integers(1, 25)), 10_000
+        for _ in range(60):
+            named = list(dict.fromkeys(rng.integers(0, 30, int(rng.integers(0, 7))).tolist()))
+            anonymous = int(rng.integers(0, 4))
+            group = list(range(fresh, fresh + anonymous)) + named[::-1]  # deepest first
+            fresh += anonymous
+            for b in group:
+                ref[b] = None
+                ref.move_to_end(b)
+            while len(ref) > cap:
+                ref.popitem(last=False)
+            tier.touch(named[::-1], cap, anonymous)
+            assert set(tier.stamp) == {b for b in ref if b < 10_000} and len(tier) == len(ref)
