@@ -205,7 +205,10 @@ class LruTier:
             order.append((clock, deepest_first, anonymous))
             self.entries += len(deepest_first)
             self.anonymous += anonymous
-            evicted = self._evict(len(stamp) + self.anonymous - cap)
+            excess = len(stamp) + self.anonymous - cap
+            evicted = self._evict(excess) if excess > 0 else 0
+            if self.entries > 4 * len(stamp) + 65536:  # stale entries dominate: drop them
+                self._compact()
         self.added += added
         self.evicted += evicted
         return added, evicted
@@ -235,11 +238,13 @@ class LruTier:
             _consume(map(stamp.pop, live))
             excess -= len(live)
             evicted += len(live)
-        if self.entries > 2 * len(stamp) + 4096:
-            kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in order]
-            self.order = deque(e for e in kept if e[1] or e[2])
-            self.entries = sum(len(g) for _, g, _ in self.order)
         return evicted
+
+    def _compact(self) -> None:
+        get = self.stamp.get
+        kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in self.order]
+        self.order = deque(e for e in kept if e[1] or e[2])
+        self.entries = sum(len(g) for _, g, _ in self.order)
 
 
 class TieredCache:
