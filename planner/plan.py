@@ -32,6 +32,7 @@ from pdplan.sim.cluster import (
     PrefillPool,
 )
 from pdplan.sim.costs import colocated_cluster, disaggregated_cluster
+from pdplan.sim.prefix_cache import PrefixCache, cache_from_dict, cache_to_dict
 from pdplan.sim.router import ROUTERS
 
 SCHEMA_VERSION = 1
@@ -47,6 +48,7 @@ PLAN_KEYS = (
     "colocated",
     "kv_transfer",
     "router",
+    "cache",
     "engine",
     "gpu_memory_utilisation",
     "slo",
@@ -107,6 +109,9 @@ class Plan:
     model: str = ""
     hardware: str = ""
     router: str = "least_loaded"
+    #: the prefix cache and its KV tiers (``cache:``; ``pdplan.sim.prefix_cache``), simulated
+    #: when the workload names its prompts' prefixes
+    cache: PrefixCache | None = None
     #: the serving engine (pdplan.profiles.engine): its KV sizing; its step overhead is in the profile
     engine: str = "vllm"
     #: the engine's memory fraction (vLLM gpu_memory_utilization, SGLang mem_fraction_static);
@@ -192,10 +197,15 @@ class Plan:
         }
         if self.mode == "colocated":
             assert self.colocated is not None
-            return colocated_cluster(self.colocated, profiles["colocated"], util)
+            colocated = colocated_cluster(self.colocated, profiles["colocated"], util)
+            if self.cache is None:
+                return colocated
+            kv_bytes = profiles["colocated"].model.kv_bytes_per_token(profiles["colocated"].dtype)
+            return replace(colocated, cache=self.cache, kv_bytes_per_token=kv_bytes)
         assert self.prefill and self.decode and self.kv_transfer
         pair = (profiles["prefill"], profiles["decode"])
-        return disaggregated_cluster(self.prefill, self.decode, self.kv_transfer, pair, util)
+        cluster = disaggregated_cluster(self.prefill, self.decode, self.kv_transfer, pair, util)
+        return cluster if self.cache is None else replace(cluster, cache=self.cache)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``plan.yaml`` mapping (DESIGN.md key order; absent sections left out)."""
@@ -222,6 +232,8 @@ class Plan:
                 "feasible": self.feasible,
             }
         )
+        if self.cache is not None:
+            out["cache"] = cache_to_dict(self.cache)
         if self.reason:
             out["reason"] = self.reason
         out.update({k: self.notes[k] for k in NOTE_KEYS if k in self.notes})
@@ -254,6 +266,8 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
             kwargs[name] = _section(source, name, cls, data[name])
     if data.get("kv_transfer") is not None:
         kwargs["kv_transfer"] = kv_link_from_dict(data["kv_transfer"], source=source)
+    if data.get("cache") is not None:
+        kwargs["cache"] = cache_from_dict(data["cache"], source=source)
     for key in ("model", "hardware", "router", "engine", "reason", "dtype", "kv_dtype"):
         if data.get(key) is not None:
             kwargs[key] = str(data[key])

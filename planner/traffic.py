@@ -180,8 +180,9 @@ def busiest_stretch(trace: Requests, num_requests: int) -> Requests:
     spans = t[num_requests - 1 :] - t[: n - num_requests + 1]
     start = int(np.argmin(spans))
     stop = start + num_requests
+    prefix = None if trace.prefix is None else trace.prefix.take(np.arange(start, stop))
     return Requests(
-        t[start:stop] - t[start], trace.prompt_tokens[start:stop], trace.output_tokens[start:stop]
+        t[start:stop] - t[start], trace.prompt_tokens[start:stop], trace.output_tokens[start:stop], prefix
     )
 
 
@@ -200,7 +201,8 @@ def trace_list(trace: Requests, seed: int, *, bin_s: float = DETREND_BIN_S) -> R
     gap = flat.span_s / (n - 1)  # the seam gets the mean gap
     arrival = np.concatenate((t[start:] - t[start], t[:start] + (t[-1] - t[start]) + gap))
     order = np.r_[start:n, 0:start]
-    return Requests(arrival, flat.prompt_tokens[order], flat.output_tokens[order])
+    prefix = None if flat.prefix is None else flat.prefix.take(order)  # prompts keep their prefixes
+    return Requests(arrival, flat.prompt_tokens[order], flat.output_tokens[order], prefix)
 
 
 def detrend(trace: Requests, bin_s: float = DETREND_BIN_S) -> Requests:
@@ -223,7 +225,7 @@ def detrend(trace: Requests, bin_s: float = DETREND_BIN_S) -> Requests:
     start = np.concatenate(([0.0], np.cumsum(speed * width)[:-1]))
     warped = start[which] + (t - edges[which]) * speed[which]
     log.debug("detrended %d arrivals over %d bins of %.0f s", n, edges.size, bin_s)
-    return Requests(warped, trace.prompt_tokens, trace.output_tokens)
+    return Requests(warped, trace.prompt_tokens, trace.output_tokens, trace.prefix)
 
 
 def _check_spread(trace: Requests) -> None:

@@ -310,9 +310,9 @@ def router_policy(plan_policy: str, instances: int) -> str:
     """
     if instances < 2:
         return "round_robin"
-    return {"least_loaded": "power_of_two", "round_robin": "round_robin", "random": "random"}.get(
-        plan_policy, "power_of_two"
-    )
+    names = {"least_loaded": "power_of_two", "round_robin": "round_robin", "random": "random"}
+    names["cache_aware"] = "cache_aware"  # the simulator's is sglang-router's (pdplan.sim.cache_router)
+    return names.get(plan_policy, "power_of_two")
 
 
 #: Largest request body the router accepts (``--max-payload-size``); larger ones get 413 there.

@@ -31,7 +31,7 @@ from pdplan.reports.rundir import RunData
 from pdplan.reports.section import Figure, Heading, Item, Paragraph, Section, Table
 from pdplan.reports.slo import SloLine, parse_slo, slo_for
 from pdplan.reports.traffic_time import traffic_items
-from pdplan.reports.units import fmt_count, fmt_ms, fmt_pct, fmt_rps, fmt_tok_s
+from pdplan.reports.units import fmt_count, fmt_ms, fmt_num, fmt_pct, fmt_rps, fmt_tok_s
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
@@ -275,7 +275,25 @@ def _summary_table(runs: Sequence[RunData]) -> Table:
                 *(fmt_pct(_dict(_get(run.summary, "utilisation")).get(role)) for run in runs),
             )
         )
+    cached = [run for run in runs if isinstance(_get(run.summary, "prefix_cache"), dict)]
+    if cached:  # summary.yaml's "prefix_cache" (pdplan.sim.prefix_cache.CacheStats.as_dict)
+        tiers = (("total", "prefix cache hit rate"), ("l1", "from L1 (HBM)"), ("l2", "from L2 (DRAM)"))
+        for tier, name in (*tiers, ("l3", "from L3 (store)")):
+            rows.append(
+                (name, *(fmt_pct(_get(run.summary, "prefix_cache", "hit_rate", tier)) for run in runs))
+            )
+        for tier in ("l2", "l3"):
+            rows.append(
+                (
+                    f"GB loaded from {tier.upper()}",
+                    *(fmt_num(_gb(_get(run.summary, "prefix_cache", "bytes_loaded", tier))) for run in runs),
+                )
+            )
     return Table("summary.yaml of each run.", header, tuple(rows))
+
+
+def _gb(value: Any) -> float | None:
+    return value / 1e9 if isinstance(value, (int, float)) else None
 
 
 def _dict(value: Any) -> dict[str, Any]:

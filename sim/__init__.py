@@ -25,6 +25,8 @@ from pdplan.sim.costs import (
     instance_cost,
     kv_capacity_tokens,
 )
+from pdplan.sim.prefix import PrefixBlocks
+from pdplan.sim.prefix_cache import CacheStats, CacheTier, PrefixCache
 from pdplan.sim.records import REQUEST_COLUMNS, STATUS_NAMES, Records, SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import ROUTERS
@@ -41,6 +43,8 @@ __all__ = [
     "STATUS_NAMES",
     "TIMESERIES_COLUMNS",
     "Arrival",
+    "CacheStats",
+    "CacheTier",
     "ColocatedCluster",
     "ColocatedPool",
     "DecodePool",
@@ -49,6 +53,8 @@ __all__ = [
     "KvLink",
     "Lengths",
     "PrefillPool",
+    "PrefixBlocks",
+    "PrefixCache",
     "Records",
     "Requests",
     "SimOptions",

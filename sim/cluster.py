@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.latency_model import LatencyModel
+from pdplan.sim.prefix_cache import PrefixCache
 
 POLICIES = ("prefill-first", "chunked")
 #: KV admission on decode and colocated instances: ``preempt`` allocates KV as tokens are produced
@@ -171,7 +172,9 @@ class DisaggregatedCluster:
     """Prefill and decode pools joined by a KV link.
 
     ``kv_bytes_per_token`` is the *whole model's* KV per token (what crosses the link);
-    ``num_layers`` sets the last layer's share under layer-wise overlap.
+    ``num_layers`` sets the last layer's share under layer-wise overlap. ``cache``: the prefill
+    instances' prefix cache and its tiers (``pdplan.sim.prefix_cache``; used when the requests
+    carry prefix blocks).
     """
 
     prefill: PrefillPool
@@ -181,6 +184,7 @@ class DisaggregatedCluster:
     decode_cost: InstanceCost
     kv_bytes_per_token: int
     num_layers: int = 1
+    cache: PrefixCache | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kv_bytes_per_token, int) or self.kv_bytes_per_token < 0:
@@ -195,10 +199,13 @@ class DisaggregatedCluster:
 
 @dataclass(frozen=True)
 class ColocatedCluster:
-    """A pool of colocated instances."""
+    """A pool of colocated instances; ``cache``: their prefix cache and its tiers
+    (``pdplan.sim.prefix_cache``), whose L2/L3 loads need ``kv_bytes_per_token`` (whole model)."""
 
     pool: ColocatedPool
     cost: InstanceCost
+    cache: PrefixCache | None = None
+    kv_bytes_per_token: int = 0
 
     @property
     def gpus(self) -> int:

@@ -21,6 +21,11 @@ A prompt's last chunk (or its prefill step) delivers its first token; it then de
 on decode instances (``pdplan.sim.decode``); an arrival that could be admitted cuts the run at the
 first boundary at or after it. Order at a boundary: the finished step's prompts join the batch →
 finishers leave → admission → the next step is chosen.
+
+With a prefix cache (``pdplan.sim.prefix_cache``) a request's cached tokens are looked up when it
+is routed; its prefill (a first prefill, not a recompute) starts after them (its KV still counts
+whole) and the step that starts it also waits for their load from L2/L3; its blocks enter the
+cache when its prefill completes.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pdplan.sim.cluster import ColocatedCluster
 from pdplan.sim.costs import StepCoef
 from pdplan.sim.decode import _shared_lists
 from pdplan.sim.kernel import ARRIVAL, INSTANCE, Kernel, boundary_s, first_boundary_at_or_after
+from pdplan.sim.prefix_cache import make_cache
 from pdplan.sim.records import Ledger, SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import make_chooser
@@ -74,6 +80,7 @@ class ColocatedInstance:
             pool.chunk_tokens,
         )
         self.kv_free = run.cluster.cost.kv_capacity_tokens
+        self.cache = run.cache
         self.waiting: deque[int] = deque()
         self.prefilling: deque[int] = deque()  # chunked: admitted, prompt not done (head part-done)
         self.head_done = 0
@@ -125,6 +132,9 @@ class ColocatedInstance:
                     heappush(self.fin, (self.steps + output[rid] - 1, rid))
                     self.batch += 1
                     self.ctx += prompt[rid]
+            if self.cache is not None:
+                for rid in self.completing:
+                    self.cache.insert(rid, self.index)
         else:
             self.steps += self.wake_k
             self.ctx += self.batch * self.wake_k
@@ -167,9 +177,11 @@ class ColocatedInstance:
         waiting, prompt = self.waiting, self.prompt
         completing: list[int] = []
         tokens = pairs = 0
+        cache, load_s = self.cache, 0.0
         while waiting:
             rid = waiting[0]
-            n = prompt[rid]
+            skip = cache.skip[rid] if cache is not None else 0
+            n = prompt[rid] - skip
             if (
                 tokens + n > self.max_tokens
                 or self.prompt[rid] + self.output[rid] > self.kv_free
@@ -180,11 +192,13 @@ class ColocatedInstance:
             self.ledger.prefill_start_s[rid] = now
             completing.append(rid)
             tokens += n
-            pairs += n * n
+            pairs += n * n + 2 * n * skip
+            if cache is not None:
+                load_s += cache.load_s[rid]
         if not completing:
             return False
         self.completing, self.step_decodes = completing, False
-        self._schedule(now + self.coef.prefill_s(len(completing), tokens, pairs), 0)
+        self._schedule(now + self.coef.prefill_s(len(completing), tokens, pairs) + load_s, 0)
         return True
 
     def _chunked_step(self, now: float) -> bool:
@@ -197,13 +211,17 @@ class ColocatedInstance:
         if not prefilling or left <= 0:
             return False
         done, num_seqs, tokens, pairs = self.head_done, 0, 0, 0
+        cache, load_s = self.cache, 0.0
         completing: list[int] = []
         while prefilling and left > 0:
             rid = prefilling[0]
-            remaining = prompt[rid] - done
-            n = remaining if remaining <= left else left
             if done == 0:
                 self.ledger.prefill_start_s[rid] = now
+                if cache is not None:
+                    done = cache.skip[rid]
+                    load_s += cache.load_s[rid]
+            remaining = prompt[rid] - done
+            n = remaining if remaining <= left else left
             pairs += n * n + 2 * n * done
             tokens += n
             num_seqs += 1
@@ -217,7 +235,7 @@ class ColocatedInstance:
         self.head_done = done
         self.completing, self.step_decodes = completing, self.batch > 0
         duration = self.coef.mixed_s(num_seqs, tokens, pairs, self.batch, self.ctx)
-        self._schedule(now + duration, 0)
+        self._schedule(now + duration + load_s, 0)
         return True
 
 
@@ -331,6 +349,9 @@ class PreemptingColocatedInstance(ColocatedInstance):
                     self._release(rid, now)
                 else:
                     self._join(rid, n, output[rid] - 1)
+            if self.cache is not None:
+                for rid in self.completing:
+                    self.cache.insert(rid, self.index)
         else:
             self.steps += self.wake_k
             self.ctx += self.batch * self.wake_k
@@ -374,12 +395,15 @@ class PreemptingColocatedInstance(ColocatedInstance):
         completing: list[int] = []
         tokens = pairs = 0
         limit = self.max_tokens
+        cache, load_s, offset = self.cache, 0.0, 0
         while waiting:
             rid = waiting[0]
             n = self._fill(rid)
+            # a first prefill skips what the prefix cache holds (pdplan.sim.prefix_cache)
+            fresh_skip = cache.skip[rid] if cache is not None and rid not in self.recomputing else 0
             joined = self.batch + len(completing) + 1
             if (
-                (tokens + n > limit and completing)
+                (tokens + n - fresh_skip > limit and completing)
                 or n + joined > self.cap - self.held - self.ctx
                 or joined > self.max_batch
             ):
@@ -388,10 +412,15 @@ class PreemptingColocatedInstance(ColocatedInstance):
             if rid not in self.recomputing:
                 self.ledger.prefill_start_s[rid] = now
             completing.append(rid)
-            cached = self.skip.get(rid, 0)
-            n -= cached
+            # a recompute skips what is left of its freed KV (set by _reserve)
+            cached = fresh_skip or self.skip.get(rid, 0)
+            n -= cached  # tokens to compute; the cached ones' KV is still held whole
             tokens += n
             pairs += n * n + 2 * n * cached
+            if fresh_skip:
+                load_s += cache.load_s[rid]  # type: ignore[union-attr]
+            if len(completing) == 1:
+                offset = cached
             if tokens >= limit:
                 break
         if not completing:
@@ -400,13 +429,12 @@ class PreemptingColocatedInstance(ColocatedInstance):
         if tokens <= limit:
             duration = self.coef.prefill_s(len(completing), tokens, pairs)
         else:  # one prompt longer than a batch: its chunks back to back (after its cached prefix)
-            cached = self.skip.get(completing[0], 0)
-            duration, done, end = 0.0, cached, cached + tokens
+            duration, done, end = 0.0, offset, offset + tokens
             while done < end:
                 c = min(limit, end - done)
                 duration += self.coef.prefill_s(1, c, c * c + 2 * c * done)
                 done += c
-        self._schedule(now + duration, 0)
+        self._schedule(now + duration + load_s, 0)
         return True
 
     def _chunked_step(self, now: float) -> bool:
@@ -420,13 +448,17 @@ class PreemptingColocatedInstance(ColocatedInstance):
             return False
         done, num_seqs, tokens, pairs = self.head_done, 0, 0, 0
         completing: list[int] = []
+        cache, load_s = self.cache, 0.0
         while prefilling and left > 0:
             rid = prefilling[0]
-            cached = self.skip.get(rid, 0)
-            remaining = self._fill(rid) - cached - done
-            n = remaining if remaining <= left else left
             if done == 0 and rid not in self.recomputing:
                 self.ledger.prefill_start_s[rid] = now
+                if cache is not None:  # a first prefill starts after its cached prefix
+                    done = cache.skip[rid]
+                    load_s += cache.load_s[rid]
+            cached = self.skip.get(rid, 0)  # a recompute: what is left of its freed KV
+            remaining = self._fill(rid) - cached - done
+            n = remaining if remaining <= left else left
             pairs += n * n + 2 * n * (done + cached)
             tokens += n
             num_seqs += 1
@@ -440,7 +472,7 @@ class PreemptingColocatedInstance(ColocatedInstance):
         self.head_done = done
         self.completing, self.step_decodes = completing, self.batch > 0
         duration = self.coef.mixed_s(num_seqs, tokens, pairs, self.batch, self.ctx)
-        self._schedule(now + duration, 0)
+        self._schedule(now + duration + load_s, 0)
         return True
 
 
@@ -466,7 +498,20 @@ class ColocatedRun:
         self.instance_of = [-1] * n
         self.coef = StepCoef.of(cluster.cost.latency)
         self.load = [0] * cluster.pool.instances
-        self.choose = make_chooser(router, self.load, n, rng)
+        kv_cap = cluster.cost.kv_capacity_tokens
+        self.cache = make_cache(
+            cluster.cache,
+            requests.prefix,
+            self.prompt,
+            cluster.pool.instances,
+            cluster.kv_bytes_per_token,
+            lambda k: kv_cap - self.load[k],
+        )
+        blocks = (
+            requests.prefix.as_lists() if router == "cache_aware" and requests.prefix is not None else None
+        )
+        unit = float(np.mean(requests.prompt_tokens + requests.output_tokens)) if n else 1.0
+        self.choose = make_chooser(router, self.load, n, rng, blocks, unit)
         pool = cluster.pool
         preempt = pool.admission == "preempt"
         if instance_factory is None:
@@ -492,6 +537,8 @@ class ColocatedRun:
             else:
                 k = self.instance_of[i] = self.choose(i)
                 self.load[k] += need
+                if self.cache is not None:
+                    self.cache.lookup(i, k)
                 instance = self.instances[k]
                 instance.push(i)
                 if instance.mode == IDLE:
@@ -533,4 +580,5 @@ class ColocatedRun:
             transfer_end_s=transfer_end,
             events=self.env.events_scheduled(),
             preemptions=sum(getattr(inst, "preemptions", 0) for inst in self.instances),
+            cache=None if self.cache is None else self.cache.stats(),
         )

@@ -8,9 +8,12 @@ decode instance, which batches its decode steps (``pdplan.sim.decode``).
 
 KV link: a transfer of b = kv_bytes_per_token × prompt bytes occupies its link for
 b / bandwidth seconds from when both the KV reservation and the link allow, FIFO per link; it is
-ready ``latency_ms`` after it leaves the link. Under layer-wise overlap a transfer may start with
-its prefill batch, and leaves the link no earlier than the batch end plus one layer's share
-(b / bandwidth / num_layers): the last layer's KV exists only when the batch ends.
+ready ``latency_ms`` after it leaves the link. With a prefix cache whose ``decode_reads_store`` is
+set, the link carries only the tokens the store does not hold, and the transfer is ready when both
+the link and the decode side's read from the store are done. Under layer-wise overlap a
+transfer may start with its prefill batch, and leaves the link no earlier than the batch end plus
+one layer's share (b / bandwidth / num_layers): the last layer's KV exists only when the batch
+ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pdplan.sim.costs import StepCoef
 from pdplan.sim.decode import DecodeInstance, PreemptingDecodeInstance
 from pdplan.sim.kernel import ARRIVAL, Kernel
 from pdplan.sim.prefill import PrefillInstance
+from pdplan.sim.prefix_cache import make_cache
 from pdplan.sim.records import Ledger, SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import make_chooser
@@ -60,8 +64,25 @@ class Run:
         self.decode_coef = StepCoef.of(cluster.decode_cost.latency)
         self.prefill_load = [0] * cluster.prefill.instances
         self.decode_load = [0] * cluster.decode.instances
-        self.choose_prefill = make_chooser(router, self.prefill_load, n, rng)
-        self.choose_decode = make_chooser(router, self.decode_load, n, rng)
+        prefill_kv = cluster.prefill_cost.kv_capacity_tokens
+        self.cache = make_cache(
+            cluster.cache,
+            requests.prefix,
+            self.prompt,
+            cluster.prefill.instances,
+            cluster.kv_bytes_per_token,
+            lambda p: prefill_kv - self.prefill_load[p],
+        )
+        if self.cache is not None and self.cache.in_store is not None:
+            self.transfer = self._transfer_reading_store  # type: ignore[method-assign,assignment]
+        if router == "cache_aware":  # prefill by cache affinity, decode by load (sglang-router PD)
+            blocks = requests.prefix.as_lists() if requests.prefix is not None else None
+            unit = float(np.mean(requests.prompt_tokens)) if n else 1.0
+            self.choose_prefill = make_chooser(router, self.prefill_load, n, rng, blocks, unit)
+            self.choose_decode = make_chooser("least_loaded", self.decode_load, n, rng)
+        else:
+            self.choose_prefill = make_chooser(router, self.prefill_load, n, rng)
+            self.choose_decode = make_chooser(router, self.decode_load, n, rng)
         self.prefills = [PrefillInstance(self, i) for i in range(cluster.prefill.instances)]
         if decode_factory is None:
             decode_factory = (
@@ -83,9 +104,12 @@ class Run:
         self.progress: Progress | None = None
         self.progress_every = max(1, n // 100)
 
-    def transfer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> float:
-        """Start ``rid``'s KV transfer at ``now``; returns when it is ready on the decode side."""
-        size_s = self.prompt[rid] * self.seconds_per_token
+    def transfer(
+        self, rid: int, now: float, prefill_end: float, prefill_index: int, tokens: int = -1
+    ) -> float:
+        """Start ``rid``'s KV transfer (its prompt, or ``tokens`` of it) at ``now``; returns when it
+        is ready on the decode side."""
+        size_s = (self.prompt[rid] if tokens < 0 else tokens) * self.seconds_per_token
         if self.contention == "none":
             end = now + size_s
             if prefill_end > now:
@@ -98,6 +122,14 @@ class Run:
             end = max(end, prefill_end + size_s / self.num_layers)
         self.link_free[link] = end
         return end + self.latency_s
+
+    def _transfer_reading_store(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> float:
+        """``transfer`` when the decode side reads the stored prefix itself (``decode_reads_store``,
+        ``pdplan.sim.prefix_cache``): the link carries the rest; ready when both are done."""
+        assert self.cache is not None
+        tokens, store_ready = self.cache.store_read(rid, now)
+        ready = Run.transfer(self, rid, now, prefill_end, prefill_index, tokens)
+        return ready if ready >= store_ready else store_ready
 
     def on_arrival(self, event: Event | None = None) -> None:
         """Route every request arriving now, then schedule the next arrival instant."""
@@ -114,6 +146,8 @@ class Run:
                 d = self.decode_of[i] = self.choose_decode(i)
                 self.prefill_load[p] += prompt[i]
                 self.decode_load[d] += need
+                if self.cache is not None:
+                    self.cache.lookup(i, p)
                 instance = self.prefills[p]
                 instance.queue.append(i)
                 if not instance.busy:
@@ -165,4 +199,5 @@ class Run:
             transfer_end_s=transfer_end,
             events=self.env.events_scheduled(),
             preemptions=sum(getattr(d, "preemptions", 0) for d in self.decodes),
+            cache=None if self.cache is None else self.cache.stats(),
         )

@@ -15,6 +15,11 @@ when the batch *starts*, so the transfer runs alongside the prefill; a prompt wh
 reserved then is offered again when the batch ends. The prefill instance keeps a finished
 prompt's KV until its transfer completes and does not stall on it (its KV is not modelled as a
 limit; the time series shows its use).
+
+With a prefix cache (``pdplan.sim.prefix_cache``), a prompt's prefill starts after its cached
+tokens (``cache.skip``: they count as already done, so its attention still spans them) and the
+batch that starts it also waits for their load from L2/L3 (``cache.load_s``); its blocks enter the
+cache when the batch ends.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class PrefillInstance:
         self.max_size = pool.max_batch_size
         self.chunking = pool.chunk_tokens is not None
         self.overlap = run.cluster.link.layerwise_overlap
+        self.cache = run.cache
         self.queue: deque[int] = deque()
         self.head_done = 0  # tokens of the head prompt already prefilled (chunking)
         self.busy = False
@@ -57,9 +63,14 @@ class PrefillInstance:
         prefill_start = self.ledger.prefill_start_s
         left, done = self.budget, self.head_done
         num_seqs = tokens = pairs = 0
+        load_s = 0.0
+        cache = self.cache
         completing: list[int] = []
         while queue and num_seqs < self.max_size and left > 0:
             rid = queue[0]
+            fresh = done == 0
+            if fresh and cache is not None:
+                done = cache.skip[rid]
             remaining = prompt[rid] - done
             if remaining <= left:
                 n = remaining
@@ -68,9 +79,12 @@ class PrefillInstance:
             elif self.chunking:
                 n = left
             else:
+                done = 0
                 break
-            if done == 0:
+            if fresh:
                 prefill_start[rid] = now
+                if cache is not None:
+                    load_s += cache.load_s[rid]
             pairs += n * n + 2 * n * done
             tokens += n
             num_seqs += 1
@@ -82,7 +96,7 @@ class PrefillInstance:
         assert num_seqs > 0, "a queued prompt always fits an empty batch (longer ones are rejected)"
         self.head_done = done
         gemm_tokens = tokens if tokens > self.knee else self.knee  # StepCoef.prefill_s, inlined
-        end = now + (self.pa + self.pb * num_seqs + self.pc * gemm_tokens + self.pd * pairs)
+        end = now + (self.pa + self.pb * num_seqs + self.pc * gemm_tokens + self.pd * pairs) + load_s
         self.busy, self.completing, self.batch_tokens, self.batch_t0 = True, completing, tokens, now
         if self.overlap:
             decodes, decode_of = self.run.decodes, self.run.decode_of
@@ -101,6 +115,9 @@ class PrefillInstance:
         decodes, decode_of = self.run.decodes, self.run.decode_of
         for rid in self.completing:
             prefill_end[rid] = now
+        if self.run.cache is not None:
+            for rid in self.completing:
+                self.run.cache.insert(rid, self.index)
         for rid in self.unoffered:
             decode = decodes[decode_of[rid]]
             if not decode.offer(rid, now, now, self.index):

@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from pdplan.sim.prefix_cache import CacheStats
 
 STATUS_NAMES = ("ok", "rejected", "failed", "unfinished")
 OK, REJECTED, FAILED, UNFINISHED = range(4)
@@ -96,6 +100,8 @@ class SimResult:
     notes: tuple[str, ...] = field(default=())
     #: requests evicted from a decode/colocated batch and recomputed (``admission: preempt``)
     preemptions: int = 0
+    #: what the prefix cache did (``pdplan.sim.prefix_cache.CacheStats``); ``None`` without one
+    cache: CacheStats | None = None
 
     @property
     def utilisation(self) -> dict[str, float]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdplan.profiles.errors import ConfigError
+from pdplan.sim.prefix import PrefixBlocks
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,12 +20,14 @@ class Requests:
     """Arrival times (s, non-decreasing) and prompt/output token counts (≥ 1) of each request.
 
     ``req_id`` is the index into these arrays. Arrays are converted to float64/int64 and made
-    read-only on construction.
+    read-only on construction. ``prefix`` (optional) names each prompt's prefix blocks
+    (``pdplan.sim.prefix``): what a prefix cache can reuse; ``None`` means no prompt shares one.
     """
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    prefix: PrefixBlocks | None = None
 
     def __post_init__(self) -> None:
         arrival = np.array(self.arrival_s, dtype=np.float64)
@@ -56,6 +59,8 @@ class Requests:
         for name, col in columns.items():
             col.setflags(write=False)
             object.__setattr__(self, name, col)
+        if self.prefix is not None:
+            self.prefix.check_prompts(columns["prompt_tokens"])
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -88,7 +93,9 @@ class Requests:
         if not (np.isfinite(time_scale) and time_scale > 0):
             raise ConfigError(f"time_scale={time_scale!r}; expected a positive number")
         start = self.arrival_s[0] if len(self) else 0.0
-        return Requests((self.arrival_s - start) * time_scale, self.prompt_tokens, self.output_tokens)
+        return Requests(
+            (self.arrival_s - start) * time_scale, self.prompt_tokens, self.output_tokens, self.prefix
+        )
 
     def at_rate(self, rate_rps: float) -> Requests:
         """Arrival times rescaled so that :attr:`mean_rate_rps` equals ``rate_rps``.
@@ -103,4 +110,5 @@ class Requests:
     def head(self, num_requests: int) -> Requests:
         """The first ``num_requests`` requests."""
         n = max(0, int(num_requests))
-        return Requests(self.arrival_s[:n], self.prompt_tokens[:n], self.output_tokens[:n])
+        prefix = None if self.prefix is None else self.prefix.head(n)
+        return Requests(self.arrival_s[:n], self.prompt_tokens[:n], self.output_tokens[:n], prefix)

@@ -4,12 +4,15 @@ Pure functions over already-read content (a DataFrame, or lines of text): openin
 layer's job. Rows are sorted by arrival (stable) and times made relative to the first arrival.
 
 Formats (DESIGN.md, ../shared/data/SOURCES.md):
-- ``csv`` (canonical): ``arrival_s, prompt_tokens, output_tokens`` (+ optional ``prefix_hashes``,
-  which the simulator does not model and ignores).
+- ``csv`` (canonical): ``arrival_s, prompt_tokens, output_tokens`` (+ optional ``prefix_hashes``:
+  the prompt's block hashes separated by spaces, one per 512-token block, as Mooncake's ``hash_ids``).
 - ``azure``: ``TIMESTAMP`` (date-time), ``ContextTokens``, ``GeneratedTokens`` (Splitwise / Azure
   Public Dataset, Patel et al., ISCA 2024).
 - ``mooncake``: one JSON object per line with ``timestamp`` (ms), ``input_length``,
-  ``output_length`` (+ ``hash_ids``, ignored) (Mooncake, Qin et al., FAST 2025).
+  ``output_length`` (+ ``hash_ids``: one id per 512-token prompt block) (Mooncake, Qin et al.,
+  FAST 2025).
+
+Block ids become ``Requests.prefix`` (``pdplan.sim.prefix``), what the prefix cache model reuses.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.validate import MAX_SPAN_S, MAX_TOKENS
+from pdplan.sim.prefix import PrefixBlocks, parse_hash_cells
 from pdplan.sim.requests import Requests
 
 TRACE_FORMATS = ("csv", "azure", "mooncake")
@@ -34,7 +38,10 @@ def parse_canonical(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
     """Requests from a canonical trace table (``arrival_s`` in seconds)."""
     _require_columns(frame, CANONICAL_COLUMNS, source, "csv")
     arrival = _numeric(frame["arrival_s"], f"{source}: arrival_s")
-    return _build(arrival, frame["prompt_tokens"], frame["output_tokens"], source)
+    blocks = None
+    if "prefix_hashes" in frame.columns:
+        blocks = parse_hash_cells(frame["prefix_hashes"].tolist(), where=f"{source}: prefix_hashes")
+    return _build(arrival, frame["prompt_tokens"], frame["output_tokens"], source, blocks)
 
 
 def parse_azure(frame: pd.DataFrame, *, source: str = "trace") -> Requests:
@@ -63,6 +70,7 @@ def parse_mooncake(lines: Iterable[str], *, source: str = "trace") -> Requests:
     stamps: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
+    blocks: list[list[int]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -75,8 +83,13 @@ def parse_mooncake(lines: Iterable[str], *, source: str = "trace") -> Requests:
         stamps.append(row["timestamp"])
         prompt.append(row["input_length"])
         output.append(row["output_length"])
+        ids = row.get("hash_ids", [])
+        if not isinstance(ids, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in ids):
+            raise ConfigError(f"{source}: line {number}: hash_ids must be a list of integers")
+        blocks.append(ids)
     arrival = _numeric(pd.Series(stamps, dtype=object), f"{source}: timestamp") / 1000.0
-    return _build(arrival, pd.Series(prompt, dtype=object), pd.Series(output, dtype=object), source)
+    prefix = blocks if any(blocks) else None
+    return _build(arrival, pd.Series(prompt, dtype=object), pd.Series(output, dtype=object), source, prefix)
 
 
 def detect_format(name: str, first_line: str) -> str:
@@ -113,7 +126,13 @@ def _numeric(column: pd.Series, what: str) -> np.ndarray:
     return values
 
 
-def _build(arrival: np.ndarray, prompt: pd.Series, output: pd.Series, source: str) -> Requests:
+def _build(
+    arrival: np.ndarray,
+    prompt: pd.Series,
+    output: pd.Series,
+    source: str,
+    blocks: list[list[int]] | None = None,
+) -> Requests:
     if arrival.size:
         # a stray ancient or far-future stamp would put one request years away from the rest
         middle = float(np.median(arrival))
@@ -136,4 +155,13 @@ def _build(arrival: np.ndarray, prompt: pd.Series, output: pd.Series, source: st
         lengths[name] = values.astype(np.int64)
     order = np.argsort(arrival, kind="stable")
     start = arrival[order[0]] if arrival.size else 0.0
-    return Requests(arrival[order] - start, lengths["prompt_tokens"][order], lengths["output_tokens"][order])
+    prefix = None
+    if blocks is not None:
+        prefix = PrefixBlocks.from_lists([blocks[int(i)] for i in order])
+        try:
+            prefix.check_prompts(lengths["prompt_tokens"][order])
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    return Requests(
+        arrival[order] - start, lengths["prompt_tokens"][order], lengths["output_tokens"][order], prefix
+    )

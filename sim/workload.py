@@ -19,6 +19,7 @@ import numpy as np
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.validate import MAX_RATE_RPS, MAX_REQUESTS, MAX_SPAN_S, MAX_TOKENS, integer, number
 from pdplan.sim.closed_loop import ClosedLoop
+from pdplan.sim.prefix_workload import PrefixSpec, apply_prefix, prefix_from_dict
 from pdplan.sim.requests import Requests
 
 ARRIVAL_PROCESSES = ("poisson", "gamma", "constant", "closed")
@@ -35,7 +36,16 @@ _LENGTH_KEYS = {
     "lognormal": ("mean", "cv", "min", "max"),
     "empirical": ("values",),
 }
-_WORKLOAD_KEYS = ("num_requests", "duration_s", "seed", "arrival", "prompt_tokens", "output_tokens", "name")
+_WORKLOAD_KEYS = (
+    "num_requests",
+    "duration_s",
+    "seed",
+    "arrival",
+    "prompt_tokens",
+    "output_tokens",
+    "name",
+    "prefix",
+)
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,9 @@ class Workload:
     #: closed-loop clients instead of timed arrivals (``arrival: {process: closed, ...}``); the
     #: ``arrival`` field is then unused and the drawn arrival times are all 0.
     closed_loop: ClosedLoop | None = None
+    #: shared prefixes (``prefix: {kind: system_prompt | multi_turn, ...}``,
+    #: ``pdplan.sim.prefix_workload``): prompts become prefix + drawn length, with block ids
+    prefix: PrefixSpec | None = None
 
     def __post_init__(self) -> None:
         if self.closed_loop is not None and self.num_requests is None:
@@ -208,6 +221,9 @@ def draw_requests(workload: Workload, rng: np.random.Generator | None = None) ->
         n = times.size
     prompt = workload.prompt_tokens.draw(rng, n)
     output = workload.output_tokens.draw(rng, n)
+    if workload.prefix is not None:
+        prompt, blocks = apply_prefix(workload.prefix, prompt, output, rng)
+        return Requests(times, prompt, output, blocks)
     return Requests(times, prompt, output)
 
 
@@ -222,6 +238,7 @@ def workload_from_dict(data: Mapping[str, Any]) -> Workload:
     for key in ("arrival", "prompt_tokens", "output_tokens"):
         if key not in data:
             raise ConfigError(f"workload: missing key {key!r}")
+    prefix = prefix_from_dict(data["prefix"]) if data.get("prefix") is not None else None
     arrival = _mapping("workload.arrival", data["arrival"])
     process = arrival.get("process")
     if process not in _ARRIVAL_KEYS:
@@ -239,6 +256,7 @@ def workload_from_dict(data: Mapping[str, Any]) -> Workload:
             seed=data.get("seed", 0),
             name=str(data.get("name") or ""),
             closed_loop=ClosedLoop(arrival["concurrency"], arrival.get("think_time_s", 0.0)),
+            prefix=prefix,
         )
     if "rate_rps" not in arrival:
         raise ConfigError("workload.arrival: missing key 'rate_rps'")
@@ -254,6 +272,7 @@ def workload_from_dict(data: Mapping[str, Any]) -> Workload:
         duration_s=None if data.get("duration_s") is None else _number("duration_s", data["duration_s"]),
         seed=data.get("seed", 0),
         name=str(data.get("name") or ""),
+        prefix=prefix,
     )
 
 

@@ -365,6 +365,8 @@ def _summary(plan: Plan, result: SimResult, warmup: float, stability: bool = Fal
     )
     summary["kv_capacity_tokens"] = dict(result.kv_capacity_tokens)
     summary["simulated_s"] = round(result.end_s, 6)
+    if result.cache is not None:  # per-tier hit rates and bytes moved (pdplan.sim.prefix_cache)
+        summary["prefix_cache"] = result.cache.as_dict()
     if stability:
         test = backlog_growth(columns, warmup)
         summary["backlog_growth_fraction"] = test.growth_fraction
@@ -408,6 +410,10 @@ def _print(summary: dict[str, Any], out: Path) -> None:
     console.print(f"requests: {counts} (warm-up excluded {summary['warmup_excluded']})")
     rps, tokens = summary["throughput_rps"], summary["output_tokens_per_s"]
     console.print(f"throughput {rps:.3f} req/s, {tokens:.1f} output tok/s; utilisation {util}")
+    if "prefix_cache" in summary:
+        rates = summary["prefix_cache"]["hit_rate"]
+        tiers = ", ".join(f"{tier.upper()} {rates[tier]:.1%}" for tier in ("l1", "l2", "l3"))
+        console.print(f"prefix cache hit rate {rates['total']:.1%} ({tiers})")
     if "slo" in summary:
         verdict = "meets" if summary["meets_slo"] else f"misses ({summary.get('slo_missed')})"
         console.print(f"SLO {summary['slo']}: attainment {summary['attainment']} → {verdict}")

@@ -108,6 +108,7 @@ SGLANG_ROUTER = FlagTable(
 SGLANG_ROUTER_POLICIES = {
     "round_robin": ("round_robin", ""),
     "random": ("random", ""),
+    "cache_aware": ("cache_aware", ""),  # simulated as sglang-router's (pdplan.sim.cache_router)
     "least_loaded": (
         "power_of_two",
         "plan router least_loaded (fewest outstanding tokens of all instances) runs as sglang-router's "

@@ -243,3 +243,33 @@ def test_search_and_plan_options_do_not_mix(tmp_path: Path, capsys: pytest.Captu
         assert exit_info.value.code == 2, args
         assert message in " ".join(capsys.readouterr().err.split())
         assert not (tmp_path / "o").exists()
+
+
+def test_a_plan_with_a_prefix_cache_reports_hit_rates_per_tier(tmp_path):
+    # multi-turn chat through HBM + DRAM + store: summary.yaml and the report carry the hit rates
+    plan = {
+        **pc.COLOCATED_PLAN,
+        "router": "cache_aware",
+        "cache": {"l2": {"capacity_gb": 16}, "l3": {"capacity_gb": 500}},
+    }
+    workload = {
+        **pc.WORKLOAD,
+        "prefix": {"kind": "multi_turn", "turns": 4, "conversations": 20, "system_prompt_tokens": 512},
+    }
+    out = tmp_path / "run"
+    args = ["--plan", pc.write_yaml(tmp_path / "plan.yaml", plan), "--out", out]
+    args += [
+        "--workload",
+        pc.write_yaml(tmp_path / "w.yaml", workload),
+        "--profile",
+        pc.profile_dir(tmp_path),
+    ]
+    result = _invoke(args)
+    assert "prefix cache hit rate" in result.output
+    cache = yaml.safe_load((out / "summary.yaml").read_text())["prefix_cache"]
+    rates = cache["hit_rate"]
+    assert 0.3 < rates["total"] <= 1 and rates["total"] == pytest.approx(
+        rates["l1"] + rates["l2"] + rates["l3"]
+    )
+    assert cache["prompt_tokens"] > 0 and cache["bytes_written"]["l3"] > 0
+    assert "prefix cache hit rate" in (out / "report.html").read_text()

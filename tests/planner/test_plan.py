@@ -75,6 +75,25 @@ def test_colocated_plan_and_cluster():
     assert isinstance(disagg, DisaggregatedCluster) and disagg.kv_bytes_per_token == 131072
 
 
+def test_cache_section_round_trips_and_reaches_the_cluster(tmp_path):
+    from pdplan.sim.prefix_cache import CacheTier, PrefixCache
+
+    data = {
+        **DISAGG,
+        "router": "cache_aware",
+        "cache": {"l2": {"capacity_gb": 64}, "l3": {"capacity_gb": 2000, "bandwidth_gbps": 10}},
+    }
+    plan = plan_from_dict(data)
+    want = PrefixCache(l2=CacheTier(64, 25.0), l3=CacheTier(2000, 10, 1.0))  # the stated defaults
+    assert plan.cache == want and plan.router == "cache_aware"
+    assert load_plan(save_plan(plan, tmp_path / "plan.yaml")).cache == want
+    assert plan.cluster({"prefill": sp.profile(tp=1), "decode": sp.profile(tp=2)}).cache == want
+    colocated = plan_from_dict({"mode": "colocated", "colocated": {"instances": 1}, "cache": {"l1": True}})
+    cluster = colocated.cluster({"colocated": sp.profile()})
+    assert cluster.cache == PrefixCache() and cluster.kv_bytes_per_token == 131072
+    assert "cache" not in plan_from_dict(DISAGG).to_dict()  # plans without one are unchanged
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -96,7 +115,15 @@ def test_colocated_plan_and_cluster():
         ),
         ({"predicted": {"goodput": 3}}, "predicted: unknown keys ['goodput']"),
         ({"attainment": 1.5}, "attainment=1.5; expected a fraction in (0, 1]"),
-        ({"router": "nearest"}, "unknown plan router 'nearest'; valid: least_loaded, random, round_robin"),
+        (
+            {"router": "nearest"},
+            "unknown plan router 'nearest'; valid: cache_aware, least_loaded, random, round_robin",
+        ),
+        ({"cache": {"l2": {"capacity_gb": 0}}}, "cache.l2: cache tier capacity_gb=0; expected a number > 0"),
+        (
+            {"cache": {"l4": {}}},
+            "cache: unknown keys ['l4']; valid: ['l1', 'l2', 'l3', 'decode_reads_store']",
+        ),
         ({"slo": "ttft=1"}, "ttft='1'; expected a positive number with a unit"),
         ({"feasible": "yes"}, "feasible='yes'; expected true or false"),
     ],

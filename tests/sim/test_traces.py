@@ -34,6 +34,8 @@ def test_canonical_sorts_and_rebases():
     )
     reqs = parse_canonical(frame)
     assert reqs.arrival_s.tolist() == [0.0, 1.0, 2.0] and reqs.prompt_tokens.tolist() == [30, 40, 10]
+    assert reqs.prefix is not None  # hashes follow their rows; equal tokens are equal ids
+    assert [reqs.prefix.of(i) for i in range(3)] == [[2**62 + 1], [2**62 + 2], [2**62]]
 
 
 def test_bad_tables_name_the_problem():

@@ -1,0 +1,86 @@
+"""``cache_aware`` routing: sglang-router's cache-aware load balancing, on prefix blocks.
+
+The algorithm and its defaults are sglang-router's (sgl-project/sglang,
+``sgl-router/src/policies/cache_aware.rs``; defaults from ``CacheAwareConfig::default`` in
+``sgl-router/src/policies/mod.rs``: ``cache_threshold`` 0.5, ``balance_abs_threshold`` 32,
+``balance_rel_threshold`` 1.1, ``max_tree_size`` 10,000). For each request:
+
+1. The system is *imbalanced* when ``max_load − min_load > balance_abs_threshold`` **and**
+   ``max_load > min_load × balance_rel_threshold``; then the request goes to the least loaded
+   instance (shortest queue; lowest index on ties) and its prefix is still recorded there.
+2. Otherwise the router finds the instance whose approximate tree holds the longest run of the
+   request's leading blocks; if that run is more than ``cache_threshold`` of the request's blocks,
+   the request goes there, else to the instance with the smallest tree (most free cache).
+3. The request's blocks are inserted into the chosen instance's tree.
+
+Differences, stated: sglang-router matches raw text characters; here the match rate is in prefix
+blocks (``pdplan.sim.prefix``). Its load is the count of in-flight requests; here it is the
+simulator's outstanding tokens per instance (``pdplan.sim.router``), so the absolute threshold is
+``balance_abs_threshold`` × the mean load one request adds (``load_unit``). Its trees are pruned
+to ``max_tree_size`` nodes every 30 s by LRU; here each tree keeps its ``max_tree_blocks`` most
+recently used blocks, pruned at every insert. The prefill side of a disaggregated cluster routes
+this way; its decode side goes to the least loaded instance (``select_worker_pair`` does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pdplan.profiles.errors import ConfigError
+from pdplan.sim.prefix_cache import LruTier
+
+Chooser = Callable[[int], int]
+
+
+@dataclass(frozen=True)
+class CacheAwareConfig:
+    """sglang-router's ``--cache-threshold``, ``--balance-abs-threshold``,
+    ``--balance-rel-threshold`` and the tree size (in blocks here)."""
+
+    cache_threshold: float = 0.5
+    balance_abs_threshold: int = 32
+    balance_rel_threshold: float = 1.1
+    max_tree_blocks: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cache_threshold <= 1.0:
+            raise ConfigError(f"cache_threshold={self.cache_threshold!r}; expected a number in [0, 1]")
+        if self.balance_abs_threshold < 0 or self.balance_rel_threshold < 1.0:
+            raise ConfigError("balance thresholds: expected abs ≥ 0 and rel ≥ 1")
+        if self.max_tree_blocks < 1:
+            raise ConfigError(f"max_tree_blocks={self.max_tree_blocks!r}; expected ≥ 1")
+
+
+def cache_aware(
+    loads: list[int],
+    blocks: list[list[int]] | None,
+    load_unit: float,
+    config: CacheAwareConfig | None = None,
+) -> Chooser:
+    """A chooser over ``len(loads)`` instances (``loads`` is read live, as ``least_loaded`` does);
+    ``blocks[rid]`` are request ``rid``'s prefix blocks (``None``: no request has any)."""
+    config = config or CacheAwareConfig()
+    n = len(loads)
+    trees = [LruTier() for _ in range(n)]  # LRU over blocks, a prefix outliving its extensions
+    abs_threshold = config.balance_abs_threshold * load_unit
+    rel, threshold, cap = config.balance_rel_threshold, config.cache_threshold, config.max_tree_blocks
+
+    def choose(rid: int) -> int:
+        request = blocks[rid] if blocks is not None else []
+        high, low = max(loads), min(loads)
+        if high - low > abs_threshold and high > low * rel:
+            w = loads.index(low)
+        else:
+            matched = [tree.leading(request) for tree in trees] if request else [0] * n
+            best_k = max(matched)
+            if request and best_k / len(request) > threshold:
+                w = matched.index(best_k)
+            else:
+                sizes = [len(t) for t in trees]
+                w = sizes.index(min(sizes))
+        if request:
+            trees[w].touch(request[::-1], cap)
+        return w
+
+    return choose
