@@ -97,6 +97,8 @@ def run_setup(run: RunData) -> tuple[str, str | None] | None:
 
 
 def _name(value: object) -> str | None:
+    if isinstance(value, dict) and "name" not in value:  # hardware per pool (plan.yaml)
+        value = " + ".join(f"{role} {hw}" for role, hw in value.items())
     if isinstance(value, dict):
         value = value.get("name")
     return str(value) if value else None

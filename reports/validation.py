@@ -182,8 +182,10 @@ def error_over_time(predicted: pd.DataFrame, measured: pd.DataFrame, windows: in
             }
         )
 
-    joined = per_request(predicted).drop(columns="arrival_s").merge(
-        per_request(measured), on="req_id", suffixes=("_pred", "_meas")
+    joined = (
+        per_request(predicted)
+        .drop(columns="arrival_s")
+        .merge(per_request(measured), on="req_id", suffixes=("_pred", "_meas"))
     )
     if joined.empty:
         return pd.DataFrame(columns=["start_s", "ttft_error_pct", "tpot_error_pct"])

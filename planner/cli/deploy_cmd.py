@@ -152,6 +152,7 @@ def deploy(
 
         claim_out(out, "deploy", force=force)
     from pdplan.realrun.deployment import LaunchOptions, build_launch, check_cpu_memory, parse_devices
+
     device_list = parse_devices(devices)
     spec = _load_spec(plan, weights, tokenizer, seed)
     opts = LaunchOptions(device_list, port=port, max_queue=max_queue, kv_timeout_s=kv_timeout_s)

@@ -75,7 +75,10 @@ def search(
         int | None, typer.Option("--workers", help="Worker processes (default: one per core).")
     ] = None,
     price_per_gpu_hour: Annotated[
-        float | None, typer.Option("--price-per-gpu-hour", help="GPU price, to rank and report in dollars.")
+        str | None,
+        typer.Option(
+            "--price-per-gpu-hour", help="Dollars per GPU-hour (one number, or NAME=PRICE per hardware type)."
+        ),
     ] = None,
     kv_link: Annotated[
         str,
@@ -92,6 +95,7 @@ def search(
     ] = False,
 ) -> None:
     """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
+    from pdplan.planner.pricing import parse_prices
     from pdplan.planner.probe import SloTargets
     from pdplan.planner.rundir import claim_out
     from pdplan.planner.search import SearchSpec
@@ -103,8 +107,7 @@ def search(
     number("--attainment", attainment, low=0, low_open=True, high=1)
     if rate is not None:
         number("--rate", rate, low=0, low_open=True, high=1e6)
-    if price_per_gpu_hour is not None:
-        number("--price-per-gpu-hour", price_per_gpu_hour, low=0, low_open=True, high=1e4)
+    prices = parse_prices(price_per_gpu_hour) if price_per_gpu_hour is not None else None
     if workers is not None and not 1 <= workers <= 1024:
         raise ConfigError(f"--workers {workers}; expected an integer in [1, 1024]")
     if seed is not None and not 0 <= seed < 2**63:
@@ -116,6 +119,7 @@ def search(
         raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
     views, described = _traffic(workload, trace, preset, seed, traffic)
     profiles = _profiles(profile or [], model, hardware)
+    price = prices.of(profiles.hardware) if prices is not None else None
     spec = SearchSpec(
         profiles=profiles,
         traffic=views,
@@ -124,7 +128,7 @@ def search(
         max_gpus=gpus,
         target_rate_rps=rate,
         modes=("disaggregated", "colocated") if mode == "both" else (mode,),
-        price_per_gpu_hour=price_per_gpu_hour,
+        price_per_gpu_hour=price,
         workers=workers if workers is not None else default_workers(),
     )
     claim_out(out, "search", force=force)

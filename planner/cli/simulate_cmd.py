@@ -86,7 +86,11 @@ def simulate(
         int | None, typer.Option("--workers", help="Search: worker processes (default: one per core).")
     ] = None,
     price_per_gpu_hour: Annotated[
-        float | None, typer.Option("--price-per-gpu-hour", help="Search: rank and report in dollars.")
+        str | None,
+        typer.Option(
+            "--price-per-gpu-hour",
+            help="$ per GPU-hour: one number, or NAME=PRICE per type (h100-sxm=2.5,a100-80g=1.3).",
+        ),
     ] = None,
     kv_link: Annotated[
         str | None,
@@ -111,7 +115,6 @@ def simulate(
         "--gpus": gpus,
         "--mode": mode,
         "--workers": workers,
-        "--price-per-gpu-hour": price_per_gpu_hour,
         "--kv-link": kv_link,
     }
     if plan is None:
@@ -166,6 +169,7 @@ def simulate(
         sample_interval=sample_interval,
         seed=seed,
         force=force,
+        prices=price_per_gpu_hour,
     )
 
 
@@ -237,13 +241,16 @@ def _simulate_plan(
     sample_interval: float | None,
     seed: int | None,
     force: bool = False,
+    prices: str | None = None,
 ) -> None:
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pdplan.planner.hardware_mix import pool_profiles, roles_hardware
     from pdplan.planner.inputs import role_profiles
     from pdplan.planner.plan import save_plan
+    from pdplan.planner.pricing import parse_prices
     from pdplan.planner.rundir import claim_out, replacing_dir, write_csv, write_run_yaml, write_yaml
     from pdplan.planner.slo import parse_slo
     from pdplan.profiles.validate import number
@@ -259,21 +266,35 @@ def _simulate_plan(
         number("--attainment", attainment, low=0, low_open=True, high=1)
     if seed is not None and not 0 <= seed < 2**63:
         raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
-    if not profile_dirs and not (model or hardware):
-        model, hardware = plan.model or None, plan.hardware or None
-    profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
+    price_list = parse_prices(prices) if prices is not None else None
+    if plan.pool_hardware:  # pools on different hardware: a profile per (hardware, TP)
+        if hardware:
+            raise ConfigError("the plan names hardware per pool; leave --hardware out (or edit plan.yaml)")
+        profiles = pool_profiles(plan.tps, plan.pool_hardware, model or plan.model, profile_dirs)
+    else:
+        if not profile_dirs and not (model or hardware):
+            model, hardware = plan.model or None, plan.hardware or None
+        profiles = role_profiles(plan.tps, profile_dirs, model, hardware)
     _warn_outside_calibration(profiles, source)
     first = next(iter(profiles.values()))
     other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})
     if other:
         log.warning("the plan names model %r but the profiles are of %s", plan.model, other)
+    # profiles of two hardware types label the run per pool, not with the first one's GPU
+    pools_hw = plan.pool_hardware or roles_hardware(profiles)
     plan = replace(
         plan,
         slo=parse_slo(slo_text) if slo_text is not None else plan.slo,
         attainment=attainment if attainment is not None else plan.attainment,
         model=plan.model or first.model.name,
-        hardware=plan.hardware or str(first.hardware.get("name", "")),
+        hardware="+".join(dict.fromkeys(pools_hw.values()))
+        if pools_hw
+        else plan.hardware or str(first.hardware.get("name", "")),
+        pool_hardware=pools_hw,
     )
+    if price_list is not None:
+        for role in plan.tps:
+            price_list.of(plan.hardware_of(role))  # a missing price fails before the run
     cluster = plan.cluster(profiles)
     claim_out(out, "simulate", force=force)
     requests = source.requests
@@ -311,6 +332,9 @@ def _simulate_plan(
         len(requests) / max(wall_s, 1e-9),
     )
     predicted = _predicted(summary, source)
+    if price_list is not None:
+        cost = plan_cost(plan, price_list, summary.get("output_tokens_per_s"))
+        plan = replace(plan, notes={**plan.notes, "cost": {**cost, "rate_rps": predicted.get("rate_rps")}})
     with replacing_dir(out) as staging:  # the run directory is written whole or not at all
         save_plan(replace(plan, workload=source.description, predicted=predicted), staging / "plan.yaml")
         write_csv(staging / "requests.csv", result.records.to_frame())
@@ -318,7 +342,22 @@ def _simulate_plan(
         write_csv(staging / "timeseries.csv", timeseries(result, sample_interval))
         write_run_yaml(staging, "simulate")
     _print(summary, out)
+    cost_note = plan.notes.get("cost") if price_list is not None else None
+    if isinstance(cost_note, dict) and cost_note.get("per_million_output_tokens") is not None:
+        typer.echo(
+            f"cost: ${cost_note['per_hour']:,.2f} per hour, "
+            f"${cost_note['per_million_output_tokens']:,.4g} per million output tokens"
+        )
     _report(out)
+
+
+def plan_cost(plan: Plan, prices: Any, output_tokens_per_s: float | None) -> dict[str, Any]:
+    """The ``cost`` note of ``plan`` (``pdplan.planner.pricing.pool_cost``) at the served output rate."""
+    from pdplan.planner.pricing import pool_cost
+
+    pools = {"prefill": plan.prefill, "decode": plan.decode, "colocated": plan.colocated}
+    roles = {role: (plan.hardware_of(role), pool.gpus) for role, pool in pools.items() if pool is not None}
+    return pool_cost(roles, prices, output_tokens_per_s)
 
 
 def _warn_outside_calibration(profiles: dict[str, Any], source: RequestSource) -> None:
