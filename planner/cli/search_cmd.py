@@ -81,9 +81,13 @@ def search(
         ),
     ] = None,
     kv_link: Annotated[
-        str,
+        str | None,
         typer.Option("--kv-link", help="KV transfer link: nvlink, infiniband, roce, pcie, tcp, loopback."),
-    ] = "nvlink",
+    ] = None,
+    budget_per_hour: Annotated[
+        float | None,
+        typer.Option("--budget-per-hour", help="Several --hardware types: dollars per hour to spend."),
+    ] = None,
     traffic: Annotated[
         str | None,
         typer.Option(
@@ -115,6 +119,28 @@ def search(
     targets = SloTargets(parse_slo(slo), attainment)
     if mode not in MODE_CHOICES:
         raise choices_error("--mode", mode, MODE_CHOICES)
+    if (hardware is not None and "," in hardware) or budget_per_hour is not None:
+        if gpus is not None or rate is not None or profile:
+            raise ConfigError(
+                "a search over several --hardware types spends --budget-per-hour; leave out --gpus, "
+                "--rate and --profile (it builds analytic profiles per type)"
+            )
+        from pdplan.planner.cli.hardware_cmd import hardware_search
+
+        views, described = _traffic(workload, trace, preset, seed, traffic)
+        hardware_search(
+            offers_text=hardware or "",
+            prices_text=price_per_gpu_hour,
+            budget_per_hour=budget_per_hour,
+            model=model,
+            targets=targets,
+            traffic=views,
+            described=described,
+            kv_link=kv_link or "roce",
+            out=out,
+            force=force,
+        )
+        return
     if (gpus is None) == (rate is None):
         raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
     views, described = _traffic(workload, trace, preset, seed, traffic)
@@ -124,7 +150,7 @@ def search(
         profiles=profiles,
         traffic=views,
         slo=targets,
-        link=_link(kv_link),
+        link=_link(kv_link or "nvlink"),
         max_gpus=gpus,
         target_rate_rps=rate,
         modes=("disaggregated", "colocated") if mode == "both" else (mode,),

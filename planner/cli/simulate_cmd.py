@@ -103,6 +103,13 @@ def simulate(
             help="A trace as-recorded (default: replayed whole, with its swings) or stationary (detrended).",
         ),
     ] = None,
+    budget_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-per-hour",
+            help="Search over several --hardware types (A,B): dollars per hour to spend, ranked per dollar.",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
     ] = False,
@@ -116,6 +123,7 @@ def simulate(
         "--mode": mode,
         "--workers": workers,
         "--kv-link": kv_link,
+        "--budget-per-hour": budget_per_hour,
     }
     if plan is None:
         if slo is None:
@@ -146,7 +154,8 @@ def simulate(
             seed=seed,
             workers=workers,
             price_per_gpu_hour=price_per_gpu_hour,
-            kv_link=kv_link or "nvlink",
+            kv_link=kv_link,
+            budget_per_hour=budget_per_hour,
             traffic=traffic,
             force=force,
         )
