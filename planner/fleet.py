@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,3 +163,22 @@ def search_policy(
     passing = [o for o in outcomes if o.meets(slo.attainment)]
     chosen = min(passing, key=lambda o: o.gpu_hours) if passing else None
     return chosen, outcomes
+
+
+def write_fleet_run(
+    out: Path, minutes: pd.DataFrame, outcomes: Sequence[PolicyOutcome], description: dict[str, Any]
+) -> Path:
+    """A run directory of policies over a day (written whole or not at all): ``fleet_minutes.csv``
+    (``MINUTE_COLUMNS``, one block per policy), ``fleet.yaml`` (each policy's day and what was
+    simulated) and ``run.yaml`` (kind ``simulate``); ``pdplan report`` draws them."""
+    from pdplan.planner.rundir import replacing_dir, write_csv, write_run_yaml, write_yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    with replacing_dir(out) as staging:
+        write_csv(staging / "fleet_minutes.csv", minutes)
+        write_yaml(
+            staging / "fleet.yaml",
+            {"schema_version": 1, "policies": [o.row() for o in outcomes], "description": description},
+        )
+        write_run_yaml(staging, "simulate")  # a simulation of policies (pdplan.planner.rundir kinds)
+    return out
