@@ -84,6 +84,10 @@ def search(
         str | None,
         typer.Option("--kv-link", help="KV transfer link: nvlink, infiniband, roce, pcie, tcp, loopback."),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option("--executor", help="Where candidates run: local (processes), ray, or ray://HOST:PORT."),
+    ] = "local",
     budget_per_hour: Annotated[
         float | None,
         typer.Option("--budget-per-hour", help="Several --hardware types: dollars per hour to spend."),
@@ -101,6 +105,7 @@ def search(
     """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
     from pdplan.planner.pricing import parse_prices
     from pdplan.planner.probe import SloTargets
+    from pdplan.planner.ray_executor import check_executor
     from pdplan.planner.rundir import claim_out
     from pdplan.planner.search import SearchSpec
     from pdplan.planner.slo import parse_slo
@@ -117,6 +122,7 @@ def search(
     if seed is not None and not 0 <= seed < 2**63:
         raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
     targets = SloTargets(parse_slo(slo), attainment)
+    executor = check_executor(executor)
     if mode not in MODE_CHOICES:
         raise choices_error("--mode", mode, MODE_CHOICES)
     if (hardware is not None and "," in hardware) or budget_per_hour is not None:
@@ -156,6 +162,7 @@ def search(
         modes=("disaggregated", "colocated") if mode == "both" else (mode,),
         price_per_gpu_hour=price,
         workers=workers if workers is not None else default_workers(),
+        executor=executor,
     )
     claim_out(out, "search", force=force)
     result = _run(spec)

@@ -103,6 +103,10 @@ def simulate(
             help="A trace as-recorded (default: replayed whole, with its swings) or stationary (detrended).",
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="Search: where candidates run: local, ray, or ray://HOST:PORT."),
+    ] = None,
     budget_per_hour: Annotated[
         float | None,
         typer.Option(
@@ -124,6 +128,7 @@ def simulate(
         "--workers": workers,
         "--kv-link": kv_link,
         "--budget-per-hour": budget_per_hour,
+        "--executor": executor,
     }
     if plan is None:
         if slo is None:
@@ -156,6 +161,7 @@ def simulate(
             price_per_gpu_hour=price_per_gpu_hour,
             kv_link=kv_link,
             budget_per_hour=budget_per_hour,
+            executor=executor or "local",
             traffic=traffic,
             force=force,
         )
