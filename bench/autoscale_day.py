@@ -5,8 +5,10 @@ The day: ``AzureLLMInferenceTrace_conv.csv`` (one hour, 19,366 requests) repeate
 to a cosine profile (``pdplan.sim.diurnal``): mean ``--mean-rate`` req/s, peak-to-trough 3, peak at
 14:00. The model and GPU make a handful of instances carry the peak so that the day runs in
 seconds per policy: llama-3.1-70b on L40S at TP4 (analytic profile), ``ttft=4s,tpot=100ms`` at
-90 % (a long prompt alone takes seconds to prefill there: a 2 s TTFT caps any plan near 91 %). Assumed, not measured: $1.00 per L40S GPU-hour, a 120 s provisioning delay, a 30 s role
-switch once drained (change them with the flags).
+90 %. (With ``ttft=2s`` the peak-sized static plan held 0.909 in its worst hour and no autoscale
+setting of the grid that was cheaper met the target every hour: a reactive autoscaler needs SLO
+headroom to ride out its 120 s provisioning delay.) Assumed, not measured: $1.00 per L40S
+GPU-hour, a 120 s provisioning delay, a 30 s role switch once drained (change them with the flags).
 
 Equal attainment means: every hour of the day meets the attainment target (a plan sized for the
 peak promises that; a day-long mean would let the quiet night pay for a missed peak). Then:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdplan.profiles.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pdplan.planner.plan import Plan
 
 #: Most a GPU-hour may cost (a guard against typos, e.g. a price in cents).
 MAX_PRICE_PER_GPU_HOUR = 1e4
@@ -140,3 +143,10 @@ def pool_cost(
         "per_million_output_tokens": None if per_million is None else round(per_million, 6),
         "pools": roles,
     }
+
+
+def plan_cost(plan: Plan, prices: Prices, output_tokens_per_s: float | None) -> dict[str, Any]:
+    """The ``cost`` note of ``plan`` (``pdplan.planner.pricing.pool_cost``) at the served output rate."""
+    pools = {"prefill": plan.prefill, "decode": plan.decode, "colocated": plan.colocated}
+    roles = {role: (plan.hardware_of(role), pool.gpus) for role, pool in pools.items() if pool is not None}
+    return pool_cost(roles, prices, output_tokens_per_s)

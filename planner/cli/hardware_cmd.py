@@ -180,8 +180,8 @@ def write_hardware_run(out: Path, result: HardwareResult, prices: Prices, descri
     """Every file of the hardware search's run directory, into ``out`` (which must exist)."""
     import pandas as pd
 
-    from pdplan.planner.cli.simulate_cmd import plan_cost
     from pdplan.planner.plan import Plan, save_plan
+    from pdplan.planner.pricing import plan_cost
     from pdplan.planner.probe import judge, simulate_requests
     from pdplan.planner.rundir import write_csv, write_run_yaml, write_yaml
     from pdplan.sim.timeseries import timeseries

@@ -103,6 +103,16 @@ def simulate(
             help="A trace as-recorded (default: replayed whole, with its swings) or stationary (detrended).",
         ),
     ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Plan runs: a cluster policy YAML (static, autoscale, role-switch)."),
+    ] = None,
+    diurnal: Annotated[
+        str | None,
+        typer.Option(
+            "--diurnal", help="Plan runs: stretch --trace to a day, e.g. mean=3,peak_to_trough=3,hours=24."
+        ),
+    ] = None,
     executor: Annotated[
         str | None,
         typer.Option("--executor", help="Search: where candidates run: local, ray, or ray://HOST:PORT."),
@@ -135,7 +145,12 @@ def simulate(
             raise ConfigError(
                 "give --plan plan.yaml to evaluate one plan, or --slo SLO with --gpus N or --rate R to search"
             )
-        plan_only = {"--trace-format": trace_format, "--sample-interval": sample_interval}
+        plan_only = {
+            "--trace-format": trace_format,
+            "--sample-interval": sample_interval,
+            "--policy": policy,
+            "--diurnal": diurnal,
+        }
         given = [name for name, value in plan_only.items() if value is not None]
         if warmup != DEFAULT_WARMUP:
             given.append("--warmup")
@@ -171,13 +186,19 @@ def simulate(
         raise ConfigError(f"{', '.join(given)} apply to the --slo search only, not to --plan runs")
     from pdplan.planner.plan import load_plan
 
+    source = _request_source(workload, trace, trace_format, rate, seed, preset, traffic)
+    if diurnal is not None:
+        from pdplan.planner.cli.policy_run import diurnal_source
+
+        source = diurnal_source(source, diurnal, rate)
     _simulate_plan(
         load_plan(plan),
         out=out,
         profile_dirs=profile or [],
         model=model,
         hardware=hardware,
-        source=_request_source(workload, trace, trace_format, rate, seed, preset, traffic),
+        source=source,
+        policy_file=policy,
         slo_text=slo,
         attainment=attainment,
         warmup=warmup,
@@ -257,18 +278,21 @@ def _simulate_plan(
     seed: int | None,
     force: bool = False,
     prices: str | None = None,
+    policy_file: Path | None = None,
 ) -> None:
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pdplan.planner.cli.policy_run import checked_policy, write_policy_files
     from pdplan.planner.hardware_mix import pool_profiles, roles_hardware
     from pdplan.planner.inputs import role_profiles
     from pdplan.planner.plan import save_plan
-    from pdplan.planner.pricing import parse_prices
+    from pdplan.planner.pricing import parse_prices, plan_cost
     from pdplan.planner.rundir import claim_out, replacing_dir, write_csv, write_run_yaml, write_yaml
     from pdplan.planner.slo import parse_slo
     from pdplan.profiles.validate import number
+    from pdplan.sim.cluster import DisaggregatedCluster
     from pdplan.sim.simulate import SimOptions
     from pdplan.sim.simulate import simulate as run_simulation
     from pdplan.sim.timeseries import timeseries
@@ -311,6 +335,7 @@ def _simulate_plan(
         for role in plan.tps:
             price_list.of(plan.hardware_of(role))  # a missing price fails before the run
     cluster = plan.cluster(profiles)
+    policy = checked_policy(policy_file, plan, source) if policy_file is not None else None
     claim_out(out, "simulate", force=force)
     requests = source.requests
     started = time.perf_counter()
@@ -323,13 +348,21 @@ def _simulate_plan(
         transient=True,
     ) as bar:
         task = bar.add_task("simulate", total=len(requests))
-        result = run_simulation(
-            requests,
-            cluster,
-            SimOptions(router=plan.router, closed_loop=source.closed_loop),
-            np.random.default_rng(seed or 0),
-            progress=lambda done, total: bar.update(task, completed=done),
-        )
+        elastic = None
+        if policy is not None:
+            from pdplan.sim.autoscale import simulate_elastic
+
+            assert isinstance(cluster, DisaggregatedCluster), "_policy checked the mode"
+            elastic = simulate_elastic(requests, cluster, policy)
+            result = elastic.result
+        else:
+            result = run_simulation(
+                requests,
+                cluster,
+                SimOptions(router=plan.router, closed_loop=source.closed_loop),
+                np.random.default_rng(seed or 0),
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
     wall_s = time.perf_counter() - started
     if sample_interval is not None and result.end_s / sample_interval > MAX_SAMPLES:
         raise ConfigError(
@@ -355,6 +388,8 @@ def _simulate_plan(
         write_csv(staging / "requests.csv", result.records.to_frame())
         write_yaml(staging / "summary.yaml", summary)
         write_csv(staging / "timeseries.csv", timeseries(result, sample_interval))
+        if elastic is not None:
+            write_policy_files(staging, plan, elastic, price_list, source.description)
         write_run_yaml(staging, "simulate")
     _print(summary, out)
     cost_note = plan.notes.get("cost") if price_list is not None else None
@@ -364,15 +399,6 @@ def _simulate_plan(
             f"${cost_note['per_million_output_tokens']:,.4g} per million output tokens"
         )
     _report(out)
-
-
-def plan_cost(plan: Plan, prices: Any, output_tokens_per_s: float | None) -> dict[str, Any]:
-    """The ``cost`` note of ``plan`` (``pdplan.planner.pricing.pool_cost``) at the served output rate."""
-    from pdplan.planner.pricing import pool_cost
-
-    pools = {"prefill": plan.prefill, "decode": plan.decode, "colocated": plan.colocated}
-    roles = {role: (plan.hardware_of(role), pool.gpus) for role, pool in pools.items() if pool is not None}
-    return pool_cost(roles, prices, output_tokens_per_s)
 
 
 def _warn_outside_calibration(profiles: dict[str, Any], source: RequestSource) -> None:
