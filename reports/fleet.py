@@ -187,6 +187,7 @@ def _policies_figure(minutes: pd.DataFrame, target: float | None) -> MplFigure:
     with style():
         fig = new_figure(7.5, 6.0, Margins(top_in=0.3, hspace=0.2))
         att, inst, gpuh = fig.subplots(3, 1, sharex=True)
+        lowest = 1.0
         for i, name in enumerate(names):
             part = minutes[minutes.policy.astype(str) == name]
             hours = part.minute.to_numpy(dtype=float) / 60.0
@@ -194,6 +195,8 @@ def _policies_figure(minutes: pd.DataFrame, target: float | None) -> MplFigure:
             hourly = part.attainment.to_numpy(dtype=float)
             smooth = pd.Series(hourly).rolling(15, min_periods=1).mean().to_numpy()
             att.plot(hours, smooth, color=color, linewidth=1.0, label=name)
+            if np.isfinite(smooth).any():
+                lowest = min(lowest, float(np.nanmin(smooth)))
             linestyle = ("-", "--", ":")[i % 3]
             inst.step(
                 hours,
@@ -218,10 +221,7 @@ def _policies_figure(minutes: pd.DataFrame, target: float | None) -> MplFigure:
             att.axhline(
                 target, color=SLO_COLOR, linestyle=":", linewidth=1.0, label=f"target {fmt_pct(target, 0)}"
             )
-        att.set_ylim(
-            max(0.0, float(np.nanmin(minutes.attainment)) - 0.05) if minutes.attainment.notna().any() else 0,
-            1.01,
-        )
+        att.set_ylim(max(0.0, lowest - 0.05), 1.01)
         att.set_ylabel("attainment\n(15-min mean)")
         att.legend(loc="lower left", ncol=4)
         inst.set_ylabel("instances")
