@@ -1,6 +1,10 @@
 """The cluster-policy side of ``pdplan simulate --plan``: ``--diurnal`` (a trace stretched to a day)
 and ``--policy FILE`` (the run under ``pdplan.sim.autoscale``, with ``fleet_minutes.csv`` and
 ``fleet.yaml`` beside the usual files; the report draws them).
+
+``summary.yaml``'s utilisation of a policy run divides busy time by every unit the policy may use
+(all slots of a role for the whole run), so it reads low; ``fleet_minutes.csv`` has the units that
+were actually active and allocated.
 """
 
 from __future__ import annotations
