@@ -45,6 +45,11 @@ from pdplan.sim.costs import colocated_cluster, disaggregated_cluster, instance_
 
 log = logging.getLogger(__name__)
 MIXED, SINGLE, COLOCATED = "mixed", "single", "colocated"
+#: rate mode: a layout probed at the target rate that holds it / misses it / was not probed
+#: because a cheaper layout of its group already holds it
+HELD, MISSED, COSTLIER = "held", "missed", "costlier"
+#: rate mode: layouts up to this multiple of each role's fewest instances (by bound) are tried
+RATE_MODE_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -64,23 +69,33 @@ class Offer:
 
 @dataclass(frozen=True)
 class HardwareSpec:
-    """What to search: ``model`` on the ``offers`` within ``budget_per_hour`` dollars."""
+    """What to search: ``model`` on the ``offers`` within ``budget_per_hour`` dollars (ranked by
+    goodput per dollar), or — with ``target_rate_rps`` instead — the cheapest layout of each group
+    that holds that rate (``rate_layouts``)."""
 
     model: str
     offers: tuple[Offer, ...]
     traffic: Traffic
     slo: SloTargets
     link: KvLink
-    budget_per_hour: float
+    budget_per_hour: float | None
     colocated: bool = True
     policy: RatePolicy = field(default_factory=RatePolicy)
+    target_rate_rps: float | None = None
 
     def __post_init__(self) -> None:
         names = [o.name for o in self.offers]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ConfigError(f"--hardware {','.join(names)}: the hardware search needs ≥ 2 distinct types")
-        if not (math.isfinite(self.budget_per_hour) and self.budget_per_hour > 0):
+        if (self.budget_per_hour is None) == (self.target_rate_rps is None):
+            raise ConfigError("a search over several --hardware types needs --budget-per-hour D or --rate R")
+        if self.budget_per_hour is not None and not (
+            math.isfinite(self.budget_per_hour) and self.budget_per_hour > 0
+        ):
             raise ConfigError(f"--budget-per-hour {self.budget_per_hour!r}; expected > 0 dollars")
+        rate = self.target_rate_rps
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise ConfigError(f"--rate {rate!r}; expected > 0 req/s")
         if self.link.link in INTRA_NODE_LINKS:
             raise ConfigError(
                 f"--kv-link {self.link.link}: pools on two GPU types are on different nodes; "
@@ -122,12 +137,15 @@ class LayoutResult:
     goodput_rps: float | None
     probes: tuple[Probe, ...] = ()
     bound_rps: float = math.nan
+    #: rate mode: the target rate this layout was shown to hold (its goodput is not searched)
+    held_rps: float | None = None
 
     @property
     def requests_per_dollar(self) -> float | None:
-        if self.goodput_rps is None:
+        rate = self.goodput_rps if self.goodput_rps is not None else self.held_rps
+        if rate is None:
             return None
-        return self.goodput_rps * 3600.0 / self.layout.cost_per_hour
+        return rate * 3600.0 / self.layout.cost_per_hour
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +156,10 @@ class HardwareResult:
     wall_s: float
 
     def ranked(self, kind: str | None = None) -> list[LayoutResult]:
-        ok = [r for r in self.results if r.status == OK and kind in (None, r.layout.kind)]
+        """Best first: by goodput per dollar, or (rate mode) the cheapest layouts that hold the rate."""
+        ok = [r for r in self.results if r.status in (OK, HELD) and kind in (None, r.layout.kind)]
+        if self.spec.target_rate_rps is not None:
+            return sorted(ok, key=lambda r: (r.layout.cost_per_hour, r.layout.candidate.gpus, r.layout.label))
         return sorted(ok, key=lambda r: (-(r.requests_per_dollar or 0.0), r.layout.label))
 
     @property
@@ -165,6 +186,7 @@ def enumerate_layouts(spec: HardwareSpec, tps: Mapping[str, int]) -> list[Layout
     layouts: list[Layout] = []
     offers = [o for o in spec.offers if o.name in tps]
     budget = spec.budget_per_hour
+    assert budget is not None, "budget mode"
     for pre in offers:
         for dec in offers:
             tp_p, tp_d = tps[pre.name], tps[dec.name]
@@ -270,8 +292,10 @@ def run_hardware_search(spec: HardwareSpec, progress: Progress | None = None) ->
     if not costs.profiles:
         raise ConfigError(f"{spec.model} fits on none of the hardware types: {costs.unfit}")
     tps = {name: prof.tp for name, prof in costs.profiles.items()}
-    layouts = enumerate_layouts(spec, tps)
     demand = Demand.of(spec.traffic.requests)
+    if spec.target_rate_rps is not None:
+        return _cheapest(spec, costs, tps, demand, start)
+    layouts = enumerate_layouts(spec, tps)
     bounds = {
         id(layout): capacity_bound(layout.candidate, costs.roles(layout), demand).rate_rps
         for layout in layouts
@@ -311,3 +335,93 @@ def run_hardware_search(spec: HardwareSpec, progress: Progress | None = None) ->
             progress(i + 1, len(order))
     results = tuple(decided[lay.candidate.candidate_id] for lay in layouts)
     return HardwareResult(spec, results, tps, time.perf_counter() - start)
+
+
+def rate_layouts(
+    spec: HardwareSpec, tps: Mapping[str, int], unit_bounds: Mapping[str, Mapping[str, float]]
+) -> list[Layout]:
+    """Rate mode: for each pairing (and colocated per type), the layouts whose capacity bound
+    reaches the target — each role from its fewest instances by bound to ``RATE_MODE_FACTOR`` ×
+    that (plus one) — within the GPUs available, cheapest first. ``unit_bounds`` maps a group key
+    (``pre:dec`` or ``name``) to one instance's bound per role."""
+    assert spec.target_rate_rps is not None
+    rate = spec.target_rate_rps
+    offers = [o for o in spec.offers if o.name in tps]
+    layouts: list[Layout] = []
+    for pre in offers:
+        for dec in offers:
+            unit = unit_bounds[f"{pre.name}:{dec.name}"]
+            p_min, d_min = (max(1, math.ceil(rate / unit[role])) for role in ("prefill", "decode"))
+            for p in range(p_min, RATE_MODE_FACTOR * p_min + 2):
+                for d in range(d_min, RATE_MODE_FACTOR * d_min + 2):
+                    used_p, used_d = p * tps[pre.name], d * tps[dec.name]
+                    if pre is dec and used_p + used_d > _room(pre, 0):
+                        continue
+                    if used_p > _room(pre, 0) or used_d > _room(dec, 0):
+                        continue
+                    cand = Candidate(
+                        f"{pre.name}:{dec.name}:{p}:{d}",
+                        "disaggregated",
+                        PrefillPool(p, tps[pre.name]),
+                        DecodePool(d, tps[dec.name]),
+                    )
+                    cost = used_p * pre.price_per_gpu_hour + used_d * dec.price_per_gpu_hour
+                    layouts.append(Layout(cand, {"prefill": pre.name, "decode": dec.name}, cost))
+    if spec.colocated:
+        for offer in offers:
+            n_min = max(1, math.ceil(rate / unit_bounds[offer.name]["colocated"]))
+            for n in range(n_min, RATE_MODE_FACTOR * n_min + 2):
+                if n * tps[offer.name] <= _room(offer, 0):
+                    cand = Candidate(
+                        f"{offer.name}:colocated:{n}",
+                        "colocated",
+                        colocated=ColocatedPool(n, tps[offer.name]),
+                    )
+                    cost = n * tps[offer.name] * offer.price_per_gpu_hour
+                    layouts.append(Layout(cand, {"colocated": offer.name}, cost))
+    return sorted(
+        layouts, key=lambda lay: (lay.cost_per_hour, lay.candidate.gpus, lay.candidate.candidate_id)
+    )
+
+
+def _cheapest(
+    spec: HardwareSpec, costs: _Costs, tps: Mapping[str, int], demand: Demand, start: float
+) -> HardwareResult:
+    """Rate mode: each group's cheapest layout that holds the target rate (one probe per layout,
+    in cost order, until one holds)."""
+    assert spec.target_rate_rps is not None
+    rate = spec.target_rate_rps
+    unit_bounds: dict[str, dict[str, float]] = {}
+    names = list(tps)
+    for pre in names:
+        for dec in names:
+            one = Layout(
+                Candidate("unit", "disaggregated", PrefillPool(1, tps[pre]), DecodePool(1, tps[dec])),
+                {"prefill": pre, "decode": dec},
+                1.0,
+            )
+            unit_bounds[f"{pre}:{dec}"] = dict(
+                capacity_bound(one.candidate, costs.roles(one), demand).by_role
+            )
+        one = Layout(
+            Candidate("unit", "colocated", colocated=ColocatedPool(1, tps[pre])), {"colocated": pre}, 1.0
+        )
+        unit_bounds[pre] = dict(capacity_bound(one.candidate, costs.roles(one), demand).by_role)
+    traffic, slo = spec.traffic, spec.slo
+    requests = traffic.probe_list(rate)
+    held: set[str] = set()
+    results = []
+    for layout in rate_layouts(spec, tps, unit_bounds):
+        group = _group(layout)
+        if group in held:
+            results.append(LayoutResult(layout, COSTLIER, None))
+            continue
+        cluster = costs.cluster(layout, spec.link)
+        probe = probe_requests(cluster, requests, rate, slo, traffic.warmup_fraction, traffic.stability)
+        if probe.meets_slo:
+            held.add(group)
+        status = HELD if probe.meets_slo else MISSED
+        results.append(
+            LayoutResult(layout, status, None, (probe,), held_rps=rate if probe.meets_slo else None)
+        )
+    return HardwareResult(spec, tuple(results), tps, time.perf_counter() - start)

@@ -53,7 +53,12 @@ def _hardware(run: RunData) -> list[Item]:
     missing = [c for c in _HARDWARE_NEEDS if c not in frame.columns]
     if missing:
         raise ValueError(f"{HARDWARE_FILE} lacks columns {missing}")
-    ok = frame[frame.status == "ok"].sort_values("requests_per_dollar", ascending=False)
+    rate_mode = "held_rps" in frame.columns and (frame.status == "held").any()
+    ok = frame[frame.status.isin(("ok", "held"))]
+    if rate_mode:  # the cheapest layouts that hold the target rate
+        ok = ok.sort_values(["cost_per_hour", "layout"])
+    else:
+        ok = ok.sort_values("requests_per_dollar", ascending=False)
     if ok.empty:
         return [Paragraph("Hardware search: no layout met the SLO on this budget.")]
     best_rows = [("best overall", ok.iloc[0])]
@@ -73,16 +78,19 @@ def _hardware(run: RunData) -> list[Item]:
             label,
             str(r.layout),
             fmt_money(r.cost_per_hour),
-            fmt_rps(r.goodput_rps),
+            fmt_rps(r.held_rps if rate_mode else r.goodput_rps),
             fmt_num(r.requests_per_dollar),
             f"{r.requests_per_dollar / best_rows[0][1].requests_per_dollar:.3f}",
         )
         for label, r in best_rows
     )
     table = Table(
-        "Hardware search at equal cost: the mixed plan beside the best single-type plans (goodput per "
-        "dollar = requests served per dollar at the goodput; the ratio is to the best).",
-        ("plan", "layout", "cost/h", "goodput", "requests per $", "ratio"),
+        "Hardware search for a target rate: the cheapest mixed plan beside the cheapest single-type "
+        "plans that hold it (requests per $ at that rate; the ratio is to the cheapest)."
+        if rate_mode
+        else "Hardware search at equal cost: the mixed plan beside the best single-type plans (goodput "
+        "per dollar = requests served per dollar at the goodput; the ratio is to the best).",
+        ("plan", "layout", "cost/h", "holds" if rate_mode else "goodput", "requests per $", "ratio"),
         rows,
         highlight=(0,),
     )

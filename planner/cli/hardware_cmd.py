@@ -4,7 +4,8 @@ A=PA,B=PB --budget-per-hour D --model M ... --out DIR``.
 Several hardware types in ``--hardware`` (``NAME`` or ``NAME:GPUS`` for the GPUs available) make
 the search compare layouts on every pairing of types (prefill on one, decode on another, or both on
 one, or colocated on one) at the same budget in dollars per hour, ranked by goodput per dollar
-(``pdplan.planner.hardware_search``). Writes ``plan.yaml`` (the winner, hardware per pool, its
+(``pdplan.planner.hardware_search``) — or, with ``--rate R`` instead of ``--budget-per-hour``, find
+each pairing's cheapest layout that holds R. Writes ``plan.yaml`` (the winner, hardware per pool, its
 cost per million output tokens), ``hardware.csv`` (every layout), ``probes.csv``, the winner's
 ``requests.csv``/``summary.yaml``/``timeseries.csv`` at its goodput, ``run.yaml`` and the report.
 
@@ -39,6 +40,7 @@ HARDWARE_COLUMNS = (
     "cost_per_hour",
     "status",
     "goodput_rps",
+    "held_rps",
     "requests_per_dollar",
     "bound_rps",
 )
@@ -72,6 +74,7 @@ def hardware_search(
     offers_text: str,
     prices_text: str | None,
     budget_per_hour: float | None,
+    rate: float | None,
     model: str | None,
     targets: Any,
     traffic: Any,
@@ -92,9 +95,10 @@ def hardware_search(
 
     if prices_text is None:
         raise ConfigError("a search over several --hardware types needs --price-per-gpu-hour NAME=PRICE,...")
-    if budget_per_hour is None:
+    if (budget_per_hour is None) == (rate is None):
         raise ConfigError(
-            "a search over several --hardware types needs --budget-per-hour D (dollars per hour)"
+            "a search over several --hardware types needs --budget-per-hour D (dollars per hour, ranked "
+            "by goodput per dollar) or --rate R (the cheapest layouts that hold R)"
         )
     if not model:
         raise ConfigError("a search over several --hardware types needs --model (analytic profiles per type)")
@@ -107,6 +111,7 @@ def hardware_search(
         slo=targets,
         link=KvLink(preset.bandwidth_gbps, preset.latency_ms, link=kv_link),
         budget_per_hour=budget_per_hour,
+        target_rate_rps=rate,
     )
     claim_out(out, "search", force=force)
     result = run_hardware_search(spec)
@@ -144,6 +149,7 @@ def hardware_frame(result: HardwareResult) -> pd.DataFrame:
                 "cost_per_hour": round(lay.cost_per_hour, 6),
                 "status": r.status,
                 "goodput_rps": r.goodput_rps,
+                "held_rps": r.held_rps,
                 "requests_per_dollar": r.requests_per_dollar,
                 "bound_rps": r.bound_rps,
             }
@@ -170,6 +176,8 @@ def comparison_text(result: HardwareResult) -> str:
 
 
 def _describe(r: Any) -> str:
+    if r.goodput_rps is None:  # rate mode: it holds the target rate
+        return f"{r.layout.label} at ${r.layout.cost_per_hour:,.2f}/h holds {r.held_rps:.3g} req/s"
     return (
         f"{r.layout.label} at ${r.layout.cost_per_hour:,.2f}/h: {r.goodput_rps:.3g} req/s, "
         f"{r.requests_per_dollar:,.0f} requests per dollar"
@@ -202,17 +210,23 @@ def write_hardware_run(out: Path, result: HardwareResult, prices: Prices, descri
             mode="disaggregated",
             hardware="+".join(o.name for o in spec.offers),
             feasible=False,
-            reason=f"no layout meets the SLO within ${spec.budget_per_hour:g} per hour on any pairing",
+            reason=(
+                f"no layout meets the SLO within ${spec.budget_per_hour:g} per hour on any pairing"
+                if spec.target_rate_rps is None
+                else f"no layout tried holds {spec.target_rate_rps:g} req/s on any pairing"
+            ),
             **common,
         )
         save_plan(plan, out / "plan.yaml")
         write_run_yaml(out, "search")
         return plan
-    assert chosen.goodput_rps is not None
+    target = spec.target_rate_rps
     from pdplan.planner.hardware_search import _Costs
 
     layout, cand = chosen.layout, chosen.layout.candidate
-    rate = chosen.goodput_rps
+    rate = target if target is not None else chosen.goodput_rps
+    assert rate is not None, "a chosen layout has a goodput or holds the target"
+    goodput = None if target is not None else round(rate, 6)
     operating = simulate_requests(_Costs(spec).cluster(layout, spec.link), spec.traffic.replays(rate)[0])
     probe, summary = judge(operating, rate, spec.slo, spec.traffic.warmup_fraction, spec.traffic.stability)
     mixed = layout.kind == "mixed"
@@ -226,8 +240,8 @@ def write_hardware_run(out: Path, result: HardwareResult, prices: Prices, descri
         hardware="+".join(names),
         pool_hardware=dict(layout.hardware) if mixed else {},
         predicted={
-            "goodput_rps": round(rate, 6),
-            "goodput_rps_per_gpu": round(rate / cand.gpus, 6),
+            "goodput_rps": goodput,
+            "goodput_rps_per_gpu": None if goodput is None else round(rate / cand.gpus, 6),
             "rate_rps": round(rate, 6),
             "ttft_p50_ms": probe.ttft_ms[0],
             "ttft_p90_ms": probe.ttft_ms[1],
@@ -242,8 +256,12 @@ def write_hardware_run(out: Path, result: HardwareResult, prices: Prices, descri
     )
     cost = plan_cost(plan, prices, summary.get("output_tokens_per_s"))
     cost["rate_rps"] = round(rate, 6)
-    cost["budget_per_hour"] = spec.budget_per_hour
-    plan = Plan(**{**_fields(plan), "notes": {**plan.notes, "cost": cost}})
+    notes: dict[str, Any] = {**plan.notes, "cost": cost}
+    if target is not None:
+        notes["target"] = {"rate_rps": target, "held": bool(probe.meets_slo), "gpus": cand.gpus}
+    else:
+        cost["budget_per_hour"] = spec.budget_per_hour
+    plan = Plan(**{**_fields(plan), "notes": notes})
     save_plan(plan, out / "plan.yaml")
     write_csv(out / "requests.csv", operating.records.to_frame())
     write_yaml(out / "summary.yaml", dict(summary))

@@ -126,10 +126,10 @@ def search(
     if mode not in MODE_CHOICES:
         raise choices_error("--mode", mode, MODE_CHOICES)
     if (hardware is not None and "," in hardware) or budget_per_hour is not None:
-        if gpus is not None or rate is not None or profile:
+        if gpus is not None or profile:
             raise ConfigError(
-                "a search over several --hardware types spends --budget-per-hour; leave out --gpus, "
-                "--rate and --profile (it builds analytic profiles per type)"
+                "a search over several --hardware types spends --budget-per-hour or holds --rate; "
+                "leave out --gpus and --profile (it builds analytic profiles per type)"
             )
         from pdplan.planner.cli.hardware_cmd import hardware_search
 
@@ -138,6 +138,7 @@ def search(
             offers_text=hardware or "",
             prices_text=price_per_gpu_hour,
             budget_per_hour=budget_per_hour,
+            rate=rate,
             model=model,
             targets=targets,
             traffic=views,

@@ -170,3 +170,43 @@ def test_cli_hardware_search_bad_inputs(monkeypatch, capsys, tmp_path, extra, ma
     assert stop.value.code == 2
     assert match in capsys.readouterr().err
     assert not Path(tmp_path / "run").exists()
+
+
+def test_cli_hardware_search_for_a_target_rate(tmp_path, monkeypatch):
+    import pdplan.reports
+
+    monkeypatch.setattr(pdplan.reports, "write_report", lambda out: out / "report.html")
+    rng = np.random.default_rng(4)  # a trace: replayed as recorded, time-scaled to the rate
+    trace = tmp_path / "trace.csv"
+    pd.DataFrame(
+        {
+            "arrival_s": np.sort(rng.uniform(0, 100, 300)).round(3),
+            "prompt_tokens": rng.integers(64, 3000, 300),
+            "output_tokens": rng.integers(8, 400, 300),
+        }
+    ).to_csv(trace, index=False)
+    out = tmp_path / "run"
+    args = ["simulate", "--slo", "ttft=1s,tpot=50ms", "--model", "llama-3.1-8b"]
+    args += ["--hardware", "h100-sxm,a100-80g", "--price-per-gpu-hour", "h100-sxm=2.5,a100-80g=1.3"]
+    args += ["--rate", "12", "--trace", str(trace)]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    frame = pd.read_csv(out / "hardware.csv")
+    assert set(frame.status) <= {"held", "missed", "costlier"} and (frame.status == "held").any()
+    frame["group"] = (
+        frame.kind + ":" + frame.prefill_hardware.fillna("") + frame.colocated_hardware.fillna("")
+    )
+    frame.loc[frame.kind == "mixed", "group"] = "mixed"
+    for _, rows in frame.groupby("group"):
+        held = rows[rows.status == "held"]
+        if held.empty:
+            continue
+        first = held.cost_per_hour.min()
+        # every layout of the group cheaper than its cheapest held one was probed and missed
+        assert set(rows[rows.cost_per_hour < first].status) <= {"missed"}
+        assert set(rows[rows.cost_per_hour > first].status) <= {"costlier", "missed", "held"}
+    cheapest = frame[frame.status == "held"].cost_per_hour.min()
+    saved = yaml.safe_load((out / "plan.yaml").read_text())
+    assert saved["target"] == {"rate_rps": 12.0, "held": True, "gpus": saved["gpus"]}
+    assert saved["cost"]["per_hour"] == pytest.approx(cheapest)
+    assert saved["predicted"]["goodput_rps"] is None and saved["predicted"]["rate_rps"] == 12.0
