@@ -107,6 +107,7 @@ def pool_profiles(
                     f"(given: {sorted(found)}); profile it or leave --profile out for analytic profiles"
                 )
             out[role] = found[key]
+        check_same_kv(out)
         return out
     if not model:
         raise ConfigError("a plan with hardware per pool needs a model (plan.yaml's model or --model)")
@@ -119,7 +120,23 @@ def pool_profiles(
         key = (pool_hardware[role], tp)
         if key not in cache:
             cache[key] = analytic_profile(spec, key[0], tp=tp)
-    return {role: cache[(pool_hardware[role], tp)] for role, tp in tps.items()}
+    out = {role: cache[(pool_hardware[role], tp)] for role, tp in tps.items()}
+    check_same_kv(out)
+    return out
+
+
+def check_same_kv(profiles: Mapping[str, Profile]) -> None:
+    """The KV that crosses the link is laid out the same on both sides: one model, one KV size.
+
+    Raises:
+        ConfigError: the roles' profiles are of different models or KV bytes per token (dtypes).
+    """
+    sizes = {role: (p.model.name, p.model.kv_bytes_per_token(p.dtype)) for role, p in profiles.items()}
+    if len(set(sizes.values())) > 1:
+        raise ConfigError(
+            f"the pools' profiles disagree on the model or its KV bytes per token {sizes}; "
+            "prefill and decode must serve one model in one KV dtype"
+        )
 
 
 def roles_hardware(profiles: Mapping[str, Profile]) -> dict[str, str]:

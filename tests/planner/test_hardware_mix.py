@@ -206,3 +206,13 @@ def test_report_states_cost_per_pool():
     assert text is not None
     assert "prefill 2 × h100-sxm at $2.50, decode 6 × a100-80g at $1.30" in text
     assert "per million output tokens" in text
+
+
+def test_pools_must_serve_one_model_in_one_kv_layout(tmp_path):
+    from pdplan.planner.hardware_mix import pool_profiles
+
+    a = _profile_dir(tmp_path, "gpu-a")
+    other = replace(pc.profile("qwen2.5-7b"), hardware={"name": "gpu-b", "memory_bytes": 80 << 30})
+    b = save_profile(other, tmp_path / "qwen-gpu-b")
+    with pytest.raises(ConfigError, match="KV bytes per token"):
+        pool_profiles({"prefill": 1, "decode": 1}, {"prefill": "gpu-a", "decode": "gpu-b"}, "", [a, b])

@@ -210,3 +210,7 @@ def test_cli_hardware_search_for_a_target_rate(tmp_path, monkeypatch):
     assert saved["target"] == {"rate_rps": 12.0, "held": True, "gpus": saved["gpus"]}
     assert saved["cost"]["per_hour"] == pytest.approx(cheapest)
     assert saved["predicted"]["goodput_rps"] is None and saved["predicted"]["rate_rps"] == 12.0
+    from pdplan.reports.render import write_combined_report
+
+    html = write_combined_report([out], tmp_path / "report.html", strict=True).read_text()
+    assert "Hardware search for a target rate" in html
