@@ -86,6 +86,9 @@ def main() -> int:
             "cost_per_hour": round(r.layout.cost_per_hour, 6),
             "goodput_rps": round(r.goodput_rps or 0.0, 6),
             "requests_per_dollar": round(r.requests_per_dollar or 0.0, 3),
+            "cost_per_million_output_tokens": None
+            if r.cost_per_million_output_tokens is None
+            else round(r.cost_per_million_output_tokens, 4),
             "probes": len(r.probes),
         }
     mixed = best["mixed"]

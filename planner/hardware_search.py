@@ -141,6 +141,16 @@ class LayoutResult:
     held_rps: float | None = None
 
     @property
+    def cost_per_million_output_tokens(self) -> float | None:
+        """Dollars per million output tokens served at the goodput (or the held rate): the hourly
+        cost over the output tokens per hour of the passing probe at that rate."""
+        rate = self.goodput_rps if self.goodput_rps is not None else self.held_rps
+        at = [p for p in self.probes if p.meets_slo and p.rate_rps == rate]
+        if not at or at[0].output_tokens_per_s <= 0:
+            return None
+        return self.layout.cost_per_hour / (at[0].output_tokens_per_s * 3600.0) * 1e6
+
+    @property
     def requests_per_dollar(self) -> float | None:
         rate = self.goodput_rps if self.goodput_rps is not None else self.held_rps
         if rate is None:

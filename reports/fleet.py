@@ -80,6 +80,7 @@ def _hardware(run: RunData) -> list[Item]:
             fmt_money(r.cost_per_hour),
             fmt_rps(r.held_rps if rate_mode else r.goodput_rps),
             fmt_num(r.requests_per_dollar),
+            fmt_money(r.get("cost_per_million_output_tokens")),
             f"{r.requests_per_dollar / best_rows[0][1].requests_per_dollar:.3f}",
         )
         for label, r in best_rows
@@ -90,7 +91,15 @@ def _hardware(run: RunData) -> list[Item]:
         if rate_mode
         else "Hardware search at equal cost: the mixed plan beside the best single-type plans (goodput "
         "per dollar = requests served per dollar at the goodput; the ratio is to the best).",
-        ("plan", "layout", "cost/h", "holds" if rate_mode else "goodput", "requests per $", "ratio"),
+        (
+            "plan",
+            "layout",
+            "cost/h",
+            "holds" if rate_mode else "goodput",
+            "requests per $",
+            "$ / M output tok",
+            "ratio",
+        ),
         rows,
         highlight=(0,),
     )

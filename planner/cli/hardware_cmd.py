@@ -42,6 +42,7 @@ HARDWARE_COLUMNS = (
     "goodput_rps",
     "held_rps",
     "requests_per_dollar",
+    "cost_per_million_output_tokens",
     "bound_rps",
 )
 
@@ -151,6 +152,7 @@ def hardware_frame(result: HardwareResult) -> pd.DataFrame:
                 "goodput_rps": r.goodput_rps,
                 "held_rps": r.held_rps,
                 "requests_per_dollar": r.requests_per_dollar,
+                "cost_per_million_output_tokens": r.cost_per_million_output_tokens,
                 "bound_rps": r.bound_rps,
             }
         )

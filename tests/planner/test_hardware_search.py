@@ -148,6 +148,12 @@ def test_cli_hardware_search_writes_a_mixed_comparison(tmp_path, monkeypatch):
         assert saved["hardware"] == {"prefill": best.prefill_hardware, "decode": best.decode_hardware}
     assert "best on h100-sxm only" in result.output and "best on a100-80g only" in result.output
     assert (ok.requests_per_dollar - ok.goodput_rps * 3600 / ok.cost_per_hour).abs().max() < 1e-6
+    # $/M output tokens of each layout: its cost over the output tokens/s of its probe at the goodput
+    probes = pd.read_csv(out / "probes.csv")
+    for row in ok.itertuples():
+        at = probes[(probes.candidate_id == row.layout_id) & (probes.rate_rps == row.goodput_rps)]
+        want = row.cost_per_hour / (at.output_tokens_per_s.iloc[0] * 3600) * 1e6
+        assert row.cost_per_million_output_tokens == pytest.approx(want, rel=1e-9)
 
 
 @pytest.mark.parametrize(
