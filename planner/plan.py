@@ -129,6 +129,9 @@ class Plan:
     #: serving weight dtype (fp8, int4, ...) and KV cache dtype when not the model config's (None)
     dtype: str | None = None
     kv_dtype: str | None = None
+    #: hardware per pool when the pools run on different GPU types (``plan.yaml`` then has
+    #: ``hardware: {prefill: h100-sxm, decode: a100-80g}``); empty: every pool on ``hardware``
+    pool_hardware: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -155,6 +158,10 @@ class Plan:
         unknown = [k for k in self.predicted if k not in PREDICTED_KEYS]
         if unknown:
             raise ConfigError(f"plan predicted: unknown keys {unknown}; valid: {list(PREDICTED_KEYS)}")
+        if self.pool_hardware:
+            from pdplan.planner.hardware_mix import check_pool_hardware
+
+            check_pool_hardware(self.mode, self.pool_hardware, self.kv_transfer)
         if not self.feasible:
             return
         needed = ("prefill", "decode", "kv_transfer") if self.mode == "disaggregated" else ("colocated",)
@@ -180,6 +187,10 @@ class Plan:
         """TP per role in use (``prefill``/``decode`` or ``colocated``)."""
         pools = {"prefill": self.prefill, "decode": self.decode, "colocated": self.colocated}
         return {role: pool.tp for role, pool in pools.items() if pool is not None}
+
+    def hardware_of(self, role: str) -> str:
+        """The hardware the ``role`` pool runs on (``hardware`` unless the pools differ)."""
+        return self.pool_hardware.get(role, self.hardware)
 
     def cluster(self, profiles: Mapping[str, Profile]) -> DisaggregatedCluster | ColocatedCluster:
         """The cluster ``pdplan.sim.simulate`` takes, from a profile per role (keys as ``tps``).
@@ -213,7 +224,7 @@ class Plan:
             "schema_version": SCHEMA_VERSION,
             "mode": self.mode,
             "model": self.model,
-            "hardware": self.hardware,
+            "hardware": dict(self.pool_hardware) if self.pool_hardware else self.hardware,
             "gpus": self.gpus,
         }
         for name in ("prefill", "decode", "colocated", "kv_transfer"):
@@ -268,7 +279,13 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
         kwargs["kv_transfer"] = kv_link_from_dict(data["kv_transfer"], source=source)
     if data.get("cache") is not None:
         kwargs["cache"] = cache_from_dict(data["cache"], source=source)
-    for key in ("model", "hardware", "router", "engine", "reason", "dtype", "kv_dtype"):
+    if isinstance(data.get("hardware"), Mapping):
+        from pdplan.planner.hardware_mix import pool_hardware_from_dict
+
+        kwargs["pool_hardware"] = pool_hardware_from_dict(data["hardware"], source=source)
+        kwargs["hardware"] = "+".join(dict.fromkeys(kwargs["pool_hardware"].values()))
+    single = () if "pool_hardware" in kwargs else ("hardware",)
+    for key in ("model", "router", "engine", "reason", "dtype", "kv_dtype", *single):
         if data.get(key) is not None:
             kwargs[key] = str(data[key])
     for key in ("gpu_memory_utilisation", "attainment", "workload", "feasible"):

@@ -81,6 +81,8 @@ class SearchSpec:
     rate_policy: RatePolicy = field(default_factory=RatePolicy)
     workers: int = 1
     confirm: bool = True
+    #: where rate searches run: ``local`` (processes) or ``ray`` / ``ray://HOST:PORT``
+    executor: str = "local"
 
     def __post_init__(self) -> None:
         if (self.max_gpus is None) == (self.target_rate_rps is None):
@@ -187,7 +189,7 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
 
     tick()
     log.debug("search: %d candidates, %d infeasible before simulating", total, len(decided))
-    with executor(spec.workers) as pool:
+    with executor(spec.workers, spec.executor) as pool:
         Scheduler(spec, screen, pool, decided, tick).run(screened)
     evaluations = tuple(decided[c.candidate_id] for c in candidates)
     promise = Settler(spec, screen, evaluations).settle()

@@ -86,14 +86,19 @@ class InlineExecutor(Executor):
         return future
 
 
-def executor(workers: int) -> Executor:
-    """``workers`` processes, or the inline executor for one worker.
+def executor(workers: int, backend: str = "local") -> Executor:
+    """``workers`` processes, or the inline executor for one worker; with ``backend`` ``ray`` or
+    ``ray://HOST:PORT``, Ray tasks (``pdplan.planner.ray_executor``).
 
     Workers are forked where the platform can (Linux): they start in milliseconds with the
     planner already imported, where a fork server or spawned interpreters take seconds to import
     it. Forking is safe because the search runs no threads of its own and the CLI's progress bar
     refreshes from the calling thread (``auto_refresh=False``); elsewhere they are spawned.
     """
+    if backend != "local":
+        from pdplan.planner.ray_executor import RayExecutor
+
+        return RayExecutor(backend, workers)
     if workers == 1:
         return InlineExecutor()
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"

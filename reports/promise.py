@@ -112,7 +112,25 @@ def cost_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
         notes.append("plan.yaml's cost has neither per_hour nor per_million_output_tokens; not shown.")
         return None
     lead = f"Cost at {fmt_money(price)} per GPU-hour" if price is not None else "Cost"
+    pools = _pools_words(cost.get("pools"))
+    if pools:
+        parts[0] += f" ({pools})"
     return f"{lead}: {', '.join(parts)}."
+
+
+def _pools_words(pools: Any) -> str:
+    """'prefill 2 × h100-sxm at $2.50, decode 6 × a100-80g at $1.30' from ``cost.pools``."""
+    if not isinstance(pools, dict):
+        return ""
+    words = []
+    for role, pool in pools.items():
+        if not isinstance(pool, dict):
+            continue
+        gpus, price = _number(pool, "gpus"), _number(pool, "price_per_gpu_hour")
+        if gpus is None or price is None:
+            continue
+        words.append(f"{role} {fmt_num(gpus)} × {pool.get('hardware', '?')} at {fmt_money(price)}")
+    return ", ".join(words)
 
 
 def traffic_sentence(plan: dict[str, Any]) -> str | None:

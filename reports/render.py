@@ -47,7 +47,10 @@ def build_sections(runs: Sequence[RunData], *, strict: bool = False) -> list[Sec
     sections = []
     for key, title, builder in BUILDERS:
         try:
-            sections.append(builder(runs))
+            section = builder(runs)
+            if key == "search":
+                section = _with_fleet(section, runs)
+            sections.append(section)
         except Exception as err:
             if strict:
                 raise
@@ -63,6 +66,25 @@ def build_sections(runs: Sequence[RunData], *, strict: bool = False) -> list[Sec
                 )
             )
     return sections
+
+
+def _with_fleet(section: Section, runs: Sequence[RunData]) -> Section:
+    """The Search section with the hardware search and the cluster policies of ``runs``
+    (``pdplan.reports.fleet``), when any run holds them."""
+    from dataclasses import replace
+
+    from pdplan.reports.fleet import fleet_items
+
+    items, notes = fleet_items(runs)
+    if not items and not notes:
+        return section
+    if section.absent:
+        return (
+            replace(section, items=tuple(items), absent=None, notes=(*section.notes, *notes))
+            if items
+            else section
+        )
+    return replace(section, items=(*section.items, *items), notes=(*section.notes, *notes))
 
 
 def default_title(runs: Sequence[RunData]) -> str:
@@ -97,6 +119,8 @@ def run_setup(run: RunData) -> tuple[str, str | None] | None:
 
 
 def _name(value: object) -> str | None:
+    if isinstance(value, dict) and "name" not in value:  # hardware per pool (plan.yaml)
+        value = " + ".join(f"{role} {hw}" for role, hw in value.items())
     if isinstance(value, dict):
         value = value.get("name")
     return str(value) if value else None

@@ -92,12 +92,23 @@ def search(
         int | None, typer.Option("--workers", help="Worker processes (default: one per core).")
     ] = None,
     price_per_gpu_hour: Annotated[
-        float | None, typer.Option("--price-per-gpu-hour", help="GPU price, to rank and report in dollars.")
+        str | None,
+        typer.Option(
+            "--price-per-gpu-hour", help="Dollars per GPU-hour (one number, or NAME=PRICE per hardware type)."
+        ),
     ] = None,
     kv_link: Annotated[
-        str,
+        str | None,
         typer.Option("--kv-link", help="KV transfer link: nvlink, infiniband, roce, pcie, tcp, loopback."),
-    ] = "nvlink",
+    ] = None,
+    executor: Annotated[
+        str,
+        typer.Option("--executor", help="Where candidates run: local (processes), ray, or ray://HOST:PORT."),
+    ] = "local",
+    budget_per_hour: Annotated[
+        float | None,
+        typer.Option("--budget-per-hour", help="Several --hardware types: dollars per hour to spend."),
+    ] = None,
     traffic: Annotated[
         str | None,
         typer.Option(
@@ -109,7 +120,9 @@ def search(
     ] = False,
 ) -> None:
     """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
+    from pdplan.planner.pricing import parse_prices
     from pdplan.planner.probe import SloTargets
+    from pdplan.planner.ray_executor import check_executor
     from pdplan.planner.rundir import claim_out
     from pdplan.planner.search import SearchSpec
     from pdplan.planner.slo import parse_slo
@@ -120,31 +133,56 @@ def search(
     number("--attainment", attainment, low=0, low_open=True, high=1)
     if rate is not None:
         number("--rate", rate, low=0, low_open=True, high=1e6)
-    if price_per_gpu_hour is not None:
-        number("--price-per-gpu-hour", price_per_gpu_hour, low=0, low_open=True, high=1e4)
+    prices = parse_prices(price_per_gpu_hour) if price_per_gpu_hour is not None else None
     if workers is not None and not 1 <= workers <= 1024:
         raise ConfigError(f"--workers {workers}; expected an integer in [1, 1024]")
     if seed is not None and not 0 <= seed < 2**63:
         raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
     targets = SloTargets(parse_slo(slo), attainment)
+    executor = check_executor(executor)
     if mode not in MODE_CHOICES:
         raise choices_error("--mode", mode, MODE_CHOICES)
+    if (hardware is not None and "," in hardware) or budget_per_hour is not None:
+        if gpus is not None or profile:
+            raise ConfigError(
+                "a search over several --hardware types spends --budget-per-hour or holds --rate; "
+                "leave out --gpus and --profile (it builds analytic profiles per type)"
+            )
+        from pdplan.planner.cli.hardware_search_cmd import hardware_search
+
+        views, described = _traffic(workload, trace, preset, seed, traffic)
+        hardware_search(
+            offers_text=hardware or "",
+            prices_text=price_per_gpu_hour,
+            budget_per_hour=budget_per_hour,
+            rate=rate,
+            model=model,
+            targets=targets,
+            traffic=views,
+            described=described,
+            kv_link=kv_link or "roce",
+            out=out,
+            force=force,
+        )
+        return
     if (gpus is None) == (rate is None):
         raise ConfigError("give exactly one of --gpus N (a budget) and --rate R (a target req/s)")
     views, described = _traffic(workload, trace, preset, seed, traffic)
     profiles = _profiles(profile or [], model, hardware, dtype, kv_dtype)
     for tp, why in sorted(profiles.layouts.items()):
         log.info("tp=%d instances: %s", tp, why)
+    price = prices.of(profiles.hardware) if prices is not None else None
     spec = SearchSpec(
         profiles=profiles,
         traffic=views,
         slo=targets,
-        link=_link(kv_link),
+        link=_link(kv_link or "nvlink"),
         max_gpus=gpus,
         target_rate_rps=rate,
         modes=("disaggregated", "colocated") if mode == "both" else (mode,),
-        price_per_gpu_hour=price_per_gpu_hour,
+        price_per_gpu_hour=price,
         workers=workers if workers is not None else default_workers(),
+        executor=executor,
         **_grid(profiles),
     )
     claim_out(out, "search", force=force)

@@ -94,7 +94,11 @@ def simulate(
         int | None, typer.Option("--workers", help="Search: worker processes (default: one per core).")
     ] = None,
     price_per_gpu_hour: Annotated[
-        float | None, typer.Option("--price-per-gpu-hour", help="Search: rank and report in dollars.")
+        str | None,
+        typer.Option(
+            "--price-per-gpu-hour",
+            help="$ per GPU-hour: one number, or NAME=PRICE per type (h100-sxm=2.5,a100-80g=1.3).",
+        ),
     ] = None,
     kv_link: Annotated[
         str | None,
@@ -105,6 +109,27 @@ def simulate(
         typer.Option(
             "--traffic",
             help="A trace as-recorded (default: replayed whole, with its swings) or stationary (detrended).",
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Plan runs: a cluster policy YAML (static, autoscale, role-switch)."),
+    ] = None,
+    diurnal: Annotated[
+        str | None,
+        typer.Option(
+            "--diurnal", help="Plan runs: stretch --trace to a day, e.g. mean=3,peak_to_trough=3,hours=24."
+        ),
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="Search: where candidates run: local, ray, or ray://HOST:PORT."),
+    ] = None,
+    budget_per_hour: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-per-hour",
+            help="Search over several --hardware types (A,B): dollars per hour to spend, ranked per dollar.",
         ),
     ] = None,
     force: Annotated[
@@ -119,15 +144,21 @@ def simulate(
         "--gpus": gpus,
         "--mode": mode,
         "--workers": workers,
-        "--price-per-gpu-hour": price_per_gpu_hour,
         "--kv-link": kv_link,
+        "--budget-per-hour": budget_per_hour,
+        "--executor": executor,
     }
     if plan is None:
         if slo is None:
             raise ConfigError(
                 "give --plan plan.yaml to evaluate one plan, or --slo SLO with --gpus N or --rate R to search"
             )
-        plan_only = {"--trace-format": trace_format, "--sample-interval": sample_interval}
+        plan_only = {
+            "--trace-format": trace_format,
+            "--sample-interval": sample_interval,
+            "--policy": policy,
+            "--diurnal": diurnal,
+        }
         given = [name for name, value in plan_only.items() if value is not None]
         if warmup != DEFAULT_WARMUP:
             given.append("--warmup")
@@ -153,7 +184,9 @@ def simulate(
             seed=seed,
             workers=workers,
             price_per_gpu_hour=price_per_gpu_hour,
-            kv_link=kv_link or "nvlink",
+            kv_link=kv_link,
+            budget_per_hour=budget_per_hour,
+            executor=executor or "local",
             traffic=traffic,
             force=force,
         )
@@ -163,6 +196,11 @@ def simulate(
         raise ConfigError(f"{', '.join(given)} apply to the --slo search only, not to --plan runs")
     from pdplan.planner.plan import load_plan
 
+    source = _request_source(workload, trace, trace_format, rate, seed, preset, traffic)
+    if diurnal is not None:
+        from pdplan.planner.cli.policy_run import diurnal_source
+
+        source = diurnal_source(source, diurnal, rate)
     _simulate_plan(
         load_plan(plan),
         out=out,
@@ -170,13 +208,15 @@ def simulate(
         model=model,
         hardware=hardware,
         dtypes=(dtype, kv_dtype),
-        source=_request_source(workload, trace, trace_format, rate, seed, preset, traffic),
+        source=source,
+        policy_file=policy,
         slo_text=slo,
         attainment=attainment,
         warmup=warmup,
         sample_interval=sample_interval,
         seed=seed,
         force=force,
+        prices=price_per_gpu_hour,
     )
 
 
@@ -249,16 +289,22 @@ def _simulate_plan(
     sample_interval: float | None,
     seed: int | None,
     force: bool = False,
+    prices: str | None = None,
+    policy_file: Path | None = None,
 ) -> None:
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from pdplan.planner.cli.policy_run import checked_policy, write_policy_files
+    from pdplan.planner.hardware_mix import pool_profiles, roles_hardware
     from pdplan.planner.inputs import role_profiles
     from pdplan.planner.plan import save_plan
+    from pdplan.planner.pricing import parse_prices, plan_cost
     from pdplan.planner.rundir import claim_out, replacing_dir, write_csv, write_run_yaml, write_yaml
     from pdplan.planner.slo import parse_slo
     from pdplan.profiles.validate import number
+    from pdplan.sim.cluster import DisaggregatedCluster
     from pdplan.sim.simulate import SimOptions
     from pdplan.sim.simulate import simulate as run_simulation
     from pdplan.sim.timeseries import timeseries
@@ -271,24 +317,44 @@ def _simulate_plan(
         number("--attainment", attainment, low=0, low_open=True, high=1)
     if seed is not None and not 0 <= seed < 2**63:
         raise ConfigError(f"--seed {seed}; expected an integer in [0, 2**63)")
-    if not profile_dirs and not (model or hardware):
-        model, hardware = plan.model or None, plan.hardware or None
+    price_list = parse_prices(prices) if prices is not None else None
     if not profile_dirs:  # the plan's serving dtypes unless --dtype/--kv-dtype say otherwise
         dtypes = (dtypes[0] or plan.dtype, dtypes[1] or plan.kv_dtype)
-    profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes)
+    if plan.pool_hardware:  # pools on different hardware: a profile per (hardware, TP)
+        if hardware:
+            raise ConfigError("the plan names hardware per pool; leave --hardware out (or edit plan.yaml)")
+        if any(dtypes):
+            raise ConfigError(
+                "--dtype/--kv-dtype (or plan dtype/kv_dtype) are not supported yet for a plan "
+                "with hardware per pool"
+            )
+        profiles = pool_profiles(plan.tps, plan.pool_hardware, model or plan.model, profile_dirs)
+    else:
+        if not profile_dirs and not (model or hardware):
+            model, hardware = plan.model or None, plan.hardware or None
+        profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes)
     _warn_outside_calibration(profiles, source)
     first = next(iter(profiles.values()))
     other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})
     if other:
         log.warning("the plan names model %r but the profiles are of %s", plan.model, other)
+    # profiles of two hardware types label the run per pool, not with the first one's GPU
+    pools_hw = plan.pool_hardware or roles_hardware(profiles)
     plan = replace(
         plan,
         slo=parse_slo(slo_text) if slo_text is not None else plan.slo,
         attainment=attainment if attainment is not None else plan.attainment,
         model=plan.model or first.model.name,
-        hardware=plan.hardware or str(first.hardware.get("name", "")),
+        hardware="+".join(dict.fromkeys(pools_hw.values()))
+        if pools_hw
+        else plan.hardware or str(first.hardware.get("name", "")),
+        pool_hardware=pools_hw,
     )
+    if price_list is not None:
+        for role in plan.tps:
+            price_list.of(plan.hardware_of(role))  # a missing price fails before the run
     cluster = plan.cluster(profiles)
+    policy = checked_policy(policy_file, plan, source) if policy_file is not None else None
     claim_out(out, "simulate", force=force)
     requests = source.requests
     started = time.perf_counter()
@@ -301,13 +367,21 @@ def _simulate_plan(
         transient=True,
     ) as bar:
         task = bar.add_task("simulate", total=len(requests))
-        result = run_simulation(
-            requests,
-            cluster,
-            SimOptions(router=plan.router, closed_loop=source.closed_loop),
-            np.random.default_rng(seed or 0),
-            progress=lambda done, total: bar.update(task, completed=done),
-        )
+        elastic = None
+        if policy is not None:
+            from pdplan.sim.autoscale import simulate_elastic
+
+            assert isinstance(cluster, DisaggregatedCluster), "_policy checked the mode"
+            elastic = simulate_elastic(requests, cluster, policy)
+            result = elastic.result
+        else:
+            result = run_simulation(
+                requests,
+                cluster,
+                SimOptions(router=plan.router, closed_loop=source.closed_loop),
+                np.random.default_rng(seed or 0),
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
     wall_s = time.perf_counter() - started
     if sample_interval is not None and result.end_s / sample_interval > MAX_SAMPLES:
         raise ConfigError(
@@ -325,13 +399,24 @@ def _simulate_plan(
         len(requests) / max(wall_s, 1e-9),
     )
     predicted = _predicted(summary, source)
+    if price_list is not None:
+        cost = plan_cost(plan, price_list, summary.get("output_tokens_per_s"))
+        plan = replace(plan, notes={**plan.notes, "cost": {**cost, "rate_rps": predicted.get("rate_rps")}})
     with replacing_dir(out) as staging:  # the run directory is written whole or not at all
         save_plan(replace(plan, workload=source.description, predicted=predicted), staging / "plan.yaml")
         write_csv(staging / "requests.csv", result.records.to_frame())
         write_yaml(staging / "summary.yaml", summary)
         write_csv(staging / "timeseries.csv", timeseries(result, sample_interval))
+        if elastic is not None:
+            write_policy_files(staging, plan, elastic, price_list, source.description)
         write_run_yaml(staging, "simulate")
     _print(summary, out)
+    cost_note = plan.notes.get("cost") if price_list is not None else None
+    if isinstance(cost_note, dict) and cost_note.get("per_million_output_tokens") is not None:
+        typer.echo(
+            f"cost: ${cost_note['per_hour']:,.2f} per hour, "
+            f"${cost_note['per_million_output_tokens']:,.4g} per million output tokens"
+        )
     _report(out)
 
 
