@@ -92,6 +92,8 @@ def target_plan(plan: Plan, req: TargetRequest) -> TargetPlan:
         hardware=plan.hardware,
         settings=settings,
         ports=ports,
+        dtype=plan.dtype,
+        kv_dtype=plan.kv_dtype,
     )
 
 

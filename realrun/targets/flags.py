@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pdplan.profiles.errors import DeployError
+from pdplan.profiles.model_spec import activation_dtype
 
 VALUE, SWITCH, MANY = "value", "switch", "many"  # flag takes one value / none / one or more
 
@@ -80,6 +81,9 @@ SGLANG = FlagTable(
         "--enable-hierarchical-cache": SWITCH,
         "--hicache-storage-backend": VALUE,  # file | mooncake | hf3fs | nixl | aibrix
         "--disable-radix-cache": SWITCH,
+        "--dtype": VALUE,  # auto | half | float16 | bfloat16 | float | float32
+        "--quantization": VALUE,  # fp8 | awq | gptq | ...
+        "--kv-cache-dtype": VALUE,  # auto | fp8_e5m2 | fp8_e4m3
         "--enable-metrics": SWITCH,
         "--trust-remote-code": SWITCH,
     },
@@ -141,6 +145,9 @@ VLLM = FlagTable(
         "--enable-chunked-prefill": SWITCH,
         "--no-enable-chunked-prefill": SWITCH,
         "--no-enable-prefix-caching": SWITCH,
+        "--dtype": VALUE,  # auto | half | float16 | bfloat16 | float | float32
+        "--quantization": VALUE,  # fp8 | awq | gptq | ...
+        "--kv-cache-dtype": VALUE,  # auto | fp8 | fp8_e4m3 | fp8_e5m2
         "--block-size": VALUE,
         "--num-gpu-blocks-override": VALUE,
         "--kv-transfer-config": VALUE,  # JSON: kv_connector, kv_role
@@ -200,3 +207,33 @@ def flag_values(table: FlagTable, args: Sequence[str]) -> list[tuple[str, list[s
         else:
             out[-1][1].append(arg)
     return out
+
+
+def dtype_flags(dtype: str | None, kv_dtype: str | None, kv_fp8: str) -> list[str]:
+    """The engine flags that serve the plan's weight and KV dtypes (both engines spell them alike):
+    float types → ``--dtype``, fp8 (W8A8, quantised at load) → ``--quantization fp8``, fp8 KV →
+    ``--kv-cache-dtype kv_fp8`` (the engine's name for e4m3). int4 has no flag: the engines read a
+    GPTQ/AWQ checkpoint's quantisation from its config (see ``int4_note``)."""
+    args: list[str] = []
+    if dtype in ("float16", "bfloat16", "float32"):
+        args += ["--dtype", dtype]
+    elif dtype == "fp8":
+        args += ["--quantization", "fp8"]
+    if kv_dtype == "fp8":
+        args += ["--kv-cache-dtype", kv_fp8]
+    elif kv_dtype is not None and dtype is not None and kv_dtype != activation_dtype(dtype):
+        raise DeployError(
+            f"kv_dtype {kv_dtype} beside {dtype} weights: the engines hold KV in the activation dtype "
+            f"({activation_dtype(dtype)}) or in fp8"
+        )
+    return args
+
+
+def int4_note(dtype: str | None) -> str:
+    """What a user must do for an int4 plan (empty otherwise)."""
+    if dtype != "int4":
+        return ""
+    return (
+        "the plan was simulated with int4 weights: give --model-path a GPTQ/AWQ int4 checkpoint (the "
+        "engines read its quantisation from its config; no flag quantises bf16 weights to int4)"
+    )

@@ -140,6 +140,9 @@ class TargetPlan:
     hardware: str = ""
     settings: LaunchSettings = field(default_factory=LaunchSettings)
     ports: Ports = field(default_factory=Ports)
+    #: serving weight and KV dtypes the plan was simulated with (None: the checkpoint's own)
+    dtype: str | None = None
+    kv_dtype: str | None = None
 
     @property
     def model_path(self) -> str:

@@ -16,6 +16,8 @@ Plan → SGLang flags (each checked against ``flags.SGLANG``):
   the roles that prefill;
 - colocated ``reuse_preempted_kv: false`` (simulated without the prefix cache) →
   ``--disable-radix-cache``;
+- plan ``dtype`` / ``kv_dtype`` → ``--dtype`` (float types) or ``--quantization fp8``, and
+  ``--kv-cache-dtype fp8_e4m3`` (``flags.dtype_flags``; int4 needs an int4 checkpoint: a note);
 - placement → ``--base-gpu-id``, ``--port``; across nodes ``--dist-init-addr --nnodes --node-rank``;
 - ``router`` → ``sglang_router.launch_router --policy`` (``flags.SGLANG_ROUTER_POLICIES``).
 """
@@ -80,6 +82,7 @@ def engine_argv(plan: TargetPlan, p: Placement, rank: int) -> list[str]:
         args += ["--enable-hierarchical-cache", "--hicache-storage-backend", "mooncake"]
     if isinstance(pool, ColocatedPool) and not pool.reuse_preempted_kv:
         args.append("--disable-radix-cache")  # the plan was simulated without the prefix cache
+    args += flags.dtype_flags(plan.dtype, plan.kv_dtype, kv_fp8="fp8_e4m3")
     args.append("--enable-metrics")
     flags.check_argv(flags.SGLANG, args)
     return [*flags.SGLANG.entry, *args]
@@ -131,7 +134,7 @@ def build(plan: TargetPlan) -> Bundle:
             )  # fmt: skip
     argv, note = router_argv(plan, placements)
     processes.append(Process("router", "router", 0, tuple(argv), plan.ports.router))
-    notes = (note,) if note else ()
+    notes = tuple(n for n in (note, flags.int4_note(plan.dtype)) if n)
     versions = {"sglang": flags.SGLANG.version, "sglang-router": flags.SGLANG_ROUTER.version}
     files = {"hosts.env": hosts_env(num_nodes)}
     for node in range(num_nodes):
@@ -208,6 +211,7 @@ def parse_bundle(files: Mapping[str, str]) -> TargetPlan:
         str(_one(first, "--model-path", "")), str(backend), gpus_per_node, store, parallel
     )
     reverse = {policy: name for name, (policy, _note) in flags.SGLANG_ROUTER_POLICIES.items()}
+    dtype = "fp8" if _one(first, "--quantization", "") == "fp8" else first.get("--dtype", [None])[0]
     return TargetPlan(
         mode=mode,
         model=settings.model_path or "",
@@ -215,6 +219,8 @@ def parse_bundle(files: Mapping[str, str]) -> TargetPlan:
         router=reverse[_one(router, "--policy", "round_robin")],
         mem_fraction=float(_one(first, "--mem-fraction-static", 0.9)),
         settings=settings,
+        dtype=dtype,
+        kv_dtype="fp8" if _one(first, "--kv-cache-dtype", "auto").startswith("fp8") else None,
     )
 
 

@@ -11,6 +11,8 @@ Plan → vLLM (each flag checked against ``flags.VLLM``):
   context within the batch budget without chunking; said in the README's notes);
 - ``max_kv_tokens`` → ``--block-size 16 --num-gpu-blocks-override ceil(tokens/16)``;
 - colocated ``reuse_preempted_kv: false`` → ``--no-enable-prefix-caching``;
+- plan ``dtype`` / ``kv_dtype`` → ``--dtype`` (float types) or ``--quantization fp8``, and
+  ``--kv-cache-dtype fp8`` (int4 needs an int4 checkpoint: a note);
   ``gpu_memory_utilisation`` → ``--gpu-memory-utilization``;
 - a disaggregated role → ``--kv-transfer-config`` with ``kv_connector`` NixlConnector or
   MooncakeConnector and ``kv_role`` kv_producer (prefill) or kv_consumer (decode);
@@ -86,6 +88,7 @@ def engine_process(plan: TargetPlan, p: Placement, rank: int) -> Process:
     args += ["--max-num-seqs", str(pool.max_batch_size), "--gpu-memory-utilization", f"{fraction:g}"]
     if isinstance(pool, ColocatedPool) and not pool.reuse_preempted_kv:
         args.append("--no-enable-prefix-caching")  # the plan was simulated without the prefix cache
+    args += flags.dtype_flags(plan.dtype, plan.kv_dtype, kv_fp8="fp8")
     chunk = pool.chunk_tokens if isinstance(pool, PrefillPool) else None
     if isinstance(pool, ColocatedPool) and pool.policy == "chunked":
         chunk = pool.chunk_tokens
@@ -190,6 +193,8 @@ def build(plan: TargetPlan) -> Bundle:
             break
     if front == "proxy.sh":
         notes.append("proxy.sh runs vLLM's toy_proxy_server.py from a vLLM source checkout: set VLLM_SRC")
+    if flags.int4_note(plan.dtype):
+        notes.append(flags.int4_note(plan.dtype))
     processes.append(
         Process("router" if front == "router.sh" else "proxy", "router", 0, tuple(argv), plan.ports.router)
     )

@@ -128,3 +128,52 @@ def test_a_plan_simulated_without_the_prefix_cache_turns_it_off_in_the_engines()
             bundle = module.build(target_plan(plan("colocated", **changes), TargetRequest(name)))
             text = "\n".join(bundle.files.values())
             assert (flag in text) == present, (name, changes)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "kv_dtype", "sglang_flags", "vllm_flags"),
+    [
+        ("fp8", None, ["--quantization fp8"], ["--quantization fp8"]),
+        (None, "fp8", ["--kv-cache-dtype fp8_e4m3"], ["--kv-cache-dtype fp8"]),
+        ("fp8", "fp8", ["--quantization fp8", "--kv-cache-dtype fp8_e4m3"], ["--quantization fp8"]),
+        ("float16", None, ["--dtype float16"], ["--dtype float16"]),
+    ],
+)
+def test_the_engines_serve_the_dtypes_the_plan_was_simulated_with(
+    dtype: str | None, kv_dtype: str | None, sglang_flags: list[str], vllm_flags: list[str]
+) -> None:
+    from target_cases import plan
+
+    from pdplan.planner.cli.deploy_targets import TargetRequest, target_plan
+
+    changes = {k: v for k, v in (("dtype", dtype), ("kv_dtype", kv_dtype)) if v is not None}
+    for name, module, expected in (("sglang", sglang, sglang_flags), ("vllm", vllm, vllm_flags)):
+        text = "\n".join(
+            module.build(target_plan(plan("colocated", **changes), TargetRequest(name))).files.values()
+        )
+        for flag in expected:
+            assert flag in text, (name, flag)
+        plain = "\n".join(module.build(target_plan(plan("colocated"), TargetRequest(name))).files.values())
+        assert "--quantization" not in plain and "--kv-cache-dtype" not in plain
+
+
+def test_an_int4_plan_says_it_needs_an_int4_checkpoint() -> None:
+    from target_cases import plan
+
+    from pdplan.planner.cli.deploy_targets import TargetRequest, target_plan
+
+    for name, module in (("sglang", sglang), ("vllm", vllm)):
+        bundle = module.build(target_plan(plan("colocated", dtype="int4"), TargetRequest(name)))
+        assert any("GPTQ/AWQ int4 checkpoint" in note for note in bundle.notes), name
+        assert "--quantization" not in "\n".join(bundle.files.values())
+
+
+def test_a_kv_dtype_the_engines_cannot_hold_is_an_error() -> None:
+    from target_cases import plan
+
+    from pdplan.planner.cli.deploy_targets import TargetRequest, target_plan
+
+    with pytest.raises(DeployError, match="kv_dtype float32"):
+        sglang.build(
+            target_plan(plan("colocated", dtype="bfloat16", kv_dtype="float32"), TargetRequest("sglang"))
+        )

@@ -80,8 +80,9 @@ _pools = st.one_of(
     mem=st.sampled_from([0.5, 0.8, 0.88, 0.9]),
     backend=st.sampled_from(["mooncake", "nixl"]),
     store=st.sampled_from([None, "mooncake"]),
+    dtypes=st.sampled_from([(None, None), ("fp8", None), ("fp8", "fp8"), (None, "fp8"), ("float16", None)]),
 )
-def test_any_plan_survives_the_scripts(pools, router, mem, backend, store) -> None:  # type: ignore[no-untyped-def]
+def test_any_plan_survives_the_scripts(pools, router, mem, backend, store, dtypes) -> None:  # type: ignore[no-untyped-def]
     roles = ("prefill", "decode") if len(pools) == 2 else ("colocated",)
     mode = "disaggregated" if len(pools) == 2 else "colocated"
     par = {}
@@ -89,7 +90,9 @@ def test_any_plan_survives_the_scripts(pools, router, mem, backend, store) -> No
         par["decode"] = RoleParallel(dp=8, ep=16, dp_attention=True)
     settings_ = LaunchSettings("org/model", backend if mode == "disaggregated" else "mooncake", 8, store, par)
     pairs = tuple(zip(roles, pools, strict=True))
-    original = TargetPlan(mode, "org/model", pairs, router, mem, settings=settings_)
+    original = TargetPlan(
+        mode, "org/model", pairs, router, mem, settings=settings_, dtype=dtypes[0], kv_dtype=dtypes[1]
+    )
     back = sglang.parse_bundle(sglang.build(original).files)
     assert back == original
 
