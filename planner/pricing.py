@@ -103,9 +103,10 @@ def _price(what: str, text: str) -> float:
 
 
 def _catalog_price(hardware: str) -> float | None:
-    from pdplan.profiles.hardware import CATALOG
+    """The price a catalog entry or a hardware YAML file (its ``price_per_hour``) states."""
+    from pdplan.profiles.hardware import CATALOG, get_hardware, is_hardware_file
 
-    entry = CATALOG.get(hardware)
+    entry = get_hardware(hardware) if is_hardware_file(hardware) else CATALOG.get(hardware)
     return None if entry is None or entry.price_per_hour is None else float(entry.price_per_hour)
 
 

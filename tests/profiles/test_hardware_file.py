@@ -71,3 +71,16 @@ def test_fp8_peak_applies_to_fp8_weights_only() -> None:
     h100, a100 = CATALOG["h100-sxm"], CATALOG["a100-80g"]
     assert h100.peak_tflops("fp8") == 1978.9 and h100.peak_tflops("int4") == 989.4
     assert a100.peak_tflops("fp8") == 312.0  # no fp8 tensor cores: weight-only, bf16 math
+
+
+def test_a_hardware_file_states_its_own_price(tmp_path: Path) -> None:
+    from pdplan.planner.pricing import parse_prices
+
+    path = _write(tmp_path, H800_LIKE)
+    # no price on the command line for this type: the file's price_per_hour is used
+    assert parse_prices("h100-sxm=3").of(path) == 2.5
+    unpriced = tmp_path / "unpriced"
+    unpriced.mkdir()
+    bare = _write(unpriced, {k: v for k, v in H800_LIKE.items() if k != "price_per_hour"})
+    with pytest.raises(ConfigError, match="no price for"):
+        parse_prices("h100-sxm=3").of(bare)
