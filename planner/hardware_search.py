@@ -20,6 +20,11 @@ reach the rate it would need to beat the best goodput per dollar so far *of its 
 without a probe, and one that misses the SLO at that rate after one probe is ``below_need``. The
 groups are: all mixed layouts; each type's single-type disaggregated layouts; each type's colocated
 layout — so the best of each group is exact and the comparison at equal cost is fair.
+
+The promise is the main search's (``pdplan.planner.confirm``): each group's best goodput is
+confirmed on the user's replays (for a synthetic workload, its seed and five more with the
+spread margin), re-ranking until every group's best is confirmed; in rate mode a layout holds the
+target only if every replay does. A trace as recorded is its own replay: nothing is re-simulated.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pdplan.planner.bounds import Demand, capacity_bound
+from pdplan.planner.confirm import goodput_on_replays, holds_at
 from pdplan.planner.hardware_mix import INTRA_NODE_LINKS
 from pdplan.planner.probe import Probe, SloTargets, probe_requests
 from pdplan.planner.profileset import DEFAULT_TPS
-from pdplan.planner.rate import OK, RatePolicy, find_goodput
+from pdplan.planner.rate import NEVER, OK, RatePolicy, find_goodput
 from pdplan.planner.space import Candidate
 from pdplan.planner.traffic import Traffic
 from pdplan.profiles.errors import ConfigError, ProfileError
@@ -50,6 +56,8 @@ MIXED, SINGLE, COLOCATED = "mixed", "single", "colocated"
 HELD, MISSED, COSTLIER = "held", "missed", "costlier"
 #: rate mode: layouts up to this multiple of each role's fewest instances (by bound) are tried
 RATE_MODE_FACTOR = 2
+#: rounds of confirming each group's best on the replays before giving up on a stable best
+MAX_CONFIRM_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -343,8 +351,40 @@ def run_hardware_search(spec: HardwareSpec, progress: Progress | None = None) ->
             )
         if progress is not None:
             progress(i + 1, len(order))
+    _confirm_group_bests(spec, costs, decided)
     results = tuple(decided[lay.candidate.candidate_id] for lay in layouts)
     return HardwareResult(spec, results, tps, time.perf_counter() - start)
+
+
+def _confirm_group_bests(spec: HardwareSpec, costs: _Costs, decided: dict[str, LayoutResult]) -> None:
+    """Confirm each group's best goodput on the user's replays, as the main search does
+    (``pdplan.planner.confirm``: the seed and five more, with the spread margin), until every
+    group's best is a confirmed one (a confirmed goodput can be lower, so another layout may
+    lead). Where the probes already are the replays (a trace as recorded) nothing is re-simulated."""
+    if spec.traffic.probes_are_replays:
+        return
+    confirmed: set[str] = set()
+    for _ in range(MAX_CONFIRM_ROUNDS):
+        bests: dict[str, LayoutResult] = {}
+        ok = [r for r in decided.values() if r.status == OK and r.goodput_rps is not None]
+        for r in sorted(ok, key=lambda r: (-(r.requests_per_dollar or 0.0), r.layout.label)):
+            bests.setdefault(_group(r.layout), r)
+        todo = [r for r in bests.values() if r.layout.candidate.candidate_id not in confirmed]
+        if not todo:
+            return
+        for r in todo:
+            cid = r.layout.candidate.candidate_id
+            confirmed.add(cid)
+            assert r.goodput_rps is not None
+            cluster = costs.cluster(r.layout, spec.link)
+            conf = goodput_on_replays(
+                cluster, spec.traffic, spec.slo, r.bound_rps, r.goodput_rps, spec.policy
+            )
+            log.info("%s: search %.4g req/s, replays %s", r.layout.label, r.goodput_rps, conf.goodput_rps)
+            status = OK if conf.goodput_rps is not None else NEVER
+            decided[cid] = replace(
+                r, status=status, goodput_rps=conf.goodput_rps, probes=r.probes + conf.probes
+            )
 
 
 def rate_layouts(
@@ -418,7 +458,6 @@ def _cheapest(
         )
         unit_bounds[pre] = dict(capacity_bound(one.candidate, costs.roles(one), demand).by_role)
     traffic, slo = spec.traffic, spec.slo
-    requests = traffic.probe_list(rate)
     held: set[str] = set()
     results = []
     for layout in rate_layouts(spec, tps, unit_bounds):
@@ -427,7 +466,8 @@ def _cheapest(
             results.append(LayoutResult(layout, COSTLIER, None))
             continue
         cluster = costs.cluster(layout, spec.link)
-        probe = probe_requests(cluster, requests, rate, slo, traffic.warmup_fraction, traffic.stability)
+        # held on the user's replays (the trace itself, or the seed and five more)
+        probe = holds_at(cluster, traffic, slo, rate)
         if probe.meets_slo:
             held.add(group)
         status = HELD if probe.meets_slo else MISSED
