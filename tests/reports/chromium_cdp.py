@@ -9,9 +9,11 @@ the result of a JavaScript probe, and a full-page PNG screenshot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -186,12 +188,16 @@ def load_page(
 ) -> PageLoad:
     """Open ``page`` (a local file), wait for ``load``, run ``probe_js``, take a full-page screenshot,
     and with ``pdf`` print it (A4, the page's print CSS)."""
-    with tempfile.TemporaryDirectory(prefix="pdplan-chromium-") as tmp:
+    # Chromium's helper processes (renderer, crashpad) can still be writing the profile when the
+    # browser has exited: the whole process group is ended, and a file they left behind must not
+    # fail the test (a flaky "Directory not empty: 'Default'" on cleanup otherwise).
+    with tempfile.TemporaryDirectory(prefix="pdplan-chromium-", ignore_cleanup_errors=True) as tmp:
         profile_dir = Path(tmp)
         proc = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port = _devtools_port(profile_dir, proc, timeout_s)
@@ -204,12 +210,18 @@ def load_page(
             finally:
                 ws.close()
         finally:
-            proc.terminate()
+            _end_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _end_group(proc, signal.SIGKILL)
                 proc.wait()
+            _end_group(proc, signal.SIGKILL)  # helpers that outlived the browser
+
+
+def _end_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 def _drive(cdp: _Cdp, page: Path, probe_js: str, width: int, pdf: bool) -> PageLoad:
