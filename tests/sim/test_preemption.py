@@ -16,7 +16,8 @@ from test_reference import _colocated, _disagg, _workload
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, simulate
-from pdplan.sim.colocated import ColocatedRun, PreemptingColocatedInstance, cached_prefix
+from pdplan.sim.colocated import ColocatedRun
+from pdplan.sim.colocated_preempt import PreemptingColocatedInstance, cached_prefix
 from pdplan.sim.decode import PreemptingDecodeInstance
 from pdplan.sim.disagg import Run
 
