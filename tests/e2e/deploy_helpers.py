@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,30 @@ TEST_MODEL = Path(__file__).resolve().parents[1] / "realrun" / "models" / "pd-te
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
+    """A free port *below* the kernel's ephemeral range: a deployment takes the ports after it in
+    sequence, and inside that range an outgoing connection (a health check) can take one of them
+    between the choice and the worker's bind, failing the worker's start."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low - 64))
+        if all(_bindable(p) for p in range(port, port + 16)):
+            return port
+    with socket.socket() as probe:  # no free block below it: any free port
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def write_plan(path: Path, mode: str = "disaggregated", **sections: dict[str, Any]) -> Path:
