@@ -15,7 +15,7 @@ TP 1-8, 1-32768 tokens; A100-80GB SXM and H100 SXM). ``bench/fidelity.py`` print
 per op, per TP, and leave-one-model-out; ``tests/profiles/test_gemm.py`` refits and checks that
 these constants are what the data gives.
 
-GPUs Vidur did not measure borrow the closest family (stated in ``FAMILY``): Ampere and the L40S
+GPUs Vidur did not measure borrow the closest family (``Hardware.kernel_family``): Ampere and the L40S
 take the A100 fit, Hopper/Blackwell and MI300X the H100 fit. AD102 parts whose tensor rate is
 low for their power budget (RTX 4090: bf16 with fp32 accumulate at half rate, 165 TFLOP/s; L20)
 run large GEMMs near their datasheet peak: cuBLAS reaches 105-115 of the L20's 119.5 TFLOP/s
@@ -85,26 +85,6 @@ FITS: dict[str, KernelFit] = {
     # not fitted: cuBLAS's MFU on AD102, bandwidth fractions transferred (see the module docstring)
     "ada": transferred_fit("ada", 0.92, _FITTED["a100"], _FITTED),
 }
-#: Which fit a catalog GPU uses (Vidur measured a100-80g and h100-sxm; the rest borrow).
-FAMILY: dict[str, str] = {
-    "a100-80g": "a100",
-    "a100-40g": "a100",
-    "l40s": "a100",
-    "rtx-4090": "ada",
-    "h100-sxm": "h100",
-    "h100-pcie": "h100",
-    "h200": "h100",
-    "b200": "h100",
-    "mi300x": "h100",
-    "h800": "h100",
-    "h20": "h100",
-    "gb200": "h100",
-    "mi325x": "h100",
-    "a10g": "a100",
-    "l20": "ada",
-    "rtx-pro-6000": "a100",
-    "rtx-pro-6000-server": "a100",
-}
 #: Peaks Vidur's GPUs were priced at (the catalog's datasheet figures: A100-80GB SXM, H100 SXM).
 VIDUR_PEAKS: dict[str, tuple[float, float]] = {"a100": (312e12, 2039e9), "h100": (989.4e12, 3350e9)}
 
@@ -121,12 +101,15 @@ def fit_source(hardware_name: str, family: str) -> str:
     return f"borrowed: the {family} fit on Vidur op times"
 
 
-def kernel_fit(hardware_name: str) -> KernelFit:
-    """The fit a GPU (or a family name, ``a100``/``h100``: ``Hardware.kernel_family``) uses; the CPU
-    and unknown parts get the A100 fit (an assumption)."""
-    if hardware_name in FITS:
-        return FITS[hardware_name]
-    return FITS[FAMILY.get(hardware_name, "a100")]
+def kernel_fit(name: str) -> KernelFit:
+    """The fit of a family (``a100``/``h100``/``ada``: ``Hardware.kernel_family``) or of a catalog
+    GPU (by its ``kernel_family``); the CPU and unknown parts get the A100 fit (an assumption)."""
+    if name in FITS:
+        return FITS[name]
+    from pdplan.profiles.hardware import CATALOG
+
+    hw = CATALOG.get(name)
+    return FITS[hw.kernel_family if hw is not None else "a100"]
 
 
 def gemm_s(fit: KernelFit, flops: float, num_bytes: float, peak_flops: float, bandwidth: float) -> float:
