@@ -187,14 +187,15 @@ class LatencyModel:
     def to_dict(self) -> dict[str, object]:
         """Coefficients, knees and fit errors as written into ``profile.yaml`` under ``latency_model``."""
         prefill = {k: float(v) for k, v in zip(PREFILL_TERMS, self.prefill_coef, strict=True)}
-        decode: dict[str, object] = {k: float(v) for k, v in zip(DECODE_TERMS, self.decode_coef, strict=True)}
+        decode = {k: float(v) for k, v in zip(DECODE_TERMS, self.decode_coef, strict=True)}
         if self.experts is not None:
             decode["per_expert_gb_ms"] = float(self.decode_expert_coef)
-            decode["experts"] = self.experts.to_dict()
         out: dict[str, object] = {
             "prefill": {**prefill, "knee_tokens": float(self.prefill_knee_tokens)},
             "decode": {**decode, "knee_batch": float(self.decode_knee_batch)},
         }
+        if self.experts is not None:
+            out["experts"] = self.experts.to_dict()  # what X(B) of the per_expert_gb_ms term reads
         if self.prefill_loo and self.decode_loo:
             out["loo_error"] = {"prefill": self.prefill_loo.to_dict(), "decode": self.decode_loo.to_dict()}
         return out
