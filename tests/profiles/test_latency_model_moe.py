@@ -152,3 +152,15 @@ def written_decode_ms(written: dict, batch: int, context: int) -> float:
         + d["per_context_token_ms"] * context
         + d["per_expert_gb_ms"] * reads.gb(batch)
     )
+
+
+def test_the_report_states_the_experts_term(tmp_path) -> None:
+    from pdplan.reports.profile_fit import build_profile
+    from pdplan.reports.rundir import RunData
+
+    profile = analytic_profile(load_model_spec("qwen3-30b-a3b"), "h100-sxm")
+    table = next(
+        i for i in build_profile([RunData(path=tmp_path, profile=profile)]).items if i.kind == "table"
+    )
+    decode = next(row[1] for row in table.rows if row[0] == "decode")
+    assert decode.endswith(" + 307.1 µs per GB of experts read"), decode  # m ≈ 1 / 3.28 TB/s
