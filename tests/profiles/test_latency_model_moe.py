@@ -164,3 +164,17 @@ def test_the_report_states_the_experts_term(tmp_path) -> None:
     )
     decode = next(row[1] for row in table.rows if row[0] == "decode")
     assert decode.endswith(" + 307.1 µs per GB of experts read"), decode  # m ≈ 1 / 3.28 TB/s
+
+
+def test_a_calibrated_moe_profile_refits_to_the_scaled_model() -> None:
+    from pdplan.planner.calibrate import calibrated_profile
+
+    profile = analytic_profile(load_model_spec("qwen3-30b-a3b"), "h100-sxm")
+    params = Params(step_overhead_ms=1.0, bandwidth_scale=1.2)
+    refit = calibrated_profile(profile, params, {"params": params.to_dict()}).latency
+    scaled = scaled_model(profile.latency, params)
+    assert refit.experts == profile.latency.experts
+    assert refit.decode_expert_coef == pytest.approx(1.2 * profile.latency.decode_expert_coef, rel=0.02)
+    for batch, context in ((1, 128), (8, 2048), (64, 1024), (256, 4096)):
+        expected = scaled.decode_ms(batch, batch * context)
+        assert refit.decode_ms(batch, batch * context) == pytest.approx(expected, rel=0.02)
