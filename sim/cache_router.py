@@ -101,7 +101,7 @@ def cache_aware(
             if matched and best_k / count > threshold:
                 w = matched.index(best_k)
             else:
-                sizes = [len(t) for t in trees]
+                sizes = [len(t.stamp) + t.anonymous for t in trees]  # len(t), inlined
                 w = sizes.index(min(sizes))
         if count:
             trees[w].touch_path(named[rid], cap, anonymous[rid])

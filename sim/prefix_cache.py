@@ -264,26 +264,15 @@ class LruTier:
 
 class SetTier(LruTier):
     """A tier that can hold every block the run will ever write (``TieredCache`` checks): nothing
-    is evicted, so no order is kept — a touch is one set update."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held: set[int] = set()
-        self.has = self.held.__contains__
-
-    def __len__(self) -> int:
-        return len(self.held) + self.anonymous
-
-    def __contains__(self, block: int) -> bool:
-        return block in self.held
+    is evicted, so no order is kept — a touch is one dictionary update."""
 
     def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        held = self.held
-        before = len(held)
-        held.update(path)
-        added = len(held) - before + anonymous
+        stamp = self.stamp
+        before = len(stamp)
+        stamp.update(zip(path, repeat(0)))
+        added = len(stamp) - before + anonymous
         self.anonymous += anonymous
-        assert len(held) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
+        assert len(stamp) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
         self.added += added
         return added, 0
 
