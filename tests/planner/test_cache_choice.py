@@ -102,3 +102,23 @@ def test_tier_sizes_without_prefixes_are_one_line_and_exit_2(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "need traffic that names its prefixes" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_report_states_the_cache_choice_against_no_cache():
+    from pdplan.reports.promise import promise_lines
+
+    choice = {
+        "router": "cache_aware",
+        "goodput_rps": 44.7,
+        "fails_at_rps": 45.6,
+        "without_cache_rps": 20.4,
+        "hit_rate": {"l1": 0.7, "l2": 0.0, "l3": 0.017, "total": 0.717},
+        "options": [{}, {}],
+    }
+    _, lines, notes = promise_lines({"cache_choice": choice})
+    assert notes == [] and len(lines) == 1
+    assert "routing (cache_aware)" in lines[0] and "2 router/tier options" in lines[0]
+    assert "holds 44.7 req/s" in lines[0] and "misses at 45.6 req/s" in lines[0]
+    assert "against 20.4 req/s without a prefix cache" in lines[0] and "L3 1.7%" in lines[0]
+    _, lines, notes = promise_lines({"cache_choice": {"router": "cache_aware"}})
+    assert lines == [] and "cache_choice lacks" in notes[0]
