@@ -191,7 +191,10 @@ def choose_cache(result: SearchResult, options: CacheOptions) -> SearchResult:
     best: CacheTrial | None = None
     for router, cache in options.options():
         cluster = replace(base, cache=cache)
-        need = 0.0 if best is None else best.goodput_rps * (1.0 + policy.tolerance)  # type: ignore[operator]
+        # a more complex option must beat the best so far by more than the rate resolution
+        need = (
+            0.0 if best is None or best.goodput_rps is None else best.goodput_rps * (1.0 + policy.tolerance)
+        )
         outcome = find_goodput(
             replay_probe(cluster, traffic, slo, router),
             max(guide, 1.25 * need),
