@@ -19,7 +19,8 @@ simulated rate at which one misses it. Options are tried simplest first — less
 so far × (1 + the rate search's tolerance) to be searched further; one that cannot is not chosen
 (a tie goes to the simpler option, as a tie between layouts goes to fewer GPUs). The chosen
 option's goodput is the plan's promise; its operating point is simulated at that rate with the
-per-tier hit rates and bytes moved (``CacheStats``).
+per-tier hit rates and bytes moved (``CacheStats``). When no option holds as much as the layout
+without a prefix cache (the search's own, confirmed figure), the plan stays without one.
 """
 
 from __future__ import annotations
@@ -211,8 +212,8 @@ def choose_cache(result: SearchResult, options: CacheOptions) -> SearchResult:
         trials.append(trial)
         if outcome.status == OK:  # past the need: better than the best by more than the tolerance
             best = trial
-    if best is None or best.goodput_rps is None:
-        return result  # no option holds any rate: the layout's cache-less promise stands
+    if best is None or best.goodput_rps is None or best.goodput_rps < chosen.goodput_rps:
+        return result  # no option holds as much as without a cache: the cache-less promise stands
     rate = spec.target_rate_rps or best.goodput_rps
     cluster = replace(base, cache=best.cache)
     operating = simulate_requests(cluster, traffic.replays(rate)[0], router=best.router)
