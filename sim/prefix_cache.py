@@ -40,8 +40,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress, repeat, takewhile
-from operator import eq
+from itertools import takewhile
 
 import numpy as np
 
@@ -146,20 +145,23 @@ class CacheStats:
 class LruTier:
     """One tier's blocks with least-recently-used eviction, cheap per block.
 
-    ``stamp`` maps a block to the clock of its last touch; ``order`` lists the touches, oldest
-    first, as (clock, blocks root first, anonymous blocks), so a touch is one C-level bulk
-    update and an append; blocks touched again since are stale in their old entry and skipped
-    when it is evicted. ``order`` is compacted when stale entries dominate.
+    Blocks are dense ids ``0 .. size − 1`` (``PrefixBlocks.named``). ``stamp[b]`` is the clock
+    of block ``b``'s last touch, 0 when the tier does not hold it (a list: indexing it costs a
+    fraction of a dictionary lookup, and ``has`` is its ``__getitem__``, truthy when held);
+    ``order`` lists the touches, oldest first, as (clock, blocks root first, anonymous blocks);
+    blocks touched again since are stale in their old entry and skipped when it is evicted.
+    ``order`` is compacted when stale entries dominate. Memory: 8 bytes per id, per tier.
 
     *Anonymous* blocks are blocks no other request has (``TieredCache``): they can never be hit,
     so they are only counted — they take capacity and are evicted in their turn (before the
-    touch's named blocks: they are its deepest), without a dictionary entry each.
+    touch's named blocks: they are its deepest), without an entry each.
     """
 
-    def __init__(self) -> None:
-        self.stamp: dict[int, int] = {}
-        self.has: Callable[[int], bool] = self.stamp.__contains__  # the one dict, kept
+    def __init__(self, size: int) -> None:
+        self.stamp: list[int] = [0] * size
+        self.has: Callable[[int], int] = self.stamp.__getitem__
         self.order: deque[tuple[int, list[int], int]] = deque()
+        self.named = 0  # named blocks held
         self.anonymous = 0  # anonymous blocks held
         self.entries = 0  # named blocks listed in ``order``, stale ones included
         self.clock = 0
@@ -167,10 +169,14 @@ class LruTier:
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self.stamp) + self.anonymous
+        return self.named + self.anonymous
 
     def __contains__(self, block: int) -> bool:
-        return block in self.stamp
+        return bool(self.stamp[block])
+
+    def held(self) -> list[int]:
+        """The named blocks held, ascending (for tests and inspection: O(size))."""
+        return [b for b, t in enumerate(self.stamp) if t]
 
     def leading(self, blocks: list[int]) -> int:
         """How many of ``blocks``' leading blocks this tier holds."""
@@ -181,48 +187,36 @@ class LruTier:
         return self.touch_path(deepest_first[::-1], cap, anonymous)
 
     def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        """Mark a request's named blocks (``path``, root first; not modified later) most
-        recently used, the root last so that a prefix outlives its extensions (a radix cache
-        evicts leaves first), add its ``anonymous`` blocks (deeper still), then evict the least
-        recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
+        """Mark a request's named blocks (``path``, root first, no repeats; not modified later)
+        most recently used, the root last so that a prefix outlives its extensions (a radix
+        cache evicts leaves first), add its ``anonymous`` blocks (deeper still), then evict the
+        least recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
         stamp = self.stamp
         self.clock = clock = self.clock + 1
-        n = len(path)
-        if cap <= n + anonymous:  # all older blocks go, then the deepest
-            present = len(stamp) + self.anonymous
-            added = n + anonymous - sum(map(stamp.__contains__, path))
-            named = path[:cap] if cap > 0 else []
-            kept_anonymous = cap - n if cap > n else 0
-            stamp.clear()
-            self.order.clear()
-            stamp.update(zip(named, repeat(clock)))
-            if named or kept_anonymous:
-                self.order.append((clock, named, kept_anonymous))
-            self.entries, self.anonymous = len(named), kept_anonymous
-            evicted = present + added - len(named) - kept_anonymous
-        else:
-            before = len(stamp)
-            stamp.update(zip(path, repeat(clock)))
-            held = len(stamp)
-            added = held - before + anonymous
-            self.order.append((clock, path, anonymous))
-            self.entries += n
-            self.anonymous += anonymous
-            excess = held + self.anonymous - cap
-            evicted = self._evict(excess) if excess > 0 else 0
-            if self.entries > 4 * held + 65536:  # stale entries dominate: drop them
-                self._compact()
+        new = 0
+        for block in path:  # a plain loop over a list: faster here than any C-level bulk call
+            if not stamp[block]:
+                new += 1
+            stamp[block] = clock
+        self.named = held = self.named + new
+        self.order.append((clock, path, anonymous))
+        self.entries += len(path)
+        self.anonymous += anonymous
+        excess = held + self.anonymous - cap
+        evicted = self._evict(excess) if excess > 0 else 0
+        if self.entries > 4 * self.named + 65536:  # stale entries dominate: drop them
+            self._compact()
+        added = new + anonymous
         self.added += added
         self.evicted += evicted
         return added, evicted
 
     def _evict(self, excess: int) -> int:
-        """Evict ``excess`` blocks, least recently used first (within a touch, the anonymous
-        blocks, then the named ones deepest first)."""
+        """Evict ``excess`` blocks (at most all held), least recently used first (within a touch,
+        the anonymous blocks, then the named ones deepest first)."""
         stamp, order = self.stamp, self.order
-        get, pop = stamp.get, stamp.pop
         anonymous_held, entries = self.anonymous, self.entries
-        evicted = excess
+        evicted, gone = excess, 0
         while excess > 0:
             t, group, anonymous = order[0]
             if anonymous:
@@ -233,46 +227,70 @@ class LruTier:
                 anonymous_held -= anonymous
                 excess -= anonymous
             size = len(group)
-            if size <= excess:  # the whole touch goes: its blocks not touched since, in one pass
+            if size <= excess:  # the whole touch goes: its blocks not touched since
                 order.popleft()
                 entries -= size
-                before = len(stamp)
-                deque(map(pop, compress(group, map(eq, repeat(t), map(get, group)))), maxlen=0)
-                excess -= before - len(stamp)
+                for block in group:
+                    if stamp[block] == t:
+                        stamp[block] = 0
+                        gone += 1
+                        excess -= 1
                 continue
-            live = list(compress(group, map(eq, repeat(t), map(get, group))))
-            m = len(live)
-            if m > excess:  # the touch's deepest blocks go; the rest stay, unstale
-                keep = m - excess
-                order[0] = (t, live[:keep], 0)
-                entries += keep - size
-                deque(map(pop, live[keep:]), maxlen=0)
+            # more blocks than must go: from the deepest end, only as far as needed (a touch may
+            # list hundreds of blocks and lose a few at each later touch: never rescan it whole)
+            j = size
+            while j:
+                j -= 1
+                block = group[j]
+                if stamp[block] == t:
+                    stamp[block] = 0
+                    gone += 1
+                    excess -= 1
+                    if not excess:
+                        break
+            if not excess:
+                order[0] = (t, group[:j], 0)
+                entries -= size - j
                 break
-            order.popleft()
+            order.popleft()  # its live blocks were fewer than ``excess``: all gone
             entries -= size
-            deque(map(pop, live), maxlen=0)
-            excess -= m
         self.anonymous, self.entries = anonymous_held, entries
+        self.named -= gone
         return evicted
 
     def _compact(self) -> None:
-        get = self.stamp.get
-        kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in self.order]
+        stamp = self.stamp
+        kept = [(t, [b for b in g if stamp[b] == t], a) for t, g, a in self.order]
         self.order = deque(e for e in kept if e[1] or e[2])
         self.entries = sum(len(g) for _, g, _ in self.order)
 
 
 class SetTier(LruTier):
     """A tier that can hold every block the run will ever write (``TieredCache`` checks): nothing
-    is evicted, so no order is kept — a touch is one dictionary update."""
+    is evicted, so no order is kept — its named blocks are a set (``blocks``; ``stamp`` is not
+    used) and a touch is one set update."""
+
+    def __init__(self, size: int = 0) -> None:
+        super().__init__(0)
+        self.blocks: set[int] = set()
+        self.has = self.blocks.__contains__
+
+    def __len__(self) -> int:
+        return len(self.blocks) + self.anonymous
+
+    def __contains__(self, block: int) -> bool:
+        return block in self.blocks
+
+    def held(self) -> list[int]:
+        return sorted(self.blocks)
 
     def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        stamp = self.stamp
-        before = len(stamp)
-        stamp.update(zip(path, repeat(0)))
-        added = len(stamp) - before + anonymous
+        blocks = self.blocks
+        before = len(blocks)
+        blocks.update(path)
+        added = len(blocks) - before + anonymous
         self.anonymous += anonymous
-        assert len(stamp) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
+        assert len(blocks) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
         self.added += added
         return added, 0
 
@@ -306,7 +324,8 @@ class TieredCache:
         self.kv_bytes = kv_bytes_per_token
         block_bytes = kv_bytes_per_token * self.bt
         self.l1_free_tokens = l1_free_tokens
-        self.l1 = [LruTier() for _ in range(num_instances)] if config.l1 else None
+        size = prefix.named_ids
+        self.l1 = [LruTier(size) for _ in range(num_instances)] if config.l1 else None
         self.l2: list[LruTier] | None = None
         self.l3: LruTier | None = None
         self.l2_cap = self.l3_cap = 0
@@ -315,12 +334,12 @@ class TieredCache:
         most = prefix.distinct_blocks
         if config.l2 is not None:
             self.l2_cap = config.l2.capacity_blocks(block_bytes)
-            self.l2 = [LruTier() if self.l2_cap < most else SetTier() for _ in range(num_instances)]
+            self.l2 = [LruTier(size) if self.l2_cap < most else SetTier() for _ in range(num_instances)]
             self.l2_s_per_token = kv_bytes_per_token / (config.l2.bandwidth_gbps * 1e9)
             self.l2_latency_s = config.l2.latency_ms / 1000.0
         if config.l3 is not None:
             self.l3_cap = config.l3.capacity_blocks(block_bytes)
-            self.l3 = LruTier() if self.l3_cap < most else SetTier()
+            self.l3 = LruTier(size) if self.l3_cap < most else SetTier()
             self.l3_s_per_token = kv_bytes_per_token / (config.l3.bandwidth_gbps * 1e9)
             self.l3_latency_s = config.l3.latency_ms / 1000.0
         n = len(prompt)
