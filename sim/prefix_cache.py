@@ -230,24 +230,26 @@ class LruTier:
             if size <= excess:  # the whole touch goes: its blocks not touched since
                 order.popleft()
                 entries -= size
+                before = gone
                 for block in group:
                     if stamp[block] == t:
                         stamp[block] = 0
                         gone += 1
-                        excess -= 1
+                excess -= gone - before
                 continue
             # more blocks than must go: from the deepest end, only as far as needed (a touch may
             # list hundreds of blocks and lose a few at each later touch: never rescan it whole)
-            j = size
+            j, need = size, excess
             while j:
                 j -= 1
                 block = group[j]
                 if stamp[block] == t:
                     stamp[block] = 0
-                    gone += 1
-                    excess -= 1
-                    if not excess:
+                    need -= 1
+                    if not need:
                         break
+            gone += excess - need
+            excess = need
             if not excess:
                 order[0] = (t, group[:j], 0)
                 entries -= size - j

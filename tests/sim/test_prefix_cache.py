@@ -356,6 +356,16 @@ def test_a_tier_that_holds_every_block_is_a_set_with_the_same_answers():
     assert blocks.distinct_blocks == 2 + 3  # named 1, 2 (shared); 3, 4 and 5 only counted
 
 
+def test_named_blocks_are_renumbered_densely_keeping_which_requests_share_them():
+    # Tiers index a list by the named ids: equal hashes get equal ids 0..named_ids-1 (in the
+    # order of the hashes), a repeat within a prompt is one named block, unshared blocks counted.
+    blocks = PrefixBlocks.from_lists([[900, -7, 5], [900, -7, 6, 6], [2**62 + 1, 900], [2**62 + 1, 3]])
+    named, anonymous = blocks.named
+    assert named == [[2, 0], [2, 0, 1], [3, 2], [3]] and anonymous == [1, 0, 0, 1]
+    assert blocks.named_ids == 4 and blocks.distinct_blocks == 4 + 2
+    assert PrefixBlocks.from_lists([[], [1]]).named == ([[], []], [0, 1])
+
+
 def test_cache_aware_trees_evict_requests_that_repeat_a_block():
     # A prompt that repeats a block id holds it once; with a tree smaller than the traffic, its
     # eviction must not drop the block twice (the tree used to fail with KeyError here).
