@@ -32,7 +32,7 @@ import numpy as np
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.prefix import PrefixBlocks
-from pdplan.sim.prefix_cache import LruTier, SetTier
+from pdplan.sim.prefix_cache import MAX_LIST_SLOTS, LruTier, SetTier
 
 Chooser = Callable[[int], int]
 
@@ -85,7 +85,8 @@ def cache_aware(
     # run never evicts, and a set serves it (exactly)
     bounded = blocks is not None and cap < prefix.distinct_blocks
     size = prefix.named_ids if blocks is not None else 0
-    trees: list[LruTier] = [LruTier(size) if bounded else SetTier() for _ in range(n)]
+    dense = n * size <= MAX_LIST_SLOTS
+    trees: list[LruTier] = [LruTier(size, dense) if bounded else SetTier() for _ in range(n)]
     contains = [tree.has for tree in trees]  # LruTier.leading, inlined
     abs_threshold = config.balance_abs_threshold * load_unit
     rel, threshold = config.balance_rel_threshold, config.cache_threshold

@@ -37,7 +37,7 @@ has are counted, not stored (``PrefixBlocks.named``).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import takewhile
@@ -55,6 +55,9 @@ TIERS = ("l1", "l2", "l3")
 DEFAULT_L2_GBPS = 25.0
 DEFAULT_L3_GBPS = 20.0
 DEFAULT_L3_LATENCY_MS = 1.0
+#: The most list slots (8 bytes each: 512 MiB) a run's LRU tiers may hold together; beyond it they
+#: keep their clocks in dictionaries (``LruTier``'s ``dense=False``).
+MAX_LIST_SLOTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -150,16 +153,26 @@ class LruTier:
     fraction of a dictionary lookup, and ``has`` is its ``__getitem__``, truthy when held);
     ``order`` lists the touches, oldest first, as (clock, blocks root first, anonymous blocks);
     blocks touched again since are stale in their old entry and skipped when it is evicted.
-    ``order`` is compacted when stale entries dominate. Memory: 8 bytes per id, per tier.
+    ``order`` is compacted when stale entries dominate. Memory: 8 bytes per id, per tier
+    (``MAX_LIST_SLOTS``).
 
     *Anonymous* blocks are blocks no other request has (``TieredCache``): they can never be hit,
     so they are only counted — they take capacity and are evicted in their turn (before the
     touch's named blocks: they are its deepest), without an entry each.
     """
 
-    def __init__(self, size: int) -> None:
-        self.stamp: list[int] = [0] * size
-        self.has: Callable[[int], int] = self.stamp.__getitem__
+    def __init__(self, size: int, dense: bool = True) -> None:
+        # ``dense=False`` (a run too large for lists, ``MAX_LIST_SLOTS``): a dictionary with the
+        # same reads and writes, memory only for the blocks this tier saw, slower per block
+        self.stamp: list[int] | defaultdict[int, int]
+        self.has: Callable[[int], int | None]
+        if dense:
+            self.stamp = [0] * size
+            self.has = self.stamp.__getitem__
+        else:
+            by_block: defaultdict[int, int] = defaultdict(int)
+            self.stamp = by_block
+            self.has = by_block.get  # a lookup must not insert
         self.order: deque[tuple[int, list[int], int]] = deque()
         self.named = 0  # named blocks held
         self.anonymous = 0  # anonymous blocks held
@@ -176,7 +189,9 @@ class LruTier:
 
     def held(self) -> list[int]:
         """The named blocks held, ascending (for tests and inspection: O(size))."""
-        return [b for b, t in enumerate(self.stamp) if t]
+        stamp = self.stamp
+        pairs = enumerate(stamp) if isinstance(stamp, list) else sorted(stamp.items())
+        return [b for b, t in pairs if t]
 
     def leading(self, blocks: list[int]) -> int:
         """How many of ``blocks``' leading blocks this tier holds."""
@@ -326,24 +341,34 @@ class TieredCache:
         self.kv_bytes = kv_bytes_per_token
         block_bytes = kv_bytes_per_token * self.bt
         self.l1_free_tokens = l1_free_tokens
-        size = prefix.named_ids
-        self.l1 = [LruTier(size) for _ in range(num_instances)] if config.l1 else None
         self.l2: list[LruTier] | None = None
         self.l3: LruTier | None = None
         self.l2_cap = self.l3_cap = 0
         self.l2_s_per_token = self.l3_s_per_token = self.l2_latency_s = self.l3_latency_s = 0.0
-        # a tier that can hold every block of the run never evicts: a set serves it (exactly)
-        most = prefix.distinct_blocks
         if config.l2 is not None:
             self.l2_cap = config.l2.capacity_blocks(block_bytes)
-            self.l2 = [LruTier(size) if self.l2_cap < most else SetTier() for _ in range(num_instances)]
             self.l2_s_per_token = kv_bytes_per_token / (config.l2.bandwidth_gbps * 1e9)
             self.l2_latency_s = config.l2.latency_ms / 1000.0
         if config.l3 is not None:
             self.l3_cap = config.l3.capacity_blocks(block_bytes)
-            self.l3 = LruTier(size) if self.l3_cap < most else SetTier()
             self.l3_s_per_token = kv_bytes_per_token / (config.l3.bandwidth_gbps * 1e9)
             self.l3_latency_s = config.l3.latency_ms / 1000.0
+        # a tier that can hold every block of the run never evicts: a set serves it (exactly)
+        most = prefix.distinct_blocks
+        bounded_l2 = config.l2 is not None and self.l2_cap < most
+        bounded_l3 = config.l3 is not None and self.l3_cap < most
+        size = prefix.named_ids
+        lists = (num_instances * (config.l1 + bounded_l2) + bounded_l3) * size
+        dense = lists <= MAX_LIST_SLOTS
+
+        def tier(bounded: bool) -> LruTier:
+            return LruTier(size, dense) if bounded else SetTier()
+
+        self.l1 = [tier(True) for _ in range(num_instances)] if config.l1 else None
+        if config.l2 is not None:
+            self.l2 = [tier(bounded_l2) for _ in range(num_instances)]
+        if config.l3 is not None:
+            self.l3 = tier(bounded_l3)
         n = len(prompt)
         self.skip = [0] * n
         self.load_s = [0.0] * n

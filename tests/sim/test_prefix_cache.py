@@ -315,7 +315,8 @@ def test_laws_with_a_prefix_cache(seed, n, colocated, tiers, router):
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
 
 
-def test_lru_tier_is_an_ordered_dict_lru():
+@pytest.mark.parametrize("dense", [True, False])
+def test_lru_tier_is_an_ordered_dict_lru(dense):
     # The reference: every block (anonymous ones as fresh ids, deepest) in an OrderedDict, touched
     # deepest first, the oldest evicted beyond cap. LruTier must hold the same named blocks and count.
     from collections import OrderedDict
@@ -323,7 +324,7 @@ def test_lru_tier_is_an_ordered_dict_lru():
     rng = np.random.default_rng(7)
     for _ in range(200):
         ref: OrderedDict[int, None] = OrderedDict()
-        tier, cap, fresh = LruTier(30), int(rng.integers(1, 25)), 10_000
+        tier, cap, fresh = LruTier(30, dense), int(rng.integers(1, 25)), 10_000
         for _ in range(60):
             named = list(dict.fromkeys(rng.integers(0, 30, int(rng.integers(0, 7))).tolist()))
             anonymous = int(rng.integers(0, 4))
