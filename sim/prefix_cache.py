@@ -185,7 +185,7 @@ class LruTier:
         return self.named + self.anonymous
 
     def __contains__(self, block: int) -> bool:
-        return bool(self.stamp[block])
+        return bool(self.has(block))
 
     def held(self) -> list[int]:
         """The named blocks held, ascending (for tests and inspection: O(size))."""
