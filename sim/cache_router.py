@@ -32,7 +32,7 @@ import numpy as np
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.prefix import PrefixBlocks
-from pdplan.sim.prefix_cache import LruTier, SetTier
+from pdplan.sim.prefix_cache import MAX_LIST_SLOTS, LruTier, SetTier
 
 Chooser = Callable[[int], int]
 
@@ -84,7 +84,9 @@ def cache_aware(
     # LRU over blocks, a prefix outliving its extensions; a tree that can hold every block of the
     # run never evicts, and a set serves it (exactly)
     bounded = blocks is not None and cap < prefix.distinct_blocks
-    trees: list[LruTier] = [LruTier() if bounded else SetTier() for _ in range(n)]
+    size = prefix.named_ids if blocks is not None else 0
+    dense = n * size <= MAX_LIST_SLOTS
+    trees: list[LruTier] = [LruTier(size, dense) if bounded else SetTier() for _ in range(n)]
     contains = [tree.has for tree in trees]  # LruTier.leading, inlined
     abs_threshold = config.balance_abs_threshold * load_unit
     rel, threshold = config.balance_rel_threshold, config.cache_threshold
@@ -101,7 +103,7 @@ def cache_aware(
             if matched and best_k / count > threshold:
                 w = matched.index(best_k)
             else:
-                sizes = [len(t.stamp) + t.anonymous for t in trees]  # len(t), inlined
+                sizes = [len(t) for t in trees]
                 w = sizes.index(min(sizes))
         if count:
             trees[w].touch_path(named[rid], cap, anonymous[rid])

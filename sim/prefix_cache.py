@@ -37,11 +37,10 @@ has are counted, not stored (``PrefixBlocks.named``).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress, repeat, takewhile
-from operator import eq
+from itertools import takewhile
 
 import numpy as np
 
@@ -56,6 +55,9 @@ TIERS = ("l1", "l2", "l3")
 DEFAULT_L2_GBPS = 25.0
 DEFAULT_L3_GBPS = 20.0
 DEFAULT_L3_LATENCY_MS = 1.0
+#: The most list slots (8 bytes each: 512 MiB) a run's LRU tiers may hold together; beyond it they
+#: keep their clocks in dictionaries (``LruTier``'s ``dense=False``).
+MAX_LIST_SLOTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -146,20 +148,33 @@ class CacheStats:
 class LruTier:
     """One tier's blocks with least-recently-used eviction, cheap per block.
 
-    ``stamp`` maps a block to the clock of its last touch; ``order`` lists the touches, oldest
-    first, as (clock, blocks root first, anonymous blocks), so a touch is one C-level bulk
-    update and an append; blocks touched again since are stale in their old entry and skipped
-    when it is evicted. ``order`` is compacted when stale entries dominate.
+    Blocks are dense ids ``0 .. size − 1`` (``PrefixBlocks.named``). ``stamp[b]`` is the clock
+    of block ``b``'s last touch, 0 when the tier does not hold it (a list: indexing it costs a
+    fraction of a dictionary lookup, and ``has`` is its ``__getitem__``, truthy when held);
+    ``order`` lists the touches, oldest first, as (clock, blocks root first, anonymous blocks);
+    blocks touched again since are stale in their old entry and skipped when it is evicted.
+    ``order`` is compacted when stale entries dominate. Memory: 8 bytes per id, per tier
+    (``MAX_LIST_SLOTS``).
 
     *Anonymous* blocks are blocks no other request has (``TieredCache``): they can never be hit,
     so they are only counted — they take capacity and are evicted in their turn (before the
-    touch's named blocks: they are its deepest), without a dictionary entry each.
+    touch's named blocks: they are its deepest), without an entry each.
     """
 
-    def __init__(self) -> None:
-        self.stamp: dict[int, int] = {}
-        self.has: Callable[[int], bool] = self.stamp.__contains__  # the one dict, kept
+    def __init__(self, size: int, dense: bool = True) -> None:
+        # ``dense=False`` (a run too large for lists, ``MAX_LIST_SLOTS``): a dictionary with the
+        # same reads and writes, memory only for the blocks this tier saw, slower per block
+        self.stamp: list[int] | defaultdict[int, int]
+        self.has: Callable[[int], int | None]
+        if dense:
+            self.stamp = [0] * size
+            self.has = self.stamp.__getitem__
+        else:
+            by_block: defaultdict[int, int] = defaultdict(int)
+            self.stamp = by_block
+            self.has = by_block.get  # a lookup must not insert
         self.order: deque[tuple[int, list[int], int]] = deque()
+        self.named = 0  # named blocks held
         self.anonymous = 0  # anonymous blocks held
         self.entries = 0  # named blocks listed in ``order``, stale ones included
         self.clock = 0
@@ -167,10 +182,16 @@ class LruTier:
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self.stamp) + self.anonymous
+        return self.named + self.anonymous
 
     def __contains__(self, block: int) -> bool:
-        return block in self.stamp
+        return bool(self.has(block))
+
+    def held(self) -> list[int]:
+        """The named blocks held, ascending (for tests and inspection: O(size))."""
+        stamp = self.stamp
+        pairs = enumerate(stamp) if isinstance(stamp, list) else sorted(stamp.items())
+        return [b for b, t in pairs if t]
 
     def leading(self, blocks: list[int]) -> int:
         """How many of ``blocks``' leading blocks this tier holds."""
@@ -181,48 +202,36 @@ class LruTier:
         return self.touch_path(deepest_first[::-1], cap, anonymous)
 
     def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        """Mark a request's named blocks (``path``, root first; not modified later) most
-        recently used, the root last so that a prefix outlives its extensions (a radix cache
-        evicts leaves first), add its ``anonymous`` blocks (deeper still), then evict the least
-        recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
+        """Mark a request's named blocks (``path``, root first, no repeats; not modified later)
+        most recently used, the root last so that a prefix outlives its extensions (a radix
+        cache evicts leaves first), add its ``anonymous`` blocks (deeper still), then evict the
+        least recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
         stamp = self.stamp
         self.clock = clock = self.clock + 1
-        n = len(path)
-        if cap <= n + anonymous:  # all older blocks go, then the deepest
-            present = len(stamp) + self.anonymous
-            added = n + anonymous - sum(map(stamp.__contains__, path))
-            named = path[:cap] if cap > 0 else []
-            kept_anonymous = cap - n if cap > n else 0
-            stamp.clear()
-            self.order.clear()
-            stamp.update(zip(named, repeat(clock)))
-            if named or kept_anonymous:
-                self.order.append((clock, named, kept_anonymous))
-            self.entries, self.anonymous = len(named), kept_anonymous
-            evicted = present + added - len(named) - kept_anonymous
-        else:
-            before = len(stamp)
-            stamp.update(zip(path, repeat(clock)))
-            held = len(stamp)
-            added = held - before + anonymous
-            self.order.append((clock, path, anonymous))
-            self.entries += n
-            self.anonymous += anonymous
-            excess = held + self.anonymous - cap
-            evicted = self._evict(excess) if excess > 0 else 0
-            if self.entries > 4 * held + 65536:  # stale entries dominate: drop them
-                self._compact()
+        new = 0
+        for block in path:  # a plain loop over a list: faster here than any C-level bulk call
+            if not stamp[block]:
+                new += 1
+            stamp[block] = clock
+        self.named = held = self.named + new
+        self.order.append((clock, path, anonymous))
+        self.entries += len(path)
+        self.anonymous += anonymous
+        excess = held + self.anonymous - cap
+        evicted = self._evict(excess) if excess > 0 else 0
+        if self.entries > 4 * self.named + 65536:  # stale entries dominate: drop them
+            self._compact()
+        added = new + anonymous
         self.added += added
         self.evicted += evicted
         return added, evicted
 
     def _evict(self, excess: int) -> int:
-        """Evict ``excess`` blocks, least recently used first (within a touch, the anonymous
-        blocks, then the named ones deepest first)."""
+        """Evict ``excess`` blocks (at most all held), least recently used first (within a touch,
+        the anonymous blocks, then the named ones deepest first)."""
         stamp, order = self.stamp, self.order
-        get, pop = stamp.get, stamp.pop
         anonymous_held, entries = self.anonymous, self.entries
-        evicted = excess
+        evicted, gone = excess, 0
         while excess > 0:
             t, group, anonymous = order[0]
             if anonymous:
@@ -233,46 +242,72 @@ class LruTier:
                 anonymous_held -= anonymous
                 excess -= anonymous
             size = len(group)
-            if size <= excess:  # the whole touch goes: its blocks not touched since, in one pass
+            if size <= excess:  # the whole touch goes: its blocks not touched since
                 order.popleft()
                 entries -= size
-                before = len(stamp)
-                deque(map(pop, compress(group, map(eq, repeat(t), map(get, group)))), maxlen=0)
-                excess -= before - len(stamp)
+                before = gone
+                for block in group:
+                    if stamp[block] == t:
+                        stamp[block] = 0
+                        gone += 1
+                excess -= gone - before
                 continue
-            live = list(compress(group, map(eq, repeat(t), map(get, group))))
-            m = len(live)
-            if m > excess:  # the touch's deepest blocks go; the rest stay, unstale
-                keep = m - excess
-                order[0] = (t, live[:keep], 0)
-                entries += keep - size
-                deque(map(pop, live[keep:]), maxlen=0)
+            # more blocks than must go: from the deepest end, only as far as needed (a touch may
+            # list hundreds of blocks and lose a few at each later touch: never rescan it whole)
+            j, need = size, excess
+            while j:
+                j -= 1
+                block = group[j]
+                if stamp[block] == t:
+                    stamp[block] = 0
+                    need -= 1
+                    if not need:
+                        break
+            gone += excess - need
+            excess = need
+            if not excess:
+                order[0] = (t, group[:j], 0)
+                entries -= size - j
                 break
-            order.popleft()
+            order.popleft()  # its live blocks were fewer than ``excess``: all gone
             entries -= size
-            deque(map(pop, live), maxlen=0)
-            excess -= m
         self.anonymous, self.entries = anonymous_held, entries
+        self.named -= gone
         return evicted
 
     def _compact(self) -> None:
-        get = self.stamp.get
-        kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in self.order]
+        stamp = self.stamp
+        kept = [(t, [b for b in g if stamp[b] == t], a) for t, g, a in self.order]
         self.order = deque(e for e in kept if e[1] or e[2])
         self.entries = sum(len(g) for _, g, _ in self.order)
 
 
 class SetTier(LruTier):
     """A tier that can hold every block the run will ever write (``TieredCache`` checks): nothing
-    is evicted, so no order is kept — a touch is one dictionary update."""
+    is evicted, so no order is kept — its named blocks are a set (``blocks``; ``stamp`` is not
+    used) and a touch is one set update."""
+
+    def __init__(self, size: int = 0) -> None:
+        super().__init__(0)
+        self.blocks: set[int] = set()
+        self.has = self.blocks.__contains__
+
+    def __len__(self) -> int:
+        return len(self.blocks) + self.anonymous
+
+    def __contains__(self, block: int) -> bool:
+        return block in self.blocks
+
+    def held(self) -> list[int]:
+        return sorted(self.blocks)
 
     def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        stamp = self.stamp
-        before = len(stamp)
-        stamp.update(zip(path, repeat(0)))
-        added = len(stamp) - before + anonymous
+        blocks = self.blocks
+        before = len(blocks)
+        blocks.update(path)
+        added = len(blocks) - before + anonymous
         self.anonymous += anonymous
-        assert len(stamp) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
+        assert len(blocks) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
         self.added += added
         return added, 0
 
@@ -306,23 +341,34 @@ class TieredCache:
         self.kv_bytes = kv_bytes_per_token
         block_bytes = kv_bytes_per_token * self.bt
         self.l1_free_tokens = l1_free_tokens
-        self.l1 = [LruTier() for _ in range(num_instances)] if config.l1 else None
         self.l2: list[LruTier] | None = None
         self.l3: LruTier | None = None
         self.l2_cap = self.l3_cap = 0
         self.l2_s_per_token = self.l3_s_per_token = self.l2_latency_s = self.l3_latency_s = 0.0
-        # a tier that can hold every block of the run never evicts: a set serves it (exactly)
-        most = prefix.distinct_blocks
         if config.l2 is not None:
             self.l2_cap = config.l2.capacity_blocks(block_bytes)
-            self.l2 = [LruTier() if self.l2_cap < most else SetTier() for _ in range(num_instances)]
             self.l2_s_per_token = kv_bytes_per_token / (config.l2.bandwidth_gbps * 1e9)
             self.l2_latency_s = config.l2.latency_ms / 1000.0
         if config.l3 is not None:
             self.l3_cap = config.l3.capacity_blocks(block_bytes)
-            self.l3 = LruTier() if self.l3_cap < most else SetTier()
             self.l3_s_per_token = kv_bytes_per_token / (config.l3.bandwidth_gbps * 1e9)
             self.l3_latency_s = config.l3.latency_ms / 1000.0
+        # a tier that can hold every block of the run never evicts: a set serves it (exactly)
+        most = prefix.distinct_blocks
+        bounded_l2 = config.l2 is not None and self.l2_cap < most
+        bounded_l3 = config.l3 is not None and self.l3_cap < most
+        size = prefix.named_ids
+        lists = (num_instances * (config.l1 + bounded_l2) + bounded_l3) * size
+        dense = lists <= MAX_LIST_SLOTS
+
+        def tier(bounded: bool) -> LruTier:
+            return LruTier(size, dense) if bounded else SetTier()
+
+        self.l1 = [tier(True) for _ in range(num_instances)] if config.l1 else None
+        if config.l2 is not None:
+            self.l2 = [tier(bounded_l2) for _ in range(num_instances)]
+        if config.l3 is not None:
+            self.l3 = tier(bounded_l3)
         n = len(prompt)
         self.skip = [0] * n
         self.load_s = [0.0] * n
