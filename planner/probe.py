@@ -175,17 +175,38 @@ def simulate_requests(
 
 
 def early_stop(slo: SloTargets, requests: Requests, warmup_fraction: float) -> EarlyStop | None:
-    """When a probe may stop early: once more measured requests have waited past the TTFT
-    threshold than the attainment target allows, it has failed whatever happens next (a late first
-    token never becomes on time). ``None`` without a per-request TTFT threshold."""
-    limit_ms = slo.per_request_ms.get("ttft")
+    """When a probe may stop early: once more measured requests have certainly missed a
+    per-request threshold (a TTFT, TPOT or E2E that can only grow, or a rejection) than the
+    attainment target allows, it has failed whatever happens next (``EarlyStop``). ``None``
+    without per-request thresholds.
+
+    The allowance is the most misses with which ``judge`` still passes the run (its attainment is
+    rounded as ``summarize`` rounds it), so a run that stops would have failed had it run on.
+    """
+    limits = slo.per_request_ms
     n = len(requests)
-    if limit_ms is None or n < 2:
+    if not limits or n < 2:
         return None
     excluded = math.floor(warmup_fraction * n)
-    max_late = math.floor((1.0 - slo.attainment) * (n - excluded))
-    every = max(requests.span_s / 64.0, limit_ms / 1000.0)
-    return EarlyStop(limit_ms / 1000.0, max_late, excluded, every)
+    return EarlyStop(
+        max_late=max_misses(slo.attainment, n - excluded),
+        measured_from=excluded,
+        every_s=max(requests.span_s / 64.0, min(limits.values()) / 1000.0),
+        ttft_ms=limits.get("ttft"),
+        tpot_ms=limits.get("tpot"),
+        e2e_ms=limits.get("e2e"),
+    )
+
+
+def max_misses(attainment: float, measured: int) -> int:
+    """The most of ``measured`` requests that may miss while the attainment, rounded to 6
+    decimals as ``summarize`` reports it, still meets ``attainment``."""
+    late = max(0, math.floor((1.0 - attainment) * measured))
+    while late > 0 and round((measured - late) / measured, 6) < attainment:
+        late -= 1
+    while late < measured and round((measured - late - 1) / measured, 6) >= attainment:
+        late += 1
+    return late
 
 
 def probe_requests(
@@ -202,7 +223,7 @@ def probe_requests(
     probe = judge(result, rate_rps, slo, warmup_fraction, stability)[0]
     if stop is not None and not probe.meets_slo and np.any(result.records.status_code == UNFINISHED):
         # the attainment of a stopped run counts its unfinished requests as misses: an upper bound
-        why = f"stopped early: more than {stop.max_late} measured requests waited > {stop.ttft_s:g} s"
+        why = f"stopped early: more than {stop.max_late} measured requests had certainly missed the SLO"
         probe = replace(probe, violated=f"{probe.violated}; {why}" if probe.violated else why)
     return probe
 

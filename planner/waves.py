@@ -8,7 +8,9 @@ early; later waves hold ``WAVE_SIZE`` candidates. Before a wave starts, each of 
 gets the rate it must hold to matter (``need``): the incumbent's goodput per GPU × its GPUs,
 raised by the rate search's tolerance (beating the best by less than the search's resolution is
 not a finding) — or lowered by it for a simpler layout, which wins a tie
-(``evaluation.choose``). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
+(``evaluation.choose``), as far as a tie with the best plan of either mode allows (a layout
+further below the overall best can never be chosen, and matters only as its mode's best for the
+verdict, which it must then beat like any other). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
 rate searches then run in parallel (``concurrent.futures``; one worker runs them inline), and
 their outcomes are recorded in submission order. Decisions use only what was known when the wave
 started, so the outcome is the same whatever the number of workers and however they are timed.
@@ -178,13 +180,24 @@ class Scheduler:
             need = max(target, (best.goodput_rps or 0.0) * margin)
         elif best is None:
             return 0.0, ""
-        else:  # a simpler layout wins a tie (``evaluation.choose``), so it only needs to tie
+        else:
             even = (best.goodput_rps_per_gpu or 0.0) * c.gpus
-            simpler = simplicity_key(c) < simplicity_key(best.candidate)
-            need = even / margin if simpler else even * margin
+            if simplicity_key(c) < simplicity_key(best.candidate):
+                need = self._tie_need(c.gpus, even, margin)
+            else:
+                need = even * margin
         if ceiling <= need:
             return 0.0, f"capacity bound ({self._util()}) cannot beat {self._name(best)}"
         return need, ""
+
+    def _tie_need(self, gpus: int, even: float, margin: float) -> float:
+        """What a layout simpler than its mode's best must hold: a tie within the search's
+        resolution, which ``evaluation.choose`` breaks toward it — but only where a tie can choose
+        it, i.e. within the resolution of the best plan of either mode (the final top is at least
+        that, so a plan below ``top / margin`` is never in the chosen tie). Below that it matters
+        only as its mode's best (the verdict's comparison), which it must beat like any other."""
+        top = max((e.goodput_rps_per_gpu or 0.0) for e in self.best.values()) * gpus
+        return min(even * margin, max(even, top) / margin)
 
     def _name(self, best: Evaluation | None) -> str:
         """The plan to beat, e.g. ``c0100 (17.6 req/s per GPU)``."""
