@@ -10,10 +10,11 @@ raised by the rate search's tolerance (beating the best by less than the search'
 not a finding) — or lowered by it for a simpler layout, which wins a tie
 (``evaluation.choose``), as far as a tie with the best plan of either mode allows (a layout
 further below the overall best can never be chosen, and matters only as its mode's best for the
-verdict, which it must then beat like any other). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
-rate searches then run in parallel (``concurrent.futures``; one worker runs them inline), and
-their outcomes are recorded in submission order. Decisions use only what was known when the wave
-started, so the outcome is the same whatever the number of workers and however they are timed.
+verdict, which it must then beat like any other). A candidate whose ceiling is below that is
+*pruned* without a probe. The wave's rate searches then run in parallel (``concurrent.futures``;
+one worker runs them inline), and their outcomes are recorded in submission order. Decisions use
+only what was known when the wave started, so the outcome is the same whatever the number of
+workers and however they are timed.
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def _install_stop(run: Run | ColocatedRun, stop: EarlyStop) -> None:
         hi = int(np.searchsorted(arrival, now, side="right"))  # arrived by now
         if hi - lo > stop.max_late:
             rows = slice(lo, hi)
-            if _certain_misses(stop, now, rows, arrival, first, finish, rejected, outputs, steps) > stop.max_late:
+            missed = _certain_misses(stop, now, rows, arrival, first, finish, rejected, outputs, steps)
+            if missed > stop.max_late:
                 log.debug("early stop at %.3f s: more than %d certain misses", now, stop.max_late)
                 raise simpy.core.StopSimulation(None)
         if env.peek() < math.inf:  # other events are left: check again later
