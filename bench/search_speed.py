@@ -13,8 +13,9 @@ budget of ``--gpus`` with the default workers (one per core) — and with one wo
 ``--compare-workers`` is given, checking both wrote the same candidates.csv and probes.csv — then
 replays the chosen plan as a user checks it (``pdplan simulate --plan ... --rate R --seed 11`` on
 the same trace, at the promised goodput and at 1.15×), prints a table and writes
-bench/results/search_speed.json. Other processes on a shared machine slow it down; the load
-average is recorded next to the times.
+bench/results/search_speed.json. The previous file's figures for the same budgets are kept in it
+(``previous``) and printed side by side. Other processes on a shared machine slow it down; the
+load average is recorded next to the times.
 
     .venv/bin/python bench/search_speed.py [--gpus 16 64 128] [--compare-workers] [--keep DIR]
 """
@@ -112,6 +113,26 @@ def replay(out: Path, factor: float, seed: int = 11) -> dict[str, object]:
             "meets_slo": summary["meets_slo"]}  # fmt: skip
 
 
+def _previous(path: Path) -> list[dict]:
+    """The runs of the last recorded file (what this run is compared with)."""
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text()).get("runs", []) if "wall_s" in r]
+
+
+def _key_figures(run: dict) -> dict:
+    keys = ("budget_gpus", "workers", "wall_s", "load_average_at_start", "simulated_to_goodput", "pruned")
+    return {k: run.get(k) for k in (*keys, "probes", "chosen", "goodput_rps")}
+
+
+def _before(previous: list[dict], run: dict) -> str:
+    """The previous wall time for the same budget and workers, or ``-``."""
+    for p in previous:
+        if (p.get("budget_gpus"), p.get("workers")) == (run["budget_gpus"], run["workers"]):
+            return f"{p['wall_s']:.1f}"
+    return "-"
+
+
 def _describe(plan: dict) -> str:
     if plan["mode"] == "colocated":
         c = plan["colocated"]
@@ -133,6 +154,8 @@ def main() -> None:
     if not TRACE.is_file():
         raise SystemExit(f"the Azure conversation trace is not at {TRACE}")
     root = args.keep or Path(tempfile.mkdtemp(prefix="pdplan-search-speed-"))
+    out = ROOT / "bench" / "results" / "search_speed.json"
+    previous = _previous(out)
     runs, same = [], None
     for gpus in args.gpus:
         out = root / f"gpus-{gpus}"
@@ -145,13 +168,14 @@ def main() -> None:
                 pd.read_csv(out / name).equals(pd.read_csv(root / f"gpus-{gpus}-workers-1" / name))
                 for name in ("candidates.csv", "probes.csv")
             )
-    columns = ("GPUs", "workers", "wall s", "target", "load", "cands", "ok", "pruned", "probes")
+    columns = ("GPUs", "workers", "wall s", "before", "target", "load", "cands", "ok", "pruned", "probes")
     print(" ".join(f"{c:>8}" for c in columns) + "  chosen → replay at 1× / 1.15× (seed 11)")
     for r in runs:
         cells = (
             f"{r['budget_gpus']}",
             f"{r['workers']}",
             f"{r['wall_s']:.1f}",
+            _before(previous, r),
             f"{TARGET_S.get(int(r['budget_gpus']), float('nan')):.0f}",  # type: ignore[call-overload]
             f"{r['load_average_at_start']:.1f}",
             *(f"{r[k]}" for k in ("candidates", "simulated_to_goodput", "pruned", "probes")),
@@ -176,8 +200,8 @@ def main() -> None:
         "targets_s": TARGET_S,
         "runs": runs,
         "identical_across_workers": same,
+        "previous": [_key_figures(r) for r in previous],
     }
-    out = ROOT / "bench" / "results" / "search_speed.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 
