@@ -37,7 +37,7 @@ from pdplan.planner.evaluation import (
     rank_key,
     simplicity_key,
 )
-from pdplan.planner.probe import Probe, SloTargets, probe_requests
+from pdplan.planner.probe import Probe, SloTargets, prefill_side_probe, probe_requests
 from pdplan.planner.rate import BELOW_NEED, OK, RateOutcome, RatePolicy, find_goodput
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.space import MODES
@@ -73,6 +73,10 @@ def evaluate(task: Task) -> RateOutcome:
 
     def probe(rate: float) -> Probe:
         requests = traffic.probe_list(rate)
+        if rate == task.need_rps:  # most need probes fail: try to prove it on the prefill side
+            failed = prefill_side_probe(task.cluster, requests, rate, task.slo, traffic.warmup_fraction)
+            if failed is not None:
+                return failed
         return probe_requests(
             task.cluster, requests, rate, task.slo, traffic.warmup_fraction, traffic.stability
         )

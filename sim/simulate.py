@@ -132,6 +132,46 @@ def simulate(
     return result
 
 
+def simulate_prefill_side(
+    requests: Requests, cluster: DisaggregatedCluster, stop: EarlyStop | None = None
+) -> SimResult:
+    """The prefill side of a disaggregated run alone (router ``least_loaded``).
+
+    A prefill instance never waits on the decode side (it hands a finished prompt's KV on, or
+    queues it there, and goes on), and the router picks its prefill instance by prefill load
+    alone, so the prefill timeline — rejections, ``prefill_start_s``, ``prefill_end_s`` — is
+    exactly the full run's. Decode instances are replaced by a sink that takes every hand-off at
+    once and writes the prefill end into ``first_token_s``: a *lower bound* of each request's first
+    token (it joins a decode batch no earlier than its KV is ready, which is no earlier than its
+    prefill end), not a first token. Nothing decodes (every request ends ``unfinished``), so only a
+    TTFT threshold may be checked by ``stop``. Without a prefix cache (a shared store is read by
+    the decode side too).
+    """
+    assert stop is None or (stop.tpot_ms is None and stop.e2e_ms is None), "only TTFT has a bound here"
+    assert cluster.cache is None, "a prefix store is shared with the decode side"
+    sink = _PrefillSink  # duck-types the two calls the prefill side makes on a decode instance
+    run = Run(requests, cluster, "least_loaded", np.random.default_rng(0), decode_factory=sink)  # type: ignore[arg-type]
+    if stop is not None and len(requests):
+        _install_stop(run, stop)
+    return run.run(None)
+
+
+class _PrefillSink:
+    """Stands in for a decode instance in ``simulate_prefill_side``."""
+
+    busy_s = 0.0
+
+    def __init__(self, run: Run, index: int) -> None:
+        self.first_token_s = run.ledger.first_token_s
+
+    def offer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> bool:
+        self.first_token_s[rid] = prefill_end  # the first token comes no earlier
+        return True
+
+    def wait(self, rid: int) -> None:
+        raise AssertionError("the sink takes every hand-off")
+
+
 def _install_stop(run: Run | ColocatedRun, stop: EarlyStop) -> None:
     """Schedule the early-stop checks (``EarlyStop``) on ``run``'s kernel."""
     arrival = run.arrival_np

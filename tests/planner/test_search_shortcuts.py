@@ -11,7 +11,14 @@ import pytest
 
 from pdplan.planner.evaluation import STATUS_OK, Evaluation, choose
 from pdplan.planner.presets import get_preset
-from pdplan.planner.probe import SloTargets, early_stop, judge, max_misses, simulate_requests
+from pdplan.planner.probe import (
+    SloTargets,
+    early_stop,
+    judge,
+    max_misses,
+    prefill_side_probe,
+    simulate_requests,
+)
 from pdplan.planner.profileset import ProfileSet, analytic_profile_set
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.search import SearchSpec
@@ -20,6 +27,7 @@ from pdplan.planner.space import Candidate, SpaceGrid, enumerate_candidates
 from pdplan.planner.traffic import synthetic
 from pdplan.planner.waves import InlineExecutor, Scheduler
 from pdplan.sim.cluster import KvLink
+from pdplan.sim.simulate import simulate_prefill_side
 from pdplan.sim.workload import draw_requests
 
 LINK = KvLink(450.0, 0.01, link="nvlink")
@@ -142,3 +150,42 @@ def test_a_simpler_layout_needs_to_tie_only_where_a_tie_can_choose_it(profiles: 
     lead = _scheduler(spec, {"disaggregated": disagg_best})
     need, _ = lead._need(_open(spec, small))
     assert need == pytest.approx(10.0 * small.gpus / margin)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_prefill_side_alone_is_the_full_runs_prefill_side(profiles: ProfileSet, overlap: bool) -> None:
+    """What a need probe may prove on the prefill side alone: the same rejections, prefill starts
+    and ends as the full run, and a first-token bound no later than the first token."""
+    link = replace(LINK, layerwise_overlap=overlap)
+    spec = replace(_spec(profiles, "ttft=800ms,tpot=40ms", gpus=3), link=link)
+    cluster = Screen(spec).cluster(_candidate(spec, "disaggregated 2P:1D (TP1)"))
+    requests = draw_requests(get_preset("chat").workload(num_requests=1500, seed=0).with_rate(60.0))
+    full = simulate_requests(cluster, requests).records
+    alone = simulate_prefill_side(requests, cluster).records
+    assert np.array_equal(full.status_code == 1, alone.status_code == 1), "the same rejections"
+    for name in ("prefill_start_s", "prefill_end_s"):
+        assert np.array_equal(getattr(full, name), getattr(alone, name), equal_nan=True), name
+    served = full.status_code == 0
+    assert np.all(alone.first_token_s[served] <= full.first_token_s[served])
+
+
+@pytest.mark.parametrize("label", ["disaggregated 1P:1D (TP1)", "disaggregated 2P:1D (TP1)"])
+def test_a_failure_proven_on_the_prefill_side_is_a_failure(profiles: ProfileSet, label: str) -> None:
+    spec = _spec(profiles, "ttft=800ms,tpot=40ms", gpus=3)
+    cluster = Screen(spec).cluster(_candidate(spec, label))
+    load = get_preset("chat").workload(num_requests=1500, seed=0)
+    proven = 0
+    for rate in (10.0, 30.0, 45.0, 60.0, 90.0, 140.0):
+        requests = draw_requests(load.with_rate(rate))
+        whole = judge(simulate_requests(cluster, requests), rate, spec.slo, 0.05)[0]
+        fast = prefill_side_probe(cluster, requests, rate, spec.slo, 0.05)
+        if fast is not None:
+            proven += 1
+            assert not fast.meets_slo and not whole.meets_slo, f"{rate} req/s"
+            assert fast.attainment >= whole.attainment - 1e-9, "its attainment is an upper bound"
+        if whole.meets_slo:
+            assert fast is None
+    assert proven >= 1, "some rate is proven to fail on the prefill side"
+    # a colocated cluster has no separate prefill side
+    colocated = Screen(spec).cluster(_candidate(spec, "colocated 1× (TP1)"))
+    assert prefill_side_probe(colocated, draw_requests(load.with_rate(90.0)), 90.0, spec.slo, 0.05) is None
