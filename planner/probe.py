@@ -168,10 +168,13 @@ def run_probe(
 
 
 def simulate_requests(
-    cluster: DisaggregatedCluster | ColocatedCluster, requests: Requests, stop: EarlyStop | None = None
+    cluster: DisaggregatedCluster | ColocatedCluster,
+    requests: Requests,
+    stop: EarlyStop | None = None,
+    router: str = "least_loaded",
 ) -> SimResult:
     """``requests`` as given (already at their rate), simulated as ``pdplan simulate --plan`` does."""
-    return simulate(requests, cluster, SimOptions(router="least_loaded"), np.random.default_rng(0), stop=stop)
+    return simulate(requests, cluster, SimOptions(router=router), np.random.default_rng(0), stop=stop)
 
 
 def early_stop(slo: SloTargets, requests: Requests, warmup_fraction: float) -> EarlyStop | None:
@@ -216,10 +219,11 @@ def probe_requests(
     slo: SloTargets,
     warmup_fraction: float,
     stability: bool,
+    router: str = "least_loaded",
 ) -> Probe:
     """One probe of ``requests`` (already at ``rate_rps``), stopped early once it has certainly failed."""
     stop = early_stop(slo, requests, warmup_fraction)
-    result = simulate_requests(cluster, requests, stop)
+    result = simulate_requests(cluster, requests, stop, router)
     probe = judge(result, rate_rps, slo, warmup_fraction, stability)[0]
     if stop is not None and not probe.meets_slo and np.any(result.records.status_code == UNFINISHED):
         # the attainment of a stopped run counts its unfinished requests as misses: an upper bound

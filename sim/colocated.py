@@ -144,7 +144,10 @@ class ColocatedInstance:
         elif self.batch:
             self.mode = SEGMENT
             coef, batch, knee = self.coef, self.batch, self.coef.dk  # StepCoef.decode_s, inlined
-            first = self.first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            if coef.xs:  # a MoE's expert reads, X(B)
+                first += coef.xs * (1.0 - coef.miss**batch)
+            self.first = first
             q = self.q = coef.dg * batch * 0.5
             k = self.fin[0][0] - self.steps
             self._schedule(boundary_s(now, first, q, k), k)
@@ -253,9 +256,7 @@ class ColocatedRun:
             cluster.kv_bytes_per_token,
             lambda k: kv_cap - self.load[k],
         )
-        blocks = (
-            requests.prefix.as_lists() if router == "cache_aware" and requests.prefix is not None else None
-        )
+        blocks = requests.prefix if router == "cache_aware" else None
         unit = float(np.mean(requests.prompt_tokens + requests.output_tokens)) if n else 1.0
         self.choose = make_chooser(router, self.load, n, rng, blocks, unit)
         pool = cluster.pool

@@ -102,6 +102,13 @@ class PrefixBlocks:
             anonymous.append(len(blocks) - k)
         return named, anonymous
 
+    @cached_property
+    def distinct_blocks(self) -> int:
+        """The most blocks a cache can ever hold of these requests: their distinct named blocks
+        plus every anonymous one (:attr:`named`)."""
+        named, anonymous = self.named
+        return len(set().union(*named)) + sum(anonymous)
+
     def hash_column(self) -> list[str]:
         """The canonical CSV's ``prefix_hashes`` cells (ids separated by spaces; what
         :func:`parse_hash_cells` reads back)."""

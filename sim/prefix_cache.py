@@ -143,17 +143,13 @@ class CacheStats:
         }
 
 
-def _consume(iterator: object) -> None:
-    deque(iterator, maxlen=0)  # type: ignore[call-overload]
-
-
 class LruTier:
     """One tier's blocks with least-recently-used eviction, cheap per block.
 
     ``stamp`` maps a block to the clock of its last touch; ``order`` lists the touches, oldest
-    first, as (clock, blocks deepest first, anonymous blocks), so a touch is two C-level bulk
-    operations; blocks touched again since are stale in their old entry and skipped when it is
-    evicted. ``order`` is compacted when stale entries dominate.
+    first, as (clock, blocks root first, anonymous blocks), so a touch is one C-level bulk
+    update and an append; blocks touched again since are stale in their old entry and skipped
+    when it is evicted. ``order`` is compacted when stale entries dominate.
 
     *Anonymous* blocks are blocks no other request has (``TieredCache``): they can never be hit,
     so they are only counted — they take capacity and are evicted in their turn (before the
@@ -162,6 +158,7 @@ class LruTier:
 
     def __init__(self) -> None:
         self.stamp: dict[int, int] = {}
+        self.has: Callable[[int], bool] = self.stamp.__contains__  # the one dict, kept
         self.order: deque[tuple[int, list[int], int]] = deque()
         self.anonymous = 0  # anonymous blocks held
         self.entries = 0  # named blocks listed in ``order``, stale ones included
@@ -177,67 +174,85 @@ class LruTier:
 
     def leading(self, blocks: list[int]) -> int:
         """How many of ``blocks``' leading blocks this tier holds."""
-        return len(list(takewhile(self.stamp.__contains__, blocks)))
+        return len(list(takewhile(self.has, blocks)))
 
     def touch(self, deepest_first: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        """Mark a request's named blocks (given deepest first) most recently used, the root last
-        so that a prefix outlives its extensions (a radix cache evicts leaves first), add its
-        ``anonymous`` blocks, then evict the least recently used beyond ``cap`` blocks.
-        Returns (blocks added, blocks evicted)."""
-        stamp, order = self.stamp, self.order
+        """:meth:`touch_path` with the blocks given deepest first."""
+        return self.touch_path(deepest_first[::-1], cap, anonymous)
+
+    def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
+        """Mark a request's named blocks (``path``, root first; not modified later) most
+        recently used, the root last so that a prefix outlives its extensions (a radix cache
+        evicts leaves first), add its ``anonymous`` blocks (deeper still), then evict the least
+        recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
+        stamp = self.stamp
         self.clock = clock = self.clock + 1
-        if cap <= len(deepest_first) + anonymous:  # all older blocks go, then the deepest
+        n = len(path)
+        if cap <= n + anonymous:  # all older blocks go, then the deepest
             present = len(stamp) + self.anonymous
-            added = len(deepest_first) + anonymous - sum(map(stamp.__contains__, deepest_first))
-            named = deepest_first[max(0, len(deepest_first) - cap) :] if cap > 0 else []
-            kept_anonymous = max(0, cap - len(deepest_first))
+            added = n + anonymous - sum(map(stamp.__contains__, path))
+            named = path[:cap] if cap > 0 else []
+            kept_anonymous = cap - n if cap > n else 0
             stamp.clear()
-            order.clear()
+            self.order.clear()
             stamp.update(zip(named, repeat(clock)))
             if named or kept_anonymous:
-                order.append((clock, named, kept_anonymous))
+                self.order.append((clock, named, kept_anonymous))
             self.entries, self.anonymous = len(named), kept_anonymous
             evicted = present + added - len(named) - kept_anonymous
         else:
             before = len(stamp)
-            stamp.update(zip(deepest_first, repeat(clock)))
-            added = len(stamp) - before + anonymous
-            order.append((clock, deepest_first, anonymous))
-            self.entries += len(deepest_first)
+            stamp.update(zip(path, repeat(clock)))
+            held = len(stamp)
+            added = held - before + anonymous
+            self.order.append((clock, path, anonymous))
+            self.entries += n
             self.anonymous += anonymous
-            excess = len(stamp) + self.anonymous - cap
+            excess = held + self.anonymous - cap
             evicted = self._evict(excess) if excess > 0 else 0
-            if self.entries > 4 * len(stamp) + 65536:  # stale entries dominate: drop them
+            if self.entries > 4 * held + 65536:  # stale entries dominate: drop them
                 self._compact()
         self.added += added
         self.evicted += evicted
         return added, evicted
 
     def _evict(self, excess: int) -> int:
+        """Evict ``excess`` blocks, least recently used first (within a touch, the anonymous
+        blocks, then the named ones deepest first)."""
         stamp, order = self.stamp, self.order
-        get = stamp.get
-        evicted = 0
+        get, pop = stamp.get, stamp.pop
+        anonymous_held, entries = self.anonymous, self.entries
+        evicted = excess
         while excess > 0:
             t, group, anonymous = order[0]
             if anonymous:
-                gone = anonymous if anonymous <= excess else excess
-                self.anonymous -= gone
-                excess -= gone
-                evicted += gone
-                if gone < anonymous:
-                    order[0] = (t, group, anonymous - gone)
+                if anonymous >= excess:
+                    anonymous_held -= excess
+                    order[0] = (t, group, anonymous - excess)
                     break
-            live = list(compress(group, map(eq, repeat(t), map(get, group))))  # not touched since
-            self.entries -= len(group)
-            if len(live) > excess:  # the group's deepest blocks go first; the rest stay, unstale
-                order[0] = (t, live[excess:], 0)
-                self.entries += len(live) - excess
-                live = live[:excess]
-            else:
+                anonymous_held -= anonymous
+                excess -= anonymous
+            size = len(group)
+            if size <= excess:  # the whole touch goes: its blocks not touched since, in one pass
                 order.popleft()
-            _consume(map(stamp.pop, live))
-            excess -= len(live)
-            evicted += len(live)
+                entries -= size
+                before = len(stamp)
+                deque(map(pop, compress(group, map(eq, repeat(t), map(get, group)))), maxlen=0)
+                excess -= before - len(stamp)
+                continue
+            live = list(compress(group, map(eq, repeat(t), map(get, group))))
+            m = len(live)
+            if m > excess:  # the touch's deepest blocks go; the rest stay, unstale
+                keep = m - excess
+                order[0] = (t, live[:keep], 0)
+                entries += keep - size
+                deque(map(pop, live[keep:]), maxlen=0)
+                break
+            order.popleft()
+            entries -= size
+            deque(map(pop, live), maxlen=0)
+            excess -= m
+        self.anonymous, self.entries = anonymous_held, entries
         return evicted
 
     def _compact(self) -> None:
@@ -245,6 +260,21 @@ class LruTier:
         kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in self.order]
         self.order = deque(e for e in kept if e[1] or e[2])
         self.entries = sum(len(g) for _, g, _ in self.order)
+
+
+class SetTier(LruTier):
+    """A tier that can hold every block the run will ever write (``TieredCache`` checks): nothing
+    is evicted, so no order is kept — a touch is one dictionary update."""
+
+    def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
+        stamp = self.stamp
+        before = len(stamp)
+        stamp.update(zip(path, repeat(0)))
+        added = len(stamp) - before + anonymous
+        self.anonymous += anonymous
+        assert len(stamp) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
+        self.added += added
+        return added, 0
 
 
 class TieredCache:
@@ -281,14 +311,16 @@ class TieredCache:
         self.l3: LruTier | None = None
         self.l2_cap = self.l3_cap = 0
         self.l2_s_per_token = self.l3_s_per_token = self.l2_latency_s = self.l3_latency_s = 0.0
+        # a tier that can hold every block of the run never evicts: a set serves it (exactly)
+        most = prefix.distinct_blocks
         if config.l2 is not None:
-            self.l2 = [LruTier() for _ in range(num_instances)]
             self.l2_cap = config.l2.capacity_blocks(block_bytes)
+            self.l2 = [LruTier() if self.l2_cap < most else SetTier() for _ in range(num_instances)]
             self.l2_s_per_token = kv_bytes_per_token / (config.l2.bandwidth_gbps * 1e9)
             self.l2_latency_s = config.l2.latency_ms / 1000.0
         if config.l3 is not None:
-            self.l3 = LruTier()
             self.l3_cap = config.l3.capacity_blocks(block_bytes)
+            self.l3 = LruTier() if self.l3_cap < most else SetTier()
             self.l3_s_per_token = kv_bytes_per_token / (config.l3.bandwidth_gbps * 1e9)
             self.l3_latency_s = config.l3.latency_ms / 1000.0
         n = len(prompt)
@@ -304,13 +336,13 @@ class TieredCache:
         """Match ``rid``'s leading blocks on instance ``inst``; set ``skip`` and ``load_s``."""
         blocks, prompt, bt = self.blocks[rid], self.prompt[rid], self.bt
         self.looked_up += prompt
-        l1 = self.l1[inst] if self.l1 is not None else None
-        l2 = self.l2[inst] if self.l2 is not None else None
-        l3 = self.l3
-        k1 = l1.leading(blocks) if l1 is not None else 0
-        k2 = l2.leading(blocks) if l2 is not None else 0
+        if not blocks:
+            return
+        # each tier's leading blocks (``LruTier.leading``, inlined: this runs once per request)
+        k1 = len(list(takewhile(self.l1[inst].has, blocks))) if self.l1 is not None else 0
+        k2 = len(list(takewhile(self.l2[inst].has, blocks))) if self.l2 is not None else 0
         k12 = k1 if k1 > k2 else k2
-        k3 = l3.leading(blocks) if l3 is not None else 0
+        k3 = len(list(takewhile(self.l3.has, blocks))) if self.l3 is not None else 0
         k = k12 if k12 > k3 else k3
         if k == 0:
             return
@@ -335,20 +367,21 @@ class TieredCache:
     def insert(self, rid: int, inst: int) -> None:
         """``rid``'s prefill ended on ``inst``: its blocks enter L1 and are written through (the
         blocks it matched are refreshed, and an L2/L3 hit is copied up, here)."""
-        if self.inserted[rid]:
+        inserted = self.inserted
+        if inserted[rid]:
             return  # a recomputed prompt (after preemption) was inserted by its first prefill
-        self.inserted[rid] = 1
-        blocks = self.blocks[rid][::-1]  # deepest first
+        inserted[rid] = 1
+        path = self.blocks[rid]
         anonymous = self.anonymous[rid]
-        if not blocks and not anonymous:
+        if not path and not anonymous:
             return
         if self.l3 is not None:
-            self.l3.touch(blocks, self.l3_cap, anonymous)
+            self.l3.touch_path(path, self.l3_cap, anonymous)
         if self.l2 is not None:
-            self.l2[inst].touch(blocks, self.l2_cap, anonymous)
+            self.l2[inst].touch_path(path, self.l2_cap, anonymous)
         if self.l1 is not None:
             free = self.l1_free_tokens(inst)
-            self.l1[inst].touch(blocks, free // self.bt if free > 0 else 0, anonymous)
+            self.l1[inst].touch_path(path, free // self.bt if free > 0 else 0, anonymous)
 
     def store_read(self, rid: int, now: float) -> tuple[int, float]:
         """``decode_reads_store``: (prompt tokens the link still carries, when the decode side has

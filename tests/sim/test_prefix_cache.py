@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, KvLink, PrefillPool, Requests, SimOptions, simulate
-from pdplan.sim.cache_router import cache_aware
+from pdplan.sim.cache_router import CacheAwareConfig, cache_aware
 from pdplan.sim.prefix import PrefixBlocks
 from pdplan.sim.prefix_cache import CacheTier, LruTier, PrefixCache
 from pdplan.sim.prefix_workload import MultiTurn, SystemPrompts, apply_prefix, prefix_from_dict
@@ -336,3 +336,31 @@ def test_lru_tier_is_an_ordered_dict_lru():
                 ref.popitem(last=False)
             tier.touch(named[::-1], cap, anonymous)
             assert set(tier.stamp) == {b for b in ref if b < 10_000} and len(tier) == len(ref)
+
+
+def test_a_tier_that_holds_every_block_is_a_set_with_the_same_answers():
+    # SetTier serves a tier whose capacity covers every block of the run (no eviction can
+    # happen): touched with the same requests, it answers as LruTier does, and its count is exact.
+    from pdplan.sim.prefix_cache import SetTier
+
+    rng = np.random.default_rng(3)
+    lru, fast = LruTier(), SetTier()
+    for _ in range(300):
+        path = list(dict.fromkeys(rng.integers(0, 40, int(rng.integers(0, 6))).tolist()))
+        anonymous = int(rng.integers(0, 3))
+        probe = rng.integers(0, 40, 4).tolist()
+        assert fast.leading(probe) == lru.leading(probe)
+        assert fast.touch_path(path, 10_000, anonymous) == lru.touch_path(path, 10_000, anonymous)
+        assert len(fast) == len(lru) and set(fast.stamp) == set(lru.stamp)
+    blocks = PrefixBlocks.from_lists([[1, 2, 3], [1, 2, 4], [5]])
+    assert blocks.distinct_blocks == 2 + 3  # named 1, 2 (shared); 3, 4 and 5 only counted
+
+
+def test_cache_aware_trees_evict_requests_that_repeat_a_block():
+    # A prompt that repeats a block id holds it once; with a tree smaller than the traffic, its
+    # eviction must not drop the block twice (the tree used to fail with KeyError here).
+    blocks = [[1, 2, 1, 2], [3, 4, 3], [1, 2, 5], [3, 4, 6], [1, 7]]
+    choose = cache_aware(
+        [0, 0], PrefixBlocks.from_lists(blocks, BT), 1.0, CacheAwareConfig(max_tree_blocks=3)
+    )
+    assert [choose(i) for i in range(5)] == [0, 1, 0, 1, 0]
