@@ -16,6 +16,11 @@ that many tokens per forward (:mod:`chunked`); a prompt's first token comes afte
 
 A decode worker passes ``recycle`` so finished caches return to its :class:`KvPool`.
 
+With a ``prefix_cache`` (prefill and colocated roles, :mod:`prefix_cache`): a prompt's cached pages
+are matched and locked when the engine receives it, copied into its cache when its prefill starts
+(the forward then computes only the rest, :func:`chunked.prefill_chunks`), and its whole pages are
+inserted when its prefill ends. Without one, prefill runs exactly as before.
+
 Threading contract: ``submit``/``cancel``/``stop`` are called from the event loop; every job gets
 exactly one *terminal* event through ``job.sink`` (called on the engine thread): a final
 ``TokenEvent`` (``finish`` set), a ``PrefilledEvent``, an ``ErrorEvent`` or a ``CancelledEvent``.
@@ -37,6 +42,7 @@ from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun.chunked import prefill_chunks
 from pdplan.realrun.kv_budget import KvBudget
 from pdplan.realrun.metrics import WorkerMetrics
+from pdplan.realrun.prefix_cache import Match, PrefixCache
 from pdplan.realrun.protocol import SamplingParams
 from pdplan.realrun.responses import Finish, Timeline
 from pdplan.realrun.sampler import sample
@@ -108,6 +114,7 @@ class Job:
     cancelled: bool = False
     generator: torch.Generator | None = None
     prefilled: int = 0  # prompt tokens already in ``cache`` (chunked prefill)
+    hit: Match | None = None  # the prompt's cached pages, locked until its prefill copies them
 
 
 class Engine:
@@ -120,8 +127,11 @@ class Engine:
         metrics: WorkerMetrics,
         budget: KvBudget,
         recycle: Callable[[KVCache], None] | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
+        assert prefix_cache is None or config.role != "decode", "decode workers keep no prefix cache"
         self.executor = executor
+        self.prefix_cache = prefix_cache
         self._recycle = recycle
         self.config = config
         self.metrics = metrics
@@ -217,13 +227,29 @@ class Engine:
         if self.config.role == "prefill":
             if self._waiting_prefill[0].cache is not None:  # a prompt part-way through its slices
                 return True
-            head = len(self._waiting_prefill[0].prompt)
-            return self.budget.used_tokens + head <= self.budget.capacity_tokens
+            head = len(self._waiting_prefill[0].prompt) + self.budget.used_tokens
+            locked = self.prefix_cache.locked_tokens if self.prefix_cache is not None else 0
+            if locked and head + locked > self.budget.capacity_tokens and not self.budget.used_tokens:
+                self._forget_hits()  # only the waiting prompts' own hits stand in the way
+                locked = 0
+            return head + locked <= self.budget.capacity_tokens
         return len(self._running) < self.config.max_batch_size
+
+    def _forget_hits(self) -> None:
+        """Unlock every waiting prompt's hit (they prefill in full): nothing in flight will free KV,
+        and the pages they locked alone keep the head prompt from its reservation."""
+        assert self.prefix_cache is not None
+        for job in self._waiting_prefill:
+            if job.hit is not None and job.cache is None:
+                self.prefix_cache.release(job.hit)
+                job.hit, job.timeline.cached_tokens = None, 0
 
     def _absorb(self, jobs: list[Job]) -> None:
         for job in jobs:
             if self.config.role != "decode":
+                if self.prefix_cache is not None:
+                    job.hit = self.prefix_cache.match(job.prompt)
+                    job.timeline.cached_tokens = job.hit.cached_tokens
                 self._waiting_prefill.append(job)
                 continue
             assert job.cache is not None and job.first_token is not None, "decode jobs carry KV"
@@ -233,7 +259,10 @@ class Engine:
                 self._waiting_decode.append(job)
 
     def _drop_cache(self, job: Job) -> None:
-        """The job no longer needs its KV: hand it to ``recycle`` (a decode worker's pool) or free it."""
+        """The job no longer needs its KV: hand it to ``recycle`` (a decode worker's pool) or free it;
+        a prefix hit it still locks is let go."""
+        if job.hit is not None and self.prefix_cache is not None:
+            self.prefix_cache.release(job.hit)
         if job.cache is not None and self._recycle is not None:
             self._recycle(job.cache)
         job.cache = None
@@ -279,11 +308,16 @@ class Engine:
         reserve = 0 if self.config.role == "prefill" else max(j.sampling.max_new_tokens for j in batch)
         start = time.time()
         try:
-            logits, caches = self.executor.prefill([list(j.prompt) for j in batch], reserve_tokens=reserve)
+            if self.prefix_cache is None:
+                prompts = [list(j.prompt) for j in batch]
+                logits, caches = self.executor.prefill(prompts, reserve_tokens=reserve)
+            else:
+                logits, caches = self._prefill_cached(batch, reserve)
             tokens = self._sample(logits, batch)
         except (RuntimeError, ValueError) as err:
             log.exception("prefill of %d prompts failed", len(batch))
             for job in batch:
+                self._drop_cache(job)
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
             return
         end = time.time()
@@ -298,6 +332,21 @@ class Engine:
             job.timeline.decode_start = end
             if not self._emit(job, token, end):
                 self._running.append(job)
+
+    def _prefill_cached(self, batch: list[Job], reserve: int) -> tuple[torch.Tensor, list[KVCache]]:
+        """One forward over the uncached part of every prompt of ``batch`` (their cached pages
+        copied in first); the prompts' whole pages then enter the prefix cache."""
+        assert self.prefix_cache is not None
+        caches = [self.executor.new_cache(len(j.prompt) + max(reserve, 1)) for j in batch]
+        for job, cache in zip(batch, caches, strict=True):
+            if job.hit is not None:
+                self.prefix_cache.load(job.hit, cache)
+        logits = prefill_chunks(
+            self.executor, [(j.prompt[c.length :], c) for j, c in zip(batch, caches, strict=True)]
+        )
+        for job, cache in zip(batch, caches, strict=True):
+            self.prefix_cache.insert(job.prompt, cache)
+        return logits, caches
 
     def _chunked_prefill_step(self, budget: int) -> None:
         """One forward over at most ``budget`` prompt tokens, FIFO, the head prompt's slice first."""
@@ -316,6 +365,9 @@ class Engine:
                 reserve = 0 if self.config.role == "prefill" else job.sampling.max_new_tokens
                 job.cache = self.executor.new_cache(n + max(reserve, 1))
                 job.timeline.prefill_start = now
+                if job.hit is not None and self.prefix_cache is not None:
+                    self.prefix_cache.load(job.hit, job.cache)
+                    job.prefilled = job.cache.length
             take = min(budget, len(job.prompt) - job.prefilled)
             items.append((job, job.prompt[job.prefilled : job.prefilled + take]))
             budget -= take
@@ -328,7 +380,7 @@ class Engine:
             log.exception("prefill slice of %d prompts failed", len(items))
             for job, _ in items:
                 self._waiting_prefill.remove(job)
-                job.cache = None
+                self._drop_cache(job)
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
             return
         end = time.time()
@@ -343,6 +395,8 @@ class Engine:
         for (_, job), token in zip(done, tokens, strict=True):
             self._waiting_prefill.remove(job)
             job.timeline.prefill_end = end
+            if self.prefix_cache is not None and job.cache is not None:
+                self.prefix_cache.insert(job.prompt, job.cache)
             if self.config.role == "prefill":
                 cache, job.cache = job.cache, None
                 assert cache is not None

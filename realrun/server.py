@@ -42,6 +42,7 @@ from pdplan.realrun.responses import (
     error_body,
     generate_body,
     sse,
+    usage_body,
 )
 from pdplan.realrun.service import Output, ServiceError, WorkerService
 from pdplan.realrun.tokenizer import Tokenizer, plain_chat_prompt
@@ -305,10 +306,12 @@ class WorkerServer:
         last = outputs[-1]
         if req.api == "completions":
             model = req.model or self.model_name
-            return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
+            cached = last.timeline.cached_tokens
+            return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish, cached)
         if req.api == "chat":
             model = req.model or self.model_name
-            return chat_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
+            cached = last.timeline.cached_tokens
+            return chat_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish, cached)
         return generate_body(req.rid, len(req.input_ids), ids, text, last.finish, last.timeline)
 
     async def _serve(self, request: web.Request, req: GenerateRequest) -> web.StreamResponse:
@@ -354,7 +357,7 @@ class WorkerServer:
                 out = await gen.__anext__()
             if req.api in ("completions", "chat") and req.include_usage:
                 n, p = len(text.ids), len(req.input_ids)
-                usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+                usage = usage_body(p, n, out.timeline.cached_tokens)
                 if req.api == "chat":
                     await response.write(sse(chat_chunk(req.rid, model, "", None, usage=usage)))
                 else:
