@@ -31,11 +31,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun.kv_budget import KvBudget
+
+if TYPE_CHECKING:  # torch-free at import: ``pdplan deploy`` reads DEFAULT_PAGE_TOKENS
+    import torch
+
+    from pdplan.profiles.kv_cache import KVCache
 
 #: Default page size: vLLM's default KV block size (16 tokens, ``--block-size``). Hits are whole
 #: pages, so a workload whose shared prefixes are whole blocks of a multiple of this size (the
