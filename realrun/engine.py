@@ -82,6 +82,7 @@ class PrefilledEvent:
     cache: KVCache
     start_s: float
     end_s: float
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ class Engine:
         for job, cache, token in zip(batch, caches, tokens, strict=True):
             job.timeline.prefill_start, job.timeline.prefill_end = start, end
             if self.config.role == "prefill":
-                job.sink(PrefilledEvent(token, cache, start, end))
+                job.sink(PrefilledEvent(token, cache, start, end, job.timeline.cached_tokens))
                 continue
             job.cache = cache
             job.timeline.decode_start = end
@@ -400,7 +401,8 @@ class Engine:
             if self.config.role == "prefill":
                 cache, job.cache = job.cache, None
                 assert cache is not None
-                job.sink(PrefilledEvent(token, cache, job.timeline.prefill_start or start, end))
+                start_s = job.timeline.prefill_start or start
+                job.sink(PrefilledEvent(token, cache, start_s, end, job.timeline.cached_tokens))
                 continue
             job.timeline.decode_start = end
             if not self._emit(job, token, end):
