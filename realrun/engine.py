@@ -16,10 +16,12 @@ that many tokens per forward (:mod:`chunked`); a prompt's first token comes afte
 
 A decode worker passes ``recycle`` so finished caches return to its :class:`KvPool`.
 
-With a ``prefix_cache`` (prefill and colocated roles, :mod:`prefix_cache`): a prompt's cached pages
-are matched and locked when the engine receives it, copied into its cache when its prefill starts
-(the forward then computes only the rest, :func:`chunked.prefill_chunks`), and its whole pages are
-inserted when its prefill ends. Without one, prefill runs exactly as before.
+With a ``prefix_cache`` (prefill and colocated roles, :mod:`prefix_cache`): when a prompt's prefill
+starts (it joins a prefill batch, or its first slice runs) its longest cached prefix is matched and
+copied into its cache — at scheduling time, as SGLang's scheduler matches
+(``Req.init_next_round_input``) — the forward computes only the rest
+(:func:`chunked.prefill_chunks`), and its whole pages are inserted when its prefill ends. Without
+one, prefill runs exactly as before.
 
 Threading contract: ``submit``/``cancel``/``stop`` are called from the event loop; every job gets
 exactly one *terminal* event through ``job.sink`` (called on the engine thread): a final
@@ -42,7 +44,7 @@ from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun.chunked import prefill_chunks
 from pdplan.realrun.kv_budget import KvBudget
 from pdplan.realrun.metrics import WorkerMetrics
-from pdplan.realrun.prefix_cache import Match, PrefixCache
+from pdplan.realrun.prefix_cache import PrefixCache
 from pdplan.realrun.protocol import SamplingParams
 from pdplan.realrun.responses import Finish, Timeline
 from pdplan.realrun.sampler import sample
@@ -115,7 +117,6 @@ class Job:
     cancelled: bool = False
     generator: torch.Generator | None = None
     prefilled: int = 0  # prompt tokens already in ``cache`` (chunked prefill)
-    hit: Match | None = None  # the prompt's cached pages, locked until its prefill copies them
 
 
 class Engine:
@@ -228,29 +229,13 @@ class Engine:
         if self.config.role == "prefill":
             if self._waiting_prefill[0].cache is not None:  # a prompt part-way through its slices
                 return True
-            head = len(self._waiting_prefill[0].prompt) + self.budget.used_tokens
-            locked = self.prefix_cache.locked_tokens if self.prefix_cache is not None else 0
-            if locked and head + locked > self.budget.capacity_tokens and not self.budget.used_tokens:
-                self._forget_hits()  # only the waiting prompts' own hits stand in the way
-                locked = 0
-            return head + locked <= self.budget.capacity_tokens
+            head = len(self._waiting_prefill[0].prompt)
+            return self.budget.used_tokens + head <= self.budget.capacity_tokens  # cached pages give way
         return len(self._running) < self.config.max_batch_size
-
-    def _forget_hits(self) -> None:
-        """Unlock every waiting prompt's hit (they prefill in full): nothing in flight will free KV,
-        and the pages they locked alone keep the head prompt from its reservation."""
-        assert self.prefix_cache is not None
-        for job in self._waiting_prefill:
-            if job.hit is not None and job.cache is None:
-                self.prefix_cache.release(job.hit)
-                job.hit, job.timeline.cached_tokens = None, 0
 
     def _absorb(self, jobs: list[Job]) -> None:
         for job in jobs:
             if self.config.role != "decode":
-                if self.prefix_cache is not None:
-                    job.hit = self.prefix_cache.match(job.prompt)
-                    job.timeline.cached_tokens = job.hit.cached_tokens
                 self._waiting_prefill.append(job)
                 continue
             assert job.cache is not None and job.first_token is not None, "decode jobs carry KV"
@@ -260,10 +245,7 @@ class Engine:
                 self._waiting_decode.append(job)
 
     def _drop_cache(self, job: Job) -> None:
-        """The job no longer needs its KV: hand it to ``recycle`` (a decode worker's pool) or free it;
-        a prefix hit it still locks is let go."""
-        if job.hit is not None and self.prefix_cache is not None:
-            self.prefix_cache.release(job.hit)
+        """The job no longer needs its KV: hand it to ``recycle`` (a decode worker's pool) or free it."""
         if job.cache is not None and self._recycle is not None:
             self._recycle(job.cache)
         job.cache = None
@@ -340,8 +322,7 @@ class Engine:
         assert self.prefix_cache is not None
         caches = [self.executor.new_cache(len(j.prompt) + max(reserve, 1)) for j in batch]
         for job, cache in zip(batch, caches, strict=True):
-            if job.hit is not None:
-                self.prefix_cache.load(job.hit, cache)
+            job.timeline.cached_tokens = self.prefix_cache.fill(job.prompt, cache)
         logits = prefill_chunks(
             self.executor, [(j.prompt[c.length :], c) for j, c in zip(batch, caches, strict=True)]
         )
@@ -366,8 +347,8 @@ class Engine:
                 reserve = 0 if self.config.role == "prefill" else job.sampling.max_new_tokens
                 job.cache = self.executor.new_cache(n + max(reserve, 1))
                 job.timeline.prefill_start = now
-                if job.hit is not None and self.prefix_cache is not None:
-                    self.prefix_cache.load(job.hit, job.cache)
+                if self.prefix_cache is not None:
+                    job.timeline.cached_tokens = self.prefix_cache.fill(job.prompt, job.cache)
                     job.prefilled = job.cache.length
             take = min(budget, len(job.prompt) - job.prefilled)
             items.append((job, job.prompt[job.prefilled : job.prefilled + take]))

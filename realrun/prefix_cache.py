@@ -11,11 +11,12 @@ as SGLang, vLLM and the simulator (``pdplan.sim.prefix_cache``) do.
 
 Life of a hit (the engine thread drives it; every method is thread-safe):
 
-- :meth:`match` when the engine receives the request: the matched pages are *locked* (a reference
-  count per node, SGLang's ``inc_lock_ref``), so they cannot be evicted while the request waits;
-- :meth:`load` when its prefill starts: the pages are copied into the request's own cache (the
-  executor keeps one contiguous cache per request) and unlocked; :meth:`release` unlocks them when
-  the request ends before that;
+- :meth:`fill` when the request's prefill starts — at scheduling time, where SGLang's scheduler
+  matches (``Req.init_next_round_input`` in ``python/sglang/srt/managers/schedule_batch.py``):
+  :meth:`match` *locks* the matched pages (a reference count per node, SGLang's ``inc_lock_ref``)
+  so that a reservation on another thread (the event loop's admission) cannot evict them, then
+  :meth:`load` copies them into the request's own cache (the executor keeps one contiguous cache
+  per request) and unlocks them (:meth:`release` unlocks without copying);
 - :meth:`insert` when its prefill ends: the prompt's whole pages enter the tree (a copy), and every
   page of the path is marked most recently used, deepest first, so a prefix outlives its extensions.
 
@@ -116,6 +117,12 @@ class PrefixCache:
             self._prompt_tokens += len(prompt)
             self._hit_tokens += cached
         return Match(nodes, cached)
+
+    def fill(self, prompt: tuple[int, ...] | list[int], cache: KVCache) -> int:
+        """Match ``prompt`` and copy its hit into ``cache`` (empty); returns the cached tokens."""
+        match = self.match(prompt)
+        self.load(match, cache)
+        return match.cached_tokens
 
     def load(self, match: Match, cache: KVCache) -> None:
         """Copy the hit's tokens into ``cache`` (empty, with room for the prompt) and unlock them;
