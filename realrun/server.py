@@ -3,10 +3,10 @@
 Endpoints: ``POST /generate`` and ``POST /v1/completions`` (JSON or SSE streams), ``GET /health``
 (200 while the engine thread runs), ``GET /server_info`` and ``GET /model_info`` (also under their
 ``/get_*`` names; the router reads both when it registers a worker), ``GET /v1/models``, ``GET
-/metrics`` (Prometheus text) and ``POST /flush_cache`` (no prefix cache: a no-op). Every error is a
-JSON body ``{"error": {"message", "type", "code"}}`` — unknown routes, wrong methods and oversized
-bodies included. A stream that fails after it started ends with one ``data: {"error": ...}`` event
-and no ``[DONE]``.
+/metrics`` (Prometheus text) and ``POST /flush_cache`` (drops the prefix cache's pages that no
+request holds; a no-op without one). Every error is a JSON body ``{"error": {"message", "type",
+"code"}}`` — unknown routes, wrong methods and oversized bodies included. A stream that fails
+after it started ends with one ``data: {"error": ...}`` event and no ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -206,7 +206,11 @@ class WorkerServer:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def flush_cache(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200, text="no prefix cache to flush")
+        prefix = self.service.engine.prefix_cache
+        if prefix is None:
+            return web.Response(status=200, text="no prefix cache to flush")
+        freed = prefix.evict(prefix.cached_tokens)
+        return web.Response(status=200, text=f"flushed {freed} cached tokens")
 
     # --- generation -------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:

@@ -238,6 +238,10 @@ def test_a_prefill_cache_hit_reaches_the_decode_reply_and_changes_no_token(
         15,
     )
     assert second.json()["output_ids"] == first.json()["output_ids"]
+    flushed = httpx.post(f"{p_url}/flush_cache", timeout=10)
+    assert flushed.status_code == 200 and flushed.text.startswith("flushed ")
+    _, third = _pair(p_url, d_url, body | {"bootstrap_room": 32})
+    assert third.json()["meta_info"]["cached_tokens"] == 0
 
 
 def test_decode_refuses_bootstrap_addresses_outside_its_deployment(
