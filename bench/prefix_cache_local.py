@@ -129,12 +129,43 @@ def run_one(tmp: Path, cache: bool, rate: float, num_requests: int) -> dict[str,
             **{f"tpot_{k}_ms": summary["tpot_ms"][k] for k in ("mean", "p50")},
             "ok": summary["counts"].get("ok", 0),
         }
+    if cache:
+        row["per_request"] = _hits_per_request(tmp, out)
     row["error_pct"] = {
         k: round(100 * (row["predicted"][k] / row["measured"][k] - 1), 1)
         for k in row["measured"]
         if k != "ok" and row["measured"][k]
     }
     return row
+
+
+def _hits_per_request(tmp: Path, out: Path) -> dict[str, Any]:
+    """Per request: the simulator's cached tokens (the same plan, profile and request list,
+    simulated here) against the worker's ``cached_tokens``; where they differ, and by how much."""
+    import numpy as np
+    import pandas as pd
+
+    from pdplan.planner.inputs import load_workload
+    from pdplan.planner.plan import load_plan
+    from pdplan.profiles.profile import load_profile
+    from pdplan.sim.simulate import simulate
+
+    reqs = load_workload(tmp / "workload.yaml", seed=None, rate_rps=None).requests
+    plan, profile = load_plan(tmp / "cache.yaml"), load_profile(tmp / "profile")
+    result = simulate(reqs, plan.cluster({role: profile for role in plan.tps}))
+    assert result.cache is not None
+    predicted = result.cache.cached_tokens
+    measured = pd.read_csv(out / "requests.csv")["cached_tokens"].to_numpy(dtype=float)
+    differ = np.flatnonzero(predicted != measured)
+    return {
+        "requests": len(reqs),
+        "differ": len(differ),
+        "measured_minus_predicted_tokens": int(np.nansum(measured - predicted)),
+        "examples": [
+            {"req_id": int(i), "predicted": int(predicted[i]), "measured": float(measured[i])}
+            for i in differ[:5]
+        ],
+    }
 
 
 def main() -> None:
@@ -166,6 +197,11 @@ def main() -> None:
             cell = "—" if err is None else f"{err:+.1f}%"
             tag = "on" if row["cache"] else "off"
             print(f"{tag:<9}{key:<15}{m:>10.3f}{p:>11.3f}{cell:>8}")
+    hits = result["runs"][1]["per_request"]
+    print(
+        f"cached tokens per request: {hits['differ']} of {hits['requests']} requests differ, "
+        f"measured − predicted = {hits['measured_minus_predicted_tokens']:+,} tokens"
+    )
     print(f"({result['machine']}; {result['machine_after']}; profile {result['profile_wall_s']} s)")
     print(f"wrote {RESULT.relative_to(ROOT)}")
 
