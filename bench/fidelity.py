@@ -234,7 +234,31 @@ def vllm_run(data: Path) -> dict:
                     "error_pct": round(100 * (pv / mv - 1), 1),
                 }
         out[admission] = figures
+    out["steady_decode_ticks"] = steady_decode_ticks(folder, profile, measured_kv)
     return out
+
+
+def steady_decode_ticks(folder: Path, profile, kv_tokens: int) -> dict:
+    """The simulator's decode step (the profile's latency model) against the run's 1-s engine log
+    where a tick is pure decode: no prompt tokens and the same running count at both ends.
+    Measured step = running / generated tokens per second; the KV in context is ``kv_cache_pct``
+    (mean of the tick's ends) of the capacity. A step-level check free of the queueing the TTFT
+    figures carry."""
+    ts = pd.read_csv(folder / "timeseries.csv")
+    rows = []
+    for a, b in zip(ts.itertuples(), ts.iloc[1:].itertuples(), strict=False):
+        if b.prompt_throughput == 0 and a.running == b.running and b.gen_throughput > 0:
+            n = int(b.running)
+            kv = (a.kv_cache_pct + b.kv_cache_pct) / 200 * kv_tokens
+            measured = 1e3 * n / b.gen_throughput
+            rows.append(profile.latency.decode_ms(n, int(kv)) / measured - 1)
+    err = 100 * np.array(rows)
+    return {
+        "ticks": len(rows),
+        "median_pct": round(float(np.median(err)), 1),
+        "p10_pct": round(float(np.percentile(err, 10)), 1),
+        "p90_pct": round(float(np.percentile(err, 90)), 1),
+    }
 
 
 def main() -> int:
@@ -280,6 +304,11 @@ def main() -> int:
                 f"  admission={admission}: ok {f['ok']}, rejected {f['rejected']}, "
                 f"preemptions {f['preemptions']}; {parts}"
             )
+        d = v["steady_decode_ticks"]
+        print(
+            f"  steady decode ticks of the 1-s log: {d['ticks']}, step error median {d['median_pct']:+.1f} %"
+            f" (p10 {d['p10_pct']:+.1f} %, p90 {d['p90_pct']:+.1f} %)"
+        )
     if args.refit:
         print("\nRefit:", json.dumps({k: op[k] for k in ("refit_kernels", "refit_all_reduce")}, indent=1))
     result["meta"] = {

@@ -1,9 +1,9 @@
 """MoE, MLA and new-model figures: counts against the releases, analytic weight reads by batch,
 measured CPU decode steps of the tiny MoE executor, DeepSeek-V3 layouts on H800.
 
-Prints four tables and writes them to ``bench/results/moe_models.json``::
+Prints eight tables and writes them to ``bench/results/moe_models.json``::
 
-    python bench/moe_models.py            # ~1 min on 2 cores (the CPU measurement dominates)
+    python bench/moe_models.py            # ~1-2 min on 2 cores (the CPU measurements dominate)
 
 1. total and active parameters of each catalog model against the release's figure, KV bytes per
    token (bf16 and fp8 KV);
@@ -20,7 +20,19 @@ Prints four tables and writes them to ``bench/results/moe_models.json``::
    "Deploying DeepSeek with PD Disaggregation and Large-scale Expert Parallelism on 96 H100
    GPUs", 2025-05-05: decode on 9 nodes, EP72, DeepEP, two-batch overlap, EPLB; 2,000-token
    inputs): predicted / published − 1. pdplan's instances are TP16-64 (EP = TP), so the layouts
-   differ; it is a sanity check of magnitude, not a validation.
+   differ; it is a sanity check of magnitude, not a validation;
+6. the simulator's latency model fitted on analytic profiles of each MoE layout (and dense
+   Llama-3.1-8B): leave-one-out error of the decode fit without and with the experts term
+   (``pdplan.profiles.latency_model``: m·X(B), the expert weights the batch touches), and the
+   fit's error at batch 1 and 512 (context 1024), predicted / analytic − 1;
+7. the simulator's chunked-prefill mixed step (``StepCoef.mixed_s``) against the analytic model's
+   own price of that step (``Roofline.mixed``: one prompt's chunk of 16-2048 tokens beside 1-128
+   decodes at context 1024): predicted / analytic − 1, median |error| and the signed extremes,
+   for the model without the experts term, with it (the max of the sum and the decode step with
+   the experts all the step's tokens touch), and with X(B + Σn) simply added to the sum;
+8. measured on this CPU: the quick profile of ``tiny-qwen3-moe`` (``pdplan profile --model
+   tiny-qwen3-moe --quick``, one thread) and its decode fit's leave-one-out error without and
+   with the experts term (a shared machine: the figures move by a few points run to run).
 """
 
 from __future__ import annotations
@@ -189,6 +201,119 @@ def deepseek_vs_sglang() -> list[dict]:
     return rows
 
 
+#: (model, hardware, tp, ep, attention_dp, weight dtype or None for the config's, engine)
+FIT_LAYOUTS = (
+    ("qwen3-30b-a3b", "h100-sxm", 1, 1, 1, None, "vllm"),
+    ("qwen3-30b-a3b", "h100-sxm", 1, 1, 1, "fp8", "vllm"),
+    ("mixtral-8x7b", "h100-sxm", 2, 1, 1, None, "vllm"),
+    ("mixtral-8x7b", "h100-sxm", 8, 8, 1, None, "sglang"),
+    ("deepseek-v3", "h800", 16, 1, 1, "fp8", "sglang"),
+    ("deepseek-v3", "h800", 16, 16, 1, "fp8", "sglang"),
+    ("deepseek-v3", "h800", 16, 16, 16, "fp8", "sglang"),
+    ("llama-3.1-8b", "h100-sxm", 1, 1, 1, None, "vllm"),
+)
+
+
+def _fits(layout: tuple) -> tuple:
+    """(name, profile, Roofline, the model fitted without the experts term, the profile's model)."""
+    from pdplan.profiles.analytic import analytic_profile, roofline
+    from pdplan.profiles.hardware import get_hardware
+    from pdplan.profiles.latency_model import LatencyModel
+    from pdplan.profiles.model_spec import load_model_spec
+    from pdplan.profiles.moe_cost import Layout
+
+    model, hardware, tp, ep, dp, dtype, engine = layout
+    spec, hw = load_model_spec(model), get_hardware(hardware)
+    profile = analytic_profile(spec, hw, tp=tp, ep=ep, attention_dp=dp, dtype=dtype, engine=engine)
+    roof = roofline(spec, hw, Layout(tp, ep, dp), profile.dtype, engine)
+    pre, dec = profile.prefill, profile.decode
+    plain = LatencyModel.fit(
+        (pre["num_seqs"], pre["seq_len"], pre["latency_ms"]),
+        (dec["batch_size"], dec["context_len"], dec["latency_ms"]),
+    )
+    name = f"{model} {profile.dtype} TP{tp}" + (f"+EP{ep}" if ep > 1 else "") + (f"+DP{dp}" if dp > 1 else "")
+    return name, profile, roof, plain, profile.latency
+
+
+def decode_fit_errors() -> list[dict]:
+    rows = []
+    for layout in FIT_LAYOUTS:
+        name, _, roof, plain, fitted = _fits(layout)
+        row: dict = {"layout": name}
+        for label, model in (("without", plain), ("with", fitted)):
+            assert model.decode_loo is not None
+            row[f"loo_median_{label}"] = f"{model.decode_loo.median:.2%}"
+            row[f"loo_max_{label}"] = f"{model.decode_loo.max:.2%}"
+        for batch in (1, 512):
+            truth = roof.decode(batch, 1024).total_ms
+            for label, model in (("without", plain), ("with", fitted)):
+                row[f"b{batch}_err_{label}"] = f"{model.decode_ms(batch, batch * 1024) / truth - 1:+.1%}"
+        row["experts_ms_per_gb"] = round(fitted.decode_expert_coef, 4) if fitted.experts else None
+        rows.append(row)
+    return rows
+
+
+def mixed_step_errors() -> list[dict]:
+    import dataclasses
+
+    from pdplan.sim.costs import StepCoef
+
+    rows = []
+    for layout in FIT_LAYOUTS:
+        name, _, roof, plain, fitted = _fits(layout)
+        without, with_ = StepCoef.of(plain), StepCoef.of(fitted)
+        summed = dataclasses.replace(with_, xs=0.0)  # the sum's terms, then + X(B + Σn) below
+        errors: dict[str, list[float]] = {"without": [], "with": [], "sum": []}
+        for n in (16, 128, 512, 2048):
+            for batch in (1, 8, 32, 128):
+                truth = roof.mixed(n, batch, 1024).total_ms / 1e3
+                args = (1, n, n * n, batch, batch * 1024)
+                errors["without"].append(without.mixed_s(*args) / truth - 1)
+                errors["with"].append(with_.mixed_s(*args) / truth - 1)
+                errors["sum"].append((summed.mixed_s(*args) + with_.expert_s(batch + n)) / truth - 1)
+        row: dict = {"layout": name}
+        for label, errs in errors.items():
+            row[f"{label}_median_abs"] = f"{statistics.median(abs(x) for x in errs):.1%}"
+            row[f"{label}_range"] = f"{min(errs):+.1%}..{max(errs):+.1%}"
+        rows.append(row)
+    return rows
+
+
+def measured_profile_fit() -> list[dict]:
+    import torch
+
+    from pdplan.profiles.detect import detect_cpu
+    from pdplan.profiles.latency_model import LatencyModel
+    from pdplan.profiles.model_spec import load_model_spec
+    from pdplan.profiles.profiler import measure_profile
+
+    torch.manual_seed(0)
+    hardware = detect_cpu().to_dict()  # as `pdplan profile --device cpu` builds it
+    hardware["device"] = "cpu"
+    started = time.perf_counter()
+    profile = measure_profile(load_model_spec("tiny-qwen3-moe"), hardware=hardware, quick=True, threads=1)
+    wall_s = time.perf_counter() - started
+    pre, dec = profile.prefill, profile.decode
+    plain = LatencyModel.fit(
+        (pre["num_seqs"], pre["seq_len"], pre["latency_ms"]),
+        (dec["batch_size"], dec["context_len"], dec["latency_ms"]),
+    )
+    rows = []
+    for label, model in (("without", plain), ("with", profile.latency)):
+        assert model.decode_loo is not None
+        rows.append(
+            {
+                "experts_term": label,
+                "decode_points": model.decode_loo.num_points,
+                "loo_median": f"{model.decode_loo.median:.1%}",
+                "loo_max": f"{model.decode_loo.max:.1%}",
+                "per_expert_gb_ms": round(model.decode_expert_coef, 1) if model.experts else None,
+                "profile_wall_s": round(wall_s, 1),
+            }
+        )
+    return rows
+
+
 def _print(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     keys = list(rows[0])
@@ -204,6 +329,9 @@ def main() -> int:
         "analytic_qwen3_30b_a3b_h100_decode_ctx1024": analytic_batches(),
         "deepseek_v3_h800_tp16_layouts": deepseek_layouts(),
         "deepseek_v3_h100_decode_vs_sglang_blog": deepseek_vs_sglang(),
+        "decode_fit_loo_without_vs_with_experts_term": decode_fit_errors(),
+        "mixed_step_vs_analytic_ctx1024": mixed_step_errors(),
+        "measured_cpu_tiny_qwen3_moe_decode_fit": measured_profile_fit(),
         "measured_cpu_decode_ctx128": measured_cpu(),
     }
     for title, rows in results.items():

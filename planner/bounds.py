@@ -14,7 +14,8 @@ both grow with the number of steps, so its lower bound may be used):
 - decode (continuous batching, at most B sequences and K KV tokens): each request runs o − 1
   steps at contexts p … p + o − 2, and holds p + o KV tokens while in the batch, so the number of
   steps per request is N ≥ E[o − 1]/B and ≥ E[(o − 1)(p + o)]/K, and
-  ``e·N + f·max(E[o−1], B0·N) + g·E[(o−1)p + (o−1)(o−2)/2]``.
+  ``e·N + f·max(E[o−1], B0·N) + g·E[(o−1)p + (o−1)(o−2)/2]``, plus for a MoE the expert reads
+  m·X(B) (``LatencyModel.decode_expert_ms``), concave in B: ≥ max(E[o−1]·X(B)/B, N·X(1)).
 - colocated: both, with the per-step fixed cost counted once per step — ``min(pa, e)`` per step
   for chunked steps (whose token budget C also holds the decodes: steps ≥ (Σp + Σ(o−1))/C), whose
   token terms are ≥ pc·Σn + f·B and ≥ min(pc·T0, f·B0) in every step (pure prefill, pure decode or
@@ -88,7 +89,9 @@ def capacity_bound(candidate: Candidate, costs: Mapping[str, InstanceCost], dema
         decode_steps = max(steps.sum() / pool.max_batch_size, _kv_steps(p, o, costs["colocated"]))
         if pool.policy != POLICY_CHUNKED:
             batches = max(p.sum() / pool.max_batch_tokens, p.size / pool.max_batch_size)
-            work_ms = _prefill_ms(p, latency, batches) + _decode_ms(p, o, latency, decode_steps)
+            work_ms = _prefill_ms(p, latency, batches) + _decode_ms(
+                p, o, latency, decode_steps, pool.max_batch_size
+            )
             return Bound(_rate(pool.instances, work_ms, n), {"colocated": _rate(pool.instances, work_ms, n)})
         pa, pb, pc, pd = latency.prefill_coef
         e, f, g = latency.decode_coef
@@ -102,7 +105,7 @@ def capacity_bound(candidate: Candidate, costs: Mapping[str, InstanceCost], dema
     batches = max(p.sum() / pre.step_tokens, p.size / pre.max_batch_size)
     prefill_ms = _prefill_ms(p, costs["prefill"].latency, batches)
     decode_steps = max(steps.sum() / dec.max_batch_size, _kv_steps(p, o, costs["decode"]))
-    decode_ms = _decode_ms(p, o, costs["decode"].latency, decode_steps)
+    decode_ms = _decode_ms(p, o, costs["decode"].latency, decode_steps, dec.max_batch_size)
     by_role = {"prefill": _rate(pre.instances, prefill_ms, n), "decode": _rate(dec.instances, decode_ms, n)}
     return Bound(min(by_role.values()), by_role)
 
@@ -114,11 +117,19 @@ def _prefill_ms(p: np.ndarray, latency: LatencyModel, batches: float) -> float:
     return pa * batches + pc * gemm + _prefill_rest(p, pb, pd)
 
 
-def _decode_ms(p: np.ndarray, o: np.ndarray, latency: LatencyModel, num_steps: float) -> float:
-    """Least total decode time of requests (p, o) in at least ``num_steps`` steps."""
+def _decode_ms(
+    p: np.ndarray, o: np.ndarray, latency: LatencyModel, num_steps: float, max_batch: int
+) -> float:
+    """Least total decode time of requests (p, o) in at least ``num_steps`` steps of at most
+    ``max_batch`` sequences. A MoE's expert reads X(B) are concave in B with X(0) = 0, so a step
+    reads at least X(1) and, per token, at least X(max_batch)/max_batch (0 for a dense model)."""
     e, f, g = latency.decode_coef
-    gemm = max(float((o - 1.0).sum()), latency.decode_knee_batch * num_steps)
-    return e * num_steps + f * gemm + _context_ms(p, o, g)
+    tokens = float((o - 1.0).sum())
+    gemm = max(tokens, latency.decode_knee_batch * num_steps)
+    experts = max(
+        tokens * latency.decode_expert_ms(max_batch) / max_batch, num_steps * latency.decode_expert_ms(1)
+    )
+    return e * num_steps + f * gemm + _context_ms(p, o, g) + experts
 
 
 def _prefill_rest(p: np.ndarray, pb: float, pd: float) -> float:
@@ -196,7 +207,7 @@ def latency_floor(
     e, f, g = decode.decode_coef
     # mean step of a request decoding alone: context p … p + o − 2, i.e. p + (o − 2)/2 on average;
     # a batch of one below the knee costs as if it held B0 sequences
-    per_seq = f * max(1.0, decode.decode_knee_batch)
+    per_seq = f * max(1.0, decode.decode_knee_batch) + decode.decode_expert_ms(1)  # a MoE reads top-k
     tpot = np.where(steps > 0, e + per_seq + g * (p + np.maximum(steps - 1.0, 0.0) / 2.0), 0.0)
     return Floor(ttft, tpot, ttft + tpot * steps, _served(candidate, costs, demand))
 

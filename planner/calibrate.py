@@ -73,8 +73,9 @@ class Params:
 def scaled_model(model: LatencyModel, p: Params) -> LatencyModel:
     """``model`` with prefill × compute_scale, decode × bandwidth_scale, + step_overhead_ms each.
 
-    The overhead may be negative (the profile over-counts fixed costs) but never below the
-    model's own fixed term, so no step gets cheaper than its token terms.
+    A MoE's decode experts term (expert weight reads) is a decode term: it scales with
+    bandwidth_scale too. The overhead may be negative (the profile over-counts fixed costs) but
+    never below the model's own fixed term, so no step gets cheaper than its token terms.
     """
     a, b, c, d = (float(x) * p.compute_scale for x in model.prefill_coef)
     e, f, g = (float(x) * p.bandwidth_scale for x in model.decode_coef)
@@ -83,6 +84,8 @@ def scaled_model(model: LatencyModel, p: Params) -> LatencyModel:
         (max(e + p.step_overhead_ms, 0.0), f, g),
         prefill_knee_tokens=model.prefill_knee_tokens,
         decode_knee_batch=model.decode_knee_batch,
+        experts=model.experts,
+        decode_expert_coef=float(model.decode_expert_coef) * p.bandwidth_scale,
     )
 
 

@@ -211,17 +211,34 @@ class Roofline:
     def _kv_element_bytes(self) -> int:
         return self._attn.kv_element_bytes(self.dtype)
 
+    def _prefill_token_bytes(self) -> float:
+        """Attention bytes per new prefill token per layer: read Q, K, V and write O (MLA:
+        decompressed per head); write the new KV into the cache."""
+        a, e = self._attn, self._bytes
+        if a.is_mla:
+            return e * (2 * a.q_size + 2 * a.v_size) + a.kv_elements_per_token * self._kv_element_bytes()
+        return e * (2 * a.q_size + 2 * a.kv_size) + 2 * a.kv_size * self._kv_element_bytes()
+
     def prefill(self, num_seqs: int, seq_len: int) -> StepCost:
         """One prefill forward of ``num_seqs`` sequences of ``seq_len`` new tokens each."""
-        a, e, dp = self._attn, self._bytes, self.attention_dp
+        dp = self.attention_dp
         tokens = num_seqs * seq_len
         pairs = tokens * (seq_len + 1) / 2 / dp  # causal: token i attends to i + 1 keys
-        # read Q, K, V and write O (MLA: decompressed per head); write the new KV into the cache
-        if a.is_mla:
-            per_token = e * (2 * a.q_size + 2 * a.v_size) + a.kv_elements_per_token * self._kv_element_bytes()
-        else:
-            per_token = e * (2 * a.q_size + 2 * a.kv_size) + 2 * a.kv_size * self._kv_element_bytes()
-        return self._step(tokens, num_seqs, pairs, per_token * tokens / dp)
+        return self._step(tokens, num_seqs, pairs, self._prefill_token_bytes() * tokens / dp)
+
+    def mixed(self, chunk_tokens: int, batch_size: int, context_len: int) -> StepCost:
+        """One chunked-prefill step (Sarathi-Serve): the first ``chunk_tokens`` tokens of one prompt
+        beside ``batch_size`` decodes with ``context_len`` tokens in KV each. The GEMMs run on all
+        the step's tokens at once, so the weights (and the experts its tokens touch) are read
+        once; attention pairs and bytes add. (MLA decode attention is priced in the
+        decompressed form here, as in prefill.) Checks the simulator's mixed-step formula
+        (``pdplan.sim.costs.StepCoef.mixed_s``) in ``bench/moe_models.py``."""
+        a, e, dp = self._attn, self._bytes, self.attention_dp
+        n, keys = chunk_tokens, context_len + 1
+        kv = a.kv_elements_per_token * self._kv_element_bytes()
+        pairs = (n * (n + 1) / 2 + batch_size * keys) / dp
+        attn_bytes = (self._prefill_token_bytes() * n + batch_size * (kv * keys + e * 2 * a.q_size)) / dp
+        return self._step(n + batch_size, 1 + batch_size, pairs, attn_bytes)
 
     def decode(self, batch_size: int, context_len: int) -> StepCost:
         """One decode step of ``batch_size`` sequences with ``context_len`` tokens in KV each."""

@@ -15,14 +15,18 @@ TP 1-8, 1-32768 tokens; A100-80GB SXM and H100 SXM). ``bench/fidelity.py`` print
 per op, per TP, and leave-one-model-out; ``tests/profiles/test_gemm.py`` refits and checks that
 these constants are what the data gives.
 
-GPUs Vidur did not measure borrow the closest family (stated in ``FAMILY``): Ampere and the L40S
+GPUs Vidur did not measure borrow the closest family (``Hardware.kernel_family``): Ampere and the L40S
 take the A100 fit, Hopper/Blackwell and MI300X the H100 fit. AD102 parts whose tensor rate is
 low for their power budget (RTX 4090: bf16 with fp32 accumulate at half rate, 165 TFLOP/s; L20)
 run large GEMMs near their datasheet peak: cuBLAS reaches 105-115 of the L20's 119.5 TFLOP/s
-(DefTruth/CUDA-Learn-Notes, hgemm/README.md), so the ``ada`` fit takes MFU 0.92 and keeps the
-A100 fit's floors and bandwidth fractions (no public measurement of those). The L40S (362 TFLOP/s
-in 350 W) is power-bound like the data-centre parts and keeps the A100 fit. All of this is an
-assumption per part; ``pdplan calibrate`` corrects it with a run on the real part.
+(DefTruth/CUDA-Learn-Notes, hgemm/README.md) and cuBLASLt 175.1 TFLOP/s bf16 on an RTX 4090
+(binbinsh/gpu-bench README, 8192³), so the ``ada`` fit takes MFU 0.92. Its bandwidth fractions are
+transferred, not fitted: GDDR6X sustains a larger share of its datasheet rate than HBM does
+(``STREAM_FRACTION``), and the fitted fractions of the two measured families, divided by their
+own sustained fraction, average (geometric mean) to the ``ada`` part's sustained fraction times
+that ratio (``transferred_fit``). Its floors are the A100 fit's. The L40S (362 TFLOP/s in 350 W)
+is power-bound like the data-centre parts and keeps the A100 fit. All of this is an assumption
+per part; ``pdplan calibrate`` corrects it with a run on the real part.
 """
 
 from __future__ import annotations
@@ -44,33 +48,42 @@ class KernelFit:
     elementwise_mbu: float
 
 
+#: Sustained DRAM bandwidth over the datasheet figure, from public STREAM-like micro-benchmarks:
+#: A100-SXM4-40GB 1,379.7 of 1,555 GB/s (xytpai/nvbench README, float4 copy); H100 80GB HBM3
+#: 2.97 of 3.35 TB/s (triad; samuel-bohman/AI-benchmarking-guide, Azure_Results/ND_H100_v5);
+#: RTX 4090 921.9 GB/s (xytpai/nvbench) and 918.8 GB/s (binbinsh/gpu-bench, D2D copy) of 1,008.
+#: The A100-80GB that Vidur measured is taken to sustain the 40GB part's fraction (same HBM2e
+#: controller; an assumption).
+STREAM_FRACTION: dict[str, float] = {
+    "a100": 1379.7 / 1555.0,
+    "h100": 2970.0 / 3350.0,
+    "ada": (921.9 + 918.8) / 2 / 1008.0,
+}
+
+
+def transferred_fit(family: str, mfu: float, like: KernelFit, fitted: dict[str, KernelFit]) -> KernelFit:
+    """A fit for a family Vidur did not measure: ``mfu`` from public GEMM figures, the floors of
+    ``like``, and each bandwidth fraction as the family's sustained fraction times the geometric
+    mean, over the measured families, of (fitted fraction / that family's sustained fraction)."""
+
+    def transfer(attr: str) -> float:
+        ratios = [getattr(f, attr) / STREAM_FRACTION[name] for name, f in fitted.items()]
+        return round(STREAM_FRACTION[family] * float(np.exp(np.mean(np.log(ratios)))), 3)
+
+    mbu, elementwise_mbu = transfer("mbu"), transfer("elementwise_mbu")
+    return KernelFit(like.gemm_t0_us, mfu, mbu, like.elementwise_t0_us, elementwise_mbu)
+
+
 #: Fitted on Vidur's A100 and H100 op times (see the module docstring; regenerate with
 #: ``python bench/fidelity.py --refit``).
-FITS: dict[str, KernelFit] = {
+_FITTED: dict[str, KernelFit] = {
     "a100": KernelFit(gemm_t0_us=9.0, mfu=0.72, mbu=0.8, elementwise_t0_us=1.5, elementwise_mbu=0.4),
     "h100": KernelFit(gemm_t0_us=8.0, mfu=0.72, mbu=0.98, elementwise_t0_us=3.5, elementwise_mbu=0.56),
-    # not fitted: the A100 fit with the MFU cuBLAS reaches on AD102 (see the module docstring)
-    "ada": KernelFit(gemm_t0_us=9.0, mfu=0.92, mbu=0.8, elementwise_t0_us=1.5, elementwise_mbu=0.4),
 }
-#: Which fit a catalog GPU uses (Vidur measured a100-80g and h100-sxm; the rest borrow).
-FAMILY: dict[str, str] = {
-    "a100-80g": "a100",
-    "a100-40g": "a100",
-    "l40s": "a100",
-    "rtx-4090": "ada",
-    "h100-sxm": "h100",
-    "h100-pcie": "h100",
-    "h200": "h100",
-    "b200": "h100",
-    "mi300x": "h100",
-    "h800": "h100",
-    "h20": "h100",
-    "gb200": "h100",
-    "mi325x": "h100",
-    "a10g": "a100",
-    "l20": "ada",
-    "rtx-pro-6000": "a100",
-    "rtx-pro-6000-server": "a100",
+FITS: dict[str, KernelFit] = {
+    **_FITTED,
+    # not fitted: cuBLAS's MFU on AD102, bandwidth fractions transferred (see the module docstring)
+    "ada": transferred_fit("ada", 0.92, _FITTED["a100"], _FITTED),
 }
 #: Peaks Vidur's GPUs were priced at (the catalog's datasheet figures: A100-80GB SXM, H100 SXM).
 VIDUR_PEAKS: dict[str, tuple[float, float]] = {"a100": (312e12, 2039e9), "h100": (989.4e12, 3350e9)}
@@ -79,18 +92,24 @@ VIDUR_PEAKS: dict[str, tuple[float, float]] = {"a100": (312e12, 2039e9), "h100":
 def fit_source(hardware_name: str, family: str) -> str:
     """Where a GPU's kernel constants (``family``'s) come from, for the profile's notes."""
     if family == "ada":
-        return "ada: A100 fit with the MFU published cuBLAS figures give on AD102, not fitted"
+        return (
+            "ada: MFU from published cuBLAS figures on AD102, bandwidth fractions transferred "
+            "from the A100/H100 fits by sustained bandwidth; not fitted"
+        )
     if hardware_name == {"a100": "a100-80g", "h100": "h100-sxm"}.get(family):
         return "fitted on Vidur op times"
     return f"borrowed: the {family} fit on Vidur op times"
 
 
-def kernel_fit(hardware_name: str) -> KernelFit:
-    """The fit a GPU (or a family name, ``a100``/``h100``: ``Hardware.kernel_family``) uses; the CPU
-    and unknown parts get the A100 fit (an assumption)."""
-    if hardware_name in FITS:
-        return FITS[hardware_name]
-    return FITS[FAMILY.get(hardware_name, "a100")]
+def kernel_fit(name: str) -> KernelFit:
+    """The fit of a family (``a100``/``h100``/``ada``: ``Hardware.kernel_family``) or of a catalog
+    GPU (by its ``kernel_family``); the CPU and unknown parts get the A100 fit (an assumption)."""
+    if name in FITS:
+        return FITS[name]
+    from pdplan.profiles.hardware import CATALOG
+
+    hw = CATALOG.get(name)
+    return FITS[hw.kernel_family if hw is not None else "a100"]
 
 
 def gemm_s(fit: KernelFit, flops: float, num_bytes: float, peak_flops: float, bandwidth: float) -> float:

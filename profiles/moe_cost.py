@@ -32,9 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pdplan.profiles.comm import all_reduce_fit
-from pdplan.profiles.errors import ConfigError
+from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.hardware import Hardware
-from pdplan.profiles.model_spec import ModelSpec
+from pdplan.profiles.model_spec import WEIGHT_BITS, ModelSpec
 
 
 def expected_distinct_experts(tokens: float, top_k: int, num_experts: int) -> float:
@@ -44,6 +44,49 @@ def expected_distinct_experts(tokens: float, top_k: int, num_experts: int) -> fl
     if tokens <= 0:
         return 0.0
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+@dataclass(frozen=True)
+class ExpertReads:
+    """The routed-expert weights one GPU reads in a step, as a function of the step's tokens: the
+    experts touched (:func:`expected_distinct_experts`) × ``gb_per_expert``, one expert's weights
+    held by one GPU summed over the MoE layers (GB).
+
+    Per EP shard: each of ``ep`` ranks holds E/ep whole experts, each split tp/ep ways, so a GPU
+    reads, in expectation, touched/ep of its experts × 1/(tp/ep) of each — touched/tp of one
+    expert's bytes, whatever the EP split. (The step waits for the busiest rank, which reads a
+    little more than the mean when few experts per rank are touched; not modelled.)
+    """
+
+    num_experts: int
+    top_k: int
+    gb_per_expert: float
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.top_k <= self.num_experts, "top-k must be within the expert count"
+        assert self.gb_per_expert > 0, "an expert holds weights"
+
+    @classmethod
+    def of(cls, spec: ModelSpec, tp: int, dtype: str) -> ExpertReads | None:
+        """The reads of ``spec``'s routed experts on one GPU of a ``tp``-way instance with weights in
+        ``dtype`` (``WEIGHT_BITS``); None for a dense model."""
+        if not spec.is_moe:
+            return None
+        if dtype not in WEIGHT_BITS:
+            raise choices_error("dtype", dtype, WEIGHT_BITS)
+        expert_bytes = spec.num_moe_layers * spec.expert_params * WEIGHT_BITS[dtype] / 8
+        return cls(spec.num_experts, spec.num_experts_per_tok, expert_bytes / tp / 1e9)
+
+    def gb(self, tokens: float) -> float:
+        """GB of expert weights one GPU reads in a step of ``tokens`` tokens."""
+        return expected_distinct_experts(tokens, self.top_k, self.num_experts) * self.gb_per_expert
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "gb_per_expert": round(self.gb_per_expert, 9),
+        }
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pdplan.profiles.atomic import replacing_dir, write_file
 from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.latency_model import LatencyModel
 from pdplan.profiles.model_spec import WEIGHT_BITS, ModelSpec
+from pdplan.profiles.moe_cost import ExpertReads
 from pdplan.profiles.validate import (
     MAX_FILE_BYTES,
     MAX_TOKENS,
@@ -103,6 +104,7 @@ class Profile:
         latency = LatencyModel.fit(
             (self.prefill["num_seqs"], self.prefill["seq_len"], self.prefill["latency_ms"]),
             (self.decode["batch_size"], self.decode["context_len"], self.decode["latency_ms"]),
+            experts=ExpertReads.of(self.model, self.tp, self.dtype),
         )
         object.__setattr__(self, "latency", latency)
 

@@ -274,6 +274,8 @@ def _model_table(profile: Profile) -> Table:
             fmt_ms_fine(c) if t == "base" else f"{fmt_ms_fine(c)} {t}"
             for c, t in zip(coef, terms, strict=True)
         )
+        if phase == "decode" and model.experts is not None:  # a MoE: the expert weights B tokens touch
+            formula += f" + {fmt_ms_fine(model.decode_expert_coef)} per GB of experts read"
         median = f"{100 * loo.median:.1f}%" if loo else "—"
         worst = f"{100 * loo.max:.1f}%" if loo else "—"
         shown_knee = f"{knee:,.0f} {unit}" if knee > 0 else "none"

@@ -144,7 +144,10 @@ class ColocatedInstance:
         elif self.batch:
             self.mode = SEGMENT
             coef, batch, knee = self.coef, self.batch, self.coef.dk  # StepCoef.decode_s, inlined
-            first = self.first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            if coef.xs:  # a MoE's expert reads, X(B)
+                first += coef.xs * (1.0 - coef.miss**batch)
+            self.first = first
             q = self.q = coef.dg * batch * 0.5
             k = self.fin[0][0] - self.steps
             self._schedule(boundary_s(now, first, q, k), k)

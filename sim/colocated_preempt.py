@@ -169,7 +169,10 @@ class PreemptingColocatedInstance(ColocatedInstance):
         elif self.batch:
             self.mode = SEGMENT
             coef, batch, knee = self.coef, self.batch, self.coef.dk
-            first = self.first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            if coef.xs:  # a MoE's expert reads, X(B)
+                first += coef.xs * (1.0 - coef.miss**batch)
+            self.first = first
             q = self.q = coef.dg * batch * 0.5
             fin, fin_step = self.fin, self.fin_step
             while fin_step[fin[0][1]] != fin[0][0]:

@@ -166,8 +166,11 @@ def _check_tp(role: str, tp: int, profile: Profile) -> None:
 class StepCoef:
     """A ``LatencyModel``'s coefficients in seconds (the simulator's clock).
 
-    prefill_s = pa + pb·seqs + pc·max(Σn, pk) + pd·Σ(n² + 2np); decode step = de + df·max(B, dk) + dg·C,
-    with ``pk`` (tokens) and ``dk`` (sequences) the model's roofline knees (0: none).
+    prefill_s = pa + pb·seqs + pc·max(Σn, pk) + pd·Σ(n² + 2np); decode step = de + df·max(B, dk) + dg·C
+    + xs·(1 − miss^B), with ``pk`` (tokens) and ``dk`` (sequences) the model's roofline knees (0:
+    none) and the last term a MoE's expert reads (``LatencyModel.decode_expert_ms``: E·(1 − (1 −
+    k/E)^B) experts touched, so ``xs`` is the time to read all E and ``miss`` = 1 − k/E; xs = 0 for
+    a dense model).
     """
 
     pa: float
@@ -179,6 +182,8 @@ class StepCoef:
     dg: float
     pk: float = 0.0
     dk: float = 0.0
+    xs: float = 0.0
+    miss: float = 1.0
     mixed_floor: float = field(init=False)  # max(pc·pk, df·dk): see ``mixed_s``
 
     def __post_init__(self) -> None:
@@ -189,7 +194,16 @@ class StepCoef:
         # Plain floats: numpy scalars (what a fit returns) are several times slower in the event loop.
         a, b, c, d = (float(x) / 1000.0 for x in model.prefill_coef)
         e, f, g = (float(x) / 1000.0 for x in model.decode_coef)
-        return cls(a, b, c, d, e, f, g, float(model.prefill_knee_tokens), float(model.decode_knee_batch))
+        knees = float(model.prefill_knee_tokens), float(model.decode_knee_batch)
+        x = model.experts
+        if x is None or model.decode_expert_coef == 0:
+            return cls(a, b, c, d, e, f, g, *knees)
+        xs = model.decode_expert_coef * x.num_experts * x.gb_per_expert / 1000.0
+        return cls(a, b, c, d, e, f, g, *knees, xs=float(xs), miss=1.0 - x.top_k / x.num_experts)
+
+    def expert_s(self, tokens: int) -> float:
+        """Reading the routed experts ``tokens`` tokens touch (0 for a dense model)."""
+        return self.xs * (1.0 - self.miss**tokens) if self.xs else 0.0
 
     def prefill_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int) -> float:
         tokens = sum_tokens if sum_tokens > self.pk else self.pk
@@ -197,7 +211,8 @@ class StepCoef:
 
     def decode_s(self, batch: int, context: int) -> float:
         """One decode step of ``batch`` sequences holding ``context`` tokens (the segment's first)."""
-        return self.de + self.df * (batch if batch > self.dk else self.dk) + self.dg * context
+        step = self.de + self.df * (batch if batch > self.dk else self.dk) + self.dg * context
+        return step + self.xs * (1.0 - self.miss**batch) if self.xs else step
 
     def mixed_s(self, num_seqs: int, sum_tokens: int, sum_pairs: int, batch: int, context: int) -> float:
         """One colocated step: prompt chunks (``num_seqs``, Σn, Σpairs) + ``batch`` decodes.
@@ -215,6 +230,14 @@ class StepCoef:
         pays only once, so the token terms cost max(pc·Σn + df·B, pc·pk, df·dk) — the larger
         weight-read floor, or the two phases' compute when that is larger. With no decodes or no
         chunk this is exactly the pure step's term, and with zero knees the plain sum.
+
+        A MoE's decode expert reads (``xs``) are not in that sum: a mixed step costs at least the
+        pure decode step of its decodes with the experts *all* its tokens touch, decode_s with
+        X(B + Σn) — never less than the decode step alone (X grows with the tokens). The prefill
+        fit already prices the chunk's own expert reads (in pa, or in the knee pc·pk), so adding X
+        to the sum would count them twice: against the analytic model's own price of mixed steps
+        (``bench/moe_models.py``) the max is within its error, the sum 30-60 % high on Mixtral.
+        For a dense model (xs = 0) the step is the sum, bit for bit.
         """
         if batch == 0:
             return self.prefill_s(num_seqs, sum_tokens, sum_pairs)
@@ -223,13 +246,19 @@ class StepCoef:
         fixed = self.pa if self.pa > self.de else self.de
         floor = self.mixed_floor
         if floor > self.pc * sum_tokens + self.df * batch:
-            return fixed + self.pb * num_seqs + floor + self.pd * sum_pairs + self.dg * context
-        # the same terms in the same order as before knees existed: bit-identical when they are 0
-        return (
-            fixed
-            + self.pb * num_seqs
-            + self.pc * sum_tokens
-            + self.pd * sum_pairs
-            + self.df * batch
-            + self.dg * context
-        )
+            step = fixed + self.pb * num_seqs + floor + self.pd * sum_pairs + self.dg * context
+        else:
+            # the same terms in the same order as before knees existed: bit-identical when they are 0
+            step = (
+                fixed
+                + self.pb * num_seqs
+                + self.pc * sum_tokens
+                + self.pd * sum_pairs
+                + self.df * batch
+                + self.dg * context
+            )
+        if not self.xs:
+            return step
+        decode = self.de + self.df * (batch if batch > self.dk else self.dk) + self.dg * context
+        decode += self.xs * (1.0 - self.miss ** (batch + sum_tokens))
+        return step if step > decode else decode

@@ -54,6 +54,7 @@ class DecodeInstance:
         self.run, self.env, self.index = run, run.env, index
         self.prompt, self.output, self.ledger = run.prompt, run.output, run.ledger
         self.e, self.f, self.g, self.knee = coef.de, coef.df, coef.dg, coef.dk
+        self.xs, self.miss = coef.xs, coef.miss
         self.max_batch = run.cluster.decode.max_batch_size
         self.kv_free = run.cluster.decode_cost.kv_capacity_tokens
         self.batch = 0  # sequences in the running batch
@@ -174,7 +175,10 @@ class DecodeInstance:
         self.seg_t0 = now
         # StepCoef.decode_s, inlined: below the roofline knee a step costs as if it held knee sequences
         knee = self.knee
-        first = self.first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
+        first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
+        if self.xs:  # a MoE's expert reads, X(B)
+            first += self.xs * (1.0 - self.miss**batch)
+        self.first = first
         q = self.q = self.g * batch * 0.5
         k = self.fin[0][0] - self.steps
         pending = self.pending
@@ -359,7 +363,10 @@ class PreemptingDecodeInstance(DecodeInstance):
         self.pause = 0.0
         self.seg_t0 = t0
         knee = self.knee
-        first = self.first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
+        first = self.e + self.f * (batch if batch > knee else knee) + self.g * self.ctx
+        if self.xs:  # a MoE's expert reads, X(B)
+            first += self.xs * (1.0 - self.miss**batch)
+        self.first = first
         q = self.q = self.g * batch * 0.5
         fin, fin_step = self.fin, self.fin_step
         while fin_step[fin[0][1]] != fin[0][0]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pdplan.profiles.latency_model import LatencyModel
+from pdplan.profiles.moe_cost import ExpertReads
 from pdplan.sim import (
     ColocatedCluster,
     ColocatedPool,
@@ -65,8 +66,14 @@ def colocated(latency: LatencyModel | None = None, *, kv_tokens: int = 100_000, 
 
 
 def random_model(rng: np.random.Generator) -> LatencyModel:
-    """A latency model with every term non-zero and awkward (non-dyadic) coefficients, and most of
-    the time roofline knees in the range of the tests' batches (≤ 1200 tokens, ≤ 8 sequences)."""
+    """A latency model with every term non-zero and awkward (non-dyadic) coefficients, most of
+    the time roofline knees in the range of the tests' batches (≤ 1200 tokens, ≤ 8 sequences),
+    and some of the time a MoE's decode experts term (2-64 experts, top-1 to all)."""
+    experts = None
+    if rng.random() < 0.4:
+        num_experts = int(rng.integers(2, 65))
+        top_k = int(rng.integers(1, num_experts + 1))
+        experts = ExpertReads(num_experts, top_k, float(rng.uniform(0.001, 0.1)))
     return LatencyModel(
         (
             float(rng.uniform(1, 10)),
@@ -77,6 +84,8 @@ def random_model(rng: np.random.Generator) -> LatencyModel:
         (float(rng.uniform(3, 12)), float(rng.uniform(0, 0.2)), float(rng.uniform(0, 1e-4))),
         prefill_knee_tokens=float(rng.uniform(0, 600)) if rng.random() < 0.7 else 0.0,
         decode_knee_batch=float(rng.uniform(0, 8)) if rng.random() < 0.7 else 0.0,
+        experts=experts,
+        decode_expert_coef=float(rng.uniform(0, 20)) if experts else 0.0,
     )
 
 

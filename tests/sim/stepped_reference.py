@@ -4,8 +4,9 @@ They plug into the simulator's runs in place of ``DecodeInstance`` / ``Colocated
 must give exactly the same records. They share only the admission *rules* (stated in the sim
 module docstrings), the boundary-time expression ``boundary_s`` (a segment restarts whenever
 membership changes) and ``StepCoef``'s prefill and mixed-step costs; a decode step's cost (roofline
-knee included) is written out here; everything the coalescing does — step counting, context sums, finish
-detection, cutting runs for joins — is done here the plain way, one step at a time.
+knee and experts term included) is written out here; everything the coalescing does — step
+counting, context sums, finish detection, cutting runs for joins — is done here the plain way, one
+step at a time.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pdplan.sim.kernel import INSTANCE, boundary_s
 
 
 def _first_step_s(coef, batch, ctx):
-    """One decode step, written out here (not ``StepCoef.decode_s``): e + f·max(B, B0) + g·C."""
-    return coef.de + coef.df * max(batch, coef.dk) + coef.dg * ctx
+    """One decode step, written out here (not ``StepCoef.decode_s``): e + f·max(B, B0) + g·C, plus
+    a MoE's expert reads xs·(1 − miss^B) (the experts B tokens touch)."""
+    step = coef.de + coef.df * max(batch, coef.dk) + coef.dg * ctx
+    return step + coef.xs * (1.0 - coef.miss**batch) if coef.xs else step
 
 
 class SteppedDecode:

@@ -106,6 +106,7 @@ def _scaled_model(model: LatencyModel, factor: float) -> LatencyModel:
         model,
         prefill_coef=tuple(c * factor for c in model.prefill_coef),
         decode_coef=tuple(c * factor for c in model.decode_coef),
+        decode_expert_coef=model.decode_expert_coef * factor,
     )
 
 
