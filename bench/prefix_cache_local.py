@@ -14,7 +14,7 @@ worker runs). The worker gets two warm-up requests whose tokens the workload nev
 
 Writes bench/results/prefix_cache_local.json; prints a table with errors as predicted / measured − 1.
 
-    .venv/bin/python bench/prefix_cache_local.py [--rate 0.8] [--num-requests 60]
+    .venv/bin/python bench/prefix_cache_local.py [--rate 0.8] [--num-requests 60] [--result FILE]
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.8)
     parser.add_argument("--num-requests", type=int, default=60)
     parser.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--result", type=Path, default=RESULT, help="the JSON to write")
     args = parser.parse_args()
     result: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,7 +188,7 @@ def main() -> None:
         result["profile_wall_s"] = round(time.perf_counter() - started, 1)
         result["runs"] = [run_one(tmp, cache, args.rate, args.num_requests) for cache in (False, True)]
     result["machine_after"] = f"load average {os.getloadavg()[0]:.2f} at the end"
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    args.result.write_text(json.dumps(result, indent=2) + "\n")
     print(f"== prefix cache, local worker vs simulator ({MODEL}, CPU, {args.rate} req/s multi-turn) ==")
     print(f"{'cache':<9}{'metric':<15}{'measured':>10}{'predicted':>11}{'error':>8}")
     for row in result["runs"]:
@@ -203,7 +204,7 @@ def main() -> None:
         f"measured − predicted = {hits['measured_minus_predicted_tokens']:+,} tokens"
     )
     print(f"({result['machine']}; {result['machine_after']}; profile {result['profile_wall_s']} s)")
-    print(f"wrote {RESULT.relative_to(ROOT)}")
+    print(f"wrote {args.result}")
 
 
 if __name__ == "__main__":
