@@ -300,7 +300,6 @@ class Engine:
         except (RuntimeError, ValueError) as err:
             log.exception("prefill of %d prompts failed", len(batch))
             for job in batch:
-                self._drop_cache(job)
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
             return
         end = time.time()
@@ -362,7 +361,7 @@ class Engine:
             log.exception("prefill slice of %d prompts failed", len(items))
             for job, _ in items:
                 self._waiting_prefill.remove(job)
-                self._drop_cache(job)
+                job.cache = None
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
             return
         end = time.time()
