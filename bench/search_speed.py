@@ -13,8 +13,9 @@ budget of ``--gpus`` with the default workers (one per core) — and with one wo
 ``--compare-workers`` is given, checking both wrote the same candidates.csv and probes.csv — then
 replays the chosen plan as a user checks it (``pdplan simulate --plan ... --rate R --seed 11`` on
 the same trace, at the promised goodput and at 1.15×), prints a table and writes
-bench/results/search_speed.json. Other processes on a shared machine slow it down; the load
-average is recorded next to the times.
+bench/results/search_speed.json. The previous file's figures for the same budgets are kept in it
+(``previous``) and printed side by side. Other processes on a shared machine slow it down; the
+load average is recorded next to the times.
 
     .venv/bin/python bench/search_speed.py [--gpus 16 64 128] [--compare-workers] [--keep DIR]
 """
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,9 +63,13 @@ def run(workers: int | None, out: Path, gpus: int = 16) -> dict[str, object]:
     if workers is not None:
         command += ["--workers", str(workers)]
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU of the search and its workers (children reaped by it count): less load-sensitive than wall
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"search failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     searched = re.search(r"probes in ([\d.]+) s", done.stdout)
@@ -79,6 +85,7 @@ def run(workers: int | None, out: Path, gpus: int = 16) -> dict[str, object]:
         "budget_gpus": gpus,
         "workers": workers or len(os.sched_getaffinity(0)),
         "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
         "search_s": float(searched.group(1)) if searched else None,
         "load_average_at_start": round(load, 2),
         "candidates": len(candidates),
@@ -112,6 +119,26 @@ def replay(out: Path, factor: float, seed: int = 11) -> dict[str, object]:
             "meets_slo": summary["meets_slo"]}  # fmt: skip
 
 
+def _previous(path: Path) -> list[dict]:
+    """The runs of the last recorded file (what this run is compared with)."""
+    if not path.is_file():
+        return []
+    return [r for r in json.loads(path.read_text()).get("runs", []) if "wall_s" in r]
+
+
+def _key_figures(run: dict) -> dict:
+    keys = ("budget_gpus", "workers", "wall_s", "cpu_s", "load_average_at_start", "simulated_to_goodput")
+    return {k: run.get(k) for k in (*keys, "pruned", "probes", "chosen", "goodput_rps")}
+
+
+def _before(previous: list[dict], run: dict) -> str:
+    """The previous wall time for the same budget and workers, or ``-``."""
+    for p in previous:
+        if (p.get("budget_gpus"), p.get("workers")) == (run["budget_gpus"], run["workers"]):
+            return f"{p['wall_s']:.1f}"
+    return "-"
+
+
 def _describe(plan: dict) -> str:
     if plan["mode"] == "colocated":
         c = plan["colocated"]
@@ -133,6 +160,8 @@ def main() -> None:
     if not TRACE.is_file():
         raise SystemExit(f"the Azure conversation trace is not at {TRACE}")
     root = args.keep or Path(tempfile.mkdtemp(prefix="pdplan-search-speed-"))
+    results_path = ROOT / "bench" / "results" / "search_speed.json"
+    previous = _previous(results_path)
     runs, same = [], None
     for gpus in args.gpus:
         out = root / f"gpus-{gpus}"
@@ -145,14 +174,17 @@ def main() -> None:
                 pd.read_csv(out / name).equals(pd.read_csv(root / f"gpus-{gpus}-workers-1" / name))
                 for name in ("candidates.csv", "probes.csv")
             )
-    columns = ("GPUs", "workers", "wall s", "target", "load", "cands", "ok", "pruned", "probes")
+    columns = ("GPUs", "workers", "wall s", "before", "target", "cpu s", "load", "cands", "ok", "pruned")
+    columns += ("probes",)
     print(" ".join(f"{c:>8}" for c in columns) + "  chosen → replay at 1× / 1.15× (seed 11)")
     for r in runs:
         cells = (
             f"{r['budget_gpus']}",
             f"{r['workers']}",
             f"{r['wall_s']:.1f}",
+            _before(previous, r),
             f"{TARGET_S.get(int(r['budget_gpus']), float('nan')):.0f}",  # type: ignore[call-overload]
+            f"{r['cpu_s']:.1f}",
             f"{r['load_average_at_start']:.1f}",
             *(f"{r[k]}" for k in ("candidates", "simulated_to_goodput", "pruned", "probes")),
         )
@@ -176,10 +208,10 @@ def main() -> None:
         "targets_s": TARGET_S,
         "runs": runs,
         "identical_across_workers": same,
+        "previous": [_key_figures(r) for r in previous],
     }
-    out = ROOT / "bench" / "results" / "search_speed.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {results_path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -56,15 +56,19 @@ class Confirmation:
         }
 
 
-def replay_probe(cluster: Cluster, traffic: Traffic, slo: SloTargets) -> Callable[[float], Probe]:
-    """A probe that simulates every user replay at a rate and returns the worst (the first that
-    misses the SLO, or the lowest attainment)."""
+def replay_probe(
+    cluster: Cluster, traffic: Traffic, slo: SloTargets, router: str = "least_loaded"
+) -> Callable[[float], Probe]:
+    """A probe that simulates every user replay at a rate (routed by ``router``) and returns the
+    worst (the first that misses the SLO, or the lowest attainment)."""
 
     def probe(rate: float) -> Probe:
         worst: Probe | None = None
         attained: list[float] = []
         for requests in traffic.replays(rate):
-            got = probe_requests(cluster, requests, rate, slo, traffic.warmup_fraction, traffic.stability)
+            got = probe_requests(
+                cluster, requests, rate, slo, traffic.warmup_fraction, traffic.stability, router
+            )
             attained.append(got.attainment)
             if worst is None or got.attainment < worst.attainment or not got.meets_slo:
                 worst = got

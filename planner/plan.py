@@ -63,14 +63,15 @@ PLAN_KEYS = (
     "target",
     "budget",
     "cost",
+    "cache_choice",
     "launch",
     "dtype",
     "kv_dtype",
 )
 #: What a search adds about its promise (free-form, for people and reports; never simulated):
 #: how the traffic was judged, the confirmation on the user's replays, a tie, a target rate's
-#: check, the chosen unit scaled to the budget, and the cost.
-NOTE_KEYS = ("traffic", "confirmed", "tie", "target", "budget", "cost")
+#: check, the chosen unit scaled to the budget, the cost, and the router/cache tiers chosen.
+NOTE_KEYS = ("traffic", "confirmed", "tie", "target", "budget", "cost", "cache_choice")
 PREDICTED_KEYS = (
     "goodput_rps",
     "goodput_rps_per_gpu",

@@ -20,9 +20,9 @@ from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO
 from pdplan.planner.stability import backlog_growth
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
-from pdplan.sim.records import UNFINISHED, SimResult
+from pdplan.sim.records import REJECTED, UNFINISHED, SimResult
 from pdplan.sim.requests import Requests
-from pdplan.sim.simulate import EarlyStop, SimOptions, simulate
+from pdplan.sim.simulate import EarlyStop, SimOptions, simulate, simulate_prefill_side
 from pdplan.sim.summary import percentile_key, summarize
 
 PROBE_PERCENTILES = (50.0, 90.0, 99.0)
@@ -168,24 +168,48 @@ def run_probe(
 
 
 def simulate_requests(
-    cluster: DisaggregatedCluster | ColocatedCluster, requests: Requests, stop: EarlyStop | None = None
+    cluster: DisaggregatedCluster | ColocatedCluster,
+    requests: Requests,
+    stop: EarlyStop | None = None,
+    router: str = "least_loaded",
 ) -> SimResult:
     """``requests`` as given (already at their rate), simulated as ``pdplan simulate --plan`` does."""
-    return simulate(requests, cluster, SimOptions(router="least_loaded"), np.random.default_rng(0), stop=stop)
+    return simulate(requests, cluster, SimOptions(router=router), np.random.default_rng(0), stop=stop)
 
 
 def early_stop(slo: SloTargets, requests: Requests, warmup_fraction: float) -> EarlyStop | None:
-    """When a probe may stop early: once more measured requests have waited past the TTFT
-    threshold than the attainment target allows, it has failed whatever happens next (a late first
-    token never becomes on time). ``None`` without a per-request TTFT threshold."""
-    limit_ms = slo.per_request_ms.get("ttft")
+    """When a probe may stop early: once more measured requests have certainly missed a
+    per-request threshold (a TTFT, TPOT or E2E that can only grow, or a rejection) than the
+    attainment target allows, it has failed whatever happens next (``EarlyStop``). ``None``
+    without per-request thresholds.
+
+    The allowance is the most misses with which ``judge`` still passes the run (its attainment is
+    rounded as ``summarize`` rounds it), so a run that stops would have failed had it run on.
+    """
+    limits = slo.per_request_ms
     n = len(requests)
-    if limit_ms is None or n < 2:
+    if not limits or n < 2:
         return None
     excluded = math.floor(warmup_fraction * n)
-    max_late = math.floor((1.0 - slo.attainment) * (n - excluded))
-    every = max(requests.span_s / 64.0, limit_ms / 1000.0)
-    return EarlyStop(limit_ms / 1000.0, max_late, excluded, every)
+    return EarlyStop(
+        max_late=max_misses(slo.attainment, n - excluded),
+        measured_from=excluded,
+        every_s=max(requests.span_s / 64.0, min(limits.values()) / 1000.0),
+        ttft_ms=limits.get("ttft"),
+        tpot_ms=limits.get("tpot"),
+        e2e_ms=limits.get("e2e"),
+    )
+
+
+def max_misses(attainment: float, measured: int) -> int:
+    """The most of ``measured`` requests that may miss while the attainment, rounded to 6
+    decimals as ``summarize`` reports it, still meets ``attainment``."""
+    late = max(0, math.floor((1.0 - attainment) * measured))
+    while late > 0 and round((measured - late) / measured, 6) < attainment:
+        late -= 1
+    while late < measured and round((measured - late - 1) / measured, 6) >= attainment:
+        late += 1
+    return late
 
 
 def probe_requests(
@@ -195,16 +219,60 @@ def probe_requests(
     slo: SloTargets,
     warmup_fraction: float,
     stability: bool,
+    router: str = "least_loaded",
 ) -> Probe:
     """One probe of ``requests`` (already at ``rate_rps``), stopped early once it has certainly failed."""
     stop = early_stop(slo, requests, warmup_fraction)
-    result = simulate_requests(cluster, requests, stop)
+    result = simulate_requests(cluster, requests, stop, router)
     probe = judge(result, rate_rps, slo, warmup_fraction, stability)[0]
     if stop is not None and not probe.meets_slo and np.any(result.records.status_code == UNFINISHED):
         # the attainment of a stopped run counts its unfinished requests as misses: an upper bound
-        why = f"stopped early: more than {stop.max_late} measured requests waited > {stop.ttft_s:g} s"
+        why = f"stopped early: more than {stop.max_late} measured requests had certainly missed the SLO"
         probe = replace(probe, violated=f"{probe.violated}; {why}" if probe.violated else why)
     return probe
+
+
+def prefill_side_probe(
+    cluster: DisaggregatedCluster | ColocatedCluster,
+    requests: Requests,
+    rate_rps: float,
+    slo: SloTargets,
+    warmup_fraction: float,
+) -> Probe | None:
+    """A failing probe proven on a disaggregated cluster's prefill side alone, or ``None``.
+
+    The prefill timeline is the full run's, and a first token comes no earlier than its prompt's
+    prefill end (``simulate_prefill_side``). When more measured requests than the attainment
+    allows were rejected, or had their prompt prefilled (or were still waiting for it when the run
+    stopped) more than the TTFT threshold after arrival, the full probe fails too — at a fraction
+    of its cost, since nothing decodes. ``None``: not proven (the full probe decides), no TTFT
+    threshold, a colocated cluster or one with a prefix cache. The probe's attainment is an upper
+    bound (every request not proven late counted as on time); its latency figures are not known.
+    """
+    limit_ms = slo.per_request_ms.get("ttft")
+    stop = early_stop(slo, requests, warmup_fraction)
+    if not isinstance(cluster, DisaggregatedCluster) or cluster.cache is not None:
+        return None
+    if limit_ms is None or stop is None:
+        return None
+    stop = replace(stop, tpot_ms=None, e2e_ms=None)
+    result = simulate_prefill_side(requests, cluster, stop)
+    rec = result.records
+    measured = np.arange(len(rec)) >= stop.measured_from
+    with np.errstate(invalid="ignore"):
+        lower = np.where(np.isnan(rec.first_token_s), result.end_s, rec.first_token_s) - rec.arrival_s
+        late = measured & ((rec.status_code == REJECTED) | (lower * 1000.0 > limit_ms))
+    missed = int(np.count_nonzero(late))
+    if missed <= stop.max_late:
+        return None
+    total = int(np.count_nonzero(measured))
+    bound = (total - missed) / total
+    nan3 = (math.nan, math.nan, math.nan)
+    why = (
+        f"attainment ≤ {bound:.6g} < {slo.attainment:g}: more than {stop.max_late} measured requests "
+        f"were prefilled > {limit_ms:g} ms after arrival (prefill side simulated alone; stopped early)"
+    )
+    return Probe(rate_rps, bound, nan3, nan3, math.nan, False, len(rec), violated=why)
 
 
 def _shares(result: SimResult, slo: SloTargets, warmup_fraction: float) -> str:

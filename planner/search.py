@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdplan.planner.evaluation import STATUS_OK, Evaluation, rank_key
 from pdplan.planner.probe import SloTargets, judge, simulate_requests
@@ -50,6 +50,9 @@ from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.sim.cluster import KvLink
 from pdplan.sim.records import SimResult
 from pdplan.sim.requests import Requests
+
+if TYPE_CHECKING:
+    from pdplan.planner.cache_choice import CacheChoice
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,8 @@ class SearchResult:
     operating_rate_rps: float | None
     wall_s: float
     promise: Promise | None = None
+    #: the chosen layout's router and cache tiers (``pdplan.planner.cache_choice``), when chosen
+    cache_choice: CacheChoice | None = None
 
     @property
     def tie_with(self) -> Evaluation | None:

@@ -60,9 +60,14 @@ def plan_of(result: SearchResult, workload: str | dict[str, Any] | None) -> Plan
         return Plan(mode=mode, feasible=False, reason=infeasible_reason(result), **common)
     c = chosen.candidate
     summary = result.operating_summary or {}
+    goodput = chosen.goodput_rps
+    choice = result.cache_choice  # the router and cache tiers chosen for it (pdplan.planner.cache_choice)
+    if choice is not None:
+        goodput = choice.chosen.goodput_rps
+        common.update(router=choice.router, cache=choice.cache)
     predicted: dict[str, float | None] = {
-        "goodput_rps": _round(chosen.goodput_rps),
-        "goodput_rps_per_gpu": _round(chosen.goodput_rps_per_gpu),
+        "goodput_rps": _round(goodput),
+        "goodput_rps_per_gpu": _round(None if goodput is None else goodput / c.gpus),
         "rate_rps": _round(result.operating_rate_rps),
         "attainment": summary.get("attainment"),
     }
@@ -155,6 +160,8 @@ def notes_of(result: SearchResult) -> dict[str, Any]:
         }
     if spec.price_per_gpu_hour is not None:
         notes["cost"] = _cost(result)
+    if result.cache_choice is not None:
+        notes["cache_choice"] = result.cache_choice.describe()
     return notes
 
 

@@ -8,17 +8,22 @@ early; later waves hold ``WAVE_SIZE`` candidates. Before a wave starts, each of 
 gets the rate it must hold to matter (``need``): the incumbent's goodput per GPU × its GPUs,
 raised by the rate search's tolerance (beating the best by less than the search's resolution is
 not a finding) — or lowered by it for a simpler layout, which wins a tie
-(``evaluation.choose``). A candidate whose ceiling is below that is *pruned* without a probe. The wave's
-rate searches then run in parallel (``concurrent.futures``; one worker runs them inline), and
-their outcomes are recorded in submission order. Decisions use only what was known when the wave
-started, so the outcome is the same whatever the number of workers and however they are timed.
+(``evaluation.choose``), as far as a tie with the best plan of either mode allows (a layout
+further below the overall best can never be chosen, and matters only as its mode's best for the
+verdict, which it must then beat like any other). A candidate whose ceiling is below that is
+*pruned* without a probe. The wave's rate searches then run in parallel (``concurrent.futures``;
+one worker runs them inline), and their outcomes are recorded in submission order. Decisions use
+only what was known when the wave started, so the outcome is the same whatever the number of
+workers and however they are timed. Most waves hold one or two rate searches (the rest are pruned
+by their bound), so while a wave runs, idle workers start the searches of later waves at the needs
+they will get if the best plans do not change; a search started so is used only when its wave
+computes the same need, so this changes the wall time and nothing else.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ from pdplan.planner.evaluation import (
     rank_key,
     simplicity_key,
 )
-from pdplan.planner.probe import Probe, SloTargets, probe_requests
+from pdplan.planner.probe import Probe, SloTargets, prefill_side_probe, probe_requests
 from pdplan.planner.rate import BELOW_NEED, OK, RateOutcome, RatePolicy, find_goodput
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.space import MODES
@@ -44,6 +49,10 @@ if TYPE_CHECKING:
 
 #: Candidates per wave after the first. Fixed (not tied to the worker count) so results are too.
 WAVE_SIZE = 8
+#: Rate searches started ahead of their wave, per worker (``Scheduler._look_ahead``).
+LOOK_AHEAD_PER_WORKER = 2
+#: Rate searches started ahead, by (candidate id, need).
+Ahead = dict[tuple[str, float], "Future[RateOutcome]"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ def evaluate(task: Task) -> RateOutcome:
 
     def probe(rate: float) -> Probe:
         requests = traffic.probe_list(rate)
+        if rate == task.need_rps:  # most need probes fail: try to prove it on the prefill side
+            failed = prefill_side_probe(task.cluster, requests, rate, task.slo, traffic.warmup_fraction)
+            if failed is not None:
+                return failed
         return probe_requests(
             task.cluster, requests, rate, task.slo, traffic.warmup_fraction, traffic.stability
         )
@@ -140,9 +153,12 @@ class Scheduler:
             top = next((s for s in ordered if s.candidate.mode == mode), None)
             if top is not None:
                 first.append(top)
-        queue = deque(s for s in ordered if s not in first)
-        wave = first
-        while wave:
+        rest = [s for s in ordered if s not in first]
+        waves = [first] + [rest[i : i + WAVE_SIZE] for i in range(0, len(rest), WAVE_SIZE)]
+        ahead: Ahead = {}  # started before their wave
+        for w, wave in enumerate(waves):
+            if not wave:
+                continue
             tasks = []
             for item in wave:
                 need, why = self._need(item)
@@ -151,10 +167,47 @@ class Scheduler:
                     self._decide(Evaluation(item.candidate, STATUS_PRUNED, why, bound_rps=bound))
                 else:  # the plan it must beat, as known when the wave starts
                     tasks.append((item, need, self.best.get(item.candidate.mode)))
-            futures = [self.pool.submit(evaluate, self._task(item, need)) for item, need, _ in tasks]
+            futures = [self._start(item, need, ahead) for item, need, _ in tasks]
+            self._discard(wave, ahead)
+            self._look_ahead(waves, w + 1, ahead)
             for (item, need, against), future in zip(tasks, futures, strict=True):
                 self._record(item, need, against, future.result())
-            wave = [queue.popleft() for _ in range(min(WAVE_SIZE, len(queue)))]
+        for future in ahead.values():
+            future.cancel()
+
+    def _start(self, item: Screened, need: float, ahead: Ahead) -> Future[RateOutcome]:
+        """The rate search of ``item`` at ``need``: the one started ahead when it is the same task
+        (same candidate, same need: ``evaluate`` is deterministic), or a new one."""
+        started = ahead.pop((item.candidate.candidate_id, need), None)
+        return started if started is not None else self.pool.submit(evaluate, self._task(item, need))
+
+    def _discard(self, wave: Sequence[Screened], ahead: Ahead) -> None:
+        """Drop what was started ahead for ``wave`` with a need that turned out different."""
+        ids = {item.candidate.candidate_id for item in wave}
+        for key in [k for k in ahead if k[0] in ids]:
+            ahead.pop(key).cancel()
+
+    def _look_ahead(
+        self,
+        waves: Sequence[Sequence[Screened]],
+        start: int,
+        ahead: Ahead,
+    ) -> None:
+        """Keep the workers busy while a wave runs: start the rate searches of later waves with
+        the needs they would get if no plan of this wave improves on the best (the usual case:
+        most probes only prune). When a wave starts, a search started ahead is used only if its
+        need is the one the wave computes (``_start``) and dropped otherwise (``_discard``), so
+        every outcome is exactly the one the waves alone would record, whatever the number of
+        workers — only idle time is saved. One worker runs inline and looks nowhere ahead."""
+        room = LOOK_AHEAD_PER_WORKER * self.spec.workers if self.spec.workers > 1 else 0
+        for wave in waves[start:]:
+            if len(ahead) >= room:
+                return
+            for item in wave:
+                need, why = self._need(item)
+                key = (item.candidate.candidate_id, need)
+                if not why and key not in ahead:
+                    ahead[key] = self.pool.submit(evaluate, self._task(item, need))
 
     def _need(self, item: Screened) -> tuple[float, str]:
         """The rate ``item`` must hold to matter, or why it cannot (pruned by its ceiling).
@@ -178,13 +231,24 @@ class Scheduler:
             need = max(target, (best.goodput_rps or 0.0) * margin)
         elif best is None:
             return 0.0, ""
-        else:  # a simpler layout wins a tie (``evaluation.choose``), so it only needs to tie
+        else:
             even = (best.goodput_rps_per_gpu or 0.0) * c.gpus
-            simpler = simplicity_key(c) < simplicity_key(best.candidate)
-            need = even / margin if simpler else even * margin
+            if simplicity_key(c) < simplicity_key(best.candidate):
+                need = self._tie_need(c.gpus, even, margin)
+            else:
+                need = even * margin
         if ceiling <= need:
             return 0.0, f"capacity bound ({self._util()}) cannot beat {self._name(best)}"
         return need, ""
+
+    def _tie_need(self, gpus: int, even: float, margin: float) -> float:
+        """What a layout simpler than its mode's best must hold: a tie within the search's
+        resolution, which ``evaluation.choose`` breaks toward it — but only where a tie can choose
+        it, i.e. within the resolution of the best plan of either mode (the final top is at least
+        that, so a plan below ``top / margin`` is never in the chosen tie). Below that it matters
+        only as its mode's best (the verdict's comparison), which it must beat like any other."""
+        top = max((e.goodput_rps_per_gpu or 0.0) for e in self.best.values()) * gpus
+        return min(even * margin, max(even, top) / margin)
 
     def _name(self, best: Evaluation | None) -> str:
         """The plan to beat, e.g. ``c0100 (17.6 req/s per GPU)``."""

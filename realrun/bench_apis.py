@@ -13,6 +13,13 @@ Three APIs, each streamed as server-sent events (``data: {...}`` lines, then ``d
   made of words that most tokenizers encode as one token each, or built from a local tokenizer
   (``--tokenizer DIR``); the prompt length comes from the server's ``usage``.
 
+Prompts that share prefixes: when the request list names each prompt's prefix blocks
+(``Requests.prefix``: a Mooncake trace's ``hash_ids``, a CSV's ``prefix_hashes``, a workload's
+``prefix:``), block ``j`` of a prompt is made of token ids drawn from the block's id alone
+(:func:`block_ids`), so two prompts that share blocks share exactly those tokens — the prefix a
+server's cache can reuse — and nothing else (a block covers ``block_tokens`` tokens; the tokens
+past a prompt's listed blocks are its own, as without prefixes).
+
 One event is one "chunk" in the sense of SGLang's ``bench_serving`` and vLLM's
 ``benchmark_serving``: its arrival time is a token time, and the gaps between chunks are the ITL.
 """
@@ -23,6 +30,8 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 APIS = ("sglang-generate", "openai-completions", "openai-chat")
 PATHS = {
@@ -36,11 +45,35 @@ _FIRST_ID, _NUM_IDS = 3, 250
 _CHAT_WORD = " the"  # one token in the Llama, Qwen and Mistral vocabularies
 
 
-def prompt_ids(req_id: int, length: int) -> list[int]:
-    """A deterministic prompt of exactly ``length`` token ids (different per request, so no two
-    prompts share a prefix and a prefix cache cannot shorten a prefill)."""
+def prompt_ids(req_id: int, length: int, blocks: Sequence[int] = (), block_tokens: int = 1) -> list[int]:
+    """A deterministic prompt of exactly ``length`` token ids. Without ``blocks`` it differs per
+    request (no two prompts share a prefix, so a prefix cache cannot shorten a prefill); with
+    them, its first ``len(blocks) × block_tokens`` tokens are the blocks' own (:func:`block_ids`)."""
     start = (req_id * 7919) % _NUM_IDS
-    return [_FIRST_ID + (start + i) % _NUM_IDS for i in range(length)]
+    ids = [_FIRST_ID + (start + i) % _NUM_IDS for i in range(length)]
+    for j, block in enumerate(blocks):
+        lo = j * block_tokens
+        if lo >= length:
+            break
+        hi = min(lo + block_tokens, length)
+        ids[lo:hi] = block_ids(block, hi - lo)
+    return ids
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def block_ids(block: int, count: int) -> list[int]:
+    """The first ``count`` token ids of prefix block ``block``: a SplitMix64 stream seeded by the
+    block id (Steele, Lea & Flood, OOPSLA 2014), so different blocks differ from their first
+    tokens on (two blocks agree on their first 16 tokens with probability 250^-16)."""
+    with np.errstate(over="ignore"):
+        seed = np.uint64(block & _MASK64)
+        z = seed + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (np.uint64(_FIRST_ID) + z % np.uint64(_NUM_IDS)).astype(np.int64).tolist()
 
 
 @dataclass(frozen=True)
@@ -56,9 +89,16 @@ class ApiSpec:
     def path(self) -> str:
         return PATHS[self.api]
 
-    def payload(self, req_id: int, prompt_tokens: int, output_tokens: int) -> dict[str, Any]:
-        """The JSON body of one streamed request."""
-        ids = prompt_ids(req_id, prompt_tokens)
+    def payload(
+        self,
+        req_id: int,
+        prompt_tokens: int,
+        output_tokens: int,
+        blocks: Sequence[int] = (),
+        block_tokens: int = 1,
+    ) -> dict[str, Any]:
+        """The JSON body of one streamed request (``blocks``: its prefix block ids, if any)."""
+        ids = prompt_ids(req_id, prompt_tokens, blocks, block_tokens)
         if self.api == "sglang-generate":
             return {
                 "input_ids": ids,
@@ -94,6 +134,8 @@ class StreamReader:
         self.output_ids = 0
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        #: prompt tokens the server's prefix cache supplied (``None``: it did not say)
+        self.cached_tokens: int | None = None
         self.error: str | None = None
         self.worker: dict[str, Any] | None = None
         #: the server's own send time of the last event (``sent_s``, perf_counter seconds), when it
@@ -123,6 +165,9 @@ class StreamReader:
         if isinstance(usage, dict):
             self.prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
             self.completion_tokens = _int_or_none(usage.get("completion_tokens"))
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                self.cached_tokens = _int_or_none(details.get("cached_tokens"))
         choices = event.get("choices") or []
         if not choices:
             return 0
@@ -140,6 +185,8 @@ class StreamReader:
         meta = event.get("meta_info") or {}
         self.prompt_tokens = _int_or_none(meta.get("prompt_tokens"))
         self.completion_tokens = _int_or_none(meta.get("completion_tokens"))
+        if "cached_tokens" in meta:
+            self.cached_tokens = _int_or_none(meta.get("cached_tokens"))
         if isinstance(meta.get("pdplan"), dict):
             self.worker = meta["pdplan"]
         finish = meta.get("finish_reason")

@@ -5,8 +5,9 @@
 loop* (``concurrency`` clients, each sending its next request when the previous one ends plus a
 think time, like ``bench_serving --max-concurrency`` with an infinite rate). Per request it records
 when it was sent, every chunk's arrival (so TTFT, ITL, TPOT and E2E follow), token counts from the
-server's usage fields, and a status: ``ok``, ``failed`` (with the error) or ``unfinished`` (the
-deadline or Ctrl-C came first, or it was never sent).
+server's usage fields (with the prompt tokens its prefix cache supplied, ``cached_tokens``), and a
+status: ``ok``, ``failed`` (with the error) or ``unfinished`` (the deadline or Ctrl-C came first, or
+it was never sent). Prompts that share prefix blocks share their token ids (``bench_apis``).
 
 Timing: one ``time.perf_counter`` clock read when a chunk's bytes are handed to the client, as in
 vLLM's ``backend_request_func.py`` (SGLang's ``bench_serving`` does the same); times are relative
@@ -80,6 +81,8 @@ class Outcome:
     chunk_sent_s: list[float] = field(default_factory=list)
     prompt_tokens: int | None = None
     output_tokens: int | None = None
+    #: prompt tokens the server's prefix cache supplied, as it reported them (``None``: not reported)
+    cached_tokens: int | None = None
     status: str = "unfinished"
     error: str = ""
     worker: dict[str, Any] | None = None
@@ -112,7 +115,10 @@ async def _one(session: Any, config: BenchConfig, rid: int, req: Requests, out: 
 
     t0 = ctx.t0
     reader = config.api.new_reader()
-    payload = config.api.payload(rid, int(req.prompt_tokens[rid]), int(req.output_tokens[rid]))
+    blocks, block_tokens = (req.prefix.of(rid), req.prefix.block_tokens) if req.prefix else ([], 1)
+    payload = config.api.payload(
+        rid, int(req.prompt_tokens[rid]), int(req.output_tokens[rid]), blocks, block_tokens
+    )
     clock = time.perf_counter
     out.sent_s = clock() - t0
     try:
@@ -156,6 +162,7 @@ async def _one(session: Any, config: BenchConfig, rid: int, req: Requests, out: 
     finally:
         out.prompt_tokens = reader.prompt_tokens
         out.output_tokens = reader.completion_tokens
+        out.cached_tokens = reader.cached_tokens
         if out.output_tokens is None and out.chunk_tokens:
             out.output_tokens = int(sum(out.chunk_tokens))
         out.worker = reader.worker

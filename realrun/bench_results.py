@@ -7,7 +7,10 @@ Metric definitions are those of SGLang's ``python/sglang/bench_serving.py`` and 
 - TPOT = (last chunk − first chunk) / (output tokens − 1), per request with > 1 output token;
 - ITL = every gap between two consecutive chunks of one request, pooled over requests;
 - E2E = last chunk − request sent;
-- goodput = requests that meet every SLO threshold / benchmark duration (vLLM's ``--goodput``).
+- goodput = requests that meet every SLO threshold / benchmark duration (vLLM's ``--goodput``);
+- prefix cache hit rate = Σ cached prompt tokens / Σ prompt tokens over the requests whose server
+  reported ``cached_tokens`` (SGLang's ``meta_info``, OpenAI's ``usage.prompt_tokens_details``),
+  the simulator's definition (``pdplan.sim.prefix_cache.CacheStats.hit_rate``).
 
 The request-level columns and statistics come from ``pdplan.sim.summary.summarize``, the same
 function that summarises a simulation, so a prediction and a measurement are summarised alike.
@@ -35,14 +38,15 @@ _WORKER_FIELDS = {
 
 
 def requests_frame(run: BenchRun) -> pd.DataFrame:
-    """``requests.csv``: one row per request in the simulator's schema, plus ``error``.
+    """``requests.csv``: one row per request in the simulator's schema, plus ``cached_tokens`` (the
+    server's count; empty where it gave none) and ``error``.
 
     ``arrival_s`` is when the request was sent (its scheduled arrival when it never was), relative
     to the first send; token counts are the server's (usage fields) when it reported them.
     """
     req = run.requests
     scheduled = req.arrival_s - (req.arrival_s[0] if len(req) else 0.0)
-    rows: dict[str, list[Any]] = {name: [] for name in (*REQUEST_COLUMNS, "error")}
+    rows: dict[str, list[Any]] = {name: [] for name in (*REQUEST_COLUMNS, "cached_tokens", "error")}
     for rid, out in enumerate(run.outcomes):
         rows["req_id"].append(rid)
         rows["arrival_s"].append(out.sent_s if math.isfinite(out.sent_s) else float(scheduled[rid]))
@@ -60,6 +64,7 @@ def requests_frame(run: BenchRun) -> pd.DataFrame:
                 float(value) - run.started_unix if isinstance(value, (int, float)) else math.nan
             )
         rows["status"].append(out.status)
+        rows["cached_tokens"].append(math.nan if out.cached_tokens is None else out.cached_tokens)
         rows["error"].append(out.error)
     return pd.DataFrame(rows)
 
@@ -118,7 +123,30 @@ def bench_summary(
         )
     else:
         summary["itl_ms"] = None
+    cache = prefix_cache_summary(requests)
+    if cache is not None:
+        summary["prefix_cache"] = cache
     if slo_ms and summary.get("attainment") is not None and summary["duration_s"] > 0:
         good = summary["attainment"] * summary["measured"]
         summary["goodput_rps"] = round(good / summary["duration_s"], 6)
     return summary
+
+
+def prefix_cache_summary(requests: pd.DataFrame) -> dict[str, Any] | None:
+    """``summary.yaml``'s ``prefix_cache`` of a measured run: prompt tokens and cached tokens of the
+    requests whose server reported ``cached_tokens``, and their ratio (``hit_rate.total``, the key
+    the simulator's summary uses); ``None`` when no request reported it."""
+    if "cached_tokens" not in requests.columns:
+        return None
+    cached = pd.to_numeric(requests["cached_tokens"], errors="coerce").to_numpy(dtype=float)
+    reported = np.isfinite(cached)
+    if not reported.any():
+        return None
+    prompt = int(requests["prompt_tokens"].to_numpy()[reported].sum())
+    hit = int(cached[reported].sum())
+    return {
+        "prompt_tokens": prompt,
+        "hit_tokens": {"total": hit},
+        "hit_rate": {"total": round(hit / prompt, 6) if prompt else 0.0},
+        "requests_reported": int(reported.sum()),
+    }

@@ -56,6 +56,9 @@ class DeploymentSpec:
     tokenizer: str = "bytes"
     seed: int = 0
     router_policy: str = "least_loaded"  # the plan's (simulator's) policy name
+    #: the plan's ``cache:`` L1 as each prefill / colocated worker's prefix cache (page size in
+    #: tokens; ``None``: no cache). L2/L3 tiers are not run locally (``prefix_cache_page_tokens``).
+    prefix_cache_page_tokens: int | None = None
 
     def __post_init__(self) -> None:
         roles = [g.role for g in self.groups]
@@ -194,6 +197,8 @@ def _worker_argv(
         argv += ["--weights", spec.weights]
     if group.role == "decode":
         argv += ["--prefill-peers", ",".join(peers)]
+    elif spec.prefix_cache_page_tokens is not None:  # the cache lives on prefill / colocated workers
+        argv += ["--prefix-cache", "--prefix-cache-page-tokens", str(spec.prefix_cache_page_tokens)]
     return argv
 
 

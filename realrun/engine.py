@@ -16,6 +16,13 @@ that many tokens per forward (:mod:`chunked`); a prompt's first token comes afte
 
 A decode worker passes ``recycle`` so finished caches return to its :class:`KvPool`.
 
+With a ``prefix_cache`` (prefill and colocated roles, :mod:`prefix_cache`): when a prompt's prefill
+starts (it joins a prefill batch, or its first slice runs) its longest cached prefix is matched and
+copied into its cache — at scheduling time, as SGLang's scheduler matches
+(``Req.init_next_round_input``) — the forward computes only the rest
+(:func:`chunked.prefill_chunks`), and its whole pages are inserted when its prefill ends. Without
+one, prefill runs exactly as before.
+
 Threading contract: ``submit``/``cancel``/``stop`` are called from the event loop; every job gets
 exactly one *terminal* event through ``job.sink`` (called on the engine thread): a final
 ``TokenEvent`` (``finish`` set), a ``PrefilledEvent``, an ``ErrorEvent`` or a ``CancelledEvent``.
@@ -37,6 +44,7 @@ from pdplan.profiles.kv_cache import KVCache
 from pdplan.realrun.chunked import prefill_chunks
 from pdplan.realrun.kv_budget import KvBudget
 from pdplan.realrun.metrics import WorkerMetrics
+from pdplan.realrun.prefix_cache import PrefixCache
 from pdplan.realrun.protocol import SamplingParams
 from pdplan.realrun.responses import Finish, Timeline
 from pdplan.realrun.sampler import sample
@@ -76,6 +84,7 @@ class PrefilledEvent:
     cache: KVCache
     start_s: float
     end_s: float
+    cached_tokens: int = 0  # prompt tokens the prefix cache supplied
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,11 @@ class Engine:
         metrics: WorkerMetrics,
         budget: KvBudget,
         recycle: Callable[[KVCache], None] | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
+        assert prefix_cache is None or config.role != "decode", "decode workers keep no prefix cache"
         self.executor = executor
+        self.prefix_cache = prefix_cache
         self._recycle = recycle
         self.config = config
         self.metrics = metrics
@@ -218,7 +230,7 @@ class Engine:
             if self._waiting_prefill[0].cache is not None:  # a prompt part-way through its slices
                 return True
             head = len(self._waiting_prefill[0].prompt)
-            return self.budget.used_tokens + head <= self.budget.capacity_tokens
+            return self.budget.used_tokens + head <= self.budget.capacity_tokens  # cached pages give way
         return len(self._running) < self.config.max_batch_size
 
     def _absorb(self, jobs: list[Job]) -> None:
@@ -279,7 +291,11 @@ class Engine:
         reserve = 0 if self.config.role == "prefill" else max(j.sampling.max_new_tokens for j in batch)
         start = time.time()
         try:
-            logits, caches = self.executor.prefill([list(j.prompt) for j in batch], reserve_tokens=reserve)
+            if self.prefix_cache is None:
+                prompts = [list(j.prompt) for j in batch]
+                logits, caches = self.executor.prefill(prompts, reserve_tokens=reserve)
+            else:
+                logits, caches = self._prefill_cached(batch, reserve)
             tokens = self._sample(logits, batch)
         except (RuntimeError, ValueError) as err:
             log.exception("prefill of %d prompts failed", len(batch))
@@ -292,12 +308,26 @@ class Engine:
         for job, cache, token in zip(batch, caches, tokens, strict=True):
             job.timeline.prefill_start, job.timeline.prefill_end = start, end
             if self.config.role == "prefill":
-                job.sink(PrefilledEvent(token, cache, start, end))
+                job.sink(PrefilledEvent(token, cache, start, end, job.timeline.cached_tokens))
                 continue
             job.cache = cache
             job.timeline.decode_start = end
             if not self._emit(job, token, end):
                 self._running.append(job)
+
+    def _prefill_cached(self, batch: list[Job], reserve: int) -> tuple[torch.Tensor, list[KVCache]]:
+        """One forward over the uncached part of every prompt of ``batch`` (their cached pages
+        copied in first); the prompts' whole pages then enter the prefix cache."""
+        assert self.prefix_cache is not None
+        caches = [self.executor.new_cache(len(j.prompt) + max(reserve, 1)) for j in batch]
+        for job, cache in zip(batch, caches, strict=True):
+            job.timeline.cached_tokens = self.prefix_cache.fill(job.prompt, cache)
+        logits = prefill_chunks(
+            self.executor, [(j.prompt[c.length :], c) for j, c in zip(batch, caches, strict=True)]
+        )
+        for job, cache in zip(batch, caches, strict=True):
+            self.prefix_cache.insert(job.prompt, cache)
+        return logits, caches
 
     def _chunked_prefill_step(self, budget: int) -> None:
         """One forward over at most ``budget`` prompt tokens, FIFO, the head prompt's slice first."""
@@ -316,6 +346,9 @@ class Engine:
                 reserve = 0 if self.config.role == "prefill" else job.sampling.max_new_tokens
                 job.cache = self.executor.new_cache(n + max(reserve, 1))
                 job.timeline.prefill_start = now
+                if self.prefix_cache is not None:
+                    job.timeline.cached_tokens = self.prefix_cache.fill(job.prompt, job.cache)
+                    job.prefilled = job.cache.length
             take = min(budget, len(job.prompt) - job.prefilled)
             items.append((job, job.prompt[job.prefilled : job.prefilled + take]))
             budget -= take
@@ -343,10 +376,13 @@ class Engine:
         for (_, job), token in zip(done, tokens, strict=True):
             self._waiting_prefill.remove(job)
             job.timeline.prefill_end = end
+            if self.prefix_cache is not None and job.cache is not None:
+                self.prefix_cache.insert(job.prompt, job.cache)
             if self.config.role == "prefill":
                 cache, job.cache = job.cache, None
                 assert cache is not None
-                job.sink(PrefilledEvent(token, cache, job.timeline.prefill_start or start, end))
+                start_s = job.timeline.prefill_start or start
+                job.sink(PrefilledEvent(token, cache, start_s, end, job.timeline.cached_tokens))
                 continue
             job.timeline.decode_start = end
             if not self._emit(job, token, end):

@@ -306,7 +306,7 @@ class KvSender:
             )
         event = room.prefilled
         assert event is not None
-        meta = kv_meta(event.cache, self.dtype, event.token, event.start_s, event.end_s)
+        meta = kv_meta(event.cache, self.dtype, event.token, event.start_s, event.end_s, event.cached_tokens)
         if meta.payload_bytes > max_payload:
             raise HandoffError(f"KV of {meta.payload_bytes} bytes exceeds the decode's {max_payload}", 507)
         start = time.perf_counter()

@@ -33,11 +33,19 @@ def _slices(k: torch.Tensor, v: torch.Tensor, length: int) -> list[memoryview]:
 
 
 def kv_meta(
-    cache: KVCache, dtype: str, first_token: int, prefill_start_s: float, prefill_end_s: float
+    cache: KVCache,
+    dtype: str,
+    first_token: int,
+    prefill_start_s: float,
+    prefill_end_s: float,
+    cached_tokens: int = 0,
 ) -> KvMeta:
-    """The typed header describing ``cache``'s valid positions."""
+    """The typed header describing ``cache``'s valid positions (``cached_tokens`` of them came from
+    the prefill's prefix cache)."""
     shape = (cache.num_layers, int(cache.k.shape[1]), cache.length, int(cache.k.shape[3]))
-    return KvMeta(first_token, cache.length, prefill_start_s, prefill_end_s, dtype, (shape, shape))
+    return KvMeta(
+        first_token, cache.length, prefill_start_s, prefill_end_s, dtype, (shape, shape), False, cached_tokens
+    )
 
 
 def send_views(cache: KVCache) -> list[memoryview]:

@@ -61,6 +61,7 @@ SGLANG_NAMES = {
     "queue_length": "sglang:num_queue_reqs",
     "running_batch": "sglang:num_running_reqs",
     "kv_used_tokens": "sglang:num_used_tokens",
+    "prefix_cache_hit_rate": "sglang:cache_hit_rate",
 }
 
 

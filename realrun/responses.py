@@ -7,6 +7,13 @@ step whose ``text`` and ``output_ids`` are *cumulative*, then ``data: [DONE]``; 
 "message": ...}``). OpenAI completion chunks carry the *new* text only. Workers emit one event per
 token, so a client counts tokens by counting events.
 
+``meta_info["cached_tokens"]`` is the prompt tokens the worker's prefix cache supplied (SGLang's
+field, set by its scheduler from ``req.cached_tokens``, ``python/sglang/srt/managers/
+scheduler_output_processor_mixin.py``); OpenAI usage carries the same count as
+``usage.prompt_tokens_details.cached_tokens`` (OpenAI's field; SGLang's
+``entrypoints/openai/usage_processor.py`` fills it with ``--enable-cache-report``). Always
+present here, 0 without a cache.
+
 ``meta_info["pdplan"]`` adds the worker-side timeline (UNIX seconds) the benchmark needs to fill
 ``prefill_start_s``, ``prefill_end_s`` and ``decode_start_s`` of ``requests.csv``.
 """
@@ -51,6 +58,8 @@ class Timeline:
     decode_start: float | None = None
     first_token: float | None = None
     finish: float | None = None
+    #: prompt tokens whose KV came from the prefix cache (the prefill worker's, in PD mode)
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict[str, float | None]:
         return {
@@ -89,11 +98,21 @@ def generate_body(
             "id": rid,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(output_ids),
-            "cached_tokens": 0,
+            "cached_tokens": timeline.cached_tokens,
             "finish_reason": None if finish is None else finish.sglang(),
             "e2e_latency": time.time() - timeline.arrival,
             "pdplan": timeline.to_dict(),
         },
+    }
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's ``usage`` object, with ``prompt_tokens_details.cached_tokens``."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -104,6 +123,7 @@ def completion_body(
     completion_tokens: int,
     text: str,
     finish: Finish | None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """OpenAI's ``text_completion`` object (non-streamed) with usage."""
     return {
@@ -119,16 +139,12 @@ def completion_body(
                 "finish_reason": None if finish is None else finish.openai(),
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage_body(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
 def completion_chunk(
-    rid: str, model: str, delta: str, finish: Finish | None, usage: dict[str, int] | None = None
+    rid: str, model: str, delta: str, finish: Finish | None, usage: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """One streamed OpenAI completion chunk (``delta`` = the new text)."""
     chunk = completion_body(rid, model, 0, 0, delta, finish)
@@ -139,7 +155,13 @@ def completion_chunk(
 
 
 def chat_body(
-    rid: str, model: str, prompt_tokens: int, completion_tokens: int, text: str, finish: Finish | None
+    rid: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    text: str,
+    finish: Finish | None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """OpenAI's ``chat.completion`` object (non-streamed) with usage."""
     return {
@@ -155,11 +177,7 @@ def chat_body(
                 "finish_reason": None if finish is None else finish.openai(),
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage_body(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -169,7 +187,7 @@ def chat_chunk(
     delta: str,
     finish: Finish | None,
     first: bool = False,
-    usage: dict[str, int] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One streamed ``chat.completion.chunk`` (the first one also carries the assistant role)."""
     part: dict[str, Any] = {"role": "assistant", "content": delta} if first else {"content": delta}

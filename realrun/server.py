@@ -3,10 +3,10 @@
 Endpoints: ``POST /generate`` and ``POST /v1/completions`` (JSON or SSE streams), ``GET /health``
 (200 while the engine thread runs), ``GET /server_info`` and ``GET /model_info`` (also under their
 ``/get_*`` names; the router reads both when it registers a worker), ``GET /v1/models``, ``GET
-/metrics`` (Prometheus text) and ``POST /flush_cache`` (no prefix cache: a no-op). Every error is a
-JSON body ``{"error": {"message", "type", "code"}}`` — unknown routes, wrong methods and oversized
-bodies included. A stream that fails after it started ends with one ``data: {"error": ...}`` event
-and no ``[DONE]``.
+/metrics`` (Prometheus text) and ``POST /flush_cache`` (drops the prefix cache's pages that no
+request holds; a no-op without one). Every error is a JSON body ``{"error": {"message", "type",
+"code"}}`` — unknown routes, wrong methods and oversized bodies included. A stream that fails
+after it started ends with one ``data: {"error": ...}`` event and no ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pdplan.realrun.responses import (
     error_body,
     generate_body,
     sse,
+    usage_body,
 )
 from pdplan.realrun.service import Output, ServiceError, WorkerService
 from pdplan.realrun.tokenizer import Tokenizer, plain_chat_prompt
@@ -205,7 +206,11 @@ class WorkerServer:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def flush_cache(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200, text="no prefix cache to flush")
+        prefix = self.service.engine.prefix_cache
+        if prefix is None:
+            return web.Response(status=200, text="no prefix cache to flush")
+        freed = prefix.evict(prefix.cached_tokens)
+        return web.Response(status=200, text=f"flushed {freed} cached tokens")
 
     # --- generation -------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> Any:
@@ -305,10 +310,12 @@ class WorkerServer:
         last = outputs[-1]
         if req.api == "completions":
             model = req.model or self.model_name
-            return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
+            cached = last.timeline.cached_tokens
+            return completion_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish, cached)
         if req.api == "chat":
             model = req.model or self.model_name
-            return chat_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish)
+            cached = last.timeline.cached_tokens
+            return chat_body(req.rid, model, len(req.input_ids), len(ids), text, last.finish, cached)
         return generate_body(req.rid, len(req.input_ids), ids, text, last.finish, last.timeline)
 
     async def _serve(self, request: web.Request, req: GenerateRequest) -> web.StreamResponse:
@@ -354,7 +361,7 @@ class WorkerServer:
                 out = await gen.__anext__()
             if req.api in ("completions", "chat") and req.include_usage:
                 n, p = len(text.ids), len(req.input_ids)
-                usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+                usage = usage_body(p, n, out.timeline.cached_tokens)
                 if req.api == "chat":
                     await response.write(sse(chat_chunk(req.rid, model, "", None, usage=usage)))
                 else:

@@ -321,6 +321,7 @@ class WorkerService:
         job.reserved_tokens = tokens
         job.cache, job.first_token = cache, meta.first_token
         job.timeline.prefill_start, job.timeline.prefill_end = meta.prefill_start_s, meta.prefill_end_s
+        job.timeline.cached_tokens = meta.cached_tokens  # the prefill worker's prefix cache hit
         self.engine.submit(job)
         async for out in self._tokens(job, channel):
             yield out

@@ -54,6 +54,14 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
         "--schedule", default="prefill-first", choices=("prefill-first", "chunked"),
         help="colocated role: prompts before decode steps, or prompt slices alternating with them",
     )  # fmt: skip
+    p.add_argument(
+        "--prefix-cache", action="store_true",
+        help="keep a prefix cache of finished prompts' KV in the KV budget (prefill and colocated roles)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefix-cache-page-tokens", type=int, default=16,
+        help="prefix cache page size: hits are whole pages (default 16, vLLM's block size)",
+    )  # fmt: skip
     p.add_argument("--max-queue", type=int, default=128, help="waiting requests before answering 503")
     p.add_argument("--kv-timeout-s", type=float, default=60.0)
     p.add_argument("--bootstrap-timeout-s", type=float, default=3.0)
@@ -99,6 +107,7 @@ async def serve(config: WorkerConfig) -> None:
     from pdplan.realrun.kv_shm import SharedCaches
     from pdplan.realrun.kv_wire import has_abstract_unix
     from pdplan.realrun.metrics import WorkerMetrics
+    from pdplan.realrun.prefix_cache import PrefixCache
     from pdplan.realrun.protocol import Limits
     from pdplan.realrun.server import WorkerServer
     from pdplan.realrun.service import ServiceConfig, WorkerService
@@ -123,7 +132,10 @@ async def serve(config: WorkerConfig) -> None:
             s = executor.spec
             shared = SharedCaches(s.num_layers, s.num_kv_heads, s.head_dim, executor.dtype)
         pool = KvPool(shared.allocate if shared else executor.new_cache, budget)
-    engine = Engine(executor, engine_config, metrics, budget, recycle=pool.give if pool else None)
+    prefix = PrefixCache(budget, config.prefix_cache_page_tokens) if config.prefix_cache else None
+    engine = Engine(
+        executor, engine_config, metrics, budget, recycle=pool.give if pool else None, prefix_cache=prefix
+    )
     sender = None
     if config.role == "prefill":
         assert config.bootstrap_port is not None
@@ -149,6 +161,14 @@ async def serve(config: WorkerConfig) -> None:
     metrics.gauge("running_batch", "Sequences in the running decode batch.", lambda: engine.running_count)
     metrics.gauge("kv_used_tokens", "KV tokens reserved or held.", lambda: budget.used_tokens)
     metrics.gauge("kv_capacity_tokens", "KV tokens this worker may hold.", lambda: budget.capacity_tokens)
+    if prefix is not None:
+        metrics.gauge(
+            "prefix_cache_tokens", "Prompt KV tokens the prefix cache holds.", lambda: prefix.cached_tokens
+        )
+        metrics.gauge(
+            "prefix_cache_hit_rate", "Prompt tokens served by the prefix cache / prompt tokens looked up.",
+            lambda: prefix.stats().hit_rate,
+        )  # fmt: skip
     if sender is not None:
         metrics.gauge("open_rooms", "KV hand-offs in progress.", lambda: sender.open_rooms)
     if pool is not None:

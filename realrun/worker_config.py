@@ -89,6 +89,9 @@ class WorkerConfig:
     body_timeout_s: float = 10.0
     #: A decode worker's prefill bootstrap addresses ``host:port`` (the only peers it connects to).
     prefill_peers: tuple[str, ...] = ()
+    #: Keep a prefix cache (prefill and colocated roles; ``realrun.prefix_cache``) of pages this size.
+    prefix_cache: bool = False
+    prefix_cache_page_tokens: int = 16
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -117,6 +120,16 @@ class WorkerConfig:
             raise choices_error("--schedule", self.schedule, ("prefill-first", "chunked"))
         if self.schedule == "chunked" and self.chunk_tokens is None:
             raise ConfigError("--schedule chunked needs --chunk-tokens")
+        page = self.prefix_cache_page_tokens
+        if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= self.max_kv_tokens:
+            raise ConfigError(
+                f"--prefix-cache-page-tokens {page!r}: expected an integer in [1, --max-kv-tokens]"
+            )
+        if self.prefix_cache and self.role == "decode":
+            raise ConfigError(
+                "--prefix-cache: a decode worker keeps no prefix cache (the cache lives on the "
+                "prefill workers, as SGLang's PD decode servers run without the radix cache)"
+            )
         for peer in self.prefill_peers:
             parse_peer(peer)
         if self.role == "decode" and not self.prefill_peers:

@@ -4,8 +4,9 @@ budget is used, what the plan costs, how the traffic was judged, and how a tie w
 Reads the optional ``plan.yaml`` fields ``target: {rate_rps, held, gpus}``, ``budget: {gpus,
 replicas, gpus_used, goodput_rps, layout}``, ``cost: {price_per_gpu_hour, gpus, per_hour,
 per_million_output_tokens}``, ``traffic`` (``as-recorded`` | ``stationary`` | ``synthetic``) and
-``tie`` (a sentence). Each is shown only when present; a field of the wrong type is named in a note
-rather than guessed at.
+``tie`` (a sentence), and ``cache_choice`` (the router and cache tiers chosen on prefix
+traffic). Each is shown only when present; a field of the wrong type is named in a note rather
+than guessed at.
 """
 
 from __future__ import annotations
@@ -163,6 +164,34 @@ def tie_sentence(plan: dict[str, Any]) -> str | None:
     return text if text.endswith(".") else text + "."
 
 
+def cache_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
+    """The router and cache tiers the search chose on prefix traffic (``cache_choice``,
+    ``pdplan.planner.cache_choice``): what they hold on the replays, against no prefix cache."""
+    choice = _block(plan, "cache_choice", notes)
+    if choice is None:
+        return None
+    goodput, fails = _number(choice, "goodput_rps"), _number(choice, "fails_at_rps")
+    without = _number(choice, "without_cache_rps")
+    rates = choice.get("hit_rate")
+    if goodput is None or without is None or not isinstance(rates, dict):
+        notes.append("plan.yaml's cache_choice lacks goodput_rps, without_cache_rps or hit_rate; not shown.")
+        return None
+    options = choice.get("options")
+    tried = (
+        f" ({len(options)} router/tier options tried, simplest first)" if isinstance(options, list) else ""
+    )
+    tiers = ", ".join(f"{t.upper()} {float(rates.get(t) or 0.0):.1%}" for t in ("l1", "l2", "l3"))
+    text = (
+        f"Prefix traffic: the search then chose this layout's routing ({choice.get('router')}) and cache "
+        f"tiers{tried}; with them it holds {fmt_rps(goodput)} on the same replays"
+    )
+    text += f" and misses at {fmt_rps(fails)}" if fails is not None else ""
+    return text + (
+        f", against {fmt_rps(without)} without a prefix cache (the rate the layouts were ranked at); "
+        f"prefix cache hit rate {float(rates.get('total') or 0.0):.1%} ({tiers})."
+    )
+
+
 def promise_lines(plan: dict[str, Any]) -> tuple[str | None, list[str], list[str]]:
     """(the target headline or None, the lines that follow the recommendation, notes)."""
     notes: list[str] = []
@@ -174,6 +203,7 @@ def promise_lines(plan: dict[str, Any]) -> tuple[str | None, list[str], list[str
             budget_sentence(plan, notes),
             cost_sentence(plan, notes),
             traffic_sentence(plan),
+            cache_sentence(plan, notes),
         )
         if line
     ]

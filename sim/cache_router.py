@@ -26,9 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import takewhile
+
+import numpy as np
 
 from pdplan.profiles.errors import ConfigError
-from pdplan.sim.prefix_cache import LruTier
+from pdplan.sim.prefix import PrefixBlocks
+from pdplan.sim.prefix_cache import MAX_LIST_SLOTS, LruTier, SetTier
 
 Chooser = Callable[[int], int]
 
@@ -54,33 +58,55 @@ class CacheAwareConfig:
 
 def cache_aware(
     loads: list[int],
-    blocks: list[list[int]] | None,
+    blocks: PrefixBlocks | list[list[int]] | None,
     load_unit: float,
     config: CacheAwareConfig | None = None,
 ) -> Chooser:
     """A chooser over ``len(loads)`` instances (``loads`` is read live, as ``least_loaded`` does);
-    ``blocks[rid]`` are request ``rid``'s prefix blocks (``None``: no request has any)."""
+    ``blocks`` are the requests' prefix blocks (``PrefixBlocks``, or one id list per request;
+    ``None``: no request has any).
+
+    A tree holds a request's named blocks and counts its anonymous ones (``PrefixBlocks.named``:
+    blocks no other request has can never match, so they only take room, deepest); the match
+    rate is over all the request's blocks.
+    """
     config = config or CacheAwareConfig()
     n = len(loads)
-    trees = [LruTier() for _ in range(n)]  # LRU over blocks, a prefix outliving its extensions
+    if blocks is None:
+        named: list[list[int]] = []
+        anonymous: list[int] = []
+        total: list[int] = []
+    else:
+        prefix = blocks if isinstance(blocks, PrefixBlocks) else PrefixBlocks.from_lists(blocks)
+        named, anonymous = prefix.named
+        total = np.diff(prefix.offsets).tolist()
+    cap = config.max_tree_blocks
+    # LRU over blocks, a prefix outliving its extensions; a tree that can hold every block of the
+    # run never evicts, and a set serves it (exactly)
+    bounded = blocks is not None and cap < prefix.distinct_blocks
+    size = prefix.named_ids if blocks is not None else 0
+    dense = n * size <= MAX_LIST_SLOTS
+    trees: list[LruTier] = [LruTier(size, dense) if bounded else SetTier() for _ in range(n)]
+    contains = [tree.has for tree in trees]  # LruTier.leading, inlined
     abs_threshold = config.balance_abs_threshold * load_unit
-    rel, threshold, cap = config.balance_rel_threshold, config.cache_threshold, config.max_tree_blocks
+    rel, threshold = config.balance_rel_threshold, config.cache_threshold
 
     def choose(rid: int) -> int:
-        request = blocks[rid] if blocks is not None else []
         high, low = max(loads), min(loads)
+        count = total[rid] if total else 0
         if high - low > abs_threshold and high > low * rel:
             w = loads.index(low)
         else:
-            matched = [tree.leading(request) for tree in trees] if request else [0] * n
-            best_k = max(matched)
-            if request and best_k / len(request) > threshold:
+            path = named[rid] if count else None
+            matched = [len(list(takewhile(has, path))) for has in contains] if path else None
+            best_k = max(matched) if matched else 0
+            if matched and best_k / count > threshold:
                 w = matched.index(best_k)
             else:
                 sizes = [len(t) for t in trees]
                 w = sizes.index(min(sizes))
-        if request:
-            trees[w].touch(request[::-1], cap)
+        if count:
+            trees[w].touch_path(named[rid], cap, anonymous[rid])
         return w
 
     return choose

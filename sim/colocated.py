@@ -256,9 +256,7 @@ class ColocatedRun:
             cluster.kv_bytes_per_token,
             lambda k: kv_cap - self.load[k],
         )
-        blocks = (
-            requests.prefix.as_lists() if router == "cache_aware" and requests.prefix is not None else None
-        )
+        blocks = requests.prefix if router == "cache_aware" else None
         unit = float(np.mean(requests.prompt_tokens + requests.output_tokens)) if n else 1.0
         self.choose = make_chooser(router, self.load, n, rng, blocks, unit)
         pool = cluster.pool

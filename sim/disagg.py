@@ -76,7 +76,7 @@ class Run:
         if self.cache is not None and self.cache.in_store is not None:
             self.transfer = self._transfer_reading_store  # type: ignore[method-assign,assignment]
         if router == "cache_aware":  # prefill by cache affinity, decode by load (sglang-router PD)
-            blocks = requests.prefix.as_lists() if requests.prefix is not None else None
+            blocks = requests.prefix
             unit = float(np.mean(requests.prompt_tokens)) if n else 1.0
             self.choose_prefill = make_chooser(router, self.prefill_load, n, rng, blocks, unit)
             self.choose_decode = make_chooser("least_loaded", self.decode_load, n, rng)

@@ -73,12 +73,24 @@ class PrefixBlocks:
         bounds: list[int] = self.offsets.tolist()
         return [flat[bounds[i] : bounds[i + 1]] for i in range(len(self))]
 
-    @cached_property
+    @property
     def named(self) -> tuple[list[list[int]], list[int]]:
         """Per request: its leading blocks that some other request also has (what can ever be
         hit: matching is by prefix, so nothing after the first block only this request has can
         be), without repeats, and the count of the rest (anonymous: they only take room in a
-        cache). Built once."""
+        cache). The named blocks are renumbered densely, ``0 .. named_ids − 1`` in the order of
+        their original ids, so that a cache tier can index a list by them
+        (``pdplan.sim.prefix_cache.LruTier``). Built once."""
+        named, anonymous, _ = self._named
+        return named, anonymous
+
+    @property
+    def named_ids(self) -> int:
+        """How many distinct named blocks there are: :attr:`named` ids are below this."""
+        return self._named[2]
+
+    @cached_property
+    def _named(self) -> tuple[list[list[int]], list[int], int]:
         ids = self.ids
         shared = np.zeros(ids.size, dtype=bool)
         if ids.size:
@@ -100,7 +112,18 @@ class PrefixBlocks:
                 mine = list(dict.fromkeys(mine))
             named.append(mine)
             anonymous.append(len(blocks) - k)
-        return named, anonymous
+        flat = np.fromiter((b for mine in named for b in mine), dtype=np.int64)
+        distinct, dense = np.unique(flat, return_inverse=True)
+        dense_ids: list[int] = dense.reshape(-1).tolist()
+        ends = np.cumsum([len(mine) for mine in named]).tolist()
+        named = [dense_ids[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)] if named else []
+        return named, anonymous, int(distinct.size)
+
+    @cached_property
+    def distinct_blocks(self) -> int:
+        """The most blocks a cache can ever hold of these requests: their distinct named blocks
+        plus every anonymous one (:attr:`named`)."""
+        return self.named_ids + sum(self.named[1])
 
     def hash_column(self) -> list[str]:
         """The canonical CSV's ``prefix_hashes`` cells (ids separated by spaces; what

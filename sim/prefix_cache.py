@@ -37,11 +37,10 @@ has are counted, not stored (``PrefixBlocks.named``).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress, repeat, takewhile
-from operator import eq
+from itertools import takewhile
 
 import numpy as np
 
@@ -56,6 +55,9 @@ TIERS = ("l1", "l2", "l3")
 DEFAULT_L2_GBPS = 25.0
 DEFAULT_L3_GBPS = 20.0
 DEFAULT_L3_LATENCY_MS = 1.0
+#: The most list slots (8 bytes each: 512 MiB) a run's LRU tiers may hold together; beyond it they
+#: keep their clocks in dictionaries (``LruTier``'s ``dense=False``).
+MAX_LIST_SLOTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -143,26 +145,36 @@ class CacheStats:
         }
 
 
-def _consume(iterator: object) -> None:
-    deque(iterator, maxlen=0)  # type: ignore[call-overload]
-
-
 class LruTier:
     """One tier's blocks with least-recently-used eviction, cheap per block.
 
-    ``stamp`` maps a block to the clock of its last touch; ``order`` lists the touches, oldest
-    first, as (clock, blocks deepest first, anonymous blocks), so a touch is two C-level bulk
-    operations; blocks touched again since are stale in their old entry and skipped when it is
-    evicted. ``order`` is compacted when stale entries dominate.
+    Blocks are dense ids ``0 .. size − 1`` (``PrefixBlocks.named``). ``stamp[b]`` is the clock
+    of block ``b``'s last touch, 0 when the tier does not hold it (a list: indexing it costs a
+    fraction of a dictionary lookup, and ``has`` is its ``__getitem__``, truthy when held);
+    ``order`` lists the touches, oldest first, as (clock, blocks root first, anonymous blocks);
+    blocks touched again since are stale in their old entry and skipped when it is evicted.
+    ``order`` is compacted when stale entries dominate. Memory: 8 bytes per id, per tier
+    (``MAX_LIST_SLOTS``).
 
     *Anonymous* blocks are blocks no other request has (``TieredCache``): they can never be hit,
     so they are only counted — they take capacity and are evicted in their turn (before the
-    touch's named blocks: they are its deepest), without a dictionary entry each.
+    touch's named blocks: they are its deepest), without an entry each.
     """
 
-    def __init__(self) -> None:
-        self.stamp: dict[int, int] = {}
+    def __init__(self, size: int, dense: bool = True) -> None:
+        # ``dense=False`` (a run too large for lists, ``MAX_LIST_SLOTS``): a dictionary with the
+        # same reads and writes, memory only for the blocks this tier saw, slower per block
+        self.stamp: list[int] | defaultdict[int, int]
+        self.has: Callable[[int], int | None]
+        if dense:
+            self.stamp = [0] * size
+            self.has = self.stamp.__getitem__
+        else:
+            by_block: defaultdict[int, int] = defaultdict(int)
+            self.stamp = by_block
+            self.has = by_block.get  # a lookup must not insert
         self.order: deque[tuple[int, list[int], int]] = deque()
+        self.named = 0  # named blocks held
         self.anonymous = 0  # anonymous blocks held
         self.entries = 0  # named blocks listed in ``order``, stale ones included
         self.clock = 0
@@ -170,81 +182,134 @@ class LruTier:
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self.stamp) + self.anonymous
+        return self.named + self.anonymous
 
     def __contains__(self, block: int) -> bool:
-        return block in self.stamp
+        return bool(self.has(block))
+
+    def held(self) -> list[int]:
+        """The named blocks held, ascending (for tests and inspection: O(size))."""
+        stamp = self.stamp
+        pairs = enumerate(stamp) if isinstance(stamp, list) else sorted(stamp.items())
+        return [b for b, t in pairs if t]
 
     def leading(self, blocks: list[int]) -> int:
         """How many of ``blocks``' leading blocks this tier holds."""
-        return len(list(takewhile(self.stamp.__contains__, blocks)))
+        return len(list(takewhile(self.has, blocks)))
 
     def touch(self, deepest_first: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
-        """Mark a request's named blocks (given deepest first) most recently used, the root last
-        so that a prefix outlives its extensions (a radix cache evicts leaves first), add its
-        ``anonymous`` blocks, then evict the least recently used beyond ``cap`` blocks.
-        Returns (blocks added, blocks evicted)."""
-        stamp, order = self.stamp, self.order
+        """:meth:`touch_path` with the blocks given deepest first."""
+        return self.touch_path(deepest_first[::-1], cap, anonymous)
+
+    def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
+        """Mark a request's named blocks (``path``, root first, no repeats; not modified later)
+        most recently used, the root last so that a prefix outlives its extensions (a radix
+        cache evicts leaves first), add its ``anonymous`` blocks (deeper still), then evict the
+        least recently used beyond ``cap`` blocks. Returns (blocks added, blocks evicted)."""
+        stamp = self.stamp
         self.clock = clock = self.clock + 1
-        if cap <= len(deepest_first) + anonymous:  # all older blocks go, then the deepest
-            present = len(stamp) + self.anonymous
-            added = len(deepest_first) + anonymous - sum(map(stamp.__contains__, deepest_first))
-            named = deepest_first[max(0, len(deepest_first) - cap) :] if cap > 0 else []
-            kept_anonymous = max(0, cap - len(deepest_first))
-            stamp.clear()
-            order.clear()
-            stamp.update(zip(named, repeat(clock)))
-            if named or kept_anonymous:
-                order.append((clock, named, kept_anonymous))
-            self.entries, self.anonymous = len(named), kept_anonymous
-            evicted = present + added - len(named) - kept_anonymous
-        else:
-            before = len(stamp)
-            stamp.update(zip(deepest_first, repeat(clock)))
-            added = len(stamp) - before + anonymous
-            order.append((clock, deepest_first, anonymous))
-            self.entries += len(deepest_first)
-            self.anonymous += anonymous
-            excess = len(stamp) + self.anonymous - cap
-            evicted = self._evict(excess) if excess > 0 else 0
-            if self.entries > 4 * len(stamp) + 65536:  # stale entries dominate: drop them
-                self._compact()
+        new = 0
+        for block in path:  # a plain loop over a list: faster here than any C-level bulk call
+            if not stamp[block]:
+                new += 1
+            stamp[block] = clock
+        self.named = held = self.named + new
+        self.order.append((clock, path, anonymous))
+        self.entries += len(path)
+        self.anonymous += anonymous
+        excess = held + self.anonymous - cap
+        evicted = self._evict(excess) if excess > 0 else 0
+        if self.entries > 4 * self.named + 65536:  # stale entries dominate: drop them
+            self._compact()
+        added = new + anonymous
         self.added += added
         self.evicted += evicted
         return added, evicted
 
     def _evict(self, excess: int) -> int:
+        """Evict ``excess`` blocks (at most all held), least recently used first (within a touch,
+        the anonymous blocks, then the named ones deepest first)."""
         stamp, order = self.stamp, self.order
-        get = stamp.get
-        evicted = 0
+        anonymous_held, entries = self.anonymous, self.entries
+        evicted, gone = excess, 0
         while excess > 0:
             t, group, anonymous = order[0]
             if anonymous:
-                gone = anonymous if anonymous <= excess else excess
-                self.anonymous -= gone
-                excess -= gone
-                evicted += gone
-                if gone < anonymous:
-                    order[0] = (t, group, anonymous - gone)
+                if anonymous >= excess:
+                    anonymous_held -= excess
+                    order[0] = (t, group, anonymous - excess)
                     break
-            live = list(compress(group, map(eq, repeat(t), map(get, group))))  # not touched since
-            self.entries -= len(group)
-            if len(live) > excess:  # the group's deepest blocks go first; the rest stay, unstale
-                order[0] = (t, live[excess:], 0)
-                self.entries += len(live) - excess
-                live = live[:excess]
-            else:
+                anonymous_held -= anonymous
+                excess -= anonymous
+            size = len(group)
+            if size <= excess:  # the whole touch goes: its blocks not touched since
                 order.popleft()
-            _consume(map(stamp.pop, live))
-            excess -= len(live)
-            evicted += len(live)
+                entries -= size
+                before = gone
+                for block in group:
+                    if stamp[block] == t:
+                        stamp[block] = 0
+                        gone += 1
+                excess -= gone - before
+                continue
+            # more blocks than must go: from the deepest end, only as far as needed (a touch may
+            # list hundreds of blocks and lose a few at each later touch: never rescan it whole)
+            j, need = size, excess
+            while j:
+                j -= 1
+                block = group[j]
+                if stamp[block] == t:
+                    stamp[block] = 0
+                    need -= 1
+                    if not need:
+                        break
+            gone += excess - need
+            excess = need
+            if not excess:
+                order[0] = (t, group[:j], 0)
+                entries -= size - j
+                break
+            order.popleft()  # its live blocks were fewer than ``excess``: all gone
+            entries -= size
+        self.anonymous, self.entries = anonymous_held, entries
+        self.named -= gone
         return evicted
 
     def _compact(self) -> None:
-        get = self.stamp.get
-        kept = [(t, list(compress(g, map(eq, repeat(t), map(get, g)))), a) for t, g, a in self.order]
+        stamp = self.stamp
+        kept = [(t, [b for b in g if stamp[b] == t], a) for t, g, a in self.order]
         self.order = deque(e for e in kept if e[1] or e[2])
         self.entries = sum(len(g) for _, g, _ in self.order)
+
+
+class SetTier(LruTier):
+    """A tier that can hold every block the run will ever write (``TieredCache`` checks): nothing
+    is evicted, so no order is kept — its named blocks are a set (``blocks``; ``stamp`` is not
+    used) and a touch is one set update."""
+
+    def __init__(self, size: int = 0) -> None:
+        super().__init__(0)
+        self.blocks: set[int] = set()
+        self.has = self.blocks.__contains__
+
+    def __len__(self) -> int:
+        return len(self.blocks) + self.anonymous
+
+    def __contains__(self, block: int) -> bool:
+        return block in self.blocks
+
+    def held(self) -> list[int]:
+        return sorted(self.blocks)
+
+    def touch_path(self, path: list[int], cap: int, anonymous: int = 0) -> tuple[int, int]:
+        blocks = self.blocks
+        before = len(blocks)
+        blocks.update(path)
+        added = len(blocks) - before + anonymous
+        self.anonymous += anonymous
+        assert len(blocks) + self.anonymous <= cap, "SetTier: the tier's capacity was reached"
+        self.added += added
+        return added, 0
 
 
 class TieredCache:
@@ -276,21 +341,34 @@ class TieredCache:
         self.kv_bytes = kv_bytes_per_token
         block_bytes = kv_bytes_per_token * self.bt
         self.l1_free_tokens = l1_free_tokens
-        self.l1 = [LruTier() for _ in range(num_instances)] if config.l1 else None
         self.l2: list[LruTier] | None = None
         self.l3: LruTier | None = None
         self.l2_cap = self.l3_cap = 0
         self.l2_s_per_token = self.l3_s_per_token = self.l2_latency_s = self.l3_latency_s = 0.0
         if config.l2 is not None:
-            self.l2 = [LruTier() for _ in range(num_instances)]
             self.l2_cap = config.l2.capacity_blocks(block_bytes)
             self.l2_s_per_token = kv_bytes_per_token / (config.l2.bandwidth_gbps * 1e9)
             self.l2_latency_s = config.l2.latency_ms / 1000.0
         if config.l3 is not None:
-            self.l3 = LruTier()
             self.l3_cap = config.l3.capacity_blocks(block_bytes)
             self.l3_s_per_token = kv_bytes_per_token / (config.l3.bandwidth_gbps * 1e9)
             self.l3_latency_s = config.l3.latency_ms / 1000.0
+        # a tier that can hold every block of the run never evicts: a set serves it (exactly)
+        most = prefix.distinct_blocks
+        bounded_l2 = config.l2 is not None and self.l2_cap < most
+        bounded_l3 = config.l3 is not None and self.l3_cap < most
+        size = prefix.named_ids
+        lists = (num_instances * (config.l1 + bounded_l2) + bounded_l3) * size
+        dense = lists <= MAX_LIST_SLOTS
+
+        def tier(bounded: bool) -> LruTier:
+            return LruTier(size, dense) if bounded else SetTier()
+
+        self.l1 = [tier(True) for _ in range(num_instances)] if config.l1 else None
+        if config.l2 is not None:
+            self.l2 = [tier(bounded_l2) for _ in range(num_instances)]
+        if config.l3 is not None:
+            self.l3 = tier(bounded_l3)
         n = len(prompt)
         self.skip = [0] * n
         self.load_s = [0.0] * n
@@ -304,13 +382,13 @@ class TieredCache:
         """Match ``rid``'s leading blocks on instance ``inst``; set ``skip`` and ``load_s``."""
         blocks, prompt, bt = self.blocks[rid], self.prompt[rid], self.bt
         self.looked_up += prompt
-        l1 = self.l1[inst] if self.l1 is not None else None
-        l2 = self.l2[inst] if self.l2 is not None else None
-        l3 = self.l3
-        k1 = l1.leading(blocks) if l1 is not None else 0
-        k2 = l2.leading(blocks) if l2 is not None else 0
+        if not blocks:
+            return
+        # each tier's leading blocks (``LruTier.leading``, inlined: this runs once per request)
+        k1 = len(list(takewhile(self.l1[inst].has, blocks))) if self.l1 is not None else 0
+        k2 = len(list(takewhile(self.l2[inst].has, blocks))) if self.l2 is not None else 0
         k12 = k1 if k1 > k2 else k2
-        k3 = l3.leading(blocks) if l3 is not None else 0
+        k3 = len(list(takewhile(self.l3.has, blocks))) if self.l3 is not None else 0
         k = k12 if k12 > k3 else k3
         if k == 0:
             return
@@ -335,20 +413,21 @@ class TieredCache:
     def insert(self, rid: int, inst: int) -> None:
         """``rid``'s prefill ended on ``inst``: its blocks enter L1 and are written through (the
         blocks it matched are refreshed, and an L2/L3 hit is copied up, here)."""
-        if self.inserted[rid]:
+        inserted = self.inserted
+        if inserted[rid]:
             return  # a recomputed prompt (after preemption) was inserted by its first prefill
-        self.inserted[rid] = 1
-        blocks = self.blocks[rid][::-1]  # deepest first
+        inserted[rid] = 1
+        path = self.blocks[rid]
         anonymous = self.anonymous[rid]
-        if not blocks and not anonymous:
+        if not path and not anonymous:
             return
         if self.l3 is not None:
-            self.l3.touch(blocks, self.l3_cap, anonymous)
+            self.l3.touch_path(path, self.l3_cap, anonymous)
         if self.l2 is not None:
-            self.l2[inst].touch(blocks, self.l2_cap, anonymous)
+            self.l2[inst].touch_path(path, self.l2_cap, anonymous)
         if self.l1 is not None:
             free = self.l1_free_tokens(inst)
-            self.l1[inst].touch(blocks, free // self.bt if free > 0 else 0, anonymous)
+            self.l1[inst].touch_path(path, free // self.bt if free > 0 else 0, anonymous)
 
     def store_read(self, rid: int, now: float) -> tuple[int, float]:
         """``decode_reads_store``: (prompt tokens the link still carries, when the decode side has

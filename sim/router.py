@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pdplan.profiles.errors import choices_error
+from pdplan.sim.prefix import PrefixBlocks
 
 Chooser = Callable[[int], int]
 
@@ -58,7 +59,7 @@ def make_chooser(
     loads: list[int],
     num_requests: int,
     rng: np.random.Generator,
-    blocks: list[list[int]] | None = None,
+    blocks: PrefixBlocks | None = None,
     load_unit: float = 1.0,
 ) -> Chooser:
     """A chooser over ``len(loads)`` instances (``loads`` is read live by ``least_loaded`` and

@@ -31,21 +31,33 @@ _CHECK = INSTANCE + 1
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """Stop a run once it has certainly missed a TTFT threshold for too many requests.
+    """Stop a run once too many measured requests have certainly missed a per-request threshold.
 
-    ``max_late`` requests among those from index ``measured_from`` on (in arrival order) may wait more than
-    ``ttft_s`` for their first token; once more have (they got it late, or are still waiting past
-    it), no later event can undo that, and the run stops. Checked every ``every_s`` of simulated
-    time up to the last arrival. Requests not finished when it stops are ``unfinished``.
+    A measured request (index ``measured_from`` on, in arrival order) has certainly missed when,
+    at a check at time ``now`` (after every other event at ``now``, so what has not happened yet
+    happens later): it was rejected; or its TTFT, taking a first token not yet delivered as
+    delivered at ``now``, exceeds ``ttft_ms``; or its E2E, taking an unfinished request as
+    finishing at ``now``, exceeds ``e2e_ms``; or, with more than one output token and its first
+    token delivered, its TPOT taking it as finishing at ``now`` exceeds ``tpot_ms``. Each is a
+    lower bound of the figure the run will end with, computed in the same floating-point
+    expression as ``pdplan.sim.summary`` (monotone in the finish or first-token time), so no later
+    event can undo a miss. Once more than ``max_late`` have missed, the run stops; requests not
+    finished then are ``unfinished``. Checked every ``every_s`` of simulated time while the run
+    has events left. A threshold that is ``None`` is not checked.
     """
 
-    ttft_s: float
     max_late: int
     measured_from: int
     every_s: float
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
 
     def __post_init__(self) -> None:
-        assert self.ttft_s > 0 and self.every_s > 0 and self.max_late >= 0, "early-stop values"
+        assert self.every_s > 0 and self.max_late >= 0, "early-stop values"
+        limits = (self.ttft_ms, self.tpot_ms, self.e2e_ms)
+        assert any(x is not None for x in limits), "an early stop checks at least one threshold"
+        assert all(x is None or x > 0 for x in limits), "thresholds are positive"
 
 
 @dataclass(frozen=True)
@@ -120,22 +132,95 @@ def simulate(
     return result
 
 
+def simulate_prefill_side(
+    requests: Requests, cluster: DisaggregatedCluster, stop: EarlyStop | None = None
+) -> SimResult:
+    """The prefill side of a disaggregated run alone (router ``least_loaded``).
+
+    A prefill instance never waits on the decode side (it hands a finished prompt's KV on, or
+    queues it there, and goes on), and the router picks its prefill instance by prefill load
+    alone, so the prefill timeline — rejections, ``prefill_start_s``, ``prefill_end_s`` — is
+    exactly the full run's. Decode instances are replaced by a sink that takes every hand-off at
+    once and writes the prefill end into ``first_token_s``: a *lower bound* of each request's first
+    token (it joins a decode batch no earlier than its KV is ready, which is no earlier than its
+    prefill end), not a first token. Nothing decodes (every request ends ``unfinished``), so only a
+    TTFT threshold may be checked by ``stop``. Without a prefix cache (a shared store is read by
+    the decode side too).
+    """
+    assert stop is None or (stop.tpot_ms is None and stop.e2e_ms is None), "only TTFT has a bound here"
+    assert cluster.cache is None, "a prefix store is shared with the decode side"
+    sink = _PrefillSink  # duck-types the two calls the prefill side makes on a decode instance
+    run = Run(requests, cluster, "least_loaded", np.random.default_rng(0), decode_factory=sink)  # type: ignore[arg-type]
+    if stop is not None and len(requests):
+        _install_stop(run, stop)
+    return run.run(None)
+
+
+class _PrefillSink:
+    """Stands in for a decode instance in ``simulate_prefill_side``."""
+
+    busy_s = 0.0
+
+    def __init__(self, run: Run, index: int) -> None:
+        self.first_token_s = run.ledger.first_token_s
+
+    def offer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> bool:
+        self.first_token_s[rid] = prefill_end  # the first token comes no earlier
+        return True
+
+    def wait(self, rid: int) -> None:
+        raise AssertionError("the sink takes every hand-off")
+
+
 def _install_stop(run: Run | ColocatedRun, stop: EarlyStop) -> None:
     """Schedule the early-stop checks (``EarlyStop``) on ``run``'s kernel."""
     arrival = run.arrival_np
-    first = np.frombuffer(run.ledger.first_token_s, dtype=np.float64)  # live view of the ledger
-    measured = np.arange(arrival.size) >= stop.measured_from
+    ledger = run.ledger
+    # live views of the ledger's arrays (they are written in place during the run)
+    first = np.frombuffer(ledger.first_token_s, dtype=np.float64)
+    finish = np.frombuffer(ledger.finish_s, dtype=np.float64)
+    rejected = np.frombuffer(ledger.rejected, dtype=np.int8)
+    outputs = run.requests.output_tokens
+    steps = np.maximum(outputs - 1, 1)  # summary's TPOT denominator
+    lo = stop.measured_from
+    env = run.env
 
     def check(_event: object) -> None:
-        now = run.env.now
-        waited = np.where(np.isnan(first), now, first) - arrival
-        late = int(np.count_nonzero(measured & (arrival <= now) & (waited > stop.ttft_s)))
-        if late > stop.max_late:
-            log.debug("early stop at %.3f s: %d late first tokens > %d", now, late, stop.max_late)
-            raise simpy.core.StopSimulation(None)
+        now = env.now
+        hi = int(np.searchsorted(arrival, now, side="right"))  # arrived by now
+        if hi - lo > stop.max_late:
+            rows = slice(lo, hi)
+            missed = _certain_misses(stop, now, rows, arrival, first, finish, rejected, outputs, steps)
+            if missed > stop.max_late:
+                log.debug("early stop at %.3f s: more than %d certain misses", now, stop.max_late)
+                raise simpy.core.StopSimulation(None)
+        if env.peek() < math.inf:  # other events are left: check again later
+            env.at(now + stop.every_s, _CHECK, check)
 
-    last = float(arrival[-1])
-    t = stop.every_s
-    while t <= last + stop.ttft_s:
-        run.env.at(t, _CHECK, check)
-        t += stop.every_s
+    env.at(stop.every_s, _CHECK, check)
+
+
+def _certain_misses(
+    stop: EarlyStop,
+    now: float,
+    rows: slice,
+    arrival: np.ndarray,
+    first: np.ndarray,
+    finish: np.ndarray,
+    rejected: np.ndarray,
+    outputs: np.ndarray,
+    steps: np.ndarray,
+) -> int:
+    """How many requests of ``rows`` have certainly missed a threshold at ``now`` (``EarlyStop``)."""
+    a, f, e = arrival[rows], first[rows], finish[rows]
+    missed = rejected[rows] != 0
+    with np.errstate(invalid="ignore"):
+        if stop.ttft_ms is not None:
+            missed |= (np.where(np.isnan(f), now, f) - a) * 1000.0 > stop.ttft_ms
+        done = np.where(np.isnan(e), now, e)
+        if stop.e2e_ms is not None:
+            missed |= (done - a) * 1000.0 > stop.e2e_ms
+        if stop.tpot_ms is not None:  # NaN first token compares False: no TPOT known yet
+            tpot_ms = (done - f) / steps[rows] * 1000.0
+            missed |= (outputs[rows] > 1) & (tpot_ms > stop.tpot_ms)
+    return int(np.count_nonzero(missed))

@@ -4,7 +4,7 @@
 [--api sglang-generate | openai-completions | openai-chat] [--model NAME] [--tokenizer DIR]
 [--duration-s S | --num-requests N] [--plan P (--profile DIR | --model M --hardware H)] --out DIR``
 
-Writes ``requests.csv`` (the simulator's schema + ``error``), ``itl.csv`` (every chunk),
+Writes ``requests.csv`` (the simulator's schema + ``cached_tokens`` + ``error``), ``itl.csv`` (every chunk),
 ``summary.yaml`` (``summarize``'s figures + ITL and goodput), ``run.yaml`` and ``report.html``.
 With ``--plan`` it also simulates the same request list on that plan into ``predicted/``, so the
 report's Validation section compares the two. Metric definitions: ``pdplan.realrun.bench_results``.
@@ -312,6 +312,12 @@ def _print(summary: dict[str, Any], out: Path) -> None:
         f"requests: {counts}; throughput {summary['throughput_rps']:.3f} req/s, "
         f"{summary['output_tokens_per_s']:.1f} output tok/s"
     )
+    if summary.get("prefix_cache"):  # the server's cached_tokens (pdplan.realrun.bench_results)
+        cache = summary["prefix_cache"]
+        console.print(
+            f"prefix cache hit rate {cache['hit_rate']['total']:.1%} "
+            f"({cache['hit_tokens']['total']:,} of {cache['prompt_tokens']:,} prompt tokens)"
+        )
     if summary.get("attainment") is not None:
         console.print(
             f"SLO {summary.get('slo')}: attainment {summary['attainment']}, "

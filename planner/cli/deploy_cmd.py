@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from pdplan.planner.plan import Plan
     from pdplan.realrun.deployment import DeploymentSpec, LaunchPlan
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,9 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
 
     A plan's ``chunk_tokens`` runs as chunked prefill in the workers (``--chunk-tokens``); a colocated
     ``chunked`` policy also alternates prompt slices with decode steps (``--schedule chunked``).
+    A plan's ``cache: {l1: true}`` gives every prefill and colocated worker a prefix cache
+    (``--prefix-cache``, ``pdplan.realrun.prefix_cache``); L2/L3 tiers are refused: the local
+    workers keep no host-memory or store tier.
     """
     from pdplan.planner.plan import load_plan
     from pdplan.profiles.errors import ConfigError
@@ -217,8 +221,30 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
         raise ConfigError(f"--weights {str(weights)!r}: not a directory")
     tok = tokenizer or (str(weights) if weights is not None else "bytes")
     return DeploymentSpec(
-        plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed, plan.router
-    )
+        plan.model, plan.mode, tuple(groups), str(weights) if weights else None, tok, seed, plan.router,
+        _prefix_cache_pages(plan, plan_path),
+    )  # fmt: skip
+
+
+def _prefix_cache_pages(plan: Plan, plan_path: Path) -> int | None:
+    """The workers' prefix cache page size for the plan's ``cache:`` (``None``: no cache).
+
+    Raises:
+        ConfigError: the plan has L2 or L3 tiers (not run by the local workers).
+    """
+    from pdplan.profiles.errors import ConfigError
+    from pdplan.realrun.prefix_cache import DEFAULT_PAGE_TOKENS
+
+    cache = plan.cache
+    if cache is None:
+        return None
+    if cache.l2 is not None or cache.l3 is not None:
+        raise ConfigError(
+            f"plan {str(plan_path)!r}: cache.l2/cache.l3 tiers are not run by the local workers, which "
+            "keep only L1 (a prefix cache in each worker's KV); remove them to deploy locally, or use "
+            "--target sglang (HiCache)"
+        )
+    return DEFAULT_PAGE_TOKENS if cache.l1 else None
 
 
 def _print_launch(launch: LaunchPlan, show_commands: bool, memory: str = "") -> None:

@@ -118,8 +118,19 @@ def search(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
     ] = False,
+    cache_l2_gb: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-l2-gb", help="Prefix traffic: host DRAM sizes per instance to try, e.g. 0,64,256."
+        ),
+    ] = None,
+    cache_l3_gb: Annotated[
+        str | None,
+        typer.Option("--cache-l3-gb", help="Prefix traffic: shared store sizes to try, e.g. 0,2000,8000."),
+    ] = None,
 ) -> None:
     """Search P:D ratio, TP and batch limits for the most goodput per GPU under an SLO."""
+    from pdplan.planner.cache_choice import CacheOptions, parse_sizes
     from pdplan.planner.pricing import parse_prices
     from pdplan.planner.probe import SloTargets
     from pdplan.planner.ray_executor import check_executor
@@ -142,7 +153,14 @@ def search(
     executor = check_executor(executor)
     if mode not in MODE_CHOICES:
         raise choices_error("--mode", mode, MODE_CHOICES)
+    cache_options = CacheOptions(
+        parse_sizes("--cache-l2-gb", cache_l2_gb), parse_sizes("--cache-l3-gb", cache_l3_gb)
+    )
     if (hardware is not None and "," in hardware) or budget_per_hour is not None:
+        if cache_options.tiered:
+            raise ConfigError(
+                "--cache-l2-gb/--cache-l3-gb apply to a single-hardware search (--gpus or --rate)"
+            )
         if gpus is not None or profile:
             raise ConfigError(
                 "a search over several --hardware types spends --budget-per-hour or holds --rate; "
@@ -185,8 +203,13 @@ def search(
         executor=executor,
         **_grid(profiles),
     )
+    if spec.requests.prefix is None and cache_options.tiered:
+        raise ConfigError(
+            "--cache-l2-gb/--cache-l3-gb need traffic that names its prefixes (a Mooncake trace's "
+            "hash_ids, a CSV's prefix_hashes column, or a workload's prefix: key)"
+        )
     claim_out(out, "search", force=force)
-    result = _run(spec)
+    result = _run(spec, cache_options)
     _finish(out, result, described)
 
 
@@ -297,7 +320,7 @@ def _link(label: str) -> Any:
     return KvLink(preset.bandwidth_gbps, preset.latency_ms, link=label)
 
 
-def _run(spec: Any) -> SearchResult:
+def _run(spec: Any, cache_options: Any) -> SearchResult:
     import time
 
     from rich.console import Console
@@ -319,7 +342,16 @@ def _run(spec: Any) -> SearchResult:
                 last[0] = now
                 bar.update(task, completed=done, total=total, refresh=True)
 
-        return run_search(spec, progress=update)
+        result = run_search(spec, progress=update)
+    if result.chosen is None or spec.requests.prefix is None:
+        return result
+    from pdplan.planner.cache_choice import choose_cache
+
+    with Progress(
+        TextColumn("choosing the router and cache tiers"), TimeElapsedColumn(), transient=True
+    ) as bar:
+        bar.add_task("cache")
+        return choose_cache(result, cache_options)
 
 
 def _finish(out: Path, result: SearchResult, described: dict[str, Any]) -> None:
@@ -343,9 +375,25 @@ def _finish(out: Path, result: SearchResult, described: dict[str, Any]) -> None:
     console.print(counts, highlight=False)
     if plan.feasible:
         console.print("[bold]verdict:[/]", escape(verdict(result)), highlight=False, soft_wrap=True)
+    if result.cache_choice is not None:
+        console.print(escape(_cache_line(result)), highlight=False, soft_wrap=True)
     else:
         console.print("[bold yellow]infeasible:[/]", escape(plan.reason), highlight=False, soft_wrap=True)
     console.print(f"plan: {out / 'plan.yaml'}   report: {_report(out)}", highlight=False)
+
+
+def _cache_line(result: SearchResult) -> str:
+    """The router and cache tiers chosen for the plan (``pdplan.planner.cache_choice``), in words."""
+    choice = result.cache_choice
+    assert choice is not None
+    rates = choice.stats["hit_rate"]
+    tiers = ", ".join(f"{t.upper()} {rates[t]:.1%}" for t in ("l1", "l2", "l3"))
+    tried = len(choice.trials)
+    return (
+        f"prefix cache: {choice.router} routing with {choice.cache.label} holds "
+        f"{choice.chosen.goodput_rps:.3g} req/s on the replays ({choice.without_cache_rps:.3g} without "
+        f"a prefix cache; {tried} router/tier options tried); hit rate {rates['total']:.1%} ({tiers})"
+    )
 
 
 def _report(out: Path) -> Path:

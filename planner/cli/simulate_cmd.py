@@ -134,6 +134,19 @@ def simulate(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --out that holds another kind of pdplan run.")
     ] = False,
+    cache_l2_gb: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-l2-gb",
+            help="Search, prefix traffic: host DRAM sizes per instance to try (GB, e.g. 0,64,256).",
+        ),
+    ] = None,
+    cache_l3_gb: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-l3-gb", help="Search, prefix traffic: shared store sizes to try (GB, e.g. 0,8000)."
+        ),
+    ] = None,
 ) -> None:
     """Simulate one plan (--plan), or search layouts against an SLO (--slo with --gpus N or --rate R).
 
@@ -146,6 +159,8 @@ def simulate(
         "--kv-link": kv_link,
         "--budget-per-hour": budget_per_hour,
         "--executor": executor,
+        "--cache-l2-gb": cache_l2_gb,
+        "--cache-l3-gb": cache_l3_gb,
     }
     if plan is None:
         if slo is None:
@@ -188,6 +203,8 @@ def simulate(
             executor=executor or "local",
             traffic=traffic,
             force=force,
+            cache_l2_gb=cache_l2_gb,
+            cache_l3_gb=cache_l3_gb,
         )
         return
     given = [name for name, value in search_only.items() if value is not None]

@@ -273,3 +273,26 @@ def test_a_plan_with_a_prefix_cache_reports_hit_rates_per_tier(tmp_path):
     )
     assert cache["prompt_tokens"] > 0 and cache["bytes_written"]["l3"] > 0
     assert "prefix cache hit rate" in (out / "report.html").read_text()
+
+
+def test_fp8_kv_halves_the_bytes_every_tier_moves(tmp_path):
+    # --kv-dtype fp8 prices each block in fp8: a store big enough to keep every block writes each
+    # distinct block once, so it writes exactly half the bytes of the bf16 run
+    plan = {**pc.COLOCATED_PLAN, "cache": {"l3": {"capacity_gb": 500}}}
+    workload = {
+        **pc.WORKLOAD,
+        "prefix": {"kind": "multi_turn", "turns": 3, "conversations": 10, "system_prompt_tokens": 512},
+    }
+    written = {}
+    for kv in ("bf16", "fp8"):
+        out = tmp_path / kv
+        args = ["--plan", pc.write_yaml(tmp_path / "plan.yaml", plan), "--out", out]
+        args += ["--workload", pc.write_yaml(tmp_path / "w.yaml", workload)]
+        args += ["--model", "qwen2.5-7b", "--hardware", "h100-sxm"]
+        if kv == "fp8":
+            args += ["--kv-dtype", "fp8"]
+        _invoke(args)
+        cache = yaml.safe_load((out / "summary.yaml").read_text())["prefix_cache"]
+        written[kv] = cache["bytes_written"]["l3"]
+    assert written["bf16"] > 0
+    assert written["fp8"] * 2 == written["bf16"]

@@ -153,3 +153,39 @@ def test_closed_loop_keeps_concurrency_and_sends_in_order(server):
 def test_prompt_ids_are_exact_and_distinct():
     a, b = prompt_ids(0, 50), prompt_ids(1, 50)
     assert len(a) == 50 and a != b and min(a + b) >= 3
+
+
+def test_prompts_share_exactly_their_shared_prefix_blocks():
+    a = prompt_ids(0, 70, [7, 8, 9], 16)
+    b = prompt_ids(1, 60, [7, 8, 4, 5], 16)
+    assert len(a) == 70 and len(b) == 60
+    assert a[:32] == b[:32]  # blocks 7 and 8
+    assert a[32:48] != b[32:48]  # blocks 9 and 4 differ
+    assert a[48:] == prompt_ids(0, 70)[48:]  # past its blocks, a prompt is its own
+    assert prompt_ids(5, 10, [7], 16) == a[:10]  # a partial block is the block's start
+
+
+def test_readers_take_cached_tokens_from_meta_info_and_openai_usage():
+    from pdplan.realrun.bench_apis import StreamReader
+
+    gen = StreamReader("sglang-generate")
+    gen.feed(b'{"output_ids": [5], "meta_info": {"prompt_tokens": 9, "cached_tokens": 8}}')
+    usage = StreamReader("openai-completions")
+    usage.feed(
+        b'{"choices": [], "usage": {"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 4}}}'
+    )
+    silent = StreamReader("openai-chat")
+    silent.feed(b'{"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1}}')
+    assert (gen.cached_tokens, usage.cached_tokens, silent.cached_tokens) == (8, 4, None)
+
+
+def test_measured_hit_rate_counts_only_requests_that_reported_it():
+    import pandas as pd
+
+    from pdplan.realrun.bench_results import prefix_cache_summary
+
+    frame = pd.DataFrame({"prompt_tokens": [100, 100, 50], "cached_tokens": [0.0, 64.0, float("nan")]})
+    summary = prefix_cache_summary(frame)
+    assert summary is not None
+    assert summary["hit_rate"]["total"] == 0.32 and summary["requests_reported"] == 2
+    assert prefix_cache_summary(frame.assign(cached_tokens=float("nan"))) is None

@@ -93,3 +93,45 @@ def test_router_policy_is_the_plans_where_the_router_allows_it() -> None:
     prefill = [w for w in launch.workers if w.role == "prefill"]
     peers = decode[0].argv[list(decode[0].argv).index("--prefill-peers") + 1]
     assert peers == f"127.0.0.1:{prefill[0].bootstrap_port}"
+
+
+def test_a_prefix_cache_goes_to_prefill_workers_only() -> None:
+    spec = DeploymentSpec("tiny-llama", "disaggregated", _disagg().groups, prefix_cache_page_tokens=16)
+    launch = build_launch(spec, LaunchOptions(port=free_port()))
+    flags = {w.name: "--prefix-cache" in w.argv for w in launch.workers}
+    assert flags == {"prefill-0": True, "decode-0": False, "decode-1": False}
+    prefill = launch.workers[0].argv
+    assert prefill[prefill.index("--prefix-cache-page-tokens") + 1] == "16"
+    plain = build_launch(_disagg(), LaunchOptions(port=free_port()))
+    assert not any("--prefix-cache" in w.argv for w in plain.workers)
+
+
+@pytest.mark.parametrize(
+    ("cache", "code", "said"),
+    [
+        ({"l1": True}, 0, "--prefix-cache"),
+        ({"l1": True, "l2": {"capacity_gb": 64}}, 2, "not run by the local workers"),
+    ],
+    ids=["l1", "l2-refused"],
+)
+def test_deploy_runs_the_plans_l1_cache_and_refuses_lower_tiers(
+    tmp_path, monkeypatch, capsys, cache, code, said
+) -> None:
+    import sys
+
+    import yaml
+
+    from pdplan.planner.cli.app import main
+
+    plan = {
+        "schema_version": 1, "mode": "colocated", "model": "tiny-llama", "hardware": "cpu",
+        "colocated": {"instances": 1, "tp": 1}, "cache": cache,
+    }  # fmt: skip
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    argv = ["pdplan", "deploy", str(tmp_path / "plan.yaml"), "--dry-run", "--port", str(free_port())]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out = capsys.readouterr()
+    assert stop.value.code == code, out
+    assert said in " ".join((out.out + out.err).split())

@@ -66,7 +66,7 @@ def test_kv_header_whose_sizes_disagree_is_refused() -> None:
     [(9, 4, 2, "unknown dtype code"), (1, 9, 2, "ndim=9"), (1, 4, 17, "tensors=17"), (1, 0, 2, "ndim=0")],
 )
 def test_kv_header_limits(code: int, ndim: int, count: int, message: str) -> None:
-    fixed = wire.KV_FIXED.pack(1, 1, 0.0, 0.0, code, ndim, count, 0)
+    fixed = wire.KV_FIXED.pack(1, 1, 0, 0.0, 0.0, code, ndim, count, 0)
     body = fixed + b"\0" * (4 * ndim * count) + struct.pack("<Q", 0)
     with pytest.raises(wire.WireError, match=message):
         wire.unpack_kv_meta(body, 10**9)
@@ -78,6 +78,15 @@ def test_in_place_flag_round_trips_and_unknown_flags_are_refused() -> None:
     body = bytearray(wire.pack_kv_meta(meta))
     struct.pack_into("<I", body, wire.KV_FIXED.size - 4, 6)
     with pytest.raises(wire.WireError, match="unknown KV flags"):
+        wire.unpack_kv_meta(bytes(body), 10**9)
+
+
+def test_cached_tokens_round_trip_and_never_cover_the_whole_prompt() -> None:
+    meta = wire.KvMeta(11, 5, 1.0, 2.0, "float32", ((4, 4, 5, 64),) * 2, cached_tokens=4)
+    assert wire.unpack_kv_meta(wire.pack_kv_meta(meta), meta.payload_bytes).cached_tokens == 4
+    body = bytearray(wire.pack_kv_meta(meta))
+    struct.pack_into("<I", body, 12, 5)  # after first_token i64 and prompt_tokens u32
+    with pytest.raises(wire.WireError, match="5 cached tokens of a 5-token prompt"):
         wire.unpack_kv_meta(bytes(body), 10**9)
 
 

@@ -1,7 +1,8 @@
 """Failure behaviour of real prefill and decode worker processes, driven the way the router drives them
 (the same body, with the same bootstrap fields, to both): a KV hand-off that times out frees its
 reservation on both sides and costs the prefill no compute, overload is a 503 with Retry-After from a
-bounded queue, and hand-offs are authenticated.
+bounded queue, hand-offs are authenticated, and a prefill's prefix cache hit reaches the decode
+side's reply (``meta_info.cached_tokens``) without changing a token.
 
 Deterministic whatever the machine load: the decode worker's KV is held by a *stand-in prefill* run
 by the test (a ``KvSender`` holding the test deployment's secret) that never delivers KV until the
@@ -111,7 +112,7 @@ def deployment() -> Iterator[tuple[str, str, int, StandIn, Impostor]]:
     boot = free_port()
     prefill, p_url = start_worker(
         "--role", "prefill", "--model", model, "--bootstrap-port", str(boot), "--kv-timeout-s", "0.5",
-        "--bootstrap-timeout-s", "2.0",
+        "--bootstrap-timeout-s", "2.0", "--prefix-cache", "--prefix-cache-page-tokens", "4",
     )  # fmt: skip
     peers = f"127.0.0.1:{boot},127.0.0.1:{stand_in.port},127.0.0.1:{impostor.port}"
     decode, d_url = start_worker(
@@ -221,6 +222,26 @@ def test_handoff_works_after_failures_and_output_is_complete(
     p, d = _pair(p_url, d_url, _body(10, boot, 12, 20))
     assert p.status_code == 200 and d.status_code == 200, (p.text, d.text)
     assert len(d.json()["output_ids"]) == 20 and d.json()["output_ids"][0] == p.json()["output_ids"][0]
+
+
+def test_a_prefill_cache_hit_reaches_the_decode_reply_and_changes_no_token(
+    deployment: tuple[str, str, int, StandIn, Impostor],
+) -> None:
+    p_url, d_url, boot, _, _ = deployment
+    body = _body(30, boot, 16, 12) | {"input_ids": list(range(300, 316))}
+    _, first = _pair(p_url, d_url, body)
+    _, second = _pair(p_url, d_url, body | {"bootstrap_room": 31})
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    # the prefill cached the prompt's 4 pages of 4; the last token is always computed
+    assert (first.json()["meta_info"]["cached_tokens"], second.json()["meta_info"]["cached_tokens"]) == (
+        0,
+        15,
+    )
+    assert second.json()["output_ids"] == first.json()["output_ids"]
+    flushed = httpx.post(f"{p_url}/flush_cache", timeout=10)
+    assert flushed.status_code == 200 and flushed.text.startswith("flushed ")
+    _, third = _pair(p_url, d_url, body | {"bootstrap_room": 32})
+    assert third.json()["meta_info"]["cached_tokens"] == 0
 
 
 def test_decode_refuses_bootstrap_addresses_outside_its_deployment(

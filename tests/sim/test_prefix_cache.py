@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, KvLink, PrefillPool, Requests, SimOptions, simulate
-from pdplan.sim.cache_router import cache_aware
+from pdplan.sim.cache_router import CacheAwareConfig, cache_aware
 from pdplan.sim.prefix import PrefixBlocks
 from pdplan.sim.prefix_cache import CacheTier, LruTier, PrefixCache
 from pdplan.sim.prefix_workload import MultiTurn, SystemPrompts, apply_prefix, prefix_from_dict
@@ -145,21 +145,21 @@ def test_chunked_prefill_of_a_long_prompt_starts_after_its_cached_tokens():
 
 
 def test_lru_evicts_the_least_recent_and_a_prefix_outlives_its_extensions():
-    tier = LruTier()
+    tier = LruTier(10)  # block ids below 10
     assert tier.touch([4, 3, 2, 1], cap=10) == (4, 0)  # request A's blocks 1-4, deepest first
     assert tier.touch([6, 5], cap=10) == (2, 0)
     assert tier.touch([2, 1], cap=10) == (0, 0)  # 1, 2 refreshed
     added, evicted = tier.touch([8, 7], cap=5)  # 8 blocks > 5: 4, 3 (A's leaves), then 6 go
     assert (added, evicted) == (2, 3)
-    assert sorted(tier.stamp) == [1, 2, 5, 7, 8]
+    assert tier.held() == [1, 2, 5, 7, 8]
     assert tier.leading([1, 2, 3]) == 2 and tier.leading([5, 6]) == 1 and tier.leading([9]) == 0
-    small = LruTier()  # a group larger than the tier: the older blocks, then its deepest, go
+    small = LruTier(10)  # a group larger than the tier: the older blocks, then its deepest, go
     small.touch([4, 3, 2, 1], cap=10)
-    assert small.touch([6, 5, 2, 1], cap=3) == (2, 3) and sorted(small.stamp) == [1, 2, 5]
-    anonymous = LruTier()  # blocks no other request has are counted, and go first (deepest)
+    assert small.touch([6, 5, 2, 1], cap=3) == (2, 3) and small.held() == [1, 2, 5]
+    anonymous = LruTier(10)  # blocks no other request has are counted, and go first (deepest)
     assert anonymous.touch([3, 2, 1], cap=4, anonymous=2) == (5, 1)
-    assert sorted(anonymous.stamp) == [1, 2, 3] and len(anonymous) == 4
-    assert anonymous.touch([5, 4], cap=4) == (2, 2) and sorted(anonymous.stamp) == [1, 2, 4, 5]  # anon, 3
+    assert anonymous.held() == [1, 2, 3] and len(anonymous) == 4
+    assert anonymous.touch([5, 4], cap=4) == (2, 2) and anonymous.held() == [1, 2, 4, 5]  # anon, 3
 
 
 def test_cache_aware_routing_follows_sglang_router():
@@ -315,7 +315,8 @@ def test_laws_with_a_prefix_cache(seed, n, colocated, tiers, router):
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
 
 
-def test_lru_tier_is_an_ordered_dict_lru():
+@pytest.mark.parametrize("dense", [True, False])
+def test_lru_tier_is_an_ordered_dict_lru(dense):
     # The reference: every block (anonymous ones as fresh ids, deepest) in an OrderedDict, touched
     # deepest first, the oldest evicted beyond cap. LruTier must hold the same named blocks and count.
     from collections import OrderedDict
@@ -323,7 +324,7 @@ def test_lru_tier_is_an_ordered_dict_lru():
     rng = np.random.default_rng(7)
     for _ in range(200):
         ref: OrderedDict[int, None] = OrderedDict()
-        tier, cap, fresh = LruTier(), int(rng.integers(1, 25)), 10_000
+        tier, cap, fresh = LruTier(30, dense), int(rng.integers(1, 25)), 10_000
         for _ in range(60):
             named = list(dict.fromkeys(rng.integers(0, 30, int(rng.integers(0, 7))).tolist()))
             anonymous = int(rng.integers(0, 4))
@@ -335,4 +336,42 @@ def test_lru_tier_is_an_ordered_dict_lru():
             while len(ref) > cap:
                 ref.popitem(last=False)
             tier.touch(named[::-1], cap, anonymous)
-            assert set(tier.stamp) == {b for b in ref if b < 10_000} and len(tier) == len(ref)
+            assert tier.held() == sorted(b for b in ref if b < 10_000) and len(tier) == len(ref)
+
+
+def test_a_tier_that_holds_every_block_is_a_set_with_the_same_answers():
+    # SetTier serves a tier whose capacity covers every block of the run (no eviction can
+    # happen): touched with the same requests, it answers as LruTier does, and its count is exact.
+    from pdplan.sim.prefix_cache import SetTier
+
+    rng = np.random.default_rng(3)
+    lru, fast = LruTier(40), SetTier()
+    for _ in range(300):
+        path = list(dict.fromkeys(rng.integers(0, 40, int(rng.integers(0, 6))).tolist()))
+        anonymous = int(rng.integers(0, 3))
+        probe = rng.integers(0, 40, 4).tolist()
+        assert fast.leading(probe) == lru.leading(probe)
+        assert fast.touch_path(path, 10_000, anonymous) == lru.touch_path(path, 10_000, anonymous)
+        assert len(fast) == len(lru) and fast.held() == lru.held()
+    blocks = PrefixBlocks.from_lists([[1, 2, 3], [1, 2, 4], [5]])
+    assert blocks.distinct_blocks == 2 + 3  # named 1, 2 (shared); 3, 4 and 5 only counted
+
+
+def test_named_blocks_are_renumbered_densely_keeping_which_requests_share_them():
+    # Tiers index a list by the named ids: equal hashes get equal ids 0..named_ids-1 (in the
+    # order of the hashes), a repeat within a prompt is one named block, unshared blocks counted.
+    blocks = PrefixBlocks.from_lists([[900, -7, 5], [900, -7, 6, 6], [2**62 + 1, 900], [2**62 + 1, 3]])
+    named, anonymous = blocks.named
+    assert named == [[2, 0], [2, 0, 1], [3, 2], [3]] and anonymous == [1, 0, 0, 1]
+    assert blocks.named_ids == 4 and blocks.distinct_blocks == 4 + 2
+    assert PrefixBlocks.from_lists([[], [1]]).named == ([[], []], [0, 1])
+
+
+def test_cache_aware_trees_evict_requests_that_repeat_a_block():
+    # A prompt that repeats a block id holds it once; with a tree smaller than the traffic, its
+    # eviction must not drop the block twice (the tree used to fail with KeyError here).
+    blocks = [[1, 2, 1, 2], [3, 4, 3], [1, 2, 5], [3, 4, 6], [1, 7]]
+    choose = cache_aware(
+        [0, 0], PrefixBlocks.from_lists(blocks, BT), 1.0, CacheAwareConfig(max_tree_blocks=3)
+    )
+    assert [choose(i) for i in range(5)] == [0, 1, 0, 1, 0]
