@@ -8,6 +8,12 @@ workers, one core each) — are deployed with ``pdplan deploy`` and benched thro
 capacity (the simulator's throughput when overloaded) with two workloads: chat-like and
 long-prompt. Each run is predicted on the same request list. Calibration (step overhead, compute
 and bandwidth scales) is fitted on the 60 % runs and judged on the 30 % and 90 % runs.
+
+Each run is also predicted from the same measurement priced as before issue 11's fix (decode rows
+from batch 4 only, the plain linear decode model: ``error_grid_from_4_pct``), so the effect of the
+small-batch ramp is judged on the same measured traffic, whatever the machine's load did to it; and
+every decode step the workers logged (``/server_info``: batch, context, wall ms) is compared with
+the profile's model by batch (``decode_steps_vs_profile``). The load average is recorded per run.
 """
 
 from __future__ import annotations
@@ -74,6 +80,29 @@ def _free_port() -> int:
 def _pdplan(*args: str, timeout: float = 600) -> None:
     script = Path(sys.executable).parent / "pdplan"
     subprocess.run([str(script), *args], check=True, capture_output=True, timeout=timeout)
+
+
+def _worker_steps(run: Path, latency: Any) -> dict[str, Any]:
+    """Every decode step the deployment's decode/colocated workers logged (``/server_info``: batch,
+    context, wall ms) against the profile's decode model, by batch: median measured / model."""
+    import httpx
+
+    record = json.loads((run / "deploy.json").read_text())
+    steps = []
+    for proc in record["processes"]:
+        if proc["role"] in ("decode", "colocated"):
+            info = httpx.get(proc["url"] + "/server_info", timeout=10).json()
+            steps += info["internal_states"][0]["recent_decode_steps"]
+    out: dict[str, Any] = {}
+    for name, lo, hi in (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16)):
+        ratios = [
+            s["step_ms"] / latency.decode_ms(s["batch_size"], s["context_tokens"])
+            for s in steps
+            if lo <= s["batch_size"] <= hi
+        ]
+        if ratios:
+            out[name] = {"steps": len(ratios), "measured_over_model": round(float(np.median(ratios)), 3)}
+    return out
 
 
 @contextlib.contextmanager
@@ -153,12 +182,20 @@ def local_part(
         )
         out["profile_wall_s"] = round(time.perf_counter() - started, 1)
         profile = load_profile(tmp / "profile")
+        # The same measurement as the profile before issue 11's fix priced it: decode rows from
+        # batch 4 only, plain linear decode model (no small-batch ramp), to compare on the same runs.
+        plain = replace(
+            profile,
+            decode=profile.decode[profile.decode["batch_size"] >= 4].reset_index(drop=True),
+            hardware={k: v for k, v in profile.hardware.items() if k != "cpu_threads"},
+        )
         for plan_name in plans:
             text = PLANS[plan_name]
             plan_file = tmp / f"{plan_name}.yaml"
             plan_file.write_text(text)
             plan = load_plan(plan_file)
             cluster = plan.cluster({role: profile for role in plan.tps})
+            plain_cluster = plan.cluster({role: plain for role in plan.tps})
             runs: dict[tuple[str, float], Any] = {}
             rows = []
             with _deployed(plan_file, tmp / f"deploy-{plan_name}") as url:
@@ -179,8 +216,10 @@ def local_part(
                                 "capacity_rps": round(capacity, 3),
                                 "rate_rps": round(rate, 3),
                                 "failed": int((frame["status"] != "ok").sum()),
+                                "load": round(os.getloadavg()[0], 2),
                             }
                         )
+                steps = _worker_steps(tmp / f"deploy-{plan_name}", profile.latency)
             fit_runs = []
             for (_, load), run in runs.items():
                 if load == 0.6:
@@ -194,8 +233,11 @@ def local_part(
                 row["used_for_fit"] = row["run"].endswith("/60%")
                 row["measured_ms"] = {k: round(v, 2) for k, v in measured.items()}
                 row["error_before_pct"] = errors_pct(metrics(*predict(run, Params()), every), measured)
+                old = predict(replace(run, cluster=plain_cluster), Params())
+                row["error_grid_from_4_pct"] = errors_pct(metrics(*old, every), measured)
                 row["error_after_pct"] = errors_pct(metrics(*predict(run, result.params), every), measured)
             out[plan_name] = {
+                "decode_steps_vs_profile": steps,
                 "parameters": result.params.to_dict(),
                 "uncertainty_std": result.uncertainty,
                 "runs": rows,
@@ -205,15 +247,26 @@ def local_part(
 
 
 def print_local(r: dict[str, Any]) -> None:
-    print("\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1, before -> after ==")
+    print(
+        "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: profile grid from batch 4, "
+        "plain | grid from batch 1 with the small-batch ramp, before -> after calibration =="
+    )
     keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
     for plan_name in [p for p in PLANS if p in r]:
         block = r[plan_name]
         print(f"{plan_name}: calibrated {block['parameters']}")
+        print(
+            f"  worker decode steps (wall) / profile model, by batch: {block.get('decode_steps_vs_profile')}"
+        )
         for row in block["runs"]:
             before, after = row["error_before_pct"], row["error_after_pct"]
+            old = row.get("error_grid_from_4_pct", {})
             nan = float("nan")
-            cells = [f"{k} {before.get(k, nan):+.0f}->{after.get(k, nan):+.0f}%" for k in keys]
+            cells = [
+                f"{k} {old.get(k, nan):+.0f} | {before.get(k, nan):+.0f}->{after.get(k, nan):+.0f}%"
+                for k in keys
+            ]
             tag = " (fit)" if row["used_for_fit"] else ""
-            print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s  " + "  ".join(cells))
+            load = f" (load {row['load']})" if "load" in row else ""
+            print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s{load}  " + "  ".join(cells))
     print(f"({r['load_before']} before, {r['load_after']} after; profile {r['profile_wall_s']} s)")

@@ -86,6 +86,8 @@ def scaled_model(model: LatencyModel, p: Params) -> LatencyModel:
         decode_knee_batch=model.decode_knee_batch,
         experts=model.experts,
         decode_expert_coef=float(model.decode_expert_coef) * p.bandwidth_scale,
+        decode_ramp_ms=float(model.decode_ramp_ms) * p.bandwidth_scale,  # weight traffic, like m
+        decode_ramp_rate=model.decode_ramp_rate,
     )
 
 

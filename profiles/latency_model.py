@@ -20,6 +20,17 @@ follows: on the analytic grid the leave-one-out error of Qwen3-30B-A3B's decode 
 dense model has no such term (``experts`` None, ``m`` = 0): its fit and predictions are the
 plain formula's, bit for bit.
 
+A profile measured on a CPU may add a *small-batch ramp* to a dense model's decode step instead,
+``r·(1 − q^B)`` (``r`` ms, ``0 < q < 1``; :data:`RAMP_RATES`): CPU BLAS runs a one-row GEMM as a
+matrix-vector product that streams each weight once, and from two rows on as a packed GEMM that
+first copies the weight panels, which roughly doubles the weight traffic (tiny-llama's 65 MB LM
+head, one thread: 8.7 ms at 1 row, 17.4 ms at 2, 18.4 ms at 4). A step therefore costs much less at
+B = 1-3 than the line through B ≥ 4 says (tiny-llama at 256-token contexts: 21 / 33 / 43 ms at
+B = 1 / 2 / 3, 57-62 ms at B = 4-8), and the ramp saturates once the packing cost is paid. It is
+kept only where Akaike's criterion prefers it (two more parameters), and it shares the
+simulator's saturating-term slot with the experts term (``StepCoef.xs``/``miss``), so a MoE has
+none.
+
 ``T0`` (tokens) and ``B0`` (sequences) are the roofline's *knee* (Williams et al., CACM 2009): below
 it a step is bound by reading the weights, so its GEMM time does not grow with the tokens; above it
 the GEMMs are compute-bound and grow linearly. ``T0 = B0 = 0`` is the plain linear model.
@@ -51,6 +62,9 @@ PREFILL_TERMS = ("base_ms", "per_seq_ms", "per_token_ms", "per_pair_ms")
 DECODE_TERMS = ("base_ms", "per_seq_ms", "per_context_token_ms")
 PREFILL_KNEE_COLUMN = 2  # the Σ n column of the prefill design
 DECODE_KNEE_COLUMN = 1  # the B column of the decode design
+#: Candidate rates q of the small-batch ramp r·(1 − q^B): the ramp is 1 − q of its height at B = 1
+#: and ≥ 94 % of it by B = 4 (q = 0.5) … B = 13 (q = 0.8).
+RAMP_RATES = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8)
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,9 @@ class LatencyModel:
 
     ``prefill_knee_tokens`` (T0) and ``decode_knee_batch`` (B0) are the roofline knees of the
     module docstring; 0 means no knee. ``experts`` (a MoE's routed-expert reads X, None for a
-    dense model) and ``decode_expert_coef`` (m, ms per GB) are the decode step's experts term.
+    dense model) and ``decode_expert_coef`` (m, ms per GB) are the decode step's experts term;
+    ``decode_ramp_ms`` (r) and ``decode_ramp_rate`` (q) the small-batch ramp r·(1 − q^B) of a CPU
+    profile (r = 0: none).
     """
 
     prefill_coef: tuple[float, float, float, float]
@@ -82,11 +98,15 @@ class LatencyModel:
     decode_knee_batch: float = 0.0
     experts: ExpertReads | None = None
     decode_expert_coef: float = 0.0
+    decode_ramp_ms: float = 0.0
+    decode_ramp_rate: float = 0.0
 
     def __post_init__(self) -> None:
         assert all(c >= 0 for c in self.prefill_coef + self.decode_coef), "coefficients must be ≥ 0"
         assert self.decode_expert_coef >= 0, "coefficients must be ≥ 0"
         assert self.experts is not None or self.decode_expert_coef == 0, "an experts term needs experts"
+        assert self.decode_ramp_ms >= 0 and 0 <= self.decode_ramp_rate < 1, "ramp: r ≥ 0, 0 ≤ q < 1"
+        assert self.experts is None or self.decode_ramp_ms == 0, "a MoE has no small-batch ramp"
         knees = (self.prefill_knee_tokens, self.decode_knee_batch)
         assert all(math.isfinite(k) and k >= 0 for k in knees), f"knees must be finite and ≥ 0: {knees}"
 
@@ -109,6 +129,8 @@ class LatencyModel:
         """Time of one decode step of ``batch_size`` sequences with ``sum_context`` tokens in KV."""
         e, f, g = self.decode_coef
         step = e + f * max(batch_size, self.decode_knee_batch) + g * sum_context
+        if self.decode_ramp_ms:
+            step += self.decode_ramp_ms * (1.0 - self.decode_ramp_rate**batch_size)
         return step if self.experts is None else step + self.decode_expert_ms(batch_size)
 
     def decode_expert_ms(self, tokens: float) -> float:
@@ -157,22 +179,26 @@ class LatencyModel:
         *,
         knees: bool = True,
         experts: ExpertReads | None = None,
+        small_batch: bool = False,
     ) -> LatencyModel:
         """Fit from ``(num_seqs, seq_len, latency_ms)`` and ``(batch_size, context_len, latency_ms)``
         columns (each prefill row: ``num_seqs`` sequences of ``seq_len`` tokens; each decode row:
         ``batch_size`` sequences of ``context_len`` tokens in KV). ``knees=False`` fixes
         T0 = B0 = 0 (the plain linear model). ``experts`` adds the decode experts term (a MoE;
-        ``ExpertReads.of``). The leave-one-out error refits everything, knee included, without
-        each point.
+        ``ExpertReads.of``). ``small_batch`` lets a dense model's decode fit take the small-batch
+        ramp (a CPU profile; module docstring). The leave-one-out error refits everything, knee
+        and ramp included, without each point.
 
         Raises:
             ProfileError: a table with no rows, or a negative or non-finite latency.
         """
         px, py = _prefill_design(*prefill)
         dx, dy = _decode_design(*decode, experts=experts)
-        p_coef, p_knee, p_loo = _fit_phase(px, py, PREFILL_KNEE_COLUMN, knees)
-        d_coef, d_knee, d_loo = _fit_phase(dx, dy, DECODE_KNEE_COLUMN, knees)
+        p_coef, p_knee, p_loo, _ = _fit_phase(px, py, PREFILL_KNEE_COLUMN, knees)
+        ramp = small_batch and experts is None
+        d_coef, d_knee, d_loo, d_rate = _fit_phase(dx, dy, DECODE_KNEE_COLUMN, knees, ramp)
         p, d = [float(c) for c in p_coef], [float(c) for c in d_coef]
+        ramp_ms = d[3] if ramp and d_rate > 0 else 0.0
         return cls(
             prefill_coef=(p[0], p[1], p[2], p[3]),
             decode_coef=(d[0], d[1], d[2]),
@@ -182,6 +208,8 @@ class LatencyModel:
             decode_knee_batch=d_knee,
             experts=experts,
             decode_expert_coef=d[3] if experts is not None else 0.0,
+            decode_ramp_ms=ramp_ms,
+            decode_ramp_rate=d_rate if ramp_ms else 0.0,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -190,6 +218,9 @@ class LatencyModel:
         decode = {k: float(v) for k, v in zip(DECODE_TERMS, self.decode_coef, strict=True)}
         if self.experts is not None:
             decode["per_expert_gb_ms"] = float(self.decode_expert_coef)
+        if self.decode_ramp_ms:
+            decode["small_batch_ramp_ms"] = float(self.decode_ramp_ms)
+            decode["small_batch_ramp_rate"] = float(self.decode_ramp_rate)
         out: dict[str, object] = {
             "prefill": {**prefill, "knee_tokens": float(self.prefill_knee_tokens)},
             "decode": {**decode, "knee_batch": float(self.decode_knee_batch)},
@@ -253,35 +284,76 @@ class _Best:
 
 
 def _fit_phase(
-    design: np.ndarray, y: np.ndarray, knee_col: int, with_knee: bool
-) -> tuple[np.ndarray, float, FitError]:
-    """Coefficients, knee and leave-one-out error of ``y ≈ design·coef`` with ``design[:, knee_col]``
-    (x) replaced by max(x, knee).
+    design: np.ndarray, y: np.ndarray, knee_col: int, with_knee: bool, with_ramp: bool = False
+) -> tuple[np.ndarray, float, FitError, float]:
+    """Coefficients, knee, leave-one-out error and ramp rate of ``y ≈ design·coef`` with
+    ``design[:, knee_col]`` (x) replaced by max(x, knee), and with ``with_ramp`` one more column,
+    the small-batch ramp 1 − q^x (its coefficient last; rate 0: no ramp, coefficient 0).
 
     The knee is one more parameter, so it is kept only when Akaike's criterion prefers it
     (Akaike, IEEE Trans. Autom. Control 1974): it must lower n·ln(RSS) by more than 2, i.e. cut the
     residual by a factor below exp(−2/n). A marginal gain would otherwise pin a knee just above
-    the smallest measured point and extrapolate flat below it. Every leave-one-out fit repeats
-    the whole search on its n − 1 rows (all fits are solved together, ``keep`` selects their rows).
+    the smallest measured point and extrapolate flat below it. The ramp (r and q: two more
+    parameters than the plain fit) must cut the plain residual below exp(−4/n) and the knee fit's
+    below exp(−2/n). Every leave-one-out fit repeats the whole search on its n − 1 rows (all fits
+    are solved together, ``keep`` selects their rows).
     """
     n = len(y)
     keep = np.ones((1, n)) if n < 2 else np.vstack([np.ones(n), 1.0 - np.eye(n)])  # row masks
+    rows = keep.sum(axis=1)
     w = 1.0 / np.maximum(y, 1e-9)
     coef, plain_resid = _exact_nnls(design, w, y * w, keep)
+    resid = plain_resid
     knee = np.zeros(len(keep))
     if with_knee:
         best = _knee_search(design, w, y * w, keep, knee_col)
-        worth = best.resid < plain_resid * np.exp(-2.0 / keep.sum(axis=1)) - 1e-15  # 1e-15: rounding
+        worth = best.resid < plain_resid * np.exp(-2.0 / rows) - 1e-15  # 1e-15: rounding
         worth &= best.coef[:, knee_col] > 0  # without a slope the knee means nothing
         coef = np.where(worth[:, None], best.coef, coef)
         knee = np.where(worth, best.knee, 0.0)
+        resid = np.where(worth, best.resid, plain_resid)
+    rate = np.zeros(len(keep))
+    x = design[:, knee_col]
+    if with_ramp:
+        coef, knee, rate = _ramp_search(design, w, y * w, keep, (coef, knee, resid, plain_resid), x)
+        design = np.column_stack([design, np.zeros(n)])
     if n < 2:
-        return coef[0], float(knee[0]), FitError(0.0, 0.0, n)
+        return coef[0], float(knee[0]), FitError(0.0, 0.0, n), float(rate[0])
     # leave-one-out: fit i + 1 left out row i; predict that row with it
     held = design.copy()
-    held[:, knee_col] = np.maximum(design[:, knee_col], knee[1:])
+    held[:, knee_col] = np.maximum(x, knee[1:])
+    if with_ramp:
+        held[:, -1] = np.where(rate[1:] > 0, 1.0 - rate[1:] ** x, 0.0)
     errors = np.abs(np.einsum("ik,ik->i", held, coef[1:]) - y) / np.maximum(y, 1e-9)
-    return coef[0], float(knee[0]), FitError(float(np.median(errors)), float(errors.max()), n)
+    return coef[0], float(knee[0]), FitError(float(np.median(errors)), float(errors.max()), n), float(rate[0])
+
+
+def _ramp_search(
+    design: np.ndarray,
+    w: np.ndarray,
+    yw: np.ndarray,
+    keep: np.ndarray,
+    current: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    x: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The small-batch ramp r·(1 − q^x) against the fit so far (``current``: coefficients, knee,
+    residual, and the plain fit's residual): for each q of :data:`RAMP_RATES` a plain NNLS with
+    the ramp column; kept per fit where Akaike's criterion prefers it (``_fit_phase``). Returns
+    coefficients (one more column, the ramp's r), knees (0 where the ramp is kept), rates."""
+    coef, knee, resid, plain_resid = current
+    k = design.shape[1]
+    best = _Best(np.full(len(keep), np.inf), np.zeros((len(keep), k + 1)), np.zeros(len(keep)))
+    for q in RAMP_RATES:
+        best.offer(*_exact_nnls(np.column_stack([design, 1.0 - q**x]), w, yw, keep), q)
+    rows = keep.sum(axis=1)
+    worth = (best.resid < plain_resid * np.exp(-4.0 / rows) - 1e-15) & (best.coef[:, k] > 0)
+    worth &= best.resid < resid * np.exp(-2.0 / rows) - 1e-15
+    padded = np.column_stack([coef, np.zeros(len(keep))])
+    return (
+        np.where(worth[:, None], best.coef, padded),
+        np.where(worth, 0.0, knee),
+        np.where(worth, best.knee, 0.0),
+    )
 
 
 def _knee_search(design: np.ndarray, w: np.ndarray, yw: np.ndarray, keep: np.ndarray, knee_col: int) -> _Best:

@@ -76,26 +76,28 @@ def _pairs(
 
 
 # CPU (one thread by default, see ``measure_profile``): the regime a CPU instance serves, prefill
-# batches up to 2k tokens and decode batches of 4-64 sequences with up to 2k context each, in about
-# a minute for tiny-llama (40M parameters). Decode starts at batch 4: at 1-2 rows MKL runs
-# matrix-vector kernels ~2× cheaper per step than the batched GEMMs the linear decode model
-# describes, so the fit over-predicts (conservatively) the lightest steps instead of bending the
-# line where batches are large. The smallest token count (64) and batch (4) each appear in two or
-# more points, so that leaving one out (the fit's LOO error) never leaves the low end to a knee.
+# batches up to 2k tokens and decode batches of 1-64 sequences with up to 2k context each, in about
+# a minute for tiny-llama (40M parameters). Decode starts at batch 1, the batch a lightly loaded
+# local worker runs most: at one row BLAS runs matrix-vector kernels ~2× cheaper per step than the
+# packed GEMMs of larger batches, which the latency model's small-batch ramp describes (a grid from
+# batch 4 left the model ~1.75× too slow at batch 1: ``bench/local_runtime.py``). The smallest token
+# count (64) and every batch each appear in two or more points, so that leaving one out (the fit's
+# LOO error) never leaves the low end to a knee or a ramp.
 CPU_GRID = Grid(
     prefill=(
         *((2, 32), (1, 64), (2, 64), (1, 128), (2, 128), (4, 64), (1, 256), (1, 512), (8, 64)),
         *((1, 1024), (2, 512), (4, 256), (8, 128), (1, 1536), (1, 2048)),
     ),
-    decode=_pairs((4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
+    decode=_pairs((1, 2, 4, 8, 16, 32, 64), (16, 256, 1024, 2048), lambda b, c: b * c <= 32768),
     prefill_budget=TimingBudget(point_budget_s=0.8, min_repeats=4, max_repeats=30, passes=5),
     decode_budget=TimingBudget(point_budget_s=1.0, min_repeats=5, max_repeats=40, passes=5),
 )
 CPU_QUICK_GRID = Grid(
     prefill=((2, 32), (1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256), (1, 384), (1, 512)),
-    decode=(*_pairs((4, 8, 16, 32), (16, 512), lambda b, c: True), (4, 1024), (8, 1024)),
+    decode=(*_pairs((1, 2, 4, 8, 16, 32), (16, 512), lambda b, c: True), (1, 1024), (4, 1024), (8, 1024)),
     prefill_budget=TimingBudget(point_budget_s=0.35, min_repeats=4, max_repeats=16, passes=5),
-    decode_budget=TimingBudget(point_budget_s=0.45, min_repeats=6, max_repeats=24, passes=5),
+    # 15 decode points at 0.35 s each: about the timed time of the 10 at 0.45 s before batches 1-2
+    decode_budget=TimingBudget(point_budget_s=0.35, min_repeats=6, max_repeats=24, passes=5),
 )
 # CUDA: realistic serving shapes for 7-70B models on one H100-class GPU (prefill batches up to
 # 16k tokens, decode batches up to 256 with contexts up to 8k); trimmed to the memory first.

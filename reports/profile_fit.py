@@ -276,6 +276,8 @@ def _model_table(profile: Profile) -> Table:
         )
         if phase == "decode" and model.experts is not None:  # a MoE: the expert weights B tokens touch
             formula += f" + {fmt_ms_fine(model.decode_expert_coef)} per GB of experts read"
+        if phase == "decode" and model.decode_ramp_ms:  # a CPU profile's one-row GEMV vs packed GEMM
+            formula += f" + {fmt_ms_fine(model.decode_ramp_ms)} × (1 − {model.decode_ramp_rate:g}^seqs)"
         median = f"{100 * loo.median:.1f}%" if loo else "—"
         worst = f"{100 * loo.max:.1f}%" if loo else "—"
         shown_knee = f"{knee:,.0f} {unit}" if knee > 0 else "none"

@@ -170,7 +170,8 @@ class StepCoef:
     + xs·(1 − miss^B), with ``pk`` (tokens) and ``dk`` (sequences) the model's roofline knees (0:
     none) and the last term a MoE's expert reads (``LatencyModel.decode_expert_ms``: E·(1 − (1 −
     k/E)^B) experts touched, so ``xs`` is the time to read all E and ``miss`` = 1 − k/E; xs = 0 for
-    a dense model).
+    a dense model). A dense CPU profile's small-batch ramp r·(1 − q^B) (``LatencyModel.decode_ramp_ms``)
+    takes the same slot: xs = r, miss = q.
     """
 
     pa: float
@@ -196,6 +197,9 @@ class StepCoef:
         e, f, g = (float(x) / 1000.0 for x in model.decode_coef)
         knees = float(model.prefill_knee_tokens), float(model.decode_knee_batch)
         x = model.experts
+        if model.decode_ramp_ms:  # a CPU profile's small-batch ramp r·(1 − q^B): the same saturating form
+            ramp = float(model.decode_ramp_ms) / 1000.0
+            return cls(a, b, c, d, e, f, g, *knees, xs=ramp, miss=float(model.decode_ramp_rate))
         if x is None or model.decode_expert_coef == 0:
             return cls(a, b, c, d, e, f, g, *knees)
         xs = model.decode_expert_coef * x.num_experts * x.gb_per_expert / 1000.0
