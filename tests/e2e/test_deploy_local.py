@@ -100,7 +100,12 @@ def test_streamed_completions_with_a_text_prompt(deployment: Deployment, client:
     assert done and len(chunks) == 4
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "length"]
     reply = client.post(f"{deployment.endpoint}/v1/completions", json={**body, "stream": False})
-    assert reply.json()["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+    assert reply.json()["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 4,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},  # OpenAI's field; no prefix cache here
+    }
 
 
 def test_disaggregated_greedy_equals_a_single_process(deployment: Deployment, client: httpx.Client) -> None:
