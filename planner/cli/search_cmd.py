@@ -375,8 +375,8 @@ def _finish(out: Path, result: SearchResult, described: dict[str, Any]) -> None:
     console.print(counts, highlight=False)
     if plan.feasible:
         console.print("[bold]verdict:[/]", escape(verdict(result)), highlight=False, soft_wrap=True)
-    if result.cache_choice is not None:
-        console.print(escape(_cache_line(result)), highlight=False, soft_wrap=True)
+        if result.cache_choice is not None:
+            console.print(escape(_cache_line(result)), highlight=False, soft_wrap=True)
     else:
         console.print("[bold yellow]infeasible:[/]", escape(plan.reason), highlight=False, soft_wrap=True)
     console.print(f"plan: {out / 'plan.yaml'}   report: {_report(out)}", highlight=False)

@@ -47,6 +47,7 @@ def test_search_run_directory(tmp_path: Path) -> None:
     args = ["--slo", "ttft=1s,tpot=50ms", "--gpus", "3", *MODEL, "--preset", "chat", "--workers", "1"]
     result = _invoke([*args, "--out", out])
     assert "verdict:" in result.output and "Top plans" in result.output
+    assert "infeasible:" not in result.output  # a feasible plan without a prefix cache
     candidates = pd.read_csv(out / "candidates.csv")
     assert tuple(candidates.columns) == CANDIDATE_COLUMNS
     assert set(candidates["status"]) <= {"ok", "pruned", "infeasible"}
