@@ -89,6 +89,8 @@ def budget_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
             text += f" on {fmt_num(used)} GPUs"
     if goodput is not None:
         text += f": {fmt_rps(goodput)} in total"
+        if isinstance(plan.get("cache_choice"), dict):  # the budget is scaled from the cache-less ranking
+            text += " without a prefix cache"
     file = budget.get("plan")
     if isinstance(file, str) and file and file != "plan.yaml":
         text += f", confirmed on its own replays (the layout is {file})"

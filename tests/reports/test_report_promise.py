@@ -106,3 +106,13 @@ def test_a_replay_below_its_target_says_the_plan_does_not_hold(tmp_path: Path) -
         "The simulated run served 54.8 req/s with TTFT p90 17.4 s and TPOT p90 71.3 ms; 39.3% of requests "
         "met the SLO, below the 90% target: the plan does NOT hold at this rate."
     )
+
+
+def test_a_budget_beside_a_cache_choice_says_it_is_cache_less() -> None:
+    # the budget plan is scaled from the layouts' cache-less ranking; beside the cache's higher
+    # goodput it must not read as the plan's promise
+    budget = {"gpus": 4, "replicas": 1, "gpus_used": 4, "goodput_rps": 3.43, "layout": "colocated 2× (TP2)"}
+    plain = budget_sentence({"budget": budget}, [])
+    cached = budget_sentence({"budget": budget, "cache_choice": {"goodput_rps": 6.59}}, [])
+    assert plain is not None and "prefix cache" not in plain
+    assert cached == plain[:-1] + " without a prefix cache."
