@@ -106,11 +106,15 @@ def test_op_breakdown_adds_up_to_the_step(quick_profile) -> None:
     ):
         sums = ops[ops["phase"] == phase].groupby(keys)["latency_ms"].sum()
         for row in table.itertuples():
+            if phase == "decode" and row.batch_size < 4:
+                # one- and two-row steps last a few ms, where the per-op timers' own cost is a
+                # visible share of the step: the sum is no guide to the step there
+                continue
             ratios.append(sums[tuple(getattr(row, k) for k in keys)] / row.latency_ms)
         gemm = ops[(ops["phase"] == phase) & (ops["op"] == "gemm")]["latency_ms"]
         assert (gemm > 0).all()
     # Instrumented and plain passes are separate samples: close, not equal.
-    assert 0.75 < float(np.median(ratios)) < 1.3, ratios
+    assert len(ratios) >= 8 and 0.75 < float(np.median(ratios)) < 1.3, ratios
 
 
 def test_memory_check_names_bytes_needed_and_available() -> None:
