@@ -31,8 +31,8 @@ from itertools import takewhile
 import numpy as np
 
 from pdplan.profiles.errors import ConfigError
+from pdplan.sim.lru_tiers import MAX_LIST_SLOTS, LruTier, SetTier
 from pdplan.sim.prefix import PrefixBlocks
-from pdplan.sim.prefix_cache import MAX_LIST_SLOTS, LruTier, SetTier
 
 Chooser = Callable[[int], int]
 

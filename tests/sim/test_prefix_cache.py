@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, KvLink, PrefillPool, Requests, SimOptions, simulate
 from pdplan.sim.cache_router import CacheAwareConfig, cache_aware
+from pdplan.sim.lru_tiers import LruTier
 from pdplan.sim.prefix import PrefixBlocks
-from pdplan.sim.prefix_cache import CacheTier, LruTier, PrefixCache
+from pdplan.sim.prefix_cache import CacheTier, PrefixCache
 from pdplan.sim.prefix_workload import MultiTurn, SystemPrompts, apply_prefix, prefix_from_dict
 from pdplan.sim.traces import parse_canonical, parse_mooncake
 
@@ -342,7 +343,7 @@ def test_lru_tier_is_an_ordered_dict_lru(dense):
 def test_a_tier_that_holds_every_block_is_a_set_with_the_same_answers():
     # SetTier serves a tier whose capacity covers every block of the run (no eviction can
     # happen): touched with the same requests, it answers as LruTier does, and its count is exact.
-    from pdplan.sim.prefix_cache import SetTier
+    from pdplan.sim.lru_tiers import SetTier
 
     rng = np.random.default_rng(3)
     lru, fast = LruTier(40), SetTier()
