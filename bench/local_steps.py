@@ -8,14 +8,18 @@ worker runs, against the CPU profile's latency model.
 2. **The kernel behind it.** The LM head alone (32,000 × 512 float32 = 65.5 MB) as one GEMM of
    M = 1, 2, 4, 8 rows: at one row BLAS runs a matrix-vector product (each weight read once), from
    two rows a packed GEMM (the weight panels are copied first).
-3. **Co-tenancy.** A 1P1D deployment on 2 cores puts a prefill worker and a decode worker on
+3. **Long prompts.** One prefill of a 256 … 1,536-token prompt (one thread, thread CPU time,
+   interleaved repeats), next to the prefill model fitted on the quick profile's whole grid (now to
+   1,536 tokens) and on its rows up to 512 tokens (the quick grid before, less its 384-token point):
+   a grid that ends at 512 extrapolates the quadratic pair term up to 9× for these prompts.
+4. **Co-tenancy.** A 1P1D deployment on 2 cores puts a prefill worker and a decode worker on
    neighbouring cores; the profile times each alone. The decode step (core 1) is timed alone and
    beside another process running prefills on core 0, in alternating rounds, by thread CPU time
    (which leaves out time the OS gave to others: what remains is the shared cache and memory
    bandwidth), and likewise a prefill beside decode steps.
 
-Prints a table and writes ``bench/results/local_steps.json``. About a minute; the machine may be
-shared (its load is recorded).
+Prints a table and writes ``bench/results/local_steps.json``. About three minutes; the machine may
+be shared (its load is recorded).
 
     .venv/bin/python bench/local_steps.py
 """
@@ -38,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "local_steps.json"
 BATCHES = (1, 2, 3, 4, 6, 8, 16)
 CONTEXT = 256
+PROMPTS = (256, 512, 768, 1024, 1536)
+OLD_QUICK_MAX_PROMPT = 512  # the quick CPU grid's longest prompt before issue 11's long-prompt fix
 NEIGHBOUR = r"""
 import os, sys, torch
 torch.set_num_threads(1)
@@ -103,8 +109,12 @@ def lm_head(repeats: int = 20) -> dict[int, float]:
 
 
 def fitted_models(profile_dir: Path) -> dict[str, Any]:
-    """The decode model of a quick profile, fitted on its whole grid (batches 1-32, with the ramp)
-    and on its rows from batch 4 (the grid before issue 11, the plain form)."""
+    """The models of a quick profile: fitted on its whole grid (``after``: decode batches 1-32 with
+    the ramp, prefill to 1,536 tokens), on its decode rows from batch 4 (``before``: the decode grid
+    before issue 11, the plain form) and on its prefill rows up to 512 tokens (``short_prefill``:
+    the quick prefill grid before)."""
+    from dataclasses import replace
+
     from pdplan.profiles.latency_model import LatencyModel
     from pdplan.profiles.profile import load_profile
 
@@ -115,7 +125,25 @@ def fitted_models(profile_dir: Path) -> dict[str, Any]:
         (pre["num_seqs"], pre["seq_len"], pre["latency_ms"]),
         (old["batch_size"], old["context_len"], old["latency_ms"]),
     )
-    return {"before": before, "after": profile.latency}
+    short = pre[pre["num_seqs"] * pre["seq_len"] <= OLD_QUICK_MAX_PROMPT].reset_index(drop=True)
+    return {
+        "before": before,
+        "after": profile.latency,
+        "short_prefill": replace(profile, prefill=short).latency,
+        "prefill_points": [[int(a), int(b)] for a, b in zip(pre["num_seqs"], pre["seq_len"], strict=True)],
+    }
+
+
+def long_prompts(ex: Any, rounds: int = 5) -> dict[int, float]:
+    """Median thread CPU ms of one prefill of each of :data:`PROMPTS` tokens, in interleaved rounds."""
+    times: dict[int, list[float]] = {n: [] for n in PROMPTS}
+    ex.prefill([[1] * 64])
+    for r in range(rounds):
+        for n in PROMPTS:
+            ms = _cpu_ms(lambda n=n, r=r: ex.prefill([[1 + r] * n]))
+            if r >= 1:  # the first round warms the allocator up for each length
+                times[n].append(ms)
+    return {n: round(statistics.median(v), 1) for n, v in times.items()}
 
 
 def co_tenancy(ex: Any, rounds: int = 4, per_round: int = 8) -> dict[str, dict[str, float]]:
@@ -177,7 +205,21 @@ def main() -> None:
         )
         out["profile_s"] = round(time.perf_counter() - started, 1)
         models = fitted_models(profile)
+    out["prefill_grid"] = models.pop("prefill_points")
     ex = _executor()
+    prompts = long_prompts(ex)
+    out["prefill_cpu_ms"] = prompts
+    for name in ("short_prefill", "after"):
+        model = models[name]
+        pred = {n: model.prefill_ms([n]) for n in PROMPTS}
+        out[f"prefill_model_{name}_ms"] = {n: round(v, 1) for n, v in pred.items()}
+        out[f"prefill_model_{name}_error_pct"] = {
+            n: round(100 * (pred[n] / prompts[n] - 1), 1) for n in PROMPTS
+        }
+    short_prefill = models.pop("short_prefill")
+    out["prefill_model_short_prefill_loo"] = (
+        short_prefill.prefill_loo.to_dict() if short_prefill.prefill_loo else None
+    )
     measured = small_batches(ex)
     out["decode_cpu_ms"] = measured
     for name, model in models.items():
@@ -206,6 +248,14 @@ def main() -> None:
         )
     print(f"ramp {out['ramp']}; LOO plain {out['model_before_loo']}, ramp {out['model_after_loo']}")
     print(f"LM head GEMM by rows: {out['lm_head_cpu_ms']} ms")
+    print("prefill of one prompt (thread CPU ms; error = model / measured - 1)")
+    print("tokens | measured | quick grid to 512 | quick grid to 1536")
+    for n in PROMPTS:
+        print(
+            f"{n:6d} | {prompts[n]:8.1f} | {out['prefill_model_short_prefill_ms'][n]:7.1f} "
+            f"({out['prefill_model_short_prefill_error_pct'][n]:+.0f}%) | "
+            f"{out['prefill_model_after_ms'][n]:7.1f} ({out['prefill_model_after_error_pct'][n]:+.0f}%)"
+        )
     print(f"co-tenancy: {out['co_tenancy']}")
     print(
         f"(load {out['load_before']} -> {out['load_after']} on {out['cores']} cores); "

@@ -92,10 +92,26 @@ CPU_GRID = Grid(
     prefill_budget=TimingBudget(point_budget_s=0.8, min_repeats=4, max_repeats=30, passes=5),
     decode_budget=TimingBudget(point_budget_s=1.0, min_repeats=5, max_repeats=40, passes=5),
 )
+# The quick grid's prefill reaches 1,536-token prompts: prompts up to a 2,048-token prefill batch
+# are what a CPU instance serves, and a grid that ended at 512 left the quadratic pair term to be
+# extrapolated up to 9× (long prompts of 768-1,536 tokens were priced +28 … +132 % too slow,
+# ``bench/local_steps.py``). The two long points cost about as much as the rest of the prefill
+# grid together, so every point gets at least 3 timed repeats (the long ones exactly 3) instead of 4.
 CPU_QUICK_GRID = Grid(
-    prefill=((2, 32), (1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256), (1, 384), (1, 512)),
+    prefill=(
+        (2, 32),
+        (1, 64),
+        (2, 64),
+        (4, 64),
+        (1, 128),
+        (2, 128),
+        (1, 256),
+        (1, 512),
+        (1, 1024),
+        (1, 1536),
+    ),
     decode=(*_pairs((1, 2, 4, 8, 16, 32), (16, 512), lambda b, c: True), (1, 1024), (4, 1024), (8, 1024)),
-    prefill_budget=TimingBudget(point_budget_s=0.35, min_repeats=4, max_repeats=16, passes=5),
+    prefill_budget=TimingBudget(point_budget_s=0.35, min_repeats=3, max_repeats=16, passes=5),
     # 15 decode points at 0.35 s each: about the timed time of the 10 at 0.45 s before batches 1-2
     decode_budget=TimingBudget(point_budget_s=0.35, min_repeats=6, max_repeats=24, passes=5),
 )

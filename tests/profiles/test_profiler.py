@@ -86,7 +86,7 @@ def test_tables_grow_with_work(quick_profile) -> None:
     pre = profile.prefill.set_index(["num_seqs", "seq_len"])["latency_ms"]
     # 8× the tokens costs clearly more (a loose bound: the machine may be shared).
     assert pre[(1, 512)] > 2 * pre[(1, 64)]
-    assert pre[(1, 384)] > 2 * pre[(1, 64)]
+    assert pre[(1, 1536)] > 2 * pre[(1, 512)]  # the grid reaches long prompts (issue 11)
     dec = profile.decode.set_index(["batch_size", "context_len"])["latency_ms"]
     assert dec[(32, 16)] > 1.5 * dec[(4, 16)]
     assert dec[(32, 512)] > 1.5 * dec[(4, 16)]
