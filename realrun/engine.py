@@ -399,6 +399,7 @@ class Engine:
         caches = [j.cache for j in batch]
         assert all(c is not None for c in caches), "running jobs hold KV"
         context = sum(c.length for c in caches if c is not None)
+        start_s = time.time()
         start = time.perf_counter()
         try:
             logits = self.executor.decode([j.output[-1] for j in batch], caches)  # type: ignore[arg-type]
@@ -410,11 +411,12 @@ class Engine:
                 job.sink(ErrorEvent(f"decode failed: {err}", 500))
             self._running = []
             return
-        self.metrics.decode_step(len(batch), context, time.perf_counter() - start)
+        step_s = time.perf_counter() - start
         now = time.time()
         self._running = [
             job for job, token in zip(batch, tokens, strict=True) if not self._emit(job, token, now)
         ]
+        self.metrics.decode_step(len(batch), context, step_s, start_s, len(self._running))
 
     def _emit(self, job: Job, token: int, now: float) -> bool:
         """Append ``token`` to ``job``'s output and send it; returns whether the job finished."""

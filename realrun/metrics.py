@@ -6,8 +6,9 @@ with ``pdplan_worker_`` and carry the worker's ``role`` as a label; the ones SGL
 kept beside them under SGLang's names (``sglang:time_to_first_token_seconds``,
 ``sglang:num_running_reqs`` … with a ``model_name`` label, :data:`SGLANG_NAMES`), so dashboards
 built for SGLang servers read a pdplan deployment unchanged. The last :data:`STEP_LOG_SIZE` decode
-steps are also kept as ``(batch_size, context_tokens, step_ms)`` for ``/server_info`` (the runtime
-benchmark compares them with the profiled step time).
+steps are also kept as :class:`StepRecord` for ``/server_info``: the runtime benchmarks compare
+their times with the profiled step time, and their start times and the batch left running after
+each step with the simulator's batches and busy time (``bench/local_runtime.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +30,21 @@ from prometheus_client import (
 disable_created_metrics()  # no *_created series: they double the output and nobody reads them
 
 STEP_LOG_SIZE = 4096
+
+
+class StepRecord(NamedTuple):
+    """One decode step: the batch it ran, the KV tokens the batch held before it (summed), its wall
+    time, when it started (``time.time()``, seconds since the epoch, so a benchmark on the same host
+    can select a run's steps), and how many requests were still running after it (0: the engine went
+    idle unless more had arrived; otherwise the gap to the next step was the engine's own overhead)."""
+
+    batch_size: int
+    context_tokens: int
+    step_ms: float
+    start_s: float
+    running_after: int
+
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -105,7 +121,7 @@ class WorkerMetrics:
                     buckets=LATENCY_BUCKETS_S,
                     registry=self.registry,
                 ).labels(model_name)
-        self.steps: deque[tuple[int, int, float]] = deque(maxlen=STEP_LOG_SIZE)
+        self.steps: deque[StepRecord] = deque(maxlen=STEP_LOG_SIZE)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (under its SGLang name too, where SGLang has one)."""
@@ -132,13 +148,15 @@ class WorkerMetrics:
         if name in self._sglang:
             self._sglang[name].observe(value_s)
 
-    def decode_step(self, batch_size: int, context_tokens: int, step_s: float) -> None:
-        """Record one decode step (context = KV tokens held before the step, summed over the batch)."""
+    def decode_step(
+        self, batch_size: int, context_tokens: int, step_s: float, start_s: float, running_after: int
+    ) -> None:
+        """Record one decode step (see :class:`StepRecord`)."""
         self._histograms["decode_step_seconds"].labels(self.role).observe(step_s)
         with self._lock:
-            self.steps.append((batch_size, context_tokens, step_s * 1000.0))
+            self.steps.append(StepRecord(batch_size, context_tokens, step_s * 1000.0, start_s, running_after))
 
-    def recent_steps(self) -> list[tuple[int, int, float]]:
+    def recent_steps(self) -> list[StepRecord]:
         with self._lock:
             return list(self.steps)
 

@@ -160,7 +160,14 @@ class WorkerServer:
                         "running_batch": self.service.engine.running_count,
                         "kv_used_tokens": self.service.budget.used_tokens,
                         "recent_decode_steps": [
-                            {"batch_size": b, "context_tokens": c, "step_ms": ms} for b, c, ms in steps
+                            {
+                                "batch_size": st.batch_size,
+                                "context_tokens": st.context_tokens,
+                                "step_ms": st.step_ms,
+                                "start_s": st.start_s,
+                                "running_after": st.running_after,
+                            }
+                            for st in steps
                         ],
                     }
                 ],

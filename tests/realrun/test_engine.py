@@ -3,6 +3,7 @@ the prefill role, and every job gets exactly one terminal event."""
 
 from __future__ import annotations
 
+import itertools
 import queue
 import time
 from typing import Any
@@ -84,7 +85,7 @@ def test_colocated_outputs_equal_plain_greedy_and_respect_the_batch_limit(execut
         assert tokens == reference(executor, prompt, 6)
         final = events[f"r{i}"][-1]
         assert isinstance(final, TokenEvent) and final.finish is not None and final.finish.kind == "length"
-    assert metrics.recent_steps() and max(b for b, _, _ in metrics.recent_steps()) <= 2
+    assert metrics.recent_steps() and max(st.batch_size for st in metrics.recent_steps()) <= 2
 
 
 def test_decode_role_continues_from_a_given_cache(executor: Any) -> None:
@@ -98,7 +99,11 @@ def test_decode_role_continues_from_a_given_cache(executor: Any) -> None:
     engine.stop()
     assert [e.token for e in events if isinstance(e, TokenEvent)] == reference(executor, prompt, 5)
     # Four decode steps after the prefill's token, each with the context it held before the step.
-    assert [(b, c) for b, c, _ in metrics.recent_steps()] == [(1, len(prompt) + k) for k in range(4)]
+    steps = metrics.recent_steps()
+    assert [(st.batch_size, st.context_tokens) for st in steps] == [(1, len(prompt) + k) for k in range(4)]
+    # One request: it runs on after every step but its last; the steps start in order.
+    assert [st.running_after for st in steps] == [1, 1, 1, 0]
+    assert all(a.start_s + a.step_ms / 1000 <= b.start_s + 1e-3 for a, b in itertools.pairwise(steps))
 
 
 def test_prefill_role_waits_for_kv_budget(executor: Any) -> None:
