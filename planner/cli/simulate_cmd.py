@@ -351,6 +351,7 @@ def _simulate_plan(
             model, hardware = plan.model or None, plan.hardware or None
         profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes)
     _warn_outside_calibration(profiles, source)
+    _warn_beyond_grid(profiles, source)
     first = next(iter(profiles.values()))
     other = sorted({p.model.name for p in profiles.values()} - {plan.model or first.model.name})
     if other:
@@ -446,6 +447,27 @@ def _warn_outside_calibration(profiles: dict[str, Any], source: RequestSource) -
         if fitted and source.closed_loop is None:
             for note in range_notes(fitted, source.requests, "this workload"):
                 log.warning("%s profile calibrated on other traffic: %s", role, note)
+
+
+def _warn_beyond_grid(profiles: dict[str, Any], source: RequestSource) -> None:
+    """A measured profile prices prompts longer than its prefill grid's longest by extrapolating
+    the quadratic attention term; say so (a quick CPU grid that ended at 512 tokens priced
+    768-1,536-token prompts up to 2× too slow: bench/local_steps.py)."""
+    longest = int(source.requests.prompt_tokens.max()) if len(source.requests) else 0
+    for role, profile in profiles.items():
+        if profile.method != "measured" or role == "decode":
+            continue
+        measured = int(profile.prefill["seq_len"].max())
+        if longest > measured:
+            log.warning(
+                "%s profile: this workload has prompts up to %d tokens, but the profile measured "
+                "prefills of at most %d: longer ones are extrapolated (%.1f× the measured length); "
+                "profile again with a grid that reaches them",
+                role,
+                longest,
+                measured,
+                longest / measured,
+            )
 
 
 def _report(out: Path) -> None:

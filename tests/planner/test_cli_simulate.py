@@ -296,3 +296,29 @@ def test_fp8_kv_halves_the_bytes_every_tier_moves(tmp_path):
         written[kv] = cache["bytes_written"]["l3"]
     assert written["bf16"] > 0
     assert written["fp8"] * 2 == written["bf16"]
+
+
+def test_prompts_beyond_a_measured_prefill_grid_are_named(caplog):
+    """A measured profile whose prefill grid ends at 512 tokens extrapolates longer prompts: the
+    run says so for the roles that prefill, and stays quiet within the grid or for analytic tables."""
+    from dataclasses import replace
+
+    from pdplan.planner.cli.simulate_cmd import _warn_beyond_grid
+    from pdplan.planner.inputs import RequestSource
+    from pdplan.sim.requests import Requests
+
+    measured = replace(pc.profile(), method="measured")
+    measured = replace(measured, prefill=measured.prefill.assign(seq_len=[128, 256, 512]))
+
+    def source(longest: int) -> RequestSource:
+        return RequestSource(Requests(np.zeros(2), np.array([64, longest]), np.array([8, 8])), {})
+
+    with caplog.at_level("WARNING"):
+        _warn_beyond_grid({"prefill": measured, "decode": measured}, source(1536))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["prefill profile"]
+    assert "prompts up to 1536 tokens" in caplog.text and "at most 512" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _warn_beyond_grid({"colocated": measured}, source(512))
+        _warn_beyond_grid({"colocated": pc.profile()}, source(1536))  # analytic
+    assert not caplog.records
