@@ -82,19 +82,27 @@ def _pdplan(*args: str, timeout: float = 600) -> None:
     subprocess.run([str(script), *args], check=True, capture_output=True, timeout=timeout)
 
 
-def _worker_steps(run: Path, latency: Any) -> dict[str, Any]:
-    """Every decode step the deployment's decode/colocated workers logged (``/server_info``: batch,
-    context, wall ms) against the profile's decode model, by batch: median measured / model."""
+BUCKETS = (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16))
+
+
+def _logged_steps(run: Path) -> list[list[dict[str, Any]]]:
+    """The decode steps each decode/colocated worker of the deployment logged (``/server_info``)."""
     import httpx
 
     record = json.loads((run / "deploy.json").read_text())
-    steps = []
+    out = []
     for proc in record["processes"]:
         if proc["role"] in ("decode", "colocated"):
             info = httpx.get(proc["url"] + "/server_info", timeout=10).json()
-            steps += info["internal_states"][0]["recent_decode_steps"]
+            out.append(info["internal_states"][0]["recent_decode_steps"])
+    return out
+
+
+def _worker_steps(steps: list[dict[str, Any]], latency: Any) -> dict[str, Any]:
+    """Decode steps (batch, context, wall ms) against the profile's decode model, by batch: median
+    measured / model."""
     out: dict[str, Any] = {}
-    for name, lo, hi in (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16)):
+    for name, lo, hi in BUCKETS:
         ratios = [
             s["step_ms"] / latency.decode_ms(s["batch_size"], s["context_tokens"])
             for s in steps
@@ -103,6 +111,75 @@ def _worker_steps(run: Path, latency: Any) -> dict[str, Any]:
         if ratios:
             out[name] = {"steps": len(ratios), "measured_over_model": round(float(np.median(ratios)), 3)}
     return out
+
+
+def _bucket_shares(batch: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
+    total = float(seconds.sum())
+    return {
+        name: round(float(seconds[(batch >= lo) & (batch <= hi)].sum()) / total, 3) if total else 0.0
+        for name, lo, hi in BUCKETS
+    }
+
+
+def _measured_batches(per_worker: list[list[dict[str, Any]]], t0: float, t1: float) -> dict[str, Any]:
+    """What the decode/colocated engines did in one bench run (steps that started in ``[t0, t1]``):
+    the decode steps by batch, the busy seconds (steps, and the gaps after a step that left requests
+    running: the engine's own work between steps — emitting tokens, admitting — plus, on a
+    colocated worker, its prefill slices), and the share of busy time spent at each batch size."""
+    batches, seconds = [], []
+    step_s = gap_s = 0.0
+    gaps = []
+    for log in per_worker:
+        steps = sorted((s for s in log if t0 <= s["start_s"] <= t1), key=lambda s: s["start_s"])
+        for s, nxt in zip(steps, [*steps[1:], None], strict=True):
+            ms = s["step_ms"] / 1000
+            gap = (nxt["start_s"] - s["start_s"] - ms) if nxt is not None and s["running_after"] > 0 else 0.0
+            step_s += ms
+            gap_s += max(gap, 0.0)
+            if gap > 0:
+                gaps.append(gap * 1000)
+            batches.append(s["batch_size"])
+            seconds.append(ms + max(gap, 0.0))
+    b, sec = np.asarray(batches), np.asarray(seconds)
+    return {
+        "steps": {name: int(((b >= lo) & (b <= hi)).sum()) for name, lo, hi in BUCKETS},
+        "step_s": round(step_s, 3),
+        "gap_s": round(gap_s, 3),
+        "gap_ms_p50_p90": [round(float(np.percentile(gaps, q)), 2) for q in (50, 90)] if gaps else None,
+        "busy_s": round(step_s + gap_s, 3),
+        "mean_batch": round(float((b * sec).sum() / sec.sum()), 2) if sec.sum() else 0.0,
+        "time_share": _bucket_shares(b, sec),
+    }
+
+
+def _simulated_batches(reqs: Any, cluster: Any) -> dict[str, Any]:
+    """The same view of the simulation of the run's traffic: each decode/colocated instance's batch
+    is the requests between their decode start and finish; busy seconds from the simulator."""
+    from pdplan.sim.simulate import simulate
+
+    result = simulate(reqs, cluster)
+    role = "colocated" if result.mode == "colocated" else "decode"
+    rec = result.records
+    ok = rec.status_code == 0
+    batches, seconds = [], []
+    for k in range(result.instances[role]):
+        mine = ok & (result.instance[role] == k)
+        start, end = rec.decode_start_s[mine], rec.finish_s[mine]
+        times = np.concatenate([start, end])
+        delta = np.concatenate([np.ones(start.size), -np.ones(end.size)])
+        order = np.lexsort((delta, times))  # a finish before a start at the same time
+        level = np.cumsum(delta[order])
+        span = np.diff(times[order])
+        batches += list(level[:-1])
+        seconds += list(span)
+    b, sec = np.asarray(batches), np.asarray(seconds)
+    busy = sec[b > 0]
+    return {
+        "busy_s": round(float(result.busy_s[role]), 3),
+        "occupied_s": round(float(busy.sum()), 3),
+        "mean_batch": round(float((b * sec).sum() / busy.sum()), 2) if busy.sum() else 0.0,
+        "time_share": _bucket_shares(b, sec),
+    }
 
 
 @contextlib.contextmanager
@@ -198,6 +275,7 @@ def local_part(
             plain_cluster = plan.cluster({role: plain for role in plan.tps})
             runs: dict[tuple[str, float], Any] = {}
             rows = []
+            all_steps: list[dict[str, Any]] = []
             with _deployed(plan_file, tmp / f"deploy-{plan_name}") as url:
                 for wl_name in workloads:
                     workload = replace(_workloads()[wl_name], num_requests=num_requests)
@@ -205,7 +283,10 @@ def local_part(
                     for load in LOADS:
                         rate = load * capacity
                         reqs = draw_requests(workload.with_rate(rate))
+                        t0 = time.time()
                         bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
+                        logged = _logged_steps(tmp / f"deploy-{plan_name}")
+                        all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
                         frame = requests_frame(bench)
                         name = f"{plan_name}/{wl_name}/{int(load * 100)}%"
                         run = _measured_run(name, reqs, frame, cluster)
@@ -217,9 +298,13 @@ def local_part(
                                 "rate_rps": round(rate, 3),
                                 "failed": int((frame["status"] != "ok").sum()),
                                 "load": round(os.getloadavg()[0], 2),
+                                "batches": {
+                                    "measured": _measured_batches(logged, t0, time.time()),
+                                    "simulated": _simulated_batches(run.requests, cluster),
+                                },
                             }
                         )
-                steps = _worker_steps(tmp / f"deploy-{plan_name}", profile.latency)
+                steps = _worker_steps(all_steps, profile.latency)
             fit_runs = []
             for (_, load), run in runs.items():
                 if load == 0.6:
@@ -269,4 +354,11 @@ def print_local(r: dict[str, Any]) -> None:
             tag = " (fit)" if row["used_for_fit"] else ""
             load = f" (load {row['load']})" if "load" in row else ""
             print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s{load}  " + "  ".join(cells))
+            if "batches" in row:
+                m, sim = row["batches"]["measured"], row["batches"]["simulated"]
+                print(
+                    f"    decode busy s measured {m['busy_s']} (steps {m['step_s']} + gaps {m['gap_s']}) "
+                    f"vs simulated {sim['busy_s']}; mean batch {m['mean_batch']} vs {sim['mean_batch']}; "
+                    f"time at batch {m['time_share']} vs {sim['time_share']}"
+                )
     print(f"({r['load_before']} before, {r['load_after']} after; profile {r['profile_wall_s']} s)")
