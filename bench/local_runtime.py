@@ -9,11 +9,12 @@ capacity (the simulator's throughput when overloaded) with two workloads: chat-l
 long-prompt. Each run is predicted on the same request list. Calibration (step overhead, compute
 and bandwidth scales) is fitted on the 60 % runs and judged on the 30 % and 90 % runs.
 
-Each run is also predicted from the same measurement priced as before issue 11's fix (decode rows
-from batch 4 only, the plain linear decode model: ``error_grid_from_4_pct``), so the effect of the
-small-batch ramp is judged on the same measured traffic, whatever the machine's load did to it; and
-every decode step the workers logged (``/server_info``: batch, context, wall ms) is compared with
-the profile's model by batch (``decode_steps_vs_profile``). The load average is recorded per run.
+Each run is also predicted from the same measurement priced as the quick grid did before it reached
+long prompts (prefill rows up to 512 tokens: ``error_prefill_to_512_pct``), so the effect of the
+longer grid is judged on the same measured traffic, whatever the machine's load did to it; every
+decode step the workers logged (``/server_info``: batch, context, wall ms) is compared with the
+profile's model by batch (``decode_steps_vs_profile``), and each run's decode batches and busy time
+with the simulator's (``batches``). The load average is recorded per run.
 """
 
 from __future__ import annotations
@@ -80,6 +81,26 @@ def _free_port() -> int:
 def _pdplan(*args: str, timeout: float = 600) -> None:
     script = Path(sys.executable).parent / "pdplan"
     subprocess.run([str(script), *args], check=True, capture_output=True, timeout=timeout)
+
+
+def _cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(CPU-seconds the whole machine has been busy, those of ``pids`` and of this process — the
+    client) so far, from ``/proc``: a run's difference tells its own CPU from the other jobs' on a
+    shared machine, which the load average mixes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    ours = time.process_time()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ours += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5))
+    return (user + nice + system + irq + softirq + steal) / tick, ours
+
+
+def _deployment_pids(run: Path) -> list[int]:
+    record = json.loads((run / "deploy.json").read_text())
+    return [int(record["supervisor_pid"]), *(int(p["pid"]) for p in record["processes"])]
 
 
 BUCKETS = (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16))
@@ -259,20 +280,17 @@ def local_part(
         )
         out["profile_wall_s"] = round(time.perf_counter() - started, 1)
         profile = load_profile(tmp / "profile")
-        # The same measurement as the profile before issue 11's fix priced it: decode rows from
-        # batch 4 only, plain linear decode model (no small-batch ramp), to compare on the same runs.
-        plain = replace(
-            profile,
-            decode=profile.decode[profile.decode["batch_size"] >= 4].reset_index(drop=True),
-            hardware={k: v for k, v in profile.hardware.items() if k != "cpu_threads"},
-        )
+        # The same measurement as the quick grid priced it before it reached long prompts: prefill
+        # rows up to 512 tokens, to compare on the same runs.
+        pre = profile.prefill
+        short = replace(profile, prefill=pre[pre["num_seqs"] * pre["seq_len"] <= 512].reset_index(drop=True))
         for plan_name in plans:
             text = PLANS[plan_name]
             plan_file = tmp / f"{plan_name}.yaml"
             plan_file.write_text(text)
             plan = load_plan(plan_file)
             cluster = plan.cluster({role: profile for role in plan.tps})
-            plain_cluster = plan.cluster({role: plain for role in plan.tps})
+            short_cluster = plan.cluster({role: short for role in plan.tps})
             runs: dict[tuple[str, float], Any] = {}
             rows = []
             all_steps: list[dict[str, Any]] = []
@@ -283,8 +301,12 @@ def local_part(
                     for load in LOADS:
                         rate = load * capacity
                         reqs = draw_requests(workload.with_rate(rate))
+                        pids = _deployment_pids(tmp / f"deploy-{plan_name}")
+                        busy0, ours0 = _cpu_seconds(pids)
                         t0 = time.time()
                         bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
+                        wall = time.time() - t0
+                        busy1, ours1 = _cpu_seconds(pids)
                         logged = _logged_steps(tmp / f"deploy-{plan_name}")
                         all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
                         frame = requests_frame(bench)
@@ -298,6 +320,12 @@ def local_part(
                                 "rate_rps": round(rate, 3),
                                 "failed": int((frame["status"] != "ok").sum()),
                                 "load": round(os.getloadavg()[0], 2),
+                                # cores busy on average during the run: the deployment and the
+                                # client, and everything else on the machine
+                                "cores_busy": {
+                                    "ours": round((ours1 - ours0) / wall, 2),
+                                    "others": round((busy1 - busy0 - (ours1 - ours0)) / wall, 2),
+                                },
                                 "batches": {
                                     "measured": _measured_batches(logged, t0, time.time()),
                                     "simulated": _simulated_batches(run.requests, cluster),
@@ -318,8 +346,8 @@ def local_part(
                 row["used_for_fit"] = row["run"].endswith("/60%")
                 row["measured_ms"] = {k: round(v, 2) for k, v in measured.items()}
                 row["error_before_pct"] = errors_pct(metrics(*predict(run, Params()), every), measured)
-                old = predict(replace(run, cluster=plain_cluster), Params())
-                row["error_grid_from_4_pct"] = errors_pct(metrics(*old, every), measured)
+                old = predict(replace(run, cluster=short_cluster), Params())
+                row["error_prefill_to_512_pct"] = errors_pct(metrics(*old, every), measured)
                 row["error_after_pct"] = errors_pct(metrics(*predict(run, result.params), every), measured)
             out[plan_name] = {
                 "decode_steps_vs_profile": steps,
@@ -333,8 +361,8 @@ def local_part(
 
 def print_local(r: dict[str, Any]) -> None:
     print(
-        "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: profile grid from batch 4, "
-        "plain | grid from batch 1 with the small-batch ramp, before -> after calibration =="
+        "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: quick prefill grid to 512 "
+        "tokens | to 1,536, before -> after calibration =="
     )
     keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
     for plan_name in [p for p in PLANS if p in r]:
@@ -345,7 +373,7 @@ def print_local(r: dict[str, Any]) -> None:
         )
         for row in block["runs"]:
             before, after = row["error_before_pct"], row["error_after_pct"]
-            old = row.get("error_grid_from_4_pct", {})
+            old = row.get("error_prefill_to_512_pct", {})
             nan = float("nan")
             cells = [
                 f"{k} {old.get(k, nan):+.0f} | {before.get(k, nan):+.0f}->{after.get(k, nan):+.0f}%"
@@ -353,6 +381,10 @@ def print_local(r: dict[str, Any]) -> None:
             ]
             tag = " (fit)" if row["used_for_fit"] else ""
             load = f" (load {row['load']})" if "load" in row else ""
+            if "cores_busy" in row:
+                load += (
+                    f" (cores busy: ours {row['cores_busy']['ours']}, others {row['cores_busy']['others']})"
+                )
             print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s{load}  " + "  ".join(cells))
             if "batches" in row:
                 m, sim = row["batches"]["measured"], row["batches"]["simulated"]
