@@ -199,7 +199,7 @@ def _simulated_batches(reqs: Any, cluster: Any) -> dict[str, Any]:
         "busy_s": round(float(result.busy_s[role]), 3),
         "occupied_s": round(float(busy.sum()), 3),
         "mean_batch": round(float((b * sec).sum() / busy.sum()), 2) if busy.sum() else 0.0,
-        "time_share": _bucket_shares(b, sec),
+        "time_share": _bucket_shares(b[b > 0], sec[b > 0]),  # of the occupied time, as measured
     }
 
 
