@@ -7,6 +7,8 @@ check, at each event, that the KV it holds and has planned never exceeds its cap
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import simcases as sc
@@ -17,9 +19,11 @@ from test_reference import _colocated, _disagg, _workload
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, simulate
 from pdplan.sim.colocated import ColocatedRun
+from pdplan.sim.colocated_chunkkv import ChunkwiseColocatedInstance, kept_prefix
 from pdplan.sim.colocated_preempt import PreemptingColocatedInstance, cached_prefix
 from pdplan.sim.decode import PreemptingDecodeInstance
 from pdplan.sim.disagg import Run
+from pdplan.sim.kernel import boundary_s
 
 
 def test_disaggregated_preemption_recomputes_the_latest_request():
@@ -77,6 +81,61 @@ def test_cached_prefix_is_whole_blocks_from_the_front(fill: int, overwritten: in
     assert cached_prefix(fill, overwritten) == cached
 
 
+def test_colocated_chunked_prompt_holds_only_its_computed_chunks_and_is_preempted():
+    # KV 128, chunks of 64 (a decode counts one), A (32, 4) and B (100, 2) both at 0.
+    # [0, 1/16): A's 32 + B's first chunk of 32 (pure prefill, 64/1024 s). B is admitted with
+    # only that chunk's KV; reserving its whole prompt it could not be (32 + 100 > 128 − 2).
+    # 1/16: A's first token; A decodes (ctx 32) beside B's second chunk of 63 (63 slots: 128 − 32
+    # − 32 − 1 left 63): 1/64 + 63/1024 s, to 0.1396484375. B now holds 95 and A 33 = 128, so A's
+    # next slot does not fit: B, admitted last, is preempted (its 95 tokens freed to the prefix
+    # cache) and nothing is admitted at this boundary (vLLM). A decodes one step alone (1/64):
+    # 0.1552734375, one freed slot overwritten: B's 94 cached → 80 in whole blocks, so B needs
+    # 80 + its last 20 = 100 > 128 − 34 − 1 and waits. A's last step ends at 0.1708984375 (two
+    # slots overwritten: 80 still cached); B re-takes them and computes 20 (20/1024 s): first
+    # token 0.1904296875, its one decode step to 0.2060546875. Its prefill start stays at 0.
+    reqs = sc.requests([(0.0, 32, 4), (0.0, 100, 2)])
+    pool = dict(kv_tokens=128, policy="chunked", chunk_tokens=64, max_batch_size=4)
+    result = simulate(reqs, sc.colocated(**pool))
+    assert sc.timeline(result) == [
+        (0.0, 0.0, 0.0625, 0.0625, 0.1708984375),
+        (0.0, 0.0, 0.1904296875, 0.1904296875, 0.2060546875),
+    ]
+    assert result.preemptions == 1
+    # Without the prefix cache B needs only its first chunk again: re-admitted at 0.1552734375
+    # with 63 (1/64 + 63/1024 s beside A's last step, to 0.232421875, when A finishes), then its
+    # last 37 (37/1024 s): first token 0.2685546875, finish 1/64 later.
+    cold = simulate(reqs, sc.colocated(**pool, reuse_preempted_kv=False))
+    assert sc.timeline(cold) == [
+        (0.0, 0.0, 0.0625, 0.0625, 0.232421875),
+        (0.0, 0.0, 0.2685546875, 0.2685546875, 0.2841796875),
+    ]
+    assert cold.preemptions == 1
+    # Reserving the whole prompt at admission (SGLang's admission test): B waits for A (prefill
+    # 1/32 s, 3 steps to 0.078125), then its 64 + 36 chunks (100/1024 s) and one step.
+    whole = simulate(reqs, sc.colocated(**pool, admission="preempt-prompt"))
+    assert sc.timeline(whole) == [
+        (0.0, 0.0, 0.03125, 0.03125, 0.078125),
+        (0.0, 0.078125, 0.17578125, 0.17578125, 0.19140625),
+    ]
+    assert whole.preemptions == 0
+
+
+@pytest.mark.parametrize(
+    ("freed", "overwritten", "fill", "kept"),
+    [
+        (95, 1, 100, 80),
+        (95, 2, 100, 80),
+        (96, 0, 100, 96),
+        (96, -5, 100, 96),  # the slots free at its preemption are taken first
+        (96, 0, 96, 95),
+        (95, 80, 100, 0),
+    ],
+)
+def test_kept_prefix_of_a_part_done_prompt(freed: int, overwritten: int, fill: int, kept: int) -> None:
+    # whole blocks of what is left of the freed chunks; the whole fill never (its last token)
+    assert kept_prefix(freed, overwritten, fill) == kept
+
+
 def test_prefill_first_chunks_long_prompts_instead_of_rejecting_them():
     # A 3000-token prompt with max_batch_tokens 1024 runs alone in chunks 1024, 1024, 952
     # back to back (the dyadic model's prefill is linear in tokens: 3000/1024 s), then decodes.
@@ -113,6 +172,51 @@ class _CheckedColocated(PreemptingColocatedInstance):
             assert self.ctx + self.held + (self.batch if self.step_decodes else 0) <= self.cap
 
 
+class _CheckedChunkwise(ChunkwiseColocatedInstance):
+    def next_step(self, now):
+        super().next_step(now)
+        assert self.held >= 0 and self.ctx >= 0 and len(self.prefilling) <= 1
+        if self.mode == 2:  # SEGMENT: no prompt holds KV between steps, nor is one computing
+            assert self.ctx + self.batch * self.wake_k + self.held <= self.cap
+        elif self.mode == 1:  # STEP: prompts hold exactly their computed + scheduled chunks
+            fills = sum(self._fill(rid) for rid in self.completing)
+            assert self.held == fills + (self.head_done if self.prefilling else 0)
+            assert self.batch + len(self.prefilling) + len(self.completing) <= self.max_batch
+            assert self.ctx + self.held + (self.batch if self.step_decodes else 0) <= self.cap
+
+
+class _OneStepChunkwise(ChunkwiseColocatedInstance):
+    """The same rules, one event per decode step (no coalesced runs)."""
+
+    def next_step(self, now):
+        super().next_step(now)
+        if self.mode == 2 and self.wake_k > 1:
+            self._schedule(boundary_s(now, self.first, self.q, 1), 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 60), dyadic=st.booleans())
+def test_chunkwise_coalesced_runs_match_one_event_per_step(seed, n, dyadic):
+    # Coalescing decode runs (cut by arrivals, finishes, KV exhaustion and preemptions) changes
+    # no record of the chunk-by-chunk policy (a run that ignored the waiting head after a
+    # preemption, for one, would admit it late).
+    rng = np.random.default_rng(seed)
+    reqs = _workload(rng, n, dyadic)
+    cluster = _colocated(rng, dyadic, admission="preempt")
+    cluster = dataclasses.replace(cluster, pool=dataclasses.replace(cluster.pool, policy="chunked"))
+    runs = []
+    for factory in (_CheckedChunkwise, _OneStepChunkwise):
+        sim_rng = np.random.default_rng(seed)
+        runs.append(ColocatedRun(reqs, cluster, "round_robin", sim_rng, instance_factory=factory).run(None))
+    for name in ("first_token_s", "finish_s", "prefill_start_s", "prefill_end_s", "status_code"):
+        a, b = getattr(runs[0].records, name), getattr(runs[1].records, name)
+        if dyadic:  # exact; otherwise a run's closed-form end and a sum of steps differ by ulps
+            assert np.array_equal(a, b, equal_nan=True), name
+        else:
+            assert np.allclose(a, b, rtol=1e-9, atol=0, equal_nan=True), name
+    assert runs[0].preemptions == runs[1].preemptions
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -120,14 +224,18 @@ class _CheckedColocated(PreemptingColocatedInstance):
     dyadic=st.booleans(),
     colocated=st.booleans(),
     router=st.sampled_from(["round_robin", "least_loaded", "random"]),
+    admission=st.sampled_from(["preempt", "preempt-prompt"]),
 )
-def test_preemption_invariants(seed, n, dyadic, colocated, router):
+def test_preemption_invariants(seed, n, dyadic, colocated, router, admission):
     rng = np.random.default_rng(seed)
     reqs = _workload(rng, n, dyadic)
     sim_rng = np.random.default_rng(seed)
+    factory = _CheckedColocated
     if colocated:
-        cluster = _colocated(rng, dyadic, admission="preempt")
-        run = ColocatedRun(reqs, cluster, router, sim_rng, instance_factory=_CheckedColocated)
+        cluster = _colocated(rng, dyadic, admission=admission)
+        if admission == "preempt" and cluster.pool.policy == "chunked":
+            factory = _CheckedChunkwise  # KV taken chunk by chunk
+        run = ColocatedRun(reqs, cluster, router, sim_rng, instance_factory=factory)
         capacity = cluster.cost.kv_capacity_tokens
     else:
         cluster = _disagg(rng, dyadic, admission="preempt")
@@ -154,7 +262,7 @@ def test_preemption_invariants(seed, n, dyadic, colocated, router):
     assert np.all(fin - ft >= (rec.output_tokens[ok] - 1) * step / 1000 * (1 - 1e-9))
     # Determinism.
     again = (
-        ColocatedRun(reqs, cluster, router, np.random.default_rng(seed), instance_factory=_CheckedColocated)
+        ColocatedRun(reqs, cluster, router, np.random.default_rng(seed), instance_factory=factory)
         if colocated
         else Run(reqs, cluster, router, np.random.default_rng(seed), decode_factory=_CheckedDecode)
     ).run(None)
