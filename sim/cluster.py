@@ -21,8 +21,8 @@ POLICIES = ("prefill-first", "chunked")
 #: output at admission so nothing is ever preempted (conservative).
 ADMISSIONS = ("preempt", "reserve")
 #: Colocated instances also take ``preempt-prompt``: as ``preempt``, but a chunked prompt's KV is
-#: taken whole at admission (SGLang's admission test counts the whole remaining prompt) where
-#: ``preempt`` takes it chunk by chunk as vLLM V1 does (``pdplan.sim.colocated_chunkkv``).
+#: taken whole at admission and held, where ``preempt`` admits it when its whole sequence fits and
+#: then takes KV chunk by chunk, as vLLM V1 does (``pdplan.sim.colocated_chunkkv``).
 COLOCATED_ADMISSIONS = (*ADMISSIONS, "preempt-prompt")
 CONTENTION = ("none", "per_instance", "shared")
 

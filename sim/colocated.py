@@ -6,12 +6,12 @@ holds; under ``admission: reserve`` with ``prefill-first`` also a prompt longer 
 until it is *admitted* at a step boundary. Under ``admission: reserve`` (``ColocatedInstance``)
 its whole KV footprint (prompt + output) must fit and nothing is ever preempted; under
 ``admission: preempt`` (the default) KV grows as tokens are produced and the most recently
-admitted request is preempted and recomputed when it runs out: a ``chunked`` prompt takes its KV
-chunk by chunk, as vLLM V1 does (``colocated_chunkkv.ChunkwiseColocatedInstance``), a
-``prefill-first`` prompt whole (``colocated_preempt.PreemptingColocatedInstance``, which also
-runs ``admission: preempt-prompt``: a chunked prompt's KV whole at admission, as SGLang's
-admission test counts it). The instance runs fewer than ``max_batch_size`` requests. Then, by
-policy:
+admitted request is preempted and recomputed when it runs out: a ``chunked`` prompt is admitted
+when its whole sequence fits and takes its KV chunk by chunk, as vLLM V1 does
+(``colocated_chunkkv.ChunkwiseColocatedInstance``), a ``prefill-first`` prompt takes it whole
+(``colocated_preempt.PreemptingColocatedInstance``, which also runs ``admission:
+preempt-prompt``: a chunked prompt's KV taken whole at admission and held). The instance runs
+fewer than ``max_batch_size`` requests. Then, by policy:
 
 - ``prefill-first``: each boundary admits what it can (up to ``max_batch_tokens`` of prompts) and
   runs one prefill step of those prompts with the decodes paused (vLLM's default scheduler without

@@ -10,11 +10,17 @@ has no prefill phase: each step it walks ``self.running`` in admission order and
 being prefilled holds the KV of its computed chunks only. When a running request's slots do not
 fit, it preempts ``self.running.pop()``, the most recently admitted request, until they do (or
 until it pops the request itself, which then waits). Only when nothing was preempted this step
-does it admit waiting requests, FCFS, each with its first chunk's slots (``allocate_slots``
-returning None stops admission). ``_preempt_request`` frees the request's blocks and puts it at
-the head of the waiting queue with ``num_computed_tokens = 0``.
+does it admit waiting requests, FCFS (``allocate_slots`` returning None stops admission).
+``_preempt_request`` frees the request's blocks and puts it at the head of the waiting queue with
+``num_computed_tokens = 0``. Admission has a gate: with ``scheduler_reserve_full_isl`` (default
+True, and True in the shared RTX 4090 run's resolved config) the scheduler passes
+``full_sequence_must_fit=True`` and ``KVCacheManager.allocate_slots`` returns None unless the
+blocks of the request's whole sequence (``request.num_tokens``: prompt, plus the tokens a
+preempted request had generated; its cached blocks that are free count as needed) are free —
+"an admission gate to prevent over-admitting requests when chunked prefill would otherwise only
+check the first chunk" — and then allocates only the chunk's.
 
-Here, per step boundary:
+Here, per step boundary (tokens for blocks):
 
 1. the running decodes need one slot each; if they do not fit, the prompt being prefilled (at
    most one is part-done: a partial chunk uses the whole token budget, so nothing is admitted
@@ -22,13 +28,16 @@ Here, per step boundary:
    admitted decodes (``PreemptingColocatedInstance._preempt``);
 2. the part-done prompt asks for its next chunk; if that does not fit beside the decodes' slots it
    is preempted (it is the last in ``running``) and nothing is admitted this step;
-3. otherwise waiting requests are admitted FCFS while the token budget, the batch limit and their
-   first chunk's KV (plus what is still cached of it: the engine re-touches those blocks) allow.
+3. otherwise waiting requests are admitted FCFS while the token budget and the batch limit allow
+   and their whole sequence fits in what is free; each takes its first chunk's slots (plus what
+   is still cached of its sequence: the engine re-takes those blocks).
 
-SGLang reserves differently: ``PrefillAdder.add_one_req`` (python/sglang/srt/managers/
-schedule_policy.py) admits a request only if its whole remaining input plus a clipped estimate of
-its new tokens fits in what is free and evictable, then allocates chunk by chunk; the closest
-pdplan policy is ``admission: preempt-prompt`` (the whole prompt taken at admission).
+So an admitted prompt does not hold the rest of its sequence: the decodes' growth can take it, and
+the prompt is then preempted part-done. SGLang gates similarly and also allocates by chunk:
+``PrefillAdder.add_one_req`` (python/sglang/srt/managers/schedule_policy.py) admits a request only
+if its whole remaining input plus a clipped estimate of its new tokens fits in what is free and
+evictable, less the running requests' estimated future tokens; ``admission: preempt-prompt``
+(the whole prompt taken at admission) is the conservative neighbour of both.
 
 A preempted part-done prompt finds its computed chunks in the prefix cache when re-admitted, less
 what later allocations overwrote (whole 16-token blocks from the front, as for preempted decodes;
@@ -39,9 +48,8 @@ from __future__ import annotations
 
 import math
 
-from pdplan.sim.colocated import SEGMENT, ColocatedRun
+from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.colocated_preempt import KV_BLOCK_TOKENS, PreemptingColocatedInstance
-from pdplan.sim.kernel import boundary_s
 
 
 def kept_prefix(freed: int, overwritten: int, fill: int, block: int = KV_BLOCK_TOKENS) -> int:
@@ -62,43 +70,21 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
 
     def __init__(self, run: ColocatedRun, index: int) -> None:
         super().__init__(run, index)
-        self.no_admit = False  # a preemption this step: vLLM admits nothing new
-        self.deferred = False  # ... and something was waiting
+        # A preemption at this boundary: vLLM admits nothing new. The decode run that follows
+        # needs no cut for it: the waiting head is then the last request preempted, and to pass
+        # the gate at the next boundary the free slots, less two steps' slots, would have to hold
+        # its whole sequence, while they fell short of one step's before its KV was freed.
+        self.no_admit = False
         self.freed_partial: dict[int, int] = {}  # part-done prompts preempted: tokens they held
 
     def _admissible(self, rid: int) -> bool:
-        # Cuts a decode run when an arrival's first chunk would fit beside the decodes' next
-        # slots (an optimistic test on the run's starting context: the step re-checks exactly).
-        left = self.chunk - self.batch
-        fill = self._fill(rid)
+        # Cuts a decode run when an arrival's whole sequence would fit beside the decodes' next
+        # slots (on the run's starting context, an optimistic test: the step checks again).
         return (
-            left > 0
+            self.chunk > self.batch
             and self.batch + len(self.prefilling) < self.max_batch
-            and (fill if fill < left else left) + self.batch <= self.cap - self.held - self.ctx
+            and self._fill(rid) + self.batch <= self.cap - self.held - self.ctx
         )
-
-    def next_step(self, now: float) -> None:
-        super().next_step(now)
-        deferred, self.deferred = self.deferred, False
-        if self.mode != SEGMENT or not self.waiting:
-            return
-        # A decode run ends early where the waiting head might fit (each is checked again there):
-        k, head = self.wake_k, self.waiting[0]
-        if deferred and self._admissible(head):
-            k = 1  # admission was skipped for this boundary's preemption (vLLM); the next step may
-        at = self.preempted_at.get(head)
-        if at is not None and self.reuse and k > 1:
-            # a preempted head needs its cached prefix plus a chunk; the prefix shrinks a whole
-            # block at a time as the run's slots overwrite it, which can make it fit
-            overwritten = self.allocated - at
-            kept = self.freed_partial.get(head, self._fill(head)) - max(overwritten, 0)
-            if kept >= KV_BLOCK_TOKENS:
-                drop = kept % KV_BLOCK_TOKENS + 1 + max(-overwritten, 0)
-                k_drop = -(-drop // self.batch)
-                if k_drop < k:
-                    k = k_drop
-        if k < self.wake_k:
-            self._schedule(boundary_s(now, self.first, self.q, k), k)
 
     def _preempt(self) -> None:
         """The decodes' next slots do not fit: the part-done prompt goes first (admitted last)."""
@@ -131,7 +117,6 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
 
     def _chunked_step(self, now: float) -> bool:
         admit, self.no_admit = not self.no_admit, False
-        self.deferred = not admit and bool(self.waiting)
         prefilling, waiting, ledger = self.prefilling, self.waiting, self.ledger
         left = self.chunk - self.batch
         free = self.cap - self.held - self.ctx - self.batch  # after the decodes' next slots
@@ -144,7 +129,7 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
             n = remaining if remaining <= left else left
             if n > free:
                 self._preempt_partial()
-                admit, self.deferred = False, True
+                admit = False
             else:
                 free -= n
                 left -= n
@@ -161,12 +146,12 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
         while admit and waiting and left > 0 and running < self.max_batch:
             rid = waiting[0]
             fill = self._fill(rid)
+            if fill > free:
+                break  # the gate: allocate_slots(full_sequence_must_fit=True) returns None
             first = math.isnan(ledger.kv_start_s[rid])
             skip = self._cached_on_admission(rid, fill) if not first or cache is not None else 0
             remaining = fill - skip
             n = remaining if remaining <= left else left
-            if skip + n > free:
-                break  # vLLM: allocate_slots returns None, admission stops
             waiting.popleft()
             if first:
                 ledger.kv_start_s[rid] = ledger.prefill_start_s[rid] = now

@@ -82,40 +82,34 @@ def test_cached_prefix_is_whole_blocks_from_the_front(fill: int, overwritten: in
 
 
 def test_colocated_chunked_prompt_holds_only_its_computed_chunks_and_is_preempted():
-    # KV 128, chunks of 64 (a decode counts one), A (32, 4) and B (100, 2) both at 0.
-    # [0, 1/16): A's 32 + B's first chunk of 32 (pure prefill, 64/1024 s). B is admitted with
-    # only that chunk's KV; reserving its whole prompt it could not be (32 + 100 > 128 − 2).
-    # 1/16: A's first token; A decodes (ctx 32) beside B's second chunk of 63 (63 slots: 128 − 32
-    # − 32 − 1 left 63): 1/64 + 63/1024 s, to 0.1396484375. B now holds 95 and A 33 = 128, so A's
-    # next slot does not fit: B, admitted last, is preempted (its 95 tokens freed to the prefix
-    # cache) and nothing is admitted at this boundary (vLLM). A decodes one step alone (1/64):
-    # 0.1552734375, one freed slot overwritten: B's 94 cached → 80 in whole blocks, so B needs
-    # 80 + its last 20 = 100 > 128 − 34 − 1 and waits. A's last step ends at 0.1708984375 (two
-    # slots overwritten: 80 still cached); B re-takes them and computes 20 (20/1024 s): first
-    # token 0.1904296875, its one decode step to 0.2060546875. Its prefill start stays at 0.
-    reqs = sc.requests([(0.0, 32, 4), (0.0, 100, 2)])
+    # KV 128, chunks of 64 tokens (a decode counts one). A (32, 12) prefills [0, 1/32) and
+    # decodes from 0.03125, 1/64 s a step. B (87, 2) arrives at 0.15 and cuts A's run at the next
+    # boundary, 0.15625 (A's ctx 40): vLLM's gate wants B's whole sequence free beside A's next
+    # slot, 87 ≤ 128 − 40 − 1, but B takes only its first chunk's KV, 63 slots (64 − 1).
+    # [0.15625, 0.2333984375): A's step + B's 63 tokens (1/64 + 63/1024 s). Then A holds 41, B 63:
+    # 24 free, A's slot leaves 23 and B's last 24 do not fit, so B (the last admitted) is preempted
+    # and its 63 tokens freed to the prefix cache behind the 24 free slots. B's whole 87 cannot
+    # fit again beside A (128 − 41 − 1 = 86), so A decodes its last 2 steps alone: 0.2646484375.
+    # A's two slots came from the 24 free ones: B finds its 63 cached, 48 in whole blocks, and
+    # computes 39 (39/1024 s): first token 0.302734375, its one decode step to 0.318359375.
+    reqs = sc.requests([(0.0, 32, 12), (0.15, 87, 2)])
     pool = dict(kv_tokens=128, policy="chunked", chunk_tokens=64, max_batch_size=4)
     result = simulate(reqs, sc.colocated(**pool))
     assert sc.timeline(result) == [
-        (0.0, 0.0, 0.0625, 0.0625, 0.1708984375),
-        (0.0, 0.0, 0.1904296875, 0.1904296875, 0.2060546875),
+        (0.0, 0.0, 0.03125, 0.03125, 0.2646484375),
+        (0.15, 0.15625, 0.302734375, 0.302734375, 0.318359375),
     ]
     assert result.preemptions == 1
-    # Without the prefix cache B needs only its first chunk again: re-admitted at 0.1552734375
-    # with 63 (1/64 + 63/1024 s beside A's last step, to 0.232421875, when A finishes), then its
-    # last 37 (37/1024 s): first token 0.2685546875, finish 1/64 later.
+    # Without the prefix cache B recomputes all 87 in chunks of 64 + 23 (87/1024 s).
     cold = simulate(reqs, sc.colocated(**pool, reuse_preempted_kv=False))
-    assert sc.timeline(cold) == [
-        (0.0, 0.0, 0.0625, 0.0625, 0.232421875),
-        (0.0, 0.0, 0.2685546875, 0.2685546875, 0.2841796875),
-    ]
+    assert sc.timeline(cold)[1] == (0.15, 0.15625, 0.349609375, 0.349609375, 0.365234375)
     assert cold.preemptions == 1
-    # Reserving the whole prompt at admission (SGLang's admission test): B waits for A (prefill
-    # 1/32 s, 3 steps to 0.078125), then its 64 + 36 chunks (100/1024 s) and one step.
+    # Reserving the whole prompt at admission (87 + 2 sequences' slots > 128 − 40): B waits for
+    # A's finish at 0.03125 + 11/64 = 0.203125, then 87/1024 s of chunks and one step.
     whole = simulate(reqs, sc.colocated(**pool, admission="preempt-prompt"))
     assert sc.timeline(whole) == [
-        (0.0, 0.0, 0.03125, 0.03125, 0.078125),
-        (0.0, 0.078125, 0.17578125, 0.17578125, 0.19140625),
+        (0.0, 0.0, 0.03125, 0.03125, 0.203125),
+        (0.15, 0.203125, 0.2880859375, 0.2880859375, 0.3037109375),
     ]
     assert whole.preemptions == 0
 
