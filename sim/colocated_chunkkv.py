@@ -117,7 +117,10 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
 
     def _chunked_step(self, now: float) -> bool:
         admit, self.no_admit = not self.no_admit, False
-        prefilling, waiting, ledger = self.prefilling, self.waiting, self.ledger
+        prefilling, waiting = self.prefilling, self.waiting
+        if not prefilling and not (admit and waiting):
+            return False  # the common boundary: a finish, nothing to prefill
+        ledger = self.ledger
         left = self.chunk - self.batch
         free = self.cap - self.held - self.ctx - self.batch  # after the decodes' next slots
         num_seqs = tokens = pairs = 0
