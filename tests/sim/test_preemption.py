@@ -143,6 +143,9 @@ def test_prefill_first_chunks_long_prompts_instead_of_rejecting_them():
 def test_admission_must_be_known():
     with pytest.raises(ConfigError, match=r"decode\.admission 'lazy'"):
         DecodePool(1, admission="lazy")
+    # whole-prompt vs chunk-by-chunk is a colocated (chunked prefill) choice only
+    with pytest.raises(ConfigError, match=r"decode\.admission 'preempt-prompt'"):
+        DecodePool(1, admission="preempt-prompt")
 
 
 class _CheckedDecode(PreemptingDecodeInstance):
