@@ -12,13 +12,14 @@ fit, it preempts ``self.running.pop()``, the most recently admitted request, unt
 until it pops the request itself, which then waits). Only when nothing was preempted this step
 does it admit waiting requests, FCFS (``allocate_slots`` returning None stops admission).
 ``_preempt_request`` frees the request's blocks and puts it at the head of the waiting queue with
-``num_computed_tokens = 0``. Admission has a gate: with ``scheduler_reserve_full_isl`` (default
-True, and True in the shared RTX 4090 run's resolved config) the scheduler passes
-``full_sequence_must_fit=True`` and ``KVCacheManager.allocate_slots`` returns None unless the
+``num_computed_tokens = 0``. Later versions add a gate to admission (not in that commit; present,
+and True, in the shared RTX 4090 run's resolved config, vLLM 0.19.0): with
+``scheduler_reserve_full_isl`` (default True) the scheduler passes ``full_sequence_must_fit=True``
+and ``KVCacheManager.allocate_slots`` (vllm/v1/core/kv_cache_manager.py) returns None unless the
 blocks of the request's whole sequence (``request.num_tokens``: prompt, plus the tokens a
 preempted request had generated; its cached blocks that are free count as needed) are free —
 "an admission gate to prevent over-admitting requests when chunked prefill would otherwise only
-check the first chunk" — and then allocates only the chunk's.
+check the first chunk", its docstring says — and then allocates only the chunk's.
 
 Here, per step boundary (tokens for blocks):
 
@@ -34,7 +35,8 @@ Here, per step boundary (tokens for blocks):
 
 So an admitted prompt does not hold the rest of its sequence: the decodes' growth can take it, and
 the prompt is then preempted part-done. SGLang gates similarly and also allocates by chunk:
-``PrefillAdder.add_one_req`` (python/sglang/srt/managers/schedule_policy.py) admits a request only
+``PrefillAdder.add_one_req`` (python/sglang/srt/managers/schedule_policy.py, sgl-project/sglang @
+00550cd; ``memory_budget.can_allocate_prefill`` in recent versions) admits a request only
 if its whole remaining input plus a clipped estimate of its new tokens fits in what is free and
 evictable, less the running requests' estimated future tokens; ``admission: preempt-prompt``
 (the whole prompt taken at admission) is the conservative neighbour of both.
