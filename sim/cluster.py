@@ -20,6 +20,10 @@ POLICIES = ("prefill-first", "chunked")
 #: and preempts (recompute) when it runs out, as vLLM and SGLang do; ``reserve`` reserves prompt +
 #: output at admission so nothing is ever preempted (conservative).
 ADMISSIONS = ("preempt", "reserve")
+#: Colocated instances also take ``preempt-prompt``: as ``preempt``, but a chunked prompt's KV is
+#: taken whole at admission and held, where ``preempt`` admits it when its whole sequence fits and
+#: then takes KV chunk by chunk, as vLLM V1 does (``pdplan.sim.colocated_chunkkv``).
+COLOCATED_ADMISSIONS = (*ADMISSIONS, "preempt-prompt")
 CONTENTION = ("none", "per_instance", "shared")
 
 
@@ -104,8 +108,8 @@ class ColocatedPool:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise choices_error("colocated.policy", self.policy, POLICIES)
-        if self.admission not in ADMISSIONS:
-            raise choices_error("colocated.admission", self.admission, ADMISSIONS)
+        if self.admission not in COLOCATED_ADMISSIONS:
+            raise choices_error("colocated.admission", self.admission, COLOCATED_ADMISSIONS)
         if not isinstance(self.reuse_preempted_kv, bool):
             raise ConfigError(
                 f"colocated.reuse_preempted_kv={self.reuse_preempted_kv!r}; expected true or false"
