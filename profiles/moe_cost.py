@@ -93,15 +93,18 @@ class ExpertReads:
 class Layout:
     """How one instance of ``tp`` GPUs runs a model: ``ep`` ranks split the experts (1: every rank
     holds a TP slice of every expert), ``attention_dp`` groups split the sequences for attention
-    (1: tensor-parallel attention over all ``tp`` GPUs)."""
+    (1: tensor-parallel attention over all ``tp`` GPUs). ``pp`` pipeline stages, each such a group
+    holding a share of the layers (:mod:`pdplan.profiles.pipeline`): the instance has ``tp × pp``
+    GPUs."""
 
     tp: int = 1
     ep: int = 1
     attention_dp: int = 1
+    pp: int = 1
 
     def check(self, spec: ModelSpec) -> None:
         """Raise ``ConfigError`` when the layout cannot run ``spec`` (named)."""
-        for field in ("tp", "ep", "attention_dp"):
+        for field in ("tp", "ep", "attention_dp", "pp"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{field.replace('_', '-')} {value!r}; expected an integer ≥ 1")
@@ -116,6 +119,15 @@ class Layout:
             raise ConfigError(
                 f"--ep {self.ep} does not divide num_experts={spec.num_experts} of {spec.name!r}"
             )
+        if self.pp > spec.num_layers:
+            raise ConfigError(
+                f"--pp {self.pp}: more pipeline stages than the {spec.num_layers} layers of {spec.name!r}"
+            )
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of one instance: ``tp × pp``."""
+        return self.tp * self.pp
 
     @property
     def attention_tp(self) -> int:
