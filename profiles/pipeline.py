@@ -5,8 +5,11 @@ GPUs holding a contiguous run of layers (SGLang ``--pp-size``, vLLM
 ``--pipeline-parallel-size``). pdplan places the stages' TP groups inside nodes and the stages
 across them, the way both engines' multi-node guides do.
 
-**Memory per GPU.** Layers are split as evenly as possible (the first ``L mod pp`` stages take one
-more, the rule of vLLM's ``get_pp_indices`` without ``VLLM_PP_LAYER_PARTITION``); the embedding
+**Memory per GPU.** Layers are split as evenly as possible, the ``L mod pp`` extra layers going to
+the stages before the last, from the second-to-last backwards (vLLM's ``get_pp_indices`` in
+``vllm/distributed/utils.py`` without ``VLLM_PP_LAYER_PARTITION``: the last stage holds the norm
+and LM head; SGLang gives them to the last stages instead, which can make its last stage one layer
+heavier than priced here); the embedding
 sits on the first stage and the final norm and LM head on the last (a tied head is a second copy
 there). The *heaviest* stage sets whether the instance fits and its KV capacity: its GPUs hold its
 weights / tp and the KV of its layers for every token of the instance.
@@ -26,7 +29,7 @@ docs.sglang.io/advanced_features/pipeline_parallelism.html):
   model's kernel time plus the engine's per-step overhead ``o`` (each stage launches its own).
 - *Prefill*: a batch's latency is ``pp · stage(T) + (pp − 1) · send(T)``, and the next batch may
   enter stage 1 once stage 1 is free — a tandem of ``pp`` identical stages, simulated exactly
-  (``pdplan.sim.pipeline``; the profile's prefill table holds the latency, ``PipelineSend`` the
+  (``pdplan.sim.prefill``; the profile's prefill table holds the latency, ``PipelineSend`` the
   send, so the simulator recovers ``stage``).
 - *Decode*: a running batch of ``N`` sequences is split into ``pp`` micro-batches of ``⌈N/pp⌉``;
   each stage serves them in turn, so every sequence advances one token per *round* of
@@ -51,7 +54,8 @@ from pdplan.profiles.model_spec import DTYPE_BYTES, WEIGHT_BITS, ModelSpec, acti
 
 
 def stage_layers(num_layers: int, pp: int) -> list[int]:
-    """Layers per stage, first stages one more when ``pp`` does not divide ``num_layers``.
+    """Layers per stage: ``num_layers // pp`` each, one more for the ``num_layers mod pp`` stages
+    before the last, second-to-last first (vLLM's rule; the module docstring).
 
     Raises:
         ConfigError: ``pp`` < 1 or more stages than layers.
@@ -61,7 +65,10 @@ def stage_layers(num_layers: int, pp: int) -> list[int]:
     if pp > num_layers:
         raise ConfigError(f"--pp {pp}: more pipeline stages than the model's {num_layers} layers")
     base, extra = divmod(num_layers, pp)
-    return [base + (1 if k < extra else 0) for k in range(pp)]
+    out = [base] * pp
+    for k in range(2, extra + 2):  # vLLM: partitions[-i] += 1 for i in 2 .. extra + 1
+        out[-k] += 1
+    return out
 
 
 def stage_params(spec: ModelSpec, pp: int) -> list[int]:
@@ -138,29 +145,6 @@ class PipelineSend:
         return cls(round(latency * 1e3, 9), round((one_token - latency) * 1e3, 12))
 
 
-def stage_ms(full_ms: float, pp: int, overhead_ms: float) -> float:
-    """One stage's step: its 1/pp share of the whole model's kernel time plus the engine overhead."""
-    return (full_ms - overhead_ms) / pp + overhead_ms
-
-
-def prefill_latency_ms(full_ms: float, tokens: int, pp: int, overhead_ms: float, send: PipelineSend) -> float:
-    """One prefill batch through all stages: ``pp · stage + (pp − 1) sends`` (``full_ms``: the
-    whole model's step on this batch)."""
-    if pp == 1:
-        return full_ms
-    return pp * stage_ms(full_ms, pp, overhead_ms) + send.ms(tokens)
-
-
 def micro_batch(batch_size: int, pp: int) -> int:
     """Sequences per decode micro-batch: ``⌈N/pp⌉``."""
     return math.ceil(batch_size / pp)
-
-
-def decode_round_ms(
-    full_micro_ms: float, batch_size: int, pp: int, overhead_ms: float, send: PipelineSend
-) -> float:
-    """One decode round of ``batch_size`` sequences (each advances a token): ``pp · stage(⌈N/pp⌉)
-    + (pp − 1) sends`` of a micro-batch (``full_micro_ms``: the whole model's step at ``⌈N/pp⌉``)."""
-    if pp == 1:
-        return full_micro_ms
-    return pp * stage_ms(full_micro_ms, pp, overhead_ms) + send.ms(micro_batch(batch_size, pp))

@@ -31,9 +31,11 @@ def l405():
     return load_model_spec("llama-3.1-405b")
 
 
-def test_layers_split_evenly_first_stages_take_the_remainder() -> None:
-    assert stage_layers(126, 4) == [32, 32, 31, 31]
+def test_layers_split_evenly_the_stages_before_the_last_take_the_remainder() -> None:
+    assert stage_layers(126, 4) == [31, 32, 32, 31]  # vLLM's get_pp_indices
     assert stage_layers(61, 2) == [31, 30]
+    assert stage_layers(61, 4) == [15, 15, 16, 15]
+    assert stage_layers(7, 4) == [2, 2, 2, 1]
     assert stage_layers(80, 1) == [80]
     with pytest.raises(ConfigError, match="more pipeline stages than"):
         stage_layers(4, 8)
