@@ -113,7 +113,7 @@ class Profile:
         latency = LatencyModel.fit(
             (self.prefill["num_seqs"], self.prefill["seq_len"], self.prefill["latency_ms"]),
             (self.decode["batch_size"], self.decode["context_len"], self.decode["latency_ms"]),
-            experts=ExpertReads.of(self.model, self.tp, self.dtype),
+            experts=ExpertReads.of(self.model, self.tp, self.dtype, self.pp),
             # CPU BLAS's one-row GEMV vs packed GEMM (latency_model's small-batch ramp) is a CPU
             # kernel regime; GPU tables keep the plain form (and every GPU figure its value).
             small_batch="cpu_threads" in self.hardware,

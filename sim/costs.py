@@ -208,7 +208,10 @@ class StepCoef:
         if x is None or model.decode_expert_coef == 0:
             return cls(a, b, c, d, e, f, g, *knees)
         xs = model.decode_expert_coef * x.num_experts * x.gb_per_expert / 1000.0
-        return cls(a, b, c, d, e, f, g, *knees, xs=float(xs), miss=1.0 - x.top_k / x.num_experts)
+        miss = 1.0 - x.top_k / x.num_experts
+        if x.micro_batches > 1:  # a pipelined round: X(B/pp) = E·(1 − (miss^(1/pp))^B)
+            miss **= 1.0 / x.micro_batches
+        return cls(a, b, c, d, e, f, g, *knees, xs=float(xs), miss=miss)
 
     def expert_s(self, tokens: int) -> float:
         """Reading the routed experts ``tokens`` tokens touch (0 for a dense model)."""

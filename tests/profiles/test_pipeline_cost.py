@@ -110,3 +110,19 @@ def test_pp_beyond_the_layers_is_refused(l405) -> None:
     with pytest.raises(ConfigError, match="--pp 200"):
         analytic_profile(l405, "h100-sxm", tp=8, pp=200)
     assert math.isclose(stage_params(l405, 1)[0], l405.num_params)
+
+
+def test_a_pipelined_moe_round_reads_the_experts_of_a_micro_batch() -> None:
+    from pdplan.profiles.latency_model import LatencyModel
+    from pdplan.profiles.moe_cost import ExpertReads
+    from pdplan.sim.costs import StepCoef
+
+    spec = load_model_spec("deepseek-v3")
+    one, two = ExpertReads.of(spec, 8, "fp8"), ExpertReads.of(spec, 8, "fp8", pp=2)
+    assert two is not None and one is not None and two.micro_batches == 2
+    assert two.gb(256) == pytest.approx(one.gb(128))  # two micro-batches of 128, each all layers
+    assert "micro_batches" not in one.to_dict() and two.to_dict()["micro_batches"] == 2
+    model = LatencyModel((1.0, 0.0, 0.0, 0.0), (1.0, 0.0, 0.0), experts=two, decode_expert_coef=2.0)
+    coef = StepCoef.of(model)  # the simulator's closed form agrees with the latency model
+    for batch in (1, 7, 256):
+        assert coef.decode_s(batch, 0) * 1e3 == pytest.approx(model.decode_ms(batch, 0))
