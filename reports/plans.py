@@ -195,10 +195,13 @@ def candidate_view(row: pd.Series, probes: pd.DataFrame | None) -> PlanView:
         mode,
         prefill_instances=_int(row["prefill_instances"]),
         prefill_tp=_int(row["prefill_tp"]),
+        prefill_pp=_int(row.get("prefill_pp", 1)) or 1,
         decode_instances=_int(row["decode_instances"]),
         decode_tp=_int(row["decode_tp"]),
+        decode_pp=_int(row.get("decode_pp", 1)) or 1,
         colocated_instances=_int(row["colocated_instances"]),
         colocated_tp=_int(row["colocated_tp"]),
+        colocated_pp=_int(row.get("colocated_pp", 1)) or 1,
         limits=limits,
         gpus=_int(row["gpus"]),
         goodput_rps=_float(row["goodput_rps"]),
@@ -243,6 +246,7 @@ def chosen_candidate(plan: dict[str, Any] | None, candidates: pd.DataFrame) -> s
         same = same[
             (same["colocated_instances"] == view.colocated_instances)
             & (same["colocated_tp"] == view.colocated_tp)
+            & (_stages(same, "colocated_pp") == view.colocated_pp)
         ]
     else:
         same = same[
@@ -250,11 +254,20 @@ def chosen_candidate(plan: dict[str, Any] | None, candidates: pd.DataFrame) -> s
             & (same["prefill_tp"] == view.prefill_tp)
             & (same["decode_instances"] == view.decode_instances)
             & (same["decode_tp"] == view.decode_tp)
+            & (_stages(same, "prefill_pp") == view.prefill_pp)
+            & (_stages(same, "decode_pp") == view.decode_pp)
         ]
     rate = view.goodput_rps
     if not same.empty and np.isfinite(rate):  # several batch limits share a shape: closest goodput
         same = same.iloc[np.argsort(np.abs(same["goodput_rps"].to_numpy() - rate), kind="stable")]
     return str((same if not same.empty else best).iloc[0]["candidate_id"])
+
+
+def _stages(table: pd.DataFrame, column: str) -> pd.Series:
+    """A pp column of candidates, 1 where it is absent (tables built before pipeline parallelism)."""
+    if column not in table.columns:
+        return pd.Series(1, index=table.index)
+    return table[column].fillna(1)
 
 
 def _pp(pp: int) -> str:

@@ -49,6 +49,8 @@ def test_widths_with_a_pipeline_become_tp_times_pp_pools(l405: ProfileSet) -> No
     assert first.prefill is not None and first.decode is not None
     assert (first.prefill.tp, first.prefill.pp, first.decode.tp, first.decode.pp) == (8, 2, 8, 2)
     assert first.gpus == 32 and first.shape == "1P:1D (TP8×PP2)"
+    row = first.row()  # candidates.csv names the stages, so its TP and GPUs agree
+    assert (row["prefill_tp"], row["prefill_pp"], row["decode_pp"], row["gpus"]) == (8, 2, 2, 32)
     assert all(c.gpus <= 32 for c in candidates)
     cache = CostCache(l405.profiles, l405.unfit)
     assert memory_fit(first, cache).fits
