@@ -171,8 +171,10 @@ def role_profiles(
     hardware: str | None = None,
     dtype: str | None = None,
     kv_dtype: str | None = None,
+    pps: Mapping[str, int] | None = None,
 ) -> dict[str, Profile]:
-    """A profile for every role (``{"prefill": 1, "decode": 2}`` → profiles at those TPs).
+    """A profile for every role (``{"prefill": 1, "decode": 2}`` → profiles at those TPs, with
+    ``pps`` pipeline stages per role, default 1).
     Analytic profiles (``model``/``hardware``, weights in ``dtype``, KV in ``kv_dtype``) take the
     layout the search takes at that TP (``pdplan.profiles.layouts.choose_layout``: expert
     parallelism / DP attention for MoE models), so a search's plan replays as it was searched.
@@ -197,6 +199,11 @@ def role_profiles(
                     f"the plan's {role}.tp={tp} has no matching --profile (given tp: "
                     f"{sorted(by_tp)}); profile that TP or use --model/--hardware"
                 )
+            pp = (pps or {}).get(role, 1)
+            if by_tp[tp].pp != pp:
+                raise ConfigError(
+                    f"the plan's {role} runs pp={pp} but the tp={tp} --profile was made at pp={by_tp[tp].pp}"
+                )
             out[role] = by_tp[tp]
         return out
     if not (model and hardware):
@@ -207,11 +214,12 @@ def role_profiles(
 
     spec = load_model_spec(model, kv_dtype=kv_dtype)
     hw = get_hardware(hardware)
-    cache: dict[int, Profile] = {}
-    for tp in tps.values():
-        if tp not in cache:
-            cache[tp] = choose_layout(spec, hw, tp, dtype).profile
-    return {role: cache[tp] for role, tp in tps.items()}
+    cache: dict[tuple[int, int], Profile] = {}
+    keys = {role: (tp, (pps or {}).get(role, 1)) for role, tp in tps.items()}
+    for tp, pp in keys.values():
+        if (tp, pp) not in cache:
+            cache[(tp, pp)] = choose_layout(spec, hw, tp, dtype, pp=pp).profile
+    return {role: cache[key] for role, key in keys.items()}
 
 
 def _trace_workload(path: Path, data: Mapping[str, Any], rate_rps: float | None) -> RequestSource:

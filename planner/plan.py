@@ -92,6 +92,7 @@ _MAX_SIZE = {
     "max_batch_tokens": 10_000_000,
     "max_kv_tokens": 10**12,
     "chunk_tokens": 10_000_000,
+    "pp": 1024,
 }
 _SECTIONS: dict[str, type] = {"prefill": PrefillPool, "decode": DecodePool, "colocated": ColocatedPool}
 
@@ -189,6 +190,12 @@ class Plan:
         pools = {"prefill": self.prefill, "decode": self.decode, "colocated": self.colocated}
         return {role: pool.tp for role, pool in pools.items() if pool is not None}
 
+    @property
+    def pps(self) -> dict[str, int]:
+        """Pipeline stages per role in use (keys as ``tps``)."""
+        pools = {"prefill": self.prefill, "decode": self.decode, "colocated": self.colocated}
+        return {role: pool.pp for role, pool in pools.items() if pool is not None}
+
     def hardware_of(self, role: str) -> str:
         """The hardware the ``role`` pool runs on (``hardware`` unless the pools differ)."""
         return self.pool_hardware.get(role, self.hardware)
@@ -230,8 +237,12 @@ class Plan:
         }
         for name in ("prefill", "decode", "colocated", "kv_transfer"):
             value = getattr(self, name)
-            if value is not None:
-                out[name] = {f.name: getattr(value, f.name) for f in fields(value)}
+            if value is not None:  # ``pp`` only when pipelined, so older plans read back unchanged
+                out[name] = {
+                    f.name: getattr(value, f.name)
+                    for f in fields(value)
+                    if not (f.name == "pp" and getattr(value, f.name) == 1)
+                }
         out.update(
             {
                 "router": self.router,
@@ -310,7 +321,7 @@ def plan_from_dict(data: Mapping[str, Any], *, source: str = "plan") -> Plan:
     plan = Plan(**kwargs)
     gpus = data.get("gpus")
     if gpus is not None and plan.feasible and gpus != plan.gpus:
-        raise ConfigError(f"{source}: gpus={gpus!r} but the pools use {plan.gpus} (instances × tp)")
+        raise ConfigError(f"{source}: gpus={gpus!r} but the pools use {plan.gpus} (instances × tp × pp)")
     return plan
 
 
@@ -362,7 +373,15 @@ def _section(source: str, name: str, cls: type, raw: Any) -> Any:
         raise ConfigError(f"{source}: {name} needs 'instances'")
     values = {k: v for k, v in raw.items() if v is not None}
     for key, value in values.items():
-        if key in ("instances", "tp", "max_batch_size", "max_batch_tokens", "max_kv_tokens", "chunk_tokens"):
+        if key in (
+            "instances",
+            "tp",
+            "pp",
+            "max_batch_size",
+            "max_batch_tokens",
+            "max_kv_tokens",
+            "chunk_tokens",
+        ):
             integer(f"{source}: {name}.{key}", value, low=1, high=_MAX_SIZE[key])
     return cls(**values)
 

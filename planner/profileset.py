@@ -3,7 +3,8 @@
 From ``--profile DIR`` (repeatable; measured or analytic profile directories, one per TP) or from
 ``--model M --hardware H`` (an analytic roofline profile per TP in ``DEFAULT_TPS``, and the
 multi-node TPs 16-64 when the model does not fit in 8 GPUs; a MoE model's instance takes the
-expert-parallel / DP-attention layout that decodes fastest at that TP, ``pdplan.profiles.layouts``;
+expert-parallel / DP-attention layout that decodes fastest at that TP, and a multi-node instance
+TP alone or TP per node × pipeline stages, whichever decodes faster, ``pdplan.profiles.layouts``;
 a TP at which the model does not fit, or that does not divide its heads, is kept with the reason,
 so the search can report the candidates that need it as infeasible).
 """
@@ -26,8 +27,9 @@ DEFAULT_TPS = (1, 2, 4, 8)
 
 @dataclass(frozen=True)
 class ProfileSet:
-    """Profiles by TP, for one model on one hardware; ``unfit`` maps each TP that was tried and
-    cannot serve the model to the reason."""
+    """Profiles by TP — by instance width ``tp × pp``, which is the TP when the profile has no
+    pipeline — for one model on one hardware; ``unfit`` maps each width that was tried and cannot
+    serve the model to the reason."""
 
     profiles: Mapping[int, Profile]
     unfit: Mapping[int, str] = field(default_factory=dict)
@@ -40,8 +42,8 @@ class ProfileSet:
             raise ConfigError(f"no usable profile for the search ({reasons or 'none given'})")
         first = self.any
         for tp, prof in self.profiles.items():
-            if prof.tp != tp:
-                raise ConfigError(f"profile for tp={tp} was made at tp={prof.tp}")
+            if prof.tp * prof.pp != tp:  # keyed by instance width (tp × pp)
+                raise ConfigError(f"profile for tp={tp} was made at tp={prof.tp} × pp={prof.pp}")
             if prof.model.name != first.model.name or prof.hardware.get("name") != first.hardware.get("name"):
                 raise ConfigError(
                     f"profiles mix models or hardware: {first.model.name} on "
@@ -86,9 +88,10 @@ def load_profile_set(profile_dirs: Sequence[Path]) -> ProfileSet:
     by_tp: dict[int, Profile] = {}
     for folder in profile_dirs:
         profile = load_profile(folder)
-        if profile.tp in by_tp:
-            raise ConfigError(f"two --profile directories have tp={profile.tp}; give one per TP")
-        by_tp[profile.tp] = profile
+        width = profile.tp * profile.pp  # GPUs per instance: the search's key
+        if width in by_tp:
+            raise ConfigError(f"two --profile directories have tp × pp = {width}; give one per TP")
+        by_tp[width] = profile
     return ProfileSet(by_tp)
 
 
@@ -106,7 +109,7 @@ def analytic_profile_set(
         ConfigError: unknown model or hardware, or no TP can serve the model (reasons listed).
     """
     from pdplan.profiles.hardware import get_hardware
-    from pdplan.profiles.layouts import choose_layout, tps_to_try
+    from pdplan.profiles.layouts import choose_instance_layout, tps_to_try
     from pdplan.profiles.model_spec import load_model_spec
 
     spec = load_model_spec(model, kv_dtype=kv_dtype)
@@ -118,9 +121,9 @@ def analytic_profile_set(
     layouts: dict[int, str] = {}
     for tp in tps:
         try:
-            choice = choose_layout(spec, hw, tp, dtype)
+            choice = choose_instance_layout(spec, hw, tp, dtype)
             profiles[tp] = choice.profile
-            if spec.is_moe:
+            if spec.is_moe or choice.layout.pp > 1 or "PP" in choice.reason:
                 layouts[tp] = choice.reason
                 log.info("tp=%d: %s", tp, choice.reason)
         except ProfileError as err:  # the weights leave no room for KV

@@ -109,7 +109,7 @@ class Screen:
             if not fit.fits:
                 continue
             per_instance = self._unit_bound(candidate, fit, len(self.demand)).by_role
-            tps = {role: pool.tp for role, pool in candidate.pools.items()}
+            tps = {role: pool.tp * pool.pp for role, pool in candidate.pools.items()}  # GPUs per instance
             gpus_per_rps = sum(tp / per_instance[role] for role, tp in tps.items())
             best_per_gpu = max(best_per_gpu, spec.max_utilisation / gpus_per_rps)
         if best_per_gpu <= 0:

@@ -99,7 +99,7 @@ def launch_of(c: Candidate, profiles: ProfileSet) -> LaunchSettings | None:
 
     parallel = {}
     for role, pool in c.pools.items():
-        prof = profiles.profiles.get(pool.tp)
+        prof = profiles.profiles.get(pool.tp * pool.pp)  # keyed by instance width
         if prof is not None and (prof.ep > 1 or prof.attention_dp > 1):
             parallel[role] = RoleParallel(
                 dp=prof.attention_dp, ep=prof.ep, dp_attention=prof.attention_dp > 1

@@ -9,6 +9,11 @@ prices each role's instance (latency model + KV capacity) or says why it does no
 Prefill pools always chunk at their token budget (``chunk_tokens = max_batch_tokens``), as
 SGLang's prefill servers do with ``--chunked-prefill-size``: a prompt longer than one batch is
 split instead of rejected.
+
+The grid's ``tps`` are instance *widths* (GPUs per instance, the keys of the profile set): a width
+whose profile runs pipeline parallelism (``pps``; ``pdplan.profiles.layouts`` offers it only to
+models that need more than a node) becomes pools of ``tp = width / pp`` and ``pp`` stages, so
+every count of GPUs is ``instances × tp × pp``.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class SpaceGrid:
     colocated_chunk_tokens: tuple[int, ...] = (512, 2048)
     colocated_prefill_first_tokens: tuple[int, ...] = (8192,)
     tps: tuple[int, ...] = (1, 2, 4, 8)  # the search narrows this to the TPs it has profiles for
+    #: (width, pp) for the widths whose instances run ``pp`` pipeline stages (the rest: pp = 1)
+    pps: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -72,6 +79,16 @@ class SpaceGrid:
             raise ConfigError(
                 f"search grid prefill_max_batch_size={self.prefill_max_batch_size!r}; expected ≥ 1"
             )
+        for width, pp in self.pps:
+            if not (isinstance(pp, int) and pp >= 1 and isinstance(width, int) and width % pp == 0):
+                raise ConfigError(
+                    f"search grid pps: width {width!r} with pp={pp!r}; expected pp dividing width"
+                )
+
+    def split(self, width: int) -> tuple[int, int]:
+        """(tp, pp) of an instance of ``width`` GPUs."""
+        pp = dict(self.pps).get(width, 1)
+        return width // pp, pp
 
 
 @dataclass(frozen=True)
@@ -100,22 +117,24 @@ class Candidate:
 
     @property
     def tps(self) -> tuple[int, ...]:
-        """The TP degrees this layout needs profiles for (distinct, sorted)."""
+        """The instance widths (GPUs per instance, ``tp × pp``; the TP when there is no pipeline)
+        this layout needs profiles for (distinct, sorted)."""
         if self.colocated is not None:
-            return (self.colocated.tp,)
+            return (self.colocated.width,)
         assert self.prefill is not None and self.decode is not None
-        return tuple(sorted({self.prefill.tp, self.decode.tp}))
+        return tuple(sorted({self.prefill.width, self.decode.width}))
 
     @property
     def shape(self) -> str:
-        """Instance counts and TP, e.g. ``2P:1D (TP1)``, ``3P (TP2) : 2D (TP1)``, ``4× (TP1)``."""
+        """Instance counts and TP, e.g. ``2P:1D (TP1)``, ``3P (TP2) : 2D (TP1)``, ``4× (TP1)``,
+        ``1P:1D (TP8×PP2)``."""
         if self.colocated is not None:
-            return f"{self.colocated.instances}× (TP{self.colocated.tp})"
+            return f"{self.colocated.instances}× ({_par(self.colocated)})"
         assert self.prefill is not None and self.decode is not None
         p, d = self.prefill, self.decode
-        if p.tp == d.tp:
-            return f"{p.instances}P:{d.instances}D (TP{p.tp})"
-        return f"{p.instances}P (TP{p.tp}) : {d.instances}D (TP{d.tp})"
+        if (p.tp, p.pp) == (d.tp, d.pp):
+            return f"{p.instances}P:{d.instances}D ({_par(p)})"
+        return f"{p.instances}P ({_par(p)}) : {d.instances}D ({_par(d)})"
 
     @property
     def limits(self) -> str:
@@ -173,10 +192,13 @@ class Candidate:
             "mode": self.mode,
             "prefill_instances": None,
             "prefill_tp": None,
+            "prefill_pp": None,
             "decode_instances": None,
             "decode_tp": None,
+            "decode_pp": None,
             "colocated_instances": None,
             "colocated_tp": None,
+            "colocated_pp": None,
             "policy": None,
             "max_batch_size": None,
             "max_batch_tokens": None,
@@ -188,6 +210,7 @@ class Candidate:
             out.update(
                 colocated_instances=c.instances,
                 colocated_tp=c.tp,
+                colocated_pp=c.pp,
                 policy=c.policy,
                 max_batch_size=c.max_batch_size,
                 max_batch_tokens=c.max_batch_tokens,
@@ -198,13 +221,19 @@ class Candidate:
             out.update(
                 prefill_instances=self.prefill.instances,
                 prefill_tp=self.prefill.tp,
+                prefill_pp=self.prefill.pp,
                 decode_instances=self.decode.instances,
                 decode_tp=self.decode.tp,
+                decode_pp=self.decode.pp,
                 max_batch_size=self.decode.max_batch_size,
                 max_batch_tokens=self.prefill.max_batch_tokens,
                 chunk_tokens=self.prefill.chunk_tokens,
             )
         return out
+
+
+def _par(pool: PrefillPool | DecodePool | ColocatedPool) -> str:
+    return f"TP{pool.tp}" + (f"×PP{pool.pp}" if pool.pp > 1 else "")
 
 
 def enumerate_candidates(
@@ -270,18 +299,20 @@ def count_candidates(max_gpus: int, *, modes: Sequence[str] = MODES, grid: Space
 
 def _disaggregated(max_gpus: int, grid: SpaceGrid) -> list[dict[str, Any]]:
     out = []
-    for p_tp in grid.tps:
-        for d_tp in grid.tps:
-            for p_n in range(1, (max_gpus - d_tp) // p_tp + 1):
-                for d_n in range(1, (max_gpus - p_n * p_tp) // d_tp + 1):
+    for p_w in grid.tps:  # widths: GPUs per instance
+        p_tp, p_pp = grid.split(p_w)
+        for d_w in grid.tps:
+            d_tp, d_pp = grid.split(d_w)
+            for p_n in range(1, (max_gpus - d_w) // p_w + 1):
+                for d_n in range(1, (max_gpus - p_n * p_w) // d_w + 1):
                     for tokens in grid.prefill_max_batch_tokens:
                         for batch in grid.decode_max_batch_size:
                             out.append(
                                 {
                                     "prefill": PrefillPool(
-                                        p_n, p_tp, tokens, grid.prefill_max_batch_size, tokens
+                                        p_n, p_tp, tokens, grid.prefill_max_batch_size, tokens, pp=p_pp
                                     ),
-                                    "decode": DecodePool(d_n, d_tp, batch),
+                                    "decode": DecodePool(d_n, d_tp, batch, pp=d_pp),
                                 }
                             )
     return out
@@ -289,14 +320,15 @@ def _disaggregated(max_gpus: int, grid: SpaceGrid) -> list[dict[str, Any]]:
 
 def _colocated(max_gpus: int, grid: SpaceGrid) -> list[dict[str, Any]]:
     out = []
-    for tp in grid.tps:
-        for n in range(1, max_gpus // tp + 1):
+    for width in grid.tps:
+        tp, pp = grid.split(width)
+        for n in range(1, max_gpus // width + 1):
             for batch in grid.colocated_max_batch_size:
                 for chunk in grid.colocated_chunk_tokens:
-                    pool = ColocatedPool(n, tp, POLICY_CHUNKED, batch, max(chunk, 8192), chunk)
+                    pool = ColocatedPool(n, tp, POLICY_CHUNKED, batch, max(chunk, 8192), chunk, pp=pp)
                     out.append({"colocated": pool})
                 for tokens in grid.colocated_prefill_first_tokens:
-                    pool = ColocatedPool(n, tp, POLICY_PREFILL_FIRST, batch, tokens, min(tokens, 2048))
+                    pool = ColocatedPool(n, tp, POLICY_PREFILL_FIRST, batch, tokens, min(tokens, 2048), pp=pp)
                     out.append({"colocated": pool})
     return out
 
@@ -316,7 +348,8 @@ class Fit:
 
 
 class CostCache:
-    """``InstanceCost`` per (TP, step tokens, batch size): one KV-capacity computation per key.
+    """``InstanceCost`` per (instance width, step tokens, batch size): one KV-capacity computation
+    per key; ``profiles`` are keyed by width (``tp × pp``).
 
     ``unfit`` maps a TP whose profile could not be built to the reason (``does not fit in memory:
     …``, or why that TP cannot shard the model).
@@ -346,13 +379,13 @@ def memory_fit(candidate: Candidate, cache: CostCache) -> Fit:
     """Price each role of ``candidate``; a role that leaves no room for KV makes it not fit."""
     if candidate.colocated is not None:
         c = candidate.colocated
-        roles = {"colocated": cache.cost(c.tp, c.step_tokens, c.max_batch_size)}
+        roles = {"colocated": cache.cost(c.width, c.step_tokens, c.max_batch_size)}
     else:
         assert candidate.prefill is not None and candidate.decode is not None
         p, d = candidate.prefill, candidate.decode
         roles = {
-            "prefill": cache.cost(p.tp, p.step_tokens, p.max_batch_size),
-            "decode": cache.cost(d.tp, d.max_batch_size, d.max_batch_size),
+            "prefill": cache.cost(p.width, p.step_tokens, p.max_batch_size),
+            "decode": cache.cost(d.width, d.max_batch_size, d.max_batch_size),
         }
     for role, cost in roles.items():
         if isinstance(cost, str):

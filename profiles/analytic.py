@@ -45,6 +45,7 @@ from pdplan.profiles.gemm import KernelFit, elementwise_s, fit_source, gemm_s, k
 from pdplan.profiles.hardware import Hardware, get_hardware
 from pdplan.profiles.model_spec import DTYPE_BYTES, WEIGHT_BITS, ModelSpec, activation_dtype, shard_spec
 from pdplan.profiles.moe_cost import Layout, all_to_all_s, expected_distinct_experts, tp_all_reduce_s
+from pdplan.profiles.pipeline import PipelineSend, kv_bytes_per_token_per_gpu, micro_batch
 from pdplan.profiles.profile import Profile
 
 #: Achieved / peak FLOP/s of attention. FlashAttention-3 forward, bf16, head_dim 128 on H100:
@@ -283,16 +284,18 @@ def kv_budget_bytes(
     dtype: str,
     engine: str = DEFAULT_ENGINE,
     attention_dp: int = 1,
+    pp: int = 1,
 ) -> int:
     """Bytes of KV pool per GPU as ``engine`` sizes it (``pdplan.profiles.engine``) at vLLM's
     default online batch limits (``GRID_STEP_TOKENS`` tokens, 256 sequences). It bounds the grid
-    only: an instance's own capacity follows its batch limits (``pdplan.sim.costs``).
+    only: an instance's own capacity follows its batch limits (``pdplan.sim.costs``). With ``pp``
+    stages, of a GPU of the heaviest stage (``pdplan.profiles.pipeline``).
 
     Raises:
         ProfileError: the shard, its activations and ``MIN_KV_TOKENS`` of KV do not fit
             ("needs X, has Y").
     """
-    kv_token = spec.kv_bytes_per_token_per_rank(tp, dtype, attention_dp)
+    kv_token = kv_bytes_per_token_per_gpu(spec, tp, pp, dtype, attention_dp)
     pool, terms = kv_pool_bytes(
         engine,
         spec,
@@ -302,15 +305,17 @@ def kv_budget_bytes(
         dtype=dtype,
         max_step_tokens=GRID_STEP_TOKENS,
         max_batch_size=256,
+        pp=pp,
     )
     if pool < MIN_KV_TOKENS * kv_token:
         need = terms["weights"] + terms["activations"] + terms["non_torch"] + MIN_KV_TOKENS * kv_token
         raise ProfileError(
-            f"model {spec.name} ({dtype}, tp={tp}) needs {need / _GIB:.1f} GiB per GPU "
+            f"model {spec.name} ({dtype}, tp={tp}{f', pp={pp}' if pp > 1 else ''}) "
+            f"needs {need / _GIB:.1f} GiB per GPU "
             f"({terms['weights'] / _GIB:.1f} GiB weights + {terms['activations'] / _GIB:.1f} GiB "
             f"activations + KV for {MIN_KV_TOKENS} tokens) under {engine}, has "
             f"{terms['usable'] / _GIB:.1f} GiB of {terms['total'] / _GIB:.1f} GiB on {hardware.name}; "
-            "try a larger --tp"
+            "try a larger --tp (or --pp)"
         )
     return pool
 
@@ -357,10 +362,13 @@ def analytic_tables(
     """
     chosen = resolve_dtype(spec, hardware, dtype)
     get_engine(engine)
-    roof = roofline(spec, hardware, layout or Layout(tp=tp), chosen, engine)
-    dp = roof.attention_dp
-    budget = kv_budget_bytes(spec, hardware, tp, chosen, engine, dp)
-    budget_tokens = budget // spec.kv_bytes_per_token_per_rank(tp, chosen, dp)
+    layout = layout or Layout(tp=tp)
+    roof = roofline(spec, hardware, layout, chosen, engine)
+    dp, pp = roof.attention_dp, layout.pp
+    budget = kv_budget_bytes(spec, hardware, tp, chosen, engine, dp, pp)
+    budget_tokens = budget // kv_bytes_per_token_per_gpu(spec, tp, pp, chosen, dp)
+    send = PipelineSend.of(spec, hardware, tp, pp, chosen)
+    overhead = get_engine(engine).step_overhead_ms
     max_len = spec.max_position_embeddings
     prefill_rows: list[tuple[int, int, float]] = []
     decode_rows: list[tuple[int, int, float]] = []
@@ -370,14 +378,15 @@ def analytic_tables(
             tokens = num_seqs * seq_len
             if seq_len > max_len or tokens > min(MAX_PREFILL_TOKENS, budget_tokens):
                 continue
-            cost = roof.prefill(num_seqs, seq_len)
+            cost = _through_stages(roof.prefill(num_seqs, seq_len), pp, overhead, send.ms(tokens))
             prefill_rows.append((num_seqs, seq_len, cost.total_ms))
             op_rows += [("prefill", num_seqs, seq_len, None, None, op, ms) for op, ms in cost.by_op().items()]
     for context_len in DECODE_CONTEXTS:
         for batch_size in DECODE_BATCHES:
             if context_len + 1 > max_len or batch_size * (context_len + 1) > budget_tokens:
                 continue
-            cost = roof.decode(batch_size, context_len)
+            micro = micro_batch(batch_size, pp)
+            cost = _through_stages(roof.decode(micro, context_len), pp, overhead, send.ms(micro))
             decode_rows.append((batch_size, context_len, cost.total_ms))
             op_rows += [
                 ("decode", None, None, batch_size, context_len, op, ms) for op, ms in cost.by_op().items()
@@ -393,6 +402,16 @@ def analytic_tables(
     return prefill, decode, ops
 
 
+def _through_stages(full: StepCost, pp: int, overhead_ms: float, send_ms: float) -> StepCost:
+    """A step of the whole model passed through ``pp`` equal stages: ``pp`` stage steps of
+    (full − overhead)/pp + overhead each, plus the sends (counted with the collectives); the
+    identity when ``pp = 1`` (``pdplan.profiles.pipeline``)."""
+    if pp == 1:
+        return full
+    other = full.other_ms + (pp - 1) * overhead_ms
+    return StepCost(full.gemm_ms, full.attention_ms, other, full.allreduce_ms + send_ms)
+
+
 def analytic_profile(
     spec: ModelSpec,
     hardware: Hardware | str,
@@ -402,6 +421,7 @@ def analytic_profile(
     engine: str = DEFAULT_ENGINE,
     ep: int = 1,
     attention_dp: int = 1,
+    pp: int = 1,
 ) -> Profile:
     """A ``method: analytic`` Profile of ``spec`` on one GPU of a ``tp``-way group of ``hardware``,
     with ``ep``-way expert parallelism and ``attention_dp`` data-parallel attention groups inside
@@ -414,7 +434,7 @@ def analytic_profile(
     """
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     chosen = resolve_dtype(spec, hw, dtype)
-    layout = Layout(tp=tp, ep=ep, attention_dp=attention_dp)
+    layout = Layout(tp=tp, ep=ep, attention_dp=attention_dp, pp=pp)
     prefill, decode, ops = analytic_tables(spec, hw, tp=tp, dtype=chosen, engine=engine, layout=layout)
     fit = kernel_fit(hw.kernel_family)
     return Profile(
@@ -431,6 +451,8 @@ def analytic_profile(
         engine=engine,
         ep=ep,
         attention_dp=attention_dp,
+        pp=pp,
+        pp_send=PipelineSend.of(spec, hw, tp, pp, chosen) if pp > 1 else None,
         notes=(
             f"kernel model (pdplan.profiles.analytic): GEMM t0={fit.gemm_t0_us} us, "
             f"MFU={fit.mfu}, MBU={fit.mbu} ({fit_source(hw.name, hw.kernel_family)}), "

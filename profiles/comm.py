@@ -119,3 +119,19 @@ def errors(rows: pd.DataFrame, fits: dict[tuple[str, int], AllReduceFit] | None 
         for t, n, b in zip(rows["topology"], rows["num_workers"], rows["bytes"], strict=True)
     ]
     return rows.assign(pred_ms=pred, error=np.asarray(pred) / rows["time_ms"].to_numpy() - 1)
+
+
+def p2p_send_s(hardware: Hardware, num_bytes: float, across_nodes: bool) -> float:
+    """One point-to-point send of ``num_bytes`` between pipeline stages (``pdplan.profiles.pipeline``).
+
+    Inside a node: the 2-GPU all-reduce floor α of :func:`all_reduce_fit` (an NCCL kernel launch
+    and handshake) plus the bytes at the intra-node link rate. Across nodes: that floor twice (a
+    network hop on top of the NVLink one, as ``moe_cost.all_to_all_s`` takes it) plus the bytes at
+    the per-GPU network rate (``inter_node_bandwidth_gbps``; one NIC per GPU, each TP rank of a
+    stage sending to its peer of the next in parallel).
+    """
+    alpha = all_reduce_fit(hardware, 2).alpha_us * 1e-6
+    if across_nodes:
+        net = hardware.inter_node_bandwidth_gbps or hardware.link_bandwidth_gbps
+        return 2 * alpha + num_bytes / (net * 1e9)
+    return alpha + num_bytes / (hardware.link_bandwidth_gbps * 1e9)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from pdplan.profiles.errors import choices_error
 from pdplan.profiles.model_spec import DTYPE_BYTES, ModelSpec, activation_dtype
+from pdplan.profiles.pipeline import stage_weight_bytes
 
 ENGINES = ("vllm", "sglang", "trtllm")
 DEFAULT_ENGINE = "vllm"
@@ -128,16 +129,18 @@ def kv_pool_bytes(
     max_step_tokens: int,
     max_batch_size: int,
     memory_fraction: float | None = None,
+    pp: int = 1,
 ) -> tuple[int, dict[str, int]]:
     """KV pool bytes on one GPU and the terms that set it (``total``, ``usable``, ``weights``,
     ``activations``, ``non_torch``); may be ≤ 0 when the model does not fit.
 
     ``memory_fraction`` overrides the engine's fraction (vLLM ``gpu_memory_utilization``, SGLang
-    ``mem_fraction_static``, TRT-LLM ``free_gpu_memory_fraction``).
+    ``mem_fraction_static``, TRT-LLM ``free_gpu_memory_fraction``). With ``pp`` pipeline stages the
+    weights are the heaviest stage's (``pdplan.profiles.pipeline.stage_weight_bytes``).
     """
     get_engine(engine)
     total = visible_memory_bytes(hardware_name, memory_bytes)
-    weights = spec.weight_bytes(dtype) // tp
+    weights = (spec.weight_bytes(dtype) if pp == 1 else stage_weight_bytes(spec, dtype, pp)) // tp
     act = activation_bytes(spec, tp, dtype, max_step_tokens, max_batch_size)
     non_torch = NON_TORCH_BYTES[1 if tp == 1 else 2]
     if engine == "sglang":

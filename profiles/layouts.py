@@ -8,7 +8,12 @@ the most decode throughput at the batch its KV pool holds (contexts of ``CHOICE_
 ``CHOICE_BATCH`` sequences) is kept, with a one-line reason naming the alternatives.
 
 TP sizes: the single-node sizes 1-8, and — when the model does not fit in 8 GPUs — multi-node
-sizes 16, 32, 64 (an instance spanning nodes, as DeepSeek-V3 on H800s does at TP16).
+sizes 16, 32, 64 (an instance spanning nodes, as DeepSeek-V3 on H800s does at TP16). An instance
+of such a size may also run pipeline parallelism (:mod:`pdplan.profiles.pipeline`): one TP group
+per node and a stage per node (``tp = gpus_per_node``, ``pp = size / gpus_per_node``), priced
+beside the TP layouts by the same decode throughput (``choose_instance_layout``). PP is offered
+only there: inside a node it saves no memory that a larger TP would not, and a decode round of
+``pp`` micro-batches rereads the weights ``pp`` times.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pdplan.profiles.analytic import analytic_profile, kv_budget_bytes, resolve_dtype, roofline
-from pdplan.profiles.errors import ConfigError, ProfileError
+from pdplan.profiles.engine import get_engine
+from pdplan.profiles.errors import ConfigError, PdplanError, ProfileError
 from pdplan.profiles.hardware import Hardware
 from pdplan.profiles.model_spec import ModelSpec
 from pdplan.profiles.moe_cost import Layout
+from pdplan.profiles.pipeline import PipelineSend, kv_bytes_per_token_per_gpu, micro_batch
 from pdplan.profiles.profile import Profile
 
 SINGLE_NODE_TPS = (1, 2, 4, 8)
@@ -28,13 +35,13 @@ CHOICE_CONTEXT = 2048
 CHOICE_BATCH = 256
 
 
-def candidate_layouts(spec: ModelSpec, tp: int) -> list[Layout]:
-    """Layouts of a ``tp``-GPU instance that ``spec`` can use (TP first)."""
-    out = [Layout(tp=tp)]
+def candidate_layouts(spec: ModelSpec, tp: int, pp: int = 1) -> list[Layout]:
+    """Layouts of a ``tp × pp``-GPU instance that ``spec`` can use (TP first)."""
+    out = [Layout(tp=tp, pp=pp)]
     if tp > 1 and spec.is_moe and spec.num_experts % tp == 0:
-        out.append(Layout(tp=tp, ep=tp))
+        out.append(Layout(tp=tp, ep=tp, pp=pp))
         if spec.is_mla:
-            out.append(Layout(tp=tp, ep=tp, attention_dp=tp))
+            out.append(Layout(tp=tp, ep=tp, attention_dp=tp, pp=pp))
     return out
 
 
@@ -48,6 +55,9 @@ def describe(layout: Layout) -> str:
     if layout.attention_dp > 1:
         parts.append(f"DP-attention {layout.attention_dp}")
         flags.append(f"--dp {layout.attention_dp} --enable-dp-attention")
+    if layout.pp > 1:
+        parts.append(f"PP{layout.pp}")
+        flags.append(f"--pp-size {layout.pp}")
     return f"{' + '.join(parts)} (SGLang {' '.join(flags)})"
 
 
@@ -69,17 +79,28 @@ def decode_tokens_per_s(
     Raises:
         ProfileError: the layout leaves no room for KV.
     """
-    pool = kv_budget_bytes(spec, hardware, layout.tp, dtype, engine, layout.attention_dp)
-    per_token = spec.kv_bytes_per_token_per_rank(layout.tp, dtype, layout.attention_dp)
+    tp, pp = layout.tp, layout.pp
+    pool = kv_budget_bytes(spec, hardware, tp, dtype, engine, layout.attention_dp, pp)
+    per_token = kv_bytes_per_token_per_gpu(spec, tp, pp, dtype, layout.attention_dp)
     batch = max(1, min(CHOICE_BATCH, pool // per_token // (CHOICE_CONTEXT + 1)))
-    step_ms = roofline(spec, hardware, layout, dtype, engine).decode(batch, CHOICE_CONTEXT).total_ms
+    micro = micro_batch(batch, pp)  # a decode round (pdplan.profiles.pipeline); pp = 1: one step
+    step_ms = roofline(spec, hardware, layout, dtype, engine).decode(micro, CHOICE_CONTEXT).total_ms
+    if pp > 1:
+        overhead = get_engine(engine).step_overhead_ms
+        step_ms += (pp - 1) * overhead + PipelineSend.of(spec, hardware, tp, pp, dtype).ms(micro)
     return batch / step_ms * 1e3, batch
 
 
 def choose_layout(
-    spec: ModelSpec, hardware: Hardware, tp: int, dtype: str | None = None, engine: str = "vllm"
+    spec: ModelSpec,
+    hardware: Hardware,
+    tp: int,
+    dtype: str | None = None,
+    engine: str = "vllm",
+    pp: int = 1,
 ) -> LayoutChoice:
-    """The analytic profile of the best layout of a ``tp``-GPU instance (see the module docstring).
+    """The analytic profile of the best layout of a ``tp``-GPU TP group, ``pp`` of them in a
+    pipeline (see the module docstring).
 
     Raises:
         ConfigError: ``tp`` cannot shard the model.
@@ -88,7 +109,7 @@ def choose_layout(
     chosen_dtype = resolve_dtype(spec, hardware, dtype)
     scored: list[tuple[float, int, Layout]] = []
     first_error: ProfileError | None = None
-    for layout in candidate_layouts(spec, tp):
+    for layout in candidate_layouts(spec, tp, pp):
         try:
             rate, batch = decode_tokens_per_s(spec, hardware, layout, chosen_dtype, engine)
         except ProfileError as err:
@@ -105,9 +126,57 @@ def choose_layout(
         f"context" + (f" (vs {others})" if others else "")
     )
     profile = analytic_profile(
-        spec, hardware, tp=tp, dtype=chosen_dtype, engine=engine, ep=best.ep, attention_dp=best.attention_dp
+        spec,
+        hardware,
+        tp=tp,
+        dtype=chosen_dtype,
+        engine=engine,
+        ep=best.ep,
+        attention_dp=best.attention_dp,
+        pp=pp,
     )
     return LayoutChoice(profile, best, reason)
+
+
+def pipeline_splits(hardware: Hardware, gpus: int) -> list[tuple[int, int]]:
+    """(tp, pp) of a ``gpus``-GPU instance: TP alone, and — when it spans whole nodes — one TP
+    group per node in a pipeline of ``gpus / gpus_per_node`` stages."""
+    per_node = hardware.gpus_per_node
+    out = [(gpus, 1)]
+    if gpus > per_node and gpus % per_node == 0:
+        out.append((per_node, gpus // per_node))
+    return out
+
+
+def choose_instance_layout(
+    spec: ModelSpec, hardware: Hardware, gpus: int, dtype: str | None = None, engine: str = "vllm"
+) -> LayoutChoice:
+    """The best layout of a ``gpus``-GPU instance over its TP / pipeline splits
+    (:func:`pipeline_splits`), each split's best TP-group layout (:func:`choose_layout`) compared
+    by decode tokens/s; the reason names the split left out and why.
+
+    Raises:
+        ConfigError: no split can shard the model. ProfileError: none fits in memory.
+    """
+    chosen_dtype = resolve_dtype(spec, hardware, dtype)
+    choices: list[tuple[float, LayoutChoice]] = []
+    failed: list[tuple[str, PdplanError]] = []
+    for tp, pp in pipeline_splits(hardware, gpus):
+        try:
+            choice = choose_layout(spec, hardware, tp, chosen_dtype, engine, pp)
+        except (ConfigError, ProfileError) as err:
+            failed.append((f"TP{tp}" + (f" × PP{pp}" if pp > 1 else ""), err))
+            continue
+        rate, _ = decode_tokens_per_s(spec, hardware, choice.layout, chosen_dtype, engine)
+        choices.append((rate, choice))
+    if not choices:
+        raise failed[0][1]
+    best = max(choices, key=lambda c: c[0])[1]
+    left = [f"{describe(c.layout).split(' (')[0]} {r:.0f} tok/s" for r, c in choices if c is not best]
+    left += [f"{name}: {err}" for name, err in failed]
+    if not left:
+        return best
+    return LayoutChoice(best.profile, best.layout, f"{best.reason}; over {'; '.join(left)}")
 
 
 def tps_to_try(

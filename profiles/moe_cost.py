@@ -56,52 +56,64 @@ class ExpertReads:
     reads, in expectation, touched/ep of its experts × 1/(tp/ep) of each — touched/tp of one
     expert's bytes, whatever the EP split. (The step waits for the busiest rank, which reads a
     little more than the mean when few experts per rank are touched; not modelled.)
+
+    ``micro_batches``: a pipelined instance (``pdplan.profiles.pipeline``) runs a decode batch of B
+    as ``pp`` micro-batches of B/pp, each reading the experts *its* tokens touch in every layer on
+    its way through the stages, so a round reads X(B/pp), not X(B).
     """
 
     num_experts: int
     top_k: int
     gb_per_expert: float
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
         assert 1 <= self.top_k <= self.num_experts, "top-k must be within the expert count"
         assert self.gb_per_expert > 0, "an expert holds weights"
 
     @classmethod
-    def of(cls, spec: ModelSpec, tp: int, dtype: str) -> ExpertReads | None:
+    def of(cls, spec: ModelSpec, tp: int, dtype: str, pp: int = 1) -> ExpertReads | None:
         """The reads of ``spec``'s routed experts on one GPU of a ``tp``-way instance with weights in
-        ``dtype`` (``WEIGHT_BITS``); None for a dense model."""
+        ``dtype`` (``WEIGHT_BITS``), ``pp`` pipeline stages of them; None for a dense model."""
         if not spec.is_moe:
             return None
         if dtype not in WEIGHT_BITS:
             raise choices_error("dtype", dtype, WEIGHT_BITS)
         expert_bytes = spec.num_moe_layers * spec.expert_params * WEIGHT_BITS[dtype] / 8
-        return cls(spec.num_experts, spec.num_experts_per_tok, expert_bytes / tp / 1e9)
+        return cls(spec.num_experts, spec.num_experts_per_tok, expert_bytes / tp / 1e9, pp)
 
     def gb(self, tokens: float) -> float:
-        """GB of expert weights one GPU reads in a step of ``tokens`` tokens."""
+        """GB of expert weights one GPU reads in a step of ``tokens`` tokens (a round of
+        ``micro_batches`` micro-batches when pipelined)."""
+        if self.micro_batches > 1:
+            tokens = tokens / self.micro_batches
         return expected_distinct_experts(tokens, self.top_k, self.num_experts) * self.gb_per_expert
 
     def to_dict(self) -> dict[str, float | int]:
-        return {
+        out: dict[str, float | int] = {
             "num_experts": self.num_experts,
             "top_k": self.top_k,
             "gb_per_expert": round(self.gb_per_expert, 9),
         }
+        return out | ({"micro_batches": self.micro_batches} if self.micro_batches > 1 else {})
 
 
 @dataclass(frozen=True)
 class Layout:
     """How one instance of ``tp`` GPUs runs a model: ``ep`` ranks split the experts (1: every rank
     holds a TP slice of every expert), ``attention_dp`` groups split the sequences for attention
-    (1: tensor-parallel attention over all ``tp`` GPUs)."""
+    (1: tensor-parallel attention over all ``tp`` GPUs). ``pp`` pipeline stages, each such a group
+    holding a share of the layers (:mod:`pdplan.profiles.pipeline`): the instance has ``tp × pp``
+    GPUs."""
 
     tp: int = 1
     ep: int = 1
     attention_dp: int = 1
+    pp: int = 1
 
     def check(self, spec: ModelSpec) -> None:
         """Raise ``ConfigError`` when the layout cannot run ``spec`` (named)."""
-        for field in ("tp", "ep", "attention_dp"):
+        for field in ("tp", "ep", "attention_dp", "pp"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{field.replace('_', '-')} {value!r}; expected an integer ≥ 1")
@@ -116,6 +128,15 @@ class Layout:
             raise ConfigError(
                 f"--ep {self.ep} does not divide num_experts={spec.num_experts} of {spec.name!r}"
             )
+        if self.pp > spec.num_layers:
+            raise ConfigError(
+                f"--pp {self.pp}: more pipeline stages than the {spec.num_layers} layers of {spec.name!r}"
+            )
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of one instance: ``tp × pp``."""
+        return self.tp * self.pp
 
     @property
     def attention_tp(self) -> int:

@@ -21,6 +21,7 @@ from pdplan.profiles.errors import ConfigError, ProfileError
 from pdplan.profiles.latency_model import LatencyModel
 from pdplan.profiles.model_spec import WEIGHT_BITS, ModelSpec
 from pdplan.profiles.moe_cost import ExpertReads
+from pdplan.profiles.pipeline import PipelineSend, kv_bytes_per_token_per_gpu, stage_weight_bytes
 from pdplan.profiles.validate import (
     MAX_FILE_BYTES,
     MAX_TOKENS,
@@ -51,6 +52,8 @@ META_KEYS = (
     "engine",
     "ep",
     "attention_dp",
+    "pp",
+    "pp_send",
 )
 #: ``calibrated``: a measured or analytic profile whose tables ``pdplan calibrate`` adjusted to
 #: measured runs; ``calibration`` in ``profile.yaml`` then says how (pdplan.planner.calibrate).
@@ -82,6 +85,10 @@ class Profile:
     #: expert parallelism and data-parallel attention inside the TP group (written when not 1)
     ep: int = 1
     attention_dp: int = 1
+    #: pipeline stages (``pdplan.profiles.pipeline``): the tables are then whole-instance latencies
+    #: (a prefill batch through every stage, a decode round), ``pp_send`` the stage-to-stage sends
+    pp: int = 1
+    pp_send: PipelineSend | None = None
     latency: LatencyModel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +101,8 @@ class Profile:
             raise ProfileError(f"profile calibration: expected a mapping, got {self.calibration!r}")
         if (self.method == "calibrated") != (self.calibration is not None):
             raise ProfileError("a calibrated profile needs a calibration section (and only it may have one)")
+        if (self.pp > 1) != (self.pp_send is not None):
+            raise ProfileError(f"pp={self.pp}: a pipelined profile needs pp_send (and only it may have one)")
         for name, table, cols in (
             ("prefill", self.prefill, PREFILL_COLUMNS),
             ("decode", self.decode, DECODE_COLUMNS),
@@ -104,7 +113,7 @@ class Profile:
         latency = LatencyModel.fit(
             (self.prefill["num_seqs"], self.prefill["seq_len"], self.prefill["latency_ms"]),
             (self.decode["batch_size"], self.decode["context_len"], self.decode["latency_ms"]),
-            experts=ExpertReads.of(self.model, self.tp, self.dtype),
+            experts=ExpertReads.of(self.model, self.tp, self.dtype, self.pp),
             # CPU BLAS's one-row GEMV vs packed GEMM (latency_model's small-batch ramp) is a CPU
             # kernel regime; GPU tables keep the plain form (and every GPU figure its value).
             small_batch="cpu_threads" in self.hardware,
@@ -123,12 +132,12 @@ class Profile:
         (replicated) head, as vLLM and SGLang do; MLA's latent is held whole by every rank
         (``ModelSpec.kv_bytes_per_token_per_rank``).
         """
-        return self.model.kv_bytes_per_token_per_rank(self.tp, self.dtype, self.attention_dp)
+        return kv_bytes_per_token_per_gpu(self.model, self.tp, self.pp, self.dtype, self.attention_dp)
 
     @property
     def weight_bytes(self) -> int:
-        """Weight bytes on one GPU of a TP group."""
-        return self.model.weight_bytes(self.dtype) // self.tp
+        """Weight bytes on one GPU of a TP group (of the heaviest pipeline stage)."""
+        return stage_weight_bytes(self.model, self.dtype, self.pp) // self.tp
 
     def metadata(self) -> dict[str, Any]:
         return (
@@ -148,7 +157,8 @@ class Profile:
                 "engine": self.engine,
             }
             | ({"calibration": self.calibration} if self.calibration is not None else {})
-            | {key: getattr(self, key) for key in ("ep", "attention_dp") if getattr(self, key) != 1}
+            | {key: getattr(self, key) for key in ("ep", "attention_dp", "pp") if getattr(self, key) != 1}
+            | ({"pp_send": self.pp_send.to_dict()} if self.pp_send is not None else {})
         )
 
 
@@ -247,7 +257,31 @@ def load_profile(path: str | Path) -> Profile:
         engine=_engine(meta.get("engine"), meta_path),
         ep=_parallel(meta, "ep", tp, meta_path),
         attention_dp=_parallel(meta, "attention_dp", tp, meta_path),
+        pp=_pp(meta, meta_path),
+        pp_send=_pp_send(meta.get("pp_send"), meta_path),
     )
+
+
+def _pp(meta: dict[str, Any], meta_path: Path) -> int:
+    """``pp`` of ``profile.yaml``: 1 when absent."""
+    try:
+        return integer(f"{meta_path}: pp", meta.get("pp", 1), low=1, high=1024)
+    except ConfigError as err:
+        raise ProfileError(str(err)) from None
+
+
+def _pp_send(raw: object, meta_path: Path) -> PipelineSend | None:
+    """``pp_send: {latency_ms, ms_per_token}`` of ``profile.yaml`` (strict keys), None when absent."""
+    if raw is None:
+        return None
+    keys = ("latency_ms", "ms_per_token")
+    if not isinstance(raw, dict) or sorted(raw) != sorted(keys):
+        raise ProfileError(f"{meta_path}: pp_send={raw!r}; expected a mapping with keys {list(keys)}")
+    try:
+        values = [number(f"{meta_path}: pp_send.{k}", raw[k], low=0, high=1e6) for k in keys]
+    except ConfigError as err:
+        raise ProfileError(str(err)) from None
+    return PipelineSend(float(values[0]), float(values[1]))
 
 
 def _parallel(meta: dict[str, Any], key: str, tp: int, meta_path: Path) -> int:

@@ -48,9 +48,9 @@ from pdplan.realrun.prefix_cache import PrefixCache
 from pdplan.realrun.protocol import SamplingParams
 from pdplan.realrun.responses import Finish, Timeline
 from pdplan.realrun.sampler import sample
+from pdplan.realrun.worker_config import ROLES
 
 log = logging.getLogger(__name__)
-ROLES = ("prefill", "decode", "colocated")
 SCHEDULES = ("prefill-first", "chunked")
 
 

@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pdplan.profiles.errors import ConfigError, choices_error
-from pdplan.realrun.engine import ROLES
+
+# A worker's roles; defined here, not in the torch-importing engine, so that `pdplan deploy`
+# checks a plan without importing torch (4 s of start-up for a one-line error).
+ROLES = ("prefill", "decode", "colocated")
 
 KV_TRANSPORTS = ("auto", "tcp")
 

@@ -33,6 +33,10 @@ class PlanView:
     goodput_rps: float = float("nan")
     goodput_rps_per_gpu: float = float("nan")
     latency_ms: tuple[float, ...] = (float("nan"),) * 6  # in LATENCY_KEYS order
+    #: pipeline stages per instance (plan.yaml's ``pp``; candidates.csv has none: 1)
+    prefill_pp: int = 1
+    decode_pp: int = 1
+    colocated_pp: int = 1
 
     @property
     def instances(self) -> str:
@@ -43,17 +47,20 @@ class PlanView:
     @property
     def tp(self) -> str:
         if self.mode == "colocated":
-            return f"TP{self.colocated_tp}"
-        return f"P TP{self.prefill_tp} / D TP{self.decode_tp}"
+            return f"TP{self.colocated_tp}{_pp(self.colocated_pp)}"
+        return f"P TP{self.prefill_tp}{_pp(self.prefill_pp)} / D TP{self.decode_tp}{_pp(self.decode_pp)}"
 
     @property
     def phrase(self) -> str:
         """The plan in words, e.g. '2 prefill instances (TP 2) + 4 decode instances (TP 1)'."""
         if self.mode == "colocated":
-            return f"{_count(self.colocated_instances, 'colocated instance')} (TP {self.colocated_tp})"
+            tp = f"TP {self.colocated_tp}{_pp(self.colocated_pp)}"
+            return f"{_count(self.colocated_instances, 'colocated instance')} ({tp})"
+        prefill = f"TP {self.prefill_tp}{_pp(self.prefill_pp)}"
+        decode = f"TP {self.decode_tp}{_pp(self.decode_pp)}"
         return (
-            f"{_count(self.prefill_instances, 'prefill instance')} (TP {self.prefill_tp}) + "
-            f"{_count(self.decode_instances, 'decode instance')} (TP {self.decode_tp})"
+            f"{_count(self.prefill_instances, 'prefill instance')} ({prefill}) + "
+            f"{_count(self.decode_instances, 'decode instance')} ({decode})"
         )
 
     def cells(self, name: str) -> tuple[str, ...]:
@@ -134,6 +141,7 @@ def plan_view(plan: dict[str, Any]) -> PlanView:
             mode,
             colocated_instances=_int(colo.get("instances")),
             colocated_tp=_int(colo.get("tp")),
+            colocated_pp=_int(colo.get("pp")) or 1,
             limits=limits,
             **common,
         )
@@ -154,14 +162,16 @@ def plan_view(plan: dict[str, Any]) -> PlanView:
             prefill_tp=_int(pre.get("tp")),
             decode_instances=_int(dec.get("instances")),
             decode_tp=_int(dec.get("tp")),
+            prefill_pp=_int(pre.get("pp")) or 1,
+            decode_pp=_int(dec.get("pp")) or 1,
             limits=limits,
             **common,
         )
     if view.gpus == 0:
         gpus = (
-            view.prefill_instances * view.prefill_tp
-            + view.decode_instances * view.decode_tp
-            + view.colocated_instances * view.colocated_tp
+            view.prefill_instances * view.prefill_tp * view.prefill_pp
+            + view.decode_instances * view.decode_tp * view.decode_pp
+            + view.colocated_instances * view.colocated_tp * view.colocated_pp
         )
         view = replace(view, gpus=gpus)
     return view
@@ -185,10 +195,13 @@ def candidate_view(row: pd.Series, probes: pd.DataFrame | None) -> PlanView:
         mode,
         prefill_instances=_int(row["prefill_instances"]),
         prefill_tp=_int(row["prefill_tp"]),
+        prefill_pp=_int(row.get("prefill_pp", 1)) or 1,
         decode_instances=_int(row["decode_instances"]),
         decode_tp=_int(row["decode_tp"]),
+        decode_pp=_int(row.get("decode_pp", 1)) or 1,
         colocated_instances=_int(row["colocated_instances"]),
         colocated_tp=_int(row["colocated_tp"]),
+        colocated_pp=_int(row.get("colocated_pp", 1)) or 1,
         limits=limits,
         gpus=_int(row["gpus"]),
         goodput_rps=_float(row["goodput_rps"]),
@@ -233,6 +246,7 @@ def chosen_candidate(plan: dict[str, Any] | None, candidates: pd.DataFrame) -> s
         same = same[
             (same["colocated_instances"] == view.colocated_instances)
             & (same["colocated_tp"] == view.colocated_tp)
+            & (_stages(same, "colocated_pp") == view.colocated_pp)
         ]
     else:
         same = same[
@@ -240,8 +254,22 @@ def chosen_candidate(plan: dict[str, Any] | None, candidates: pd.DataFrame) -> s
             & (same["prefill_tp"] == view.prefill_tp)
             & (same["decode_instances"] == view.decode_instances)
             & (same["decode_tp"] == view.decode_tp)
+            & (_stages(same, "prefill_pp") == view.prefill_pp)
+            & (_stages(same, "decode_pp") == view.decode_pp)
         ]
     rate = view.goodput_rps
     if not same.empty and np.isfinite(rate):  # several batch limits share a shape: closest goodput
         same = same.iloc[np.argsort(np.abs(same["goodput_rps"].to_numpy() - rate), kind="stable")]
     return str((same if not same.empty else best).iloc[0]["candidate_id"])
+
+
+def _stages(table: pd.DataFrame, column: str) -> pd.Series:
+    """A pp column of candidates, 1 where it is absent (tables built before pipeline parallelism)."""
+    if column not in table.columns:
+        return pd.Series(1, index=table.index)
+    return table[column].fillna(1)
+
+
+def _pp(pp: int) -> str:
+    """`` × PP2`` for a pipelined instance, nothing otherwise."""
+    return f" × PP{pp}" if pp > 1 else ""

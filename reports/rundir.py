@@ -30,10 +30,13 @@ CANDIDATE_COLUMNS = (
     "mode",
     "prefill_instances",
     "prefill_tp",
+    "prefill_pp",
     "decode_instances",
     "decode_tp",
+    "decode_pp",
     "colocated_instances",
     "colocated_tp",
+    "colocated_pp",
     "policy",
     "max_batch_size",
     "max_batch_tokens",
@@ -58,6 +61,9 @@ PROBE_COLUMNS = (
     "meets_slo",
 )
 #: Columns that hold text; every other listed column is read as a number.
+#: Columns a run written by an older pdplan lacks, read as 1 (candidates.csv had no pp before
+#: pipeline parallelism).
+_DEFAULT_ONE_COLUMNS = ("prefill_pp", "decode_pp", "colocated_pp")
 _TEXT_COLUMNS = (
     "status",
     "role",
@@ -220,6 +226,9 @@ def _read_table(path: Path, columns: tuple[str, ...], problems: dict[str, str]) 
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, UnicodeDecodeError) as err:
         problems[path.name] = f"not a readable CSV: {str(err).splitlines()[0]}"
         return None
+    for col in _DEFAULT_ONE_COLUMNS:  # runs written before pipeline parallelism: one stage
+        if col in columns and col not in table.columns:
+            table[col] = 1
     missing = [c for c in columns if c not in table.columns]
     if missing:
         problems[path.name] = f"missing columns {missing}; expected {list(columns)}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.profiles.latency_model import LatencyModel
+from pdplan.profiles.pipeline import PipelineSend
 from pdplan.sim.prefix_cache import PrefixCache
 
 POLICIES = ("prefill-first", "chunked")
@@ -20,6 +21,10 @@ POLICIES = ("prefill-first", "chunked")
 #: and preempts (recompute) when it runs out, as vLLM and SGLang do; ``reserve`` reserves prompt +
 #: output at admission so nothing is ever preempted (conservative).
 ADMISSIONS = ("preempt", "reserve")
+#: Colocated instances also take ``preempt-prompt``: as ``preempt``, but a chunked prompt's KV is
+#: taken whole at admission and held, where ``preempt`` admits it when its whole sequence fits and
+#: then takes KV chunk by chunk, as vLLM V1 does (``pdplan.sim.colocated_chunkkv``).
+COLOCATED_ADMISSIONS = (*ADMISSIONS, "preempt-prompt")
 CONTENTION = ("none", "per_instance", "shared")
 
 
@@ -36,15 +41,22 @@ class PrefillPool:
     max_batch_tokens: int = 8192
     max_batch_size: int = 64
     chunk_tokens: int | None = None
+    #: pipeline stages of ``tp`` GPUs each (``pdplan.profiles.pipeline``; ``pdplan.sim.prefill``)
+    pp: int = 1
 
     def __post_init__(self) -> None:
-        _ints("prefill", self, ("instances", "tp", "max_batch_tokens", "max_batch_size"))
+        _ints("prefill", self, ("instances", "tp", "max_batch_tokens", "max_batch_size", "pp"))
         if self.chunk_tokens is not None:
             _ints("prefill", self, ("chunk_tokens",))
 
     @property
     def gpus(self) -> int:
-        return self.instances * self.tp
+        return self.instances * self.tp * self.pp
+
+    @property
+    def width(self) -> int:
+        """GPUs of one instance: ``tp × pp``."""
+        return self.tp * self.pp
 
     @property
     def step_tokens(self) -> int:
@@ -63,17 +75,24 @@ class DecodePool:
     max_batch_size: int = 256
     max_kv_tokens: int | None = None
     admission: str = "preempt"
+    #: pipeline stages; a decode step is then a round of ``pp`` micro-batches (the profile's table)
+    pp: int = 1
 
     def __post_init__(self) -> None:
         if self.admission not in ADMISSIONS:
             raise choices_error("decode.admission", self.admission, ADMISSIONS)
-        _ints("decode", self, ("instances", "tp", "max_batch_size"))
+        _ints("decode", self, ("instances", "tp", "max_batch_size", "pp"))
         if self.max_kv_tokens is not None:
             _ints("decode", self, ("max_kv_tokens",))
 
     @property
     def gpus(self) -> int:
-        return self.instances * self.tp
+        return self.instances * self.tp * self.pp
+
+    @property
+    def width(self) -> int:
+        """GPUs of one instance: ``tp × pp``."""
+        return self.tp * self.pp
 
 
 @dataclass(frozen=True)
@@ -100,23 +119,33 @@ class ColocatedPool:
     #: the engine's prefix cache instead of recomputing it all (vLLM V1 and SGLang keep freed KV
     #: cached by default); False recomputes everything (prefix caching off)
     reuse_preempted_kv: bool = True
+    #: pipeline stages; every step (prefill, decode round, mixed) runs through all of them, priced by
+    #: the profile's tables (no overlap of prefill steps across stages: conservative)
+    pp: int = 1
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise choices_error("colocated.policy", self.policy, POLICIES)
-        if self.admission not in ADMISSIONS:
-            raise choices_error("colocated.admission", self.admission, ADMISSIONS)
+        if self.admission not in COLOCATED_ADMISSIONS:
+            raise choices_error("colocated.admission", self.admission, COLOCATED_ADMISSIONS)
         if not isinstance(self.reuse_preempted_kv, bool):
             raise ConfigError(
                 f"colocated.reuse_preempted_kv={self.reuse_preempted_kv!r}; expected true or false"
             )
-        _ints("colocated", self, ("instances", "tp", "max_batch_size", "max_batch_tokens", "chunk_tokens"))
+        _ints(
+            "colocated", self, ("instances", "tp", "max_batch_size", "max_batch_tokens", "chunk_tokens", "pp")
+        )
         if self.max_kv_tokens is not None:
             _ints("colocated", self, ("max_kv_tokens",))
 
     @property
     def gpus(self) -> int:
-        return self.instances * self.tp
+        return self.instances * self.tp * self.pp
+
+    @property
+    def width(self) -> int:
+        """GPUs of one instance: ``tp × pp``."""
+        return self.tp * self.pp
 
     @property
     def step_tokens(self) -> int:
@@ -161,10 +190,15 @@ class InstanceCost:
 
     latency: LatencyModel
     kv_capacity_tokens: int
+    #: pipeline stages and their sends (``pdplan.profiles.pipeline``): a prefill instance then runs
+    #: batches as a tandem of ``pp`` stages (``pdplan.sim.prefill``)
+    pp: int = 1
+    pp_send: PipelineSend | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kv_capacity_tokens, int) or self.kv_capacity_tokens < 1:
             raise ConfigError(f"kv_capacity_tokens={self.kv_capacity_tokens!r}; expected an integer ≥ 1")
+        assert (self.pp > 1) == (self.pp_send is not None), "a pipelined instance has its sends"
 
 
 @dataclass(frozen=True)

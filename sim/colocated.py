@@ -5,10 +5,13 @@ holds; under ``admission: reserve`` with ``prefill-first`` also a prompt longer 
 ``max_batch_tokens``) and otherwise picks an instance (``pdplan.sim.router``). There it waits FIFO
 until it is *admitted* at a step boundary. Under ``admission: reserve`` (``ColocatedInstance``)
 its whole KV footprint (prompt + output) must fit and nothing is ever preempted; under
-``admission: preempt`` (the default, ``colocated_preempt.PreemptingColocatedInstance``) its
-prompt must fit, KV grows as tokens are produced and the most recently admitted request is
-preempted and recomputed when it runs out. The instance runs fewer than ``max_batch_size``
-requests. Then, by policy:
+``admission: preempt`` (the default) KV grows as tokens are produced and the most recently
+admitted request is preempted and recomputed when it runs out: a ``chunked`` prompt is admitted
+when its whole sequence fits and takes its KV chunk by chunk, as vLLM V1 does
+(``colocated_chunkkv.ChunkwiseColocatedInstance``), a ``prefill-first`` prompt takes it whole
+(``colocated_preempt.PreemptingColocatedInstance``, which also runs ``admission:
+preempt-prompt``: a chunked prompt's KV taken whole at admission and held). The instance runs
+fewer than ``max_batch_size`` requests. Then, by policy:
 
 - ``prefill-first``: each boundary admits what it can (up to ``max_batch_tokens`` of prompts) and
   runs one prefill step of those prompts with the decodes paused (vLLM's default scheduler without
@@ -260,12 +263,18 @@ class ColocatedRun:
         unit = float(np.mean(requests.prompt_tokens + requests.output_tokens)) if n else 1.0
         self.choose = make_chooser(router, self.load, n, rng, blocks, unit)
         pool = cluster.pool
-        preempt = pool.admission == "preempt"
+        preempt = pool.admission != "reserve"
         if instance_factory is None:
-            # the preempting instance subclasses ColocatedInstance in its own module
+            # the preempting instances subclass ColocatedInstance in their own modules
+            from pdplan.sim.colocated_chunkkv import ChunkwiseColocatedInstance
             from pdplan.sim.colocated_preempt import PreemptingColocatedInstance
 
-            instance_factory = PreemptingColocatedInstance if preempt else ColocatedInstance
+            if not preempt:
+                instance_factory = ColocatedInstance
+            elif pool.admission == "preempt" and pool.policy == "chunked":
+                instance_factory = ChunkwiseColocatedInstance
+            else:
+                instance_factory = PreemptingColocatedInstance
         self.instances = [instance_factory(self, i) for i in range(cluster.pool.instances)]
         # conservative admission keeps today's rule: prefill-first rejects prompts above a batch
         limited = pool.policy == "prefill-first" and not preempt

@@ -1,5 +1,6 @@
 """Colocated instances that allocate KV as tokens are produced and preempt when it runs out
-(``ColocatedPool.admission = "preempt"``, the default; the run is :mod:`pdplan.sim.colocated`), and
+(``ColocatedPool.admission = "preempt"`` under ``prefill-first``, and ``"preempt-prompt"``; the run
+is :mod:`pdplan.sim.colocated`, chunk-by-chunk prompts :mod:`pdplan.sim.colocated_chunkkv`), and
 what a preempted request finds of its KV in the engine's prefix cache when it is re-admitted."""
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ def cached_prefix(fill: int, overwritten: int, block: int = KV_BLOCK_TOKENS) -> 
 
 class PreemptingColocatedInstance(ColocatedInstance):
     """A colocated instance that allocates KV as tokens are produced and preempts when it runs out
-    (``ColocatedPool.admission = "preempt"``), as vLLM and SGLang do.
+    (``ColocatedPool.admission = "preempt"`` or ``"preempt-prompt"``), as vLLM and SGLang do.
 
     - A request is admitted when its prompt's KV fits beside the running batch's next tokens (KV
-      for the prompt is taken at admission, whole, even when it is prefilled in chunks); its KV
-      then grows by one token per decode step.
+      for the prompt is taken at admission, whole, even when it is prefilled in chunks: the
+      ``chunked`` policy under ``preempt`` takes it chunk by chunk instead, in the subclass
+      ``colocated_chunkkv.ChunkwiseColocatedInstance``); its KV then grows by one token per
+      decode step.
     - When the running sequences' next tokens do not fit, the most recently admitted running
       request is preempted: its KV is freed and it goes back to the head of the waiting queue
       (vLLM's recompute preemption; SGLang's retract picks the request with the fewest output

@@ -64,6 +64,7 @@ def kv_capacity_tokens(
         max_step_tokens=max_step_tokens,
         max_batch_size=max_batch_size,
         memory_fraction=gpu_memory_utilisation,
+        pp=profile.pp,
     )
     tokens = kv_tokens(profile.engine, pool, profile.kv_bytes_per_token)
     if tokens < 1:
@@ -96,7 +97,9 @@ def instance_cost(
             gpu_memory_utilisation=gpu_memory_utilisation,
         )
     )
-    return InstanceCost(profile.latency, int(capacity))
+    if profile.pp == 1:
+        return InstanceCost(profile.latency, int(capacity))
+    return InstanceCost(profile.latency, int(capacity), pp=profile.pp, pp_send=profile.pp_send)
 
 
 def disaggregated_cluster(
@@ -112,8 +115,8 @@ def disaggregated_cluster(
         ProfileError: a profile's TP differs from its pool's, or the model does not fit.
     """
     prefill_profile, decode_profile = profiles
-    _check_tp("prefill", prefill.tp, prefill_profile)
-    _check_tp("decode", decode.tp, decode_profile)
+    _check_tp("prefill", prefill, prefill_profile)
+    _check_tp("decode", decode, decode_profile)
     return DisaggregatedCluster(
         prefill=prefill,
         decode=decode,
@@ -146,7 +149,7 @@ def colocated_cluster(
     Raises:
         ProfileError: the profile's TP differs from the pool's, or the model does not fit.
     """
-    _check_tp("colocated", pool.tp, profile)
+    _check_tp("colocated", pool, profile)
     cost = instance_cost(
         profile,
         max_step_tokens=pool.step_tokens,
@@ -157,9 +160,11 @@ def colocated_cluster(
     return ColocatedCluster(pool, cost)
 
 
-def _check_tp(role: str, tp: int, profile: Profile) -> None:
-    if profile.tp != tp:
-        raise ProfileError(f"{role}.tp={tp} but the {role} profile was made at tp={profile.tp}")
+def _check_tp(role: str, pool: PrefillPool | DecodePool | ColocatedPool, profile: Profile) -> None:
+    if profile.tp != pool.tp:
+        raise ProfileError(f"{role}.tp={pool.tp} but the {role} profile was made at tp={profile.tp}")
+    if profile.pp != pool.pp:
+        raise ProfileError(f"{role}.pp={pool.pp} but the {role} profile was made at pp={profile.pp}")
 
 
 @dataclass(frozen=True)
@@ -203,7 +208,10 @@ class StepCoef:
         if x is None or model.decode_expert_coef == 0:
             return cls(a, b, c, d, e, f, g, *knees)
         xs = model.decode_expert_coef * x.num_experts * x.gb_per_expert / 1000.0
-        return cls(a, b, c, d, e, f, g, *knees, xs=float(xs), miss=1.0 - x.top_k / x.num_experts)
+        miss = 1.0 - x.top_k / x.num_experts
+        if x.micro_batches > 1:  # a pipelined round: X(B/pp) = E·(1 − (miss^(1/pp))^B)
+            miss **= 1.0 / x.micro_batches
+        return cls(a, b, c, d, e, f, g, *knees, xs=float(xs), miss=miss)
 
     def expert_s(self, tokens: int) -> float:
         """Reading the routed experts ``tokens`` tokens touch (0 for a dense model)."""

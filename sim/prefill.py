@@ -20,11 +20,20 @@ With a prefix cache (``pdplan.sim.prefix_cache``), a prompt's prefill starts aft
 tokens (``cache.skip``: they count as already done, so its attention still spans them) and the
 batch that starts it also waits for their load from L2/L3 (``cache.load_s``); its blocks enter the
 cache when the batch ends.
+
+With ``pp`` pipeline stages (``pdplan.profiles.pipeline``; the profile's prefill table holds a
+batch's latency through every stage, ``pp · s + send``), the instance is a tandem of ``pp``
+identical stages: batch ``j`` takes ``s_j = (latency_j − send_j) / pp`` on each, the ``pp − 1``
+sends (``send_j / (pp − 1)`` each) between them, and stage ``k`` finishes it at
+``D_k(j) = max(D_{k−1}(j) + send, D_k(j−1)) + s_j`` (:func:`tandem`). The next batch forms when
+stage 1 is free, at ``D_1(j)``; the batch ends (prompts offered to decode) at ``D_pp(j)``. With
+``pp = 1`` this is the single-server timeline above, unchanged.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING
 
 from pdplan.sim.kernel import PREFILL
@@ -56,6 +65,12 @@ class PrefillInstance:
         self.batch_tokens = 0
         self.batch_t0 = 0.0
         self.busy_s = 0.0
+        cost = run.cluster.prefill_cost
+        self.pp = cost.pp
+        if cost.pp_send is not None:
+            self.stage_free = [0.0] * cost.pp  # D_k of the latest batch, per stage
+            self.send_a = cost.pp_send.latency_ms / 1000.0
+            self.send_b = cost.pp_send.ms_per_token / 1000.0
 
     def start_batch(self, now: float) -> None:
         """Form and start a batch from the queue (the instance is idle and the queue non-empty)."""
@@ -97,6 +112,9 @@ class PrefillInstance:
         self.head_done = done
         gemm_tokens = tokens if tokens > self.knee else self.knee  # StepCoef.prefill_s, inlined
         end = now + (self.pa + self.pb * num_seqs + self.pc * gemm_tokens + self.pd * pairs) + load_s
+        if self.pp > 1:
+            self._start_pipelined(now, end - now - load_s, load_s, completing, tokens)
+            return
         self.busy, self.completing, self.batch_tokens, self.batch_t0 = True, completing, tokens, now
         if self.overlap:
             decodes, decode_of = self.run.decodes, self.run.decode_of
@@ -110,19 +128,68 @@ class PrefillInstance:
     def _on_end(self, event: Event) -> None:
         now = self.env.now
         self.busy_s += now - self.batch_t0
-        self.run.prefill_load[self.index] -= self.batch_tokens
-        prefill_end = self.ledger.prefill_end_s
-        decodes, decode_of = self.run.decodes, self.run.decode_of
-        for rid in self.completing:
-            prefill_end[rid] = now
-        if self.run.cache is not None:
-            for rid in self.completing:
-                self.run.cache.insert(rid, self.index)
-        for rid in self.unoffered:
-            decode = decodes[decode_of[rid]]
-            if not decode.offer(rid, now, now, self.index):
-                decode.wait(rid)
+        self._complete(now, self.completing, self.unoffered, self.batch_tokens)
         if self.queue:
             self.start_batch(now)
         else:
             self.busy = False
+
+    def _complete(self, now: float, completing: list[int], unoffered: list[int], tokens: int) -> None:
+        """A batch's prompts are prefilled: record, cache, offer their KV to decode."""
+        self.run.prefill_load[self.index] -= tokens
+        prefill_end = self.ledger.prefill_end_s
+        decodes, decode_of = self.run.decodes, self.run.decode_of
+        for rid in completing:
+            prefill_end[rid] = now
+        if self.run.cache is not None:
+            for rid in completing:
+                self.run.cache.insert(rid, self.index)
+        for rid in unoffered:
+            decode = decodes[decode_of[rid]]
+            if not decode.offer(rid, now, now, self.index):
+                decode.wait(rid)
+
+    # --- pipeline parallelism (see the module docstring) ------------------------------------
+    def _start_pipelined(
+        self, now: float, latency: float, load_s: float, completing: list[int], tokens: int
+    ) -> None:
+        send = self.send_a + self.send_b * tokens
+        stage = (latency - send) / self.pp
+        assert stage > 0, "a pipelined profile's prefill latency exceeds its sends"
+        first_free, end = tandem(self.stage_free, now + load_s, stage, send / (self.pp - 1))
+        self.busy, self.batch_t0 = True, now
+        if self.overlap:
+            decodes, decode_of = self.run.decodes, self.run.decode_of
+            unoffered = [
+                rid for rid in completing if not decodes[decode_of[rid]].offer(rid, now, end, self.index)
+            ]
+        else:
+            unoffered = completing
+        self.env.at(first_free, PREFILL, self._on_stage_free)
+        self.env.at(end, PREFILL, partial(self._on_pipelined_end, completing, unoffered, tokens))
+
+    def _on_stage_free(self, event: Event) -> None:
+        now = self.env.now
+        self.busy_s += now - self.batch_t0
+        if self.queue:
+            self.start_batch(now)
+        else:
+            self.busy = False
+
+    def _on_pipelined_end(
+        self, completing: list[int], unoffered: list[int], tokens: int, event: Event
+    ) -> None:
+        self._complete(self.env.now, completing, unoffered, tokens)
+
+
+def tandem(stage_free: list[float], start: float, stage_s: float, send_s: float) -> tuple[float, float]:
+    """Run one batch through a tandem of identical stages, updating ``stage_free`` (each stage's
+    finish time of the previous batch) in place: ``D_1 = start + s``, ``D_k = max(D_{k−1} + send,
+    D_k(previous)) + s``. Returns (when stage 1 is free, when the last stage finishes)."""
+    done = start + stage_s
+    stage_free[0] = done
+    for k in range(1, len(stage_free)):
+        arrive = done + send_s
+        done = (arrive if arrive > stage_free[k] else stage_free[k]) + stage_s
+        stage_free[k] = done
+    return stage_free[0], done

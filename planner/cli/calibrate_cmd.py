@@ -74,7 +74,7 @@ def calibrate(
     the_plan = load_plan(plan)
     if not profile and not (model or hardware):
         model, hardware = the_plan.model or None, the_plan.hardware or None
-    profiles = role_profiles(the_plan.tps, profile or [], model, hardware)
+    profiles = role_profiles(the_plan.tps, profile or [], model, hardware, pps=the_plan.pps)
     if any(p.method == "calibrated" for p in profiles.values()):
         log.warning("calibrating an already calibrated profile: its parameters compound")
     cluster = the_plan.cluster(profiles)

@@ -186,6 +186,13 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
         )
     if not plan.model:
         raise ConfigError(f"plan {str(plan_path)!r}: model is empty; expected a catalog name or a model path")
+    staged = {role: pp for role, pp in plan.pps.items() if pp > 1}
+    if staged:
+        role, pp = next(iter(staged.items()))
+        raise ConfigError(
+            f"plan {str(plan_path)!r}: {role}.pp={pp}: the local workers run no pipeline stages; "
+            "use --target sglang (--pp-size) or --target vllm (--pipeline-parallel-size)"
+        )
     groups = []
     if plan.mode == "disaggregated":
         assert plan.prefill is not None and plan.decode is not None, "checked by Plan"

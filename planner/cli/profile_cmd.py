@@ -66,6 +66,13 @@ def profile(
     attention_dp: Annotated[
         int, typer.Option("--attention-dp", help="--analytic: data-parallel attention groups (SGLang --dp).")
     ] = 1,
+    pp: Annotated[
+        int,
+        typer.Option(
+            "--pp",
+            help="--analytic: pipeline stages of --tp GPUs each (SGLang --pp-size; tables per instance).",
+        ),
+    ] = 1,
     weights: Annotated[
         Path | None,
         typer.Option("--weights", help="Measured runs: HF directory with safetensors weights."),
@@ -99,6 +106,8 @@ def profile(
         )
     if not analytic and (kv_dtype or ep != 1 or attention_dp != 1):
         raise ConfigError("--kv-dtype, --ep and --attention-dp apply to --analytic profiles only")
+    if not analytic and pp != 1:
+        raise ConfigError(f"--pp {pp}: the executor runs no pipeline stages; --pp applies to --analytic only")
     if not 1 <= tp <= 1024:
         raise ConfigError(f"--tp {tp}; expected an integer in [1, 1024]")
     from pdplan.profiles.engine import get_engine
@@ -111,7 +120,7 @@ def profile(
 
         assert hardware is not None, "checked by _check_options"
         result = analytic_profile(
-            spec, hardware, tp=tp, dtype=dtype, engine=engine, ep=ep, attention_dp=attention_dp
+            spec, hardware, tp=tp, dtype=dtype, engine=engine, ep=ep, attention_dp=attention_dp, pp=pp
         )
     else:
         result = _measure(spec, device or "cpu", tp=tp, dtype=dtype, quick=quick, weights=weights)
@@ -213,7 +222,7 @@ def _print_summary(result: Profile, out: Path, wall_s: float) -> None:
     lat = result.latency
     table = Table(
         title=f"{result.method} profile: {result.model.name} on "
-        f"{result.hardware.get('name')} (tp={result.tp}, {result.dtype})",
+        f"{result.hardware.get('name')} (tp={result.tp}{_pp_note(result.pp)}, {result.dtype})",
         show_header=False,
         title_justify="left",
     )
@@ -233,3 +242,7 @@ def _print_summary(result: Profile, out: Path, wall_s: float) -> None:
     console = Console()
     console.print(table)
     console.print(f"written to {out}", soft_wrap=True, highlight=False)
+
+
+def _pp_note(pp: int) -> str:
+    return f", pp={pp}" if pp > 1 else ""

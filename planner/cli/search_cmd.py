@@ -243,6 +243,7 @@ def _grid(profiles: ProfileSet) -> dict[str, Any]:
     return {
         "grid": SpaceGrid(
             tps=tuple(sorted({*base.tps, *profiles.tps})),
+            pps=tuple((w, p.pp) for w, p in sorted(profiles.profiles.items()) if p.pp > 1),
             decode_max_batch_size=(*base.decode_max_batch_size, 1024, 2048, 4096),
         )
     }

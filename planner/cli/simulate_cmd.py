@@ -349,7 +349,7 @@ def _simulate_plan(
     else:
         if not profile_dirs and not (model or hardware):
             model, hardware = plan.model or None, plan.hardware or None
-        profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes)
+        profiles = role_profiles(plan.tps, profile_dirs, model, hardware, *dtypes, pps=plan.pps)
     _warn_outside_calibration(profiles, source)
     _warn_beyond_grid(profiles, source)
     first = next(iter(profiles.values()))

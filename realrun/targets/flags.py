@@ -63,6 +63,7 @@ SGLANG = FlagTable(
         "--host": VALUE,
         "--port": VALUE,
         "--tp-size": VALUE,
+        "--pp-size": VALUE,  # pipeline stages (docs.sglang.io advanced_features/pipeline_parallelism)
         "--dp-size": VALUE,
         "--ep-size": VALUE,
         "--enable-dp-attention": SWITCH,
@@ -131,6 +132,7 @@ VLLM = FlagTable(
         "--port": VALUE,
         "--served-model-name": VALUE,
         "--tensor-parallel-size": VALUE,
+        "--pipeline-parallel-size": VALUE,  # docs/serving/parallelism_scaling.md
         "--data-parallel-size": VALUE,
         "--data-parallel-size-local": VALUE,
         "--data-parallel-address": VALUE,

@@ -12,9 +12,10 @@ KV store, and per-role DP/EP::
       kv_store: mooncake                              # HiCache on a Mooncake store (SGLang); optional
       decode: {dp: 16, ep: 16, dp_attention: true}    # per role; default dp=1, ep=1, no DP attention
 
-An instance uses ``tp`` GPUs (with DP attention, SGLang's attention DP ranks live inside those TP GPUs,
-so the plan's GPU count holds). :func:`place` packs instances onto nodes first-fit, never splitting an
-instance that fits on one node; an instance larger than a node spans whole nodes (``tp`` a multiple of
+An instance uses ``tp × pp`` GPUs (with DP attention, SGLang's attention DP ranks live inside those TP
+GPUs, so the plan's GPU count holds; ``pp`` pipeline stages of ``tp`` GPUs each, one per node when
+they span nodes). :func:`place` packs instances onto nodes first-fit, never splitting an instance
+that fits on one node; an instance larger than a node spans whole nodes (``tp × pp`` a multiple of
 ``gpus_per_node``). Ports are fixed and readable: instance ``k`` of a node serves on ``30000 + k`` with
 its KV bootstrap on ``8998 + k`` (SGLang's default bootstrap port) and, across nodes, its
 ``torch.distributed`` rendezvous on ``5000 + k``; the router listens on node 0, port 8000 (``Ports``).
@@ -168,11 +169,11 @@ class Placement:
 
     @property
     def gpus(self) -> int:
-        return self.pool.tp
+        return self.pool.tp * self.pool.pp
 
     @property
     def gpus_per_node(self) -> int:
-        return self.pool.tp // len(self.nodes)
+        return self.gpus // len(self.nodes)
 
     @property
     def port(self) -> int:
@@ -201,26 +202,28 @@ def place(plan: TargetPlan) -> tuple[tuple[Placement, ...], int]:
     for role, pool in plan.pools:
         par = plan.settings.role(role)
         _check_parallel(role, pool.tp, par)
+        width = pool.tp * pool.pp  # GPUs per instance
         for i in range(pool.instances):
-            if pool.tp > per_node:
-                if pool.tp % per_node:
+            if width > per_node:
+                if width % per_node:
+                    shape = f"{role}.tp={pool.tp}" + (f" × pp={pool.pp} = {width}" if pool.pp > 1 else "")
                     raise ConfigError(
-                        f"{role}.tp={pool.tp} spans nodes of {per_node} GPUs (launch.gpus_per_node) but is "
+                        f"{shape} spans nodes of {per_node} GPUs (launch.gpus_per_node) but is "
                         f"not a multiple of {per_node}"
                     )
                 first = len(used)
-                span = pool.tp // per_node
+                span = width // per_node
                 used += [per_node] * span
                 slots += [1] + [0] * (span - 1)
                 nodes = tuple(range(first, first + span))
                 out.append(Placement(role, i, pool, par, nodes, 0, 0, plan.ports))
                 continue
-            node = next((n for n, u in enumerate(used) if u + pool.tp <= per_node), len(used))
+            node = next((n for n, u in enumerate(used) if u + width <= per_node), len(used))
             if node == len(used):
                 used.append(0)
                 slots.append(0)
             out.append(Placement(role, i, pool, par, (node,), used[node], slots[node], plan.ports))
-            used[node] += pool.tp
+            used[node] += width
             slots[node] += 1
     return tuple(out), max(1, len(used))
 

@@ -3,7 +3,8 @@ script per node, and the way back (scripts → plan) that the round-trip test ho
 
 Plan → SGLang flags (each checked against ``flags.SGLANG``):
 
-- ``tp`` (GPUs per instance) → ``--tp-size``; ``launch.<role>`` DP attention → ``--dp-size N
+- ``tp`` (GPUs per stage) → ``--tp-size``; ``pp`` (pipeline stages, when > 1) → ``--pp-size``, the
+  stages spread over the instance's nodes by ``--nnodes``; ``launch.<role>`` DP attention → ``--dp-size N
   --enable-dp-attention`` (inside the same TP GPUs), EP → ``--ep-size``;
 - ``max_batch_size`` → ``--max-running-requests``; prefill/colocated ``max_batch_tokens`` →
   ``--max-prefill-tokens``; ``chunk_tokens`` (chunked) → ``--chunked-prefill-size``, none or
@@ -51,6 +52,8 @@ def engine_argv(plan: TargetPlan, p: Placement, rank: int) -> list[str]:
     node = p.nodes[rank]
     args = ["--model-path", plan.model_path, "--host", f"${{{node_var(node)}}}", "--port", str(p.port)]
     args += ["--tp-size", str(pool.tp)]
+    if pool.pp > 1:
+        args += ["--pp-size", str(pool.pp)]
     if par.dp_attention:
         args += ["--dp-size", str(par.dp), "--enable-dp-attention"]
     if par.ep > 1:
@@ -203,7 +206,8 @@ def parse_bundle(files: Mapping[str, str]) -> TargetPlan:
         if par != RoleParallel():
             parallel[role] = par
         if "--nnodes" in e:
-            gpus_per_node = int(_one(e, "--tp-size", 1)) // int(_one(e, "--nnodes", 1))
+            width = int(_one(e, "--tp-size", 1)) * int(_one(e, "--pp-size", 1))
+            gpus_per_node = width // int(_one(e, "--nnodes", 1))
     first = leaders[0]
     backend = _one(first, "--disaggregation-transfer-backend", "mooncake")
     store = "mooncake" if any(e.get("--hicache-storage-backend") == ["mooncake"] for e in engines) else None
@@ -225,7 +229,7 @@ def parse_bundle(files: Mapping[str, str]) -> TargetPlan:
 
 
 _SHAPE = (
-    "--tp-size", "--dp-size", "--ep-size", "--enable-dp-attention", "--max-running-requests",
+    "--tp-size", "--pp-size", "--dp-size", "--ep-size", "--enable-dp-attention", "--max-running-requests",
     "--max-prefill-tokens", "--chunked-prefill-size", "--max-total-tokens", "--mem-fraction-static",
 )  # fmt: skip
 
@@ -249,19 +253,21 @@ def _one(e: Mapping[str, list[str]], flag: str, default: object) -> str:
 
 
 def _pool(role: str, e: Mapping[str, list[str]], instances: int) -> Pool:
-    tp = int(_one(e, "--tp-size", 1))
+    tp, pp = int(_one(e, "--tp-size", 1)), int(_one(e, "--pp-size", 1))
     batch = int(_one(e, "--max-running-requests", 0))
     chunk = int(_one(e, "--chunked-prefill-size", -1))
     kv = int(_one(e, "--max-total-tokens", 0)) or None
     if role == "prefill":
         tokens = int(_one(e, "--max-prefill-tokens", 16384))
-        return PrefillPool(instances, tp, tokens, batch, chunk if chunk > 0 else None)
+        return PrefillPool(instances, tp, tokens, batch, chunk if chunk > 0 else None, pp=pp)
     if role == "decode":
-        return DecodePool(instances, tp, batch, kv)
+        return DecodePool(instances, tp, batch, kv, pp=pp)
     tokens = int(_one(e, "--max-prefill-tokens", 16384))
     reuse = "--disable-radix-cache" not in e
     if chunk > 0:
-        return ColocatedPool(instances, tp, "chunked", batch, tokens, chunk, kv, reuse_preempted_kv=reuse)
+        return ColocatedPool(
+            instances, tp, "chunked", batch, tokens, chunk, kv, reuse_preempted_kv=reuse, pp=pp
+        )
     return ColocatedPool(
-        instances, tp, "prefill-first", batch, tokens, max_kv_tokens=kv, reuse_preempted_kv=reuse
+        instances, tp, "prefill-first", batch, tokens, max_kv_tokens=kv, reuse_preempted_kv=reuse, pp=pp
     )

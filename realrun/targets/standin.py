@@ -26,8 +26,8 @@ _NOT_APPLIED = (
     "--served-model-name", "--trust-remote-code",
 )  # fmt: skip
 _REFUSED = (
-    "--dp-size", "--ep-size", "--enable-dp-attention", "--dist-init-addr", "--nnodes", "--node-rank",
-    "--enable-hierarchical-cache", "--hicache-storage-backend",
+    "--pp-size", "--dp-size", "--ep-size", "--enable-dp-attention", "--dist-init-addr", "--nnodes",
+    "--node-rank", "--enable-hierarchical-cache", "--hicache-storage-backend",
 )  # fmt: skip
 
 

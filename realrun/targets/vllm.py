@@ -2,9 +2,11 @@
 
 Plan → vLLM (each flag checked against ``flags.VLLM``):
 
-- ``tp`` (GPUs per instance) → ``--tensor-parallel-size``; with DP attention ``--data-parallel-size
-  dp`` and TP ``tp/dp`` (the same GPUs); ``launch.<role>.ep`` → ``--enable-expert-parallel`` (vLLM's
-  EP spans every GPU of the instance, so only ep = tp is expressible);
+- ``tp`` (GPUs per stage) → ``--tensor-parallel-size``; ``pp`` > 1 → ``--pipeline-parallel-size``
+  (an instance inside one node; vLLM runs stages on other nodes only on a Ray cluster,
+  ``examples/online_serving/multi-node-serving.sh``, which this target does not write); with DP
+  attention ``--data-parallel-size dp`` and TP ``tp/dp`` (the same GPUs); ``launch.<role>.ep`` →
+  ``--enable-expert-parallel`` (vLLM's EP spans every GPU of the instance, so only ep = tp is expressible);
 - ``max_batch_size`` → ``--max-num-seqs``; chunked → ``--enable-chunked-prefill
   --max-num-batched-tokens chunk``, not chunked → ``--no-enable-chunked-prefill
   --max-num-batched-tokens max_batch_tokens --max-model-len max_batch_tokens`` (vLLM requires the
@@ -64,6 +66,14 @@ def engine_process(plan: TargetPlan, p: Placement, rank: int) -> Process:
     args = ["--host", host, "--port", str(p.port)]
     dp = par.dp if par.dp_attention else 1
     args += ["--tensor-parallel-size", str(pool.tp // dp)]
+    if pool.pp > 1:
+        if len(p.nodes) > 1:
+            raise DeployError(
+                f"{p.role}: tp={pool.tp} × pp={pool.pp} spans {len(p.nodes)} nodes: vLLM runs pipeline "
+                "stages across nodes only on a Ray cluster, which this target does not write; "
+                "use --target sglang"
+            )
+        args += ["--pipeline-parallel-size", str(pool.pp)]
     if len(p.nodes) > 1:
         if not par.dp_attention:
             raise DeployError(

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +50,22 @@ def test_writes_the_bundle_with_plan_and_versions(
     assert (out / "plan.yaml").read_text() == plan.read_text()
     again = _run(pdplan_script, str(plan), "--target", target, "--out", str(out))
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_engine_bundles_are_written_without_torch(tmp_path: Path) -> None:
+    """Writing an SGLang/vLLM/Kubernetes bundle (and refusing a bad one) needs no torch: the check
+    is deterministic (which modules got imported), where start-up time would depend on the load."""
+    plan = write_plan(tmp_path / "plan.yaml", **SECTIONS)
+    argv = ["pdplan", "deploy", str(plan), "--target", "vllm", "--out", str(tmp_path / "o")]
+    probe = (
+        f"import sys\nsys.argv = {argv!r}\n"
+        "from pdplan.planner.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch imported:', 'torch' in sys.modules)"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "torch imported: False" in shown.stdout, shown.stdout[-300:] + shown.stderr[-300:]
+    assert (tmp_path / "o" / "launch.yaml").exists()
 
 
 def test_dry_run_prints_and_writes_nothing(tmp_path: Path, pdplan_script: Path) -> None:

@@ -41,7 +41,8 @@ BAD_INPUTS = [
     # (arguments before --out, text the one-line error must contain)
     (
         ["--analytic", "--model", "llama-9", "--hardware", "h100-sxm"],
-        "unknown model (catalog name or path to config.json) 'llama-9'; valid: deepseek-v3, llama-3.1-70b",
+        "unknown model (catalog name or path to config.json) 'llama-9'; valid: deepseek-v3, "
+        "llama-3.1-405b, llama-3.1-70b",
     ),
     (
         ["--analytic", "--model", "llama-3.1-8b", "--hardware", "h300"],

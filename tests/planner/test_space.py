@@ -55,7 +55,7 @@ def test_min_gpus_and_bad_arguments() -> None:
 
 def test_candidate_row_unit_and_labels() -> None:
     c = next(c for c in enumerate_candidates(4, grid=ONE_LIMIT) if c.gpus == 4 and c.mode == "disaggregated")
-    assert tuple(c.row()) == CANDIDATE_COLUMNS[:13]
+    assert tuple(c.row()) == CANDIDATE_COLUMNS[:16]
     assert c.row()["colocated_instances"] is None
     unit = c.unit()
     assert unit.instances == {"prefill": 1, "decode": 1} and unit.tps == c.tps

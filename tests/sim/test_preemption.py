@@ -7,6 +7,8 @@ check, at each event, that the KV it holds and has planned never exceeds its cap
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import simcases as sc
@@ -17,9 +19,11 @@ from test_reference import _colocated, _disagg, _workload
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim import DecodePool, simulate
 from pdplan.sim.colocated import ColocatedRun
+from pdplan.sim.colocated_chunkkv import ChunkwiseColocatedInstance, kept_prefix
 from pdplan.sim.colocated_preempt import PreemptingColocatedInstance, cached_prefix
 from pdplan.sim.decode import PreemptingDecodeInstance
 from pdplan.sim.disagg import Run
+from pdplan.sim.kernel import boundary_s
 
 
 def test_disaggregated_preemption_recomputes_the_latest_request():
@@ -77,6 +81,55 @@ def test_cached_prefix_is_whole_blocks_from_the_front(fill: int, overwritten: in
     assert cached_prefix(fill, overwritten) == cached
 
 
+def test_colocated_chunked_prompt_holds_only_its_computed_chunks_and_is_preempted():
+    # KV 128, chunks of 64 tokens (a decode counts one). A (32, 12) prefills [0, 1/32) and
+    # decodes from 0.03125, 1/64 s a step. B (87, 2) arrives at 0.15 and cuts A's run at the next
+    # boundary, 0.15625 (A's ctx 40): vLLM's gate wants B's whole sequence free beside A's next
+    # slot, 87 ≤ 128 − 40 − 1, but B takes only its first chunk's KV, 63 slots (64 − 1).
+    # [0.15625, 0.2333984375): A's step + B's 63 tokens (1/64 + 63/1024 s). Then A holds 41, B 63:
+    # 24 free, A's slot leaves 23 and B's last 24 do not fit, so B (the last admitted) is preempted
+    # and its 63 tokens freed to the prefix cache behind the 24 free slots. B's whole 87 cannot
+    # fit again beside A (128 − 41 − 1 = 86), so A decodes its last 2 steps alone: 0.2646484375.
+    # A's two slots came from the 24 free ones: B finds its 63 cached, 48 in whole blocks, and
+    # computes 39 (39/1024 s): first token 0.302734375, its one decode step to 0.318359375.
+    reqs = sc.requests([(0.0, 32, 12), (0.15, 87, 2)])
+    pool = dict(kv_tokens=128, policy="chunked", chunk_tokens=64, max_batch_size=4)
+    result = simulate(reqs, sc.colocated(**pool))
+    assert sc.timeline(result) == [
+        (0.0, 0.0, 0.03125, 0.03125, 0.2646484375),
+        (0.15, 0.15625, 0.302734375, 0.302734375, 0.318359375),
+    ]
+    assert result.preemptions == 1
+    # Without the prefix cache B recomputes all 87 in chunks of 64 + 23 (87/1024 s).
+    cold = simulate(reqs, sc.colocated(**pool, reuse_preempted_kv=False))
+    assert sc.timeline(cold)[1] == (0.15, 0.15625, 0.349609375, 0.349609375, 0.365234375)
+    assert cold.preemptions == 1
+    # Reserving the whole prompt at admission (87 + 2 sequences' slots > 128 − 40): B waits for
+    # A's finish at 0.03125 + 11/64 = 0.203125, then 87/1024 s of chunks and one step.
+    whole = simulate(reqs, sc.colocated(**pool, admission="preempt-prompt"))
+    assert sc.timeline(whole) == [
+        (0.0, 0.0, 0.03125, 0.03125, 0.203125),
+        (0.15, 0.203125, 0.2880859375, 0.2880859375, 0.3037109375),
+    ]
+    assert whole.preemptions == 0
+
+
+@pytest.mark.parametrize(
+    ("freed", "overwritten", "fill", "kept"),
+    [
+        (95, 1, 100, 80),
+        (95, 2, 100, 80),
+        (96, 0, 100, 96),
+        (96, -5, 100, 96),  # the slots free at its preemption are taken first
+        (96, 0, 96, 95),
+        (95, 80, 100, 0),
+    ],
+)
+def test_kept_prefix_of_a_part_done_prompt(freed: int, overwritten: int, fill: int, kept: int) -> None:
+    # whole blocks of what is left of the freed chunks; the whole fill never (its last token)
+    assert kept_prefix(freed, overwritten, fill) == kept
+
+
 def test_prefill_first_chunks_long_prompts_instead_of_rejecting_them():
     # A 3000-token prompt with max_batch_tokens 1024 runs alone in chunks 1024, 1024, 952
     # back to back (the dyadic model's prefill is linear in tokens: 3000/1024 s), then decodes.
@@ -90,6 +143,9 @@ def test_prefill_first_chunks_long_prompts_instead_of_rejecting_them():
 def test_admission_must_be_known():
     with pytest.raises(ConfigError, match=r"decode\.admission 'lazy'"):
         DecodePool(1, admission="lazy")
+    # whole-prompt vs chunk-by-chunk is a colocated (chunked prefill) choice only
+    with pytest.raises(ConfigError, match=r"decode\.admission 'preempt-prompt'"):
+        DecodePool(1, admission="preempt-prompt")
 
 
 class _CheckedDecode(PreemptingDecodeInstance):
@@ -113,6 +169,51 @@ class _CheckedColocated(PreemptingColocatedInstance):
             assert self.ctx + self.held + (self.batch if self.step_decodes else 0) <= self.cap
 
 
+class _CheckedChunkwise(ChunkwiseColocatedInstance):
+    def next_step(self, now):
+        super().next_step(now)
+        assert self.held >= 0 and self.ctx >= 0 and len(self.prefilling) <= 1
+        if self.mode == 2:  # SEGMENT: no prompt holds KV between steps, nor is one computing
+            assert self.ctx + self.batch * self.wake_k + self.held <= self.cap
+        elif self.mode == 1:  # STEP: prompts hold exactly their computed + scheduled chunks
+            fills = sum(self._fill(rid) for rid in self.completing)
+            assert self.held == fills + (self.head_done if self.prefilling else 0)
+            assert self.batch + len(self.prefilling) + len(self.completing) <= self.max_batch
+            assert self.ctx + self.held + (self.batch if self.step_decodes else 0) <= self.cap
+
+
+class _OneStepChunkwise(ChunkwiseColocatedInstance):
+    """The same rules, one event per decode step (no coalesced runs)."""
+
+    def next_step(self, now):
+        super().next_step(now)
+        if self.mode == 2 and self.wake_k > 1:
+            self._schedule(boundary_s(now, self.first, self.q, 1), 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 60), dyadic=st.booleans())
+def test_chunkwise_coalesced_runs_match_one_event_per_step(seed, n, dyadic):
+    # Coalescing decode runs (cut by arrivals, finishes, KV exhaustion and preemptions) changes
+    # no record of the chunk-by-chunk policy (a run that ignored the waiting head after a
+    # preemption, for one, would admit it late).
+    rng = np.random.default_rng(seed)
+    reqs = _workload(rng, n, dyadic)
+    cluster = _colocated(rng, dyadic, admission="preempt")
+    cluster = dataclasses.replace(cluster, pool=dataclasses.replace(cluster.pool, policy="chunked"))
+    runs = []
+    for factory in (_CheckedChunkwise, _OneStepChunkwise):
+        sim_rng = np.random.default_rng(seed)
+        runs.append(ColocatedRun(reqs, cluster, "round_robin", sim_rng, instance_factory=factory).run(None))
+    for name in ("first_token_s", "finish_s", "prefill_start_s", "prefill_end_s", "status_code"):
+        a, b = getattr(runs[0].records, name), getattr(runs[1].records, name)
+        if dyadic:  # exact; otherwise a run's closed-form end and a sum of steps differ by ulps
+            assert np.array_equal(a, b, equal_nan=True), name
+        else:
+            assert np.allclose(a, b, rtol=1e-9, atol=0, equal_nan=True), name
+    assert runs[0].preemptions == runs[1].preemptions
+
+
 @settings(max_examples=80, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -120,14 +221,18 @@ class _CheckedColocated(PreemptingColocatedInstance):
     dyadic=st.booleans(),
     colocated=st.booleans(),
     router=st.sampled_from(["round_robin", "least_loaded", "random"]),
+    admission=st.sampled_from(["preempt", "preempt-prompt"]),
 )
-def test_preemption_invariants(seed, n, dyadic, colocated, router):
+def test_preemption_invariants(seed, n, dyadic, colocated, router, admission):
     rng = np.random.default_rng(seed)
     reqs = _workload(rng, n, dyadic)
     sim_rng = np.random.default_rng(seed)
+    factory = _CheckedColocated
     if colocated:
-        cluster = _colocated(rng, dyadic, admission="preempt")
-        run = ColocatedRun(reqs, cluster, router, sim_rng, instance_factory=_CheckedColocated)
+        cluster = _colocated(rng, dyadic, admission=admission)
+        if admission == "preempt" and cluster.pool.policy == "chunked":
+            factory = _CheckedChunkwise  # KV taken chunk by chunk
+        run = ColocatedRun(reqs, cluster, router, sim_rng, instance_factory=factory)
         capacity = cluster.cost.kv_capacity_tokens
     else:
         cluster = _disagg(rng, dyadic, admission="preempt")
@@ -154,7 +259,7 @@ def test_preemption_invariants(seed, n, dyadic, colocated, router):
     assert np.all(fin - ft >= (rec.output_tokens[ok] - 1) * step / 1000 * (1 - 1e-9))
     # Determinism.
     again = (
-        ColocatedRun(reqs, cluster, router, np.random.default_rng(seed), instance_factory=_CheckedColocated)
+        ColocatedRun(reqs, cluster, router, np.random.default_rng(seed), instance_factory=factory)
         if colocated
         else Run(reqs, cluster, router, np.random.default_rng(seed), decode_factory=_CheckedDecode)
     ).run(None)
