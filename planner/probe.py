@@ -20,6 +20,7 @@ from pdplan.planner.slo import DEFAULT_ATTAINMENT, SLO
 from pdplan.planner.stability import backlog_growth
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
+from pdplan.sim.costs import StepCoef
 from pdplan.sim.records import REJECTED, UNFINISHED, SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.simulate import EarlyStop, SimOptions, simulate, simulate_prefill_side
@@ -87,6 +88,7 @@ class Probe:
     meets_slo: bool
     num_requests: int
     violated: str = ""  # the SLO terms that failed, e.g. "attainment 0.71 < 0.9" or "ttft_p99"
+    prefill_side: bool = False  # a failure proven on the prefill side alone (``prefill_side_probe``)
 
     def row(self, candidate_id: str) -> dict[str, Any]:
         return {
@@ -272,7 +274,37 @@ def prefill_side_probe(
         f"attainment ≤ {bound:.6g} < {slo.attainment:g}: more than {stop.max_late} measured requests "
         f"were prefilled > {limit_ms:g} ms after arrival (prefill side simulated alone; stopped early)"
     )
-    return Probe(rate_rps, bound, nan3, nan3, math.nan, False, len(rec), violated=why)
+    return Probe(rate_rps, bound, nan3, nan3, math.nan, False, len(rec), violated=why, prefill_side=True)
+
+
+def prefill_side_key(
+    cluster: DisaggregatedCluster | ColocatedCluster, max_footprint_tokens: int | None = None
+) -> tuple[Any, ...] | None:
+    """Everything of ``cluster`` that ``prefill_side_probe`` reads, or ``None`` where it does not
+    apply (a colocated cluster, a prefix cache).
+
+    ``simulate_prefill_side`` runs the prefill pool (its limits and step costs), rejects what the
+    prefill or decode KV cannot hold, routes the decode side (its instance count) and hands off to a
+    sink that ignores the link; nothing else of the cluster is read. So two clusters with the same
+    key give the same prefill-side probe on the same requests, rate and SLO — e.g. layouts that
+    differ only in the decode batch limit — and one proof serves both (``waves.Scheduler``).
+    ``max_footprint_tokens``: the largest prompt + output of the requests, when every probe replays
+    the same token counts; a decode KV capacity at or above it rejects nothing, whatever its size
+    (the engine sizes it by the batch limit), so it enters the key capped there.
+    """
+    if not isinstance(cluster, DisaggregatedCluster) or cluster.cache is not None:
+        return None
+    decode_kv = cluster.decode_cost.kv_capacity_tokens
+    if max_footprint_tokens is not None:
+        decode_kv = min(decode_kv, max_footprint_tokens)
+    return (
+        cluster.prefill,
+        StepCoef.of(cluster.prefill_cost.latency),
+        cluster.prefill_cost.kv_capacity_tokens,
+        decode_kv,
+        cluster.decode.instances,
+        cluster.link,
+    )
 
 
 def _shares(result: SimResult, slo: SloTargets, warmup_fraction: float) -> str:

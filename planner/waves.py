@@ -17,7 +17,11 @@ only what was known when the wave started, so the outcome is the same whatever t
 workers and however they are timed. Most waves hold one or two rate searches (the rest are pruned
 by their bound), so while a wave runs, idle workers start the searches of later waves at the needs
 they will get if the best plans do not change; a search started so is used only when its wave
-computes the same need, so this changes the wall time and nothing else.
+computes the same need, so this changes the wall time and nothing else. Likewise a failure at
+the need proven on the prefill side alone (``probe.prefill_side_probe``) is the outcome of every
+candidate with the same prefill side (``probe.prefill_side_key``: e.g. layouts that differ only in
+the decode batch limit) at the same need, so it is proven once and reused (exactly the outcome the
+candidate's own rate search would return).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from pdplan.planner.evaluation import (
     STATUS_INFEASIBLE,
@@ -37,11 +41,11 @@ from pdplan.planner.evaluation import (
     rank_key,
     simplicity_key,
 )
-from pdplan.planner.probe import Probe, SloTargets, prefill_side_probe, probe_requests
+from pdplan.planner.probe import Probe, SloTargets, prefill_side_key, prefill_side_probe, probe_requests
 from pdplan.planner.rate import BELOW_NEED, OK, RateOutcome, RatePolicy, find_goodput
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.space import MODES
-from pdplan.planner.traffic import Traffic
+from pdplan.planner.traffic import SYNTHETIC, Traffic
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 
 if TYPE_CHECKING:
@@ -51,8 +55,11 @@ if TYPE_CHECKING:
 WAVE_SIZE = 8
 #: Rate searches started ahead of their wave, per worker (``Scheduler._look_ahead``).
 LOOK_AHEAD_PER_WORKER = 2
-#: Rate searches started ahead, by (candidate id, need).
-Ahead = dict[tuple[str, float], "Future[RateOutcome]"]
+#: Rate searches started ahead, by (candidate id, need), with their prefill side (``_side``).
+Ahead = dict[tuple[str, float], tuple["Future[RateOutcome]", Any]]
+#: What a wave holds for a candidate: its rate search, an outcome already proven for its prefill
+#: side, or the prefill side of an earlier candidate of the wave whose outcome decides it.
+Started = Union["Future[RateOutcome]", RateOutcome, tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,14 @@ class Scheduler:
         self.spec, self.screen, self.pool, self.decided, self.tick = spec, screen, pool, decided, tick
         self.best: dict[str, Evaluation] = {}  # per mode, by the search's objective
         self.rank = rank_key(spec.target_rate_rps)
+        #: failures at a need proven on the prefill side alone, by (prefill side, need)
+        self.proven: dict[tuple[Any, ...], RateOutcome] = {}
+        self.reused = 0  # rate searches answered by ``proven`` instead of run
+        # the largest prompt + output a probe replays, where every probe replays the same tokens
+        # (a trace, time-scaled; a synthetic workload is drawn again for each rate)
+        requests = spec.traffic.requests
+        same_tokens = spec.traffic.kind != SYNTHETIC and len(requests) > 0
+        self.footprint = int((requests.prompt_tokens + requests.output_tokens).max()) if same_tokens else None
 
     def run(self, screened: Sequence[Screened]) -> None:
         def order(s: Screened) -> tuple[Any, ...]:
@@ -167,25 +182,62 @@ class Scheduler:
                     self._decide(Evaluation(item.candidate, STATUS_PRUNED, why, bound_rps=bound))
                 else:  # the plan it must beat, as known when the wave starts
                     tasks.append((item, need, self.best.get(item.candidate.mode)))
-            futures = [self._start(item, need, ahead) for item, need, _ in tasks]
+            leaders: set[tuple[Any, ...]] = set()
+            started = [self._begin(item, need, ahead, leaders) for item, need, _ in tasks]
             self._discard(wave, ahead)
             self._look_ahead(waves, w + 1, ahead)
-            for (item, need, against), future in zip(tasks, futures, strict=True):
-                self._record(item, need, against, future.result())
-        for future in ahead.values():
+            for (item, need, against), begun in zip(tasks, started, strict=True):
+                self._record(item, need, against, self._outcome(item, need, begun))
+        for future, _ in ahead.values():
             future.cancel()
+
+    def _begin(self, item: Screened, need: float, ahead: Ahead, leaders: set[tuple[Any, ...]]) -> Started:
+        """Start ``item``'s rate search at ``need`` — unless a failure there is already proven for
+        its prefill side (that outcome), or an earlier candidate of the wave with the same prefill
+        side is being searched at the same need (its side: ``_outcome`` waits for that one)."""
+        side = self._side(item, need)
+        if side is not None:
+            if side in self.proven:
+                self.reused += 1
+                return self.proven[side]
+            if side in leaders:
+                return side
+            leaders.add(side)
+        return self._start(item, need, ahead)
+
+    def _outcome(self, item: Screened, need: float, begun: Started) -> RateOutcome:
+        """The outcome of what ``_begin`` started; remembers a prefill-side proof for reuse."""
+        if isinstance(begun, tuple):  # follows an earlier candidate with the same prefill side
+            if begun in self.proven:
+                self.reused += 1
+                return self.proven[begun]
+            begun = self._start(item, need, {})  # that one was not proven there: search this one
+        if isinstance(begun, RateOutcome):
+            return begun
+        outcome = begun.result()
+        side = self._side(item, need)
+        if side is not None and outcome.status == BELOW_NEED and outcome.probes[-1].prefill_side:
+            self.proven[side] = outcome
+        return outcome
+
+    def _side(self, item: Screened, need: float) -> tuple[Any, ...] | None:
+        """(prefill side, need) when ``evaluate`` tries a prefill-side proof first (``need`` > 0)."""
+        if need <= 0:
+            return None
+        key = prefill_side_key(self.screen.cluster(item.candidate), self.footprint)
+        return None if key is None else (key, need)
 
     def _start(self, item: Screened, need: float, ahead: Ahead) -> Future[RateOutcome]:
         """The rate search of ``item`` at ``need``: the one started ahead when it is the same task
         (same candidate, same need: ``evaluate`` is deterministic), or a new one."""
         started = ahead.pop((item.candidate.candidate_id, need), None)
-        return started if started is not None else self.pool.submit(evaluate, self._task(item, need))
+        return started[0] if started is not None else self.pool.submit(evaluate, self._task(item, need))
 
     def _discard(self, wave: Sequence[Screened], ahead: Ahead) -> None:
         """Drop what was started ahead for ``wave`` with a need that turned out different."""
         ids = {item.candidate.candidate_id for item in wave}
         for key in [k for k in ahead if k[0] in ids]:
-            ahead.pop(key).cancel()
+            ahead.pop(key)[0].cancel()
 
     def _look_ahead(
         self,
@@ -198,16 +250,24 @@ class Scheduler:
         most probes only prune). When a wave starts, a search started ahead is used only if its
         need is the one the wave computes (``_start``) and dropped otherwise (``_discard``), so
         every outcome is exactly the one the waves alone would record, whatever the number of
-        workers — only idle time is saved. One worker runs inline and looks nowhere ahead."""
+        workers — only idle time is saved. One worker runs inline and looks nowhere ahead. A
+        candidate whose prefill side is already proven, or started ahead, is left out."""
         room = LOOK_AHEAD_PER_WORKER * self.spec.workers if self.spec.workers > 1 else 0
+        sides = {side for _, side in ahead.values() if side is not None}
         for wave in waves[start:]:
             if len(ahead) >= room:
                 return
             for item in wave:
                 need, why = self._need(item)
                 key = (item.candidate.candidate_id, need)
-                if not why and key not in ahead:
-                    ahead[key] = self.pool.submit(evaluate, self._task(item, need))
+                if why or key in ahead:
+                    continue
+                side = self._side(item, need)
+                if side is not None and (side in self.proven or side in sides):
+                    continue
+                ahead[key] = (self.pool.submit(evaluate, self._task(item, need)), side)
+                if side is not None:
+                    sides.add(side)
 
     def _need(self, item: Screened) -> tuple[float, str]:
         """The rate ``item`` must hold to matter, or why it cannot (pruned by its ceiling).
