@@ -185,7 +185,7 @@ class Scheduler:
             leaders: set[tuple[Any, ...]] = set()
             started = [self._begin(item, need, ahead, leaders) for item, need, _ in tasks]
             self._discard(wave, ahead)
-            self._look_ahead(waves, w + 1, ahead)
+            self._look_ahead(waves, w + 1, ahead, leaders)
             for (item, need, against), begun in zip(tasks, started, strict=True):
                 self._record(item, need, against, self._outcome(item, need, begun))
         for future, _ in ahead.values():
@@ -244,6 +244,7 @@ class Scheduler:
         waves: Sequence[Sequence[Screened]],
         start: int,
         ahead: Ahead,
+        running: set[tuple[Any, ...]],
     ) -> None:
         """Keep the workers busy while a wave runs: start the rate searches of later waves with
         the needs they would get if no plan of this wave improves on the best (the usual case:
@@ -251,9 +252,10 @@ class Scheduler:
         need is the one the wave computes (``_start``) and dropped otherwise (``_discard``), so
         every outcome is exactly the one the waves alone would record, whatever the number of
         workers — only idle time is saved. One worker runs inline and looks nowhere ahead. A
-        candidate whose prefill side is already proven, or started ahead, is left out."""
+        candidate whose prefill side is already proven, or is being tried by the running wave
+        (``running``) or a search started ahead, is left out: that proof may decide it."""
         room = LOOK_AHEAD_PER_WORKER * self.spec.workers if self.spec.workers > 1 else 0
-        sides = {side for _, side in ahead.values() if side is not None}
+        sides = {side for _, side in ahead.values() if side is not None} | running
         for wave in waves[start:]:
             if len(ahead) >= room:
                 return
