@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -283,11 +283,12 @@ def prefill_side_key(
     """Everything of ``cluster`` that ``prefill_side_probe`` reads, or ``None`` where it does not
     apply (a colocated cluster, a prefix cache).
 
-    ``simulate_prefill_side`` runs the prefill pool (its limits and step costs), rejects what the
-    prefill or decode KV cannot hold, routes the decode side (its instance count) and hands off to a
-    sink that ignores the link; nothing else of the cluster is read. So two clusters with the same
-    key give the same prefill-side probe on the same requests, rate and SLO — e.g. layouts that
-    differ only in the decode batch limit — and one proof serves both (``waves.Scheduler``).
+    ``simulate_prefill_side`` runs the prefill pool (its limits; its instance cost: step costs,
+    pipeline stages), rejects what the prefill or decode KV cannot hold, routes the decode side (its
+    instance count) and hands off to a sink that ignores the link (whose fields are keyed anyway);
+    nothing else of the cluster is read. So two clusters with the same key give the same
+    prefill-side probe on the same requests, rate and SLO — e.g. layouts that differ only in the
+    decode batch limit — and one proof serves both (``waves.Scheduler``).
     ``max_footprint_tokens``: the largest prompt + output of the requests, when every probe replays
     the same token counts; a decode KV capacity at or above it rejects nothing, whatever its size
     (the engine sizes it by the batch limit), so it enters the key capped there.
@@ -297,10 +298,12 @@ def prefill_side_key(
     decode_kv = cluster.decode_cost.kv_capacity_tokens
     if max_footprint_tokens is not None:
         decode_kv = min(decode_kv, max_footprint_tokens)
+    cost = cluster.prefill_cost  # its step costs, and every other field (KV capacity, pipeline stages)
+    rest = tuple((f.name, getattr(cost, f.name)) for f in fields(cost) if f.name != "latency")
     return (
         cluster.prefill,
-        StepCoef.of(cluster.prefill_cost.latency),
-        cluster.prefill_cost.kv_capacity_tokens,
+        StepCoef.of(cost.latency),
+        rest,
         decode_kv,
         cluster.decode.instances,
         cluster.link,

@@ -63,19 +63,23 @@ def test_layouts_with_one_key_give_one_prefill_side_probe(profiles: ProfileSet) 
     screen = Screen(spec)
     base = _requests()
     footprint = int((base.prompt_tokens + base.output_tokens).max())
-    groups: dict[tuple[object, ...], list[object]] = {}
+    groups: dict[tuple[object, ...], list[Any]] = {}
     for candidate in enumerate_candidates(3, modes=spec.modes, grid=spec.grid):
         cluster = screen.cluster(candidate)
         key = prefill_side_key(cluster, footprint)
         assert key is not None
         groups.setdefault(key, []).append(cluster)
     assert any(len(g) >= 2 for g in groups.values()), "some layouts share a prefill side"
+    one = next(iter(groups.values()))[0]
+    cost = one.prefill_cost
+    smaller = replace(one, prefill_cost=replace(cost, kv_capacity_tokens=cost.kv_capacity_tokens - 1))
+    assert prefill_side_key(smaller, footprint) != prefill_side_key(one, footprint), "cost fields count"
     assert len(groups) >= 4, "prefill limits and instance counts give different sides"
     proven = 0
     for rate in (20.0, 90.0):
         requests = base.at_rate(rate)
         for clusters in groups.values():
-            probes = [prefill_side_probe(c, requests, rate, spec.slo, 0.05) for c in clusters]  # type: ignore[arg-type]
+            probes = [prefill_side_probe(c, requests, rate, spec.slo, 0.05) for c in clusters]
             assert all(p == probes[0] for p in probes), f"{rate} req/s: one key, different probes"
             proven += probes[0] is not None
     assert proven >= 1
