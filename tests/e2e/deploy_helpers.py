@@ -70,6 +70,10 @@ class Deployment:
         return next(p for p in self.record()["processes"] if p["name"] == name)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_deploy(
     script: Path, plan: Path, out: Path, extra: tuple[str, ...] = (), timeout_s: float = 150.0
 ) -> Deployment:
@@ -83,6 +87,10 @@ def start_deploy(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # A shell without job control starts background jobs (`pytest &`) with SIGINT ignored,
+            # and Python keeps an inherited SIG_IGN: undo it, so Ctrl-C reaches pdplan deploy as it
+            # does from a terminal however the suite itself was started.
+            preexec_fn=_default_sigint,
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -49,7 +49,12 @@ def test_colocated_deployment_serves_and_stops_on_ctrl_c(tmp_path: Path, pdplan_
         assert done and len(events) == 4
     finally:
         os.kill(dep.proc.pid, signal.SIGINT)  # what Ctrl-C sends
-    assert dep.proc.wait(timeout=60) == 0
+    try:
+        code = dep.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(dep.proc.pid, signal.SIGKILL)  # leave nothing running behind a failed test
+        raise
+    assert code == 0
     record = dep.record()
     assert record["status"] == "stopped"
     assert _all_gone(record, 1.0)
