@@ -189,6 +189,10 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
     rows, cols = grid.state.shape
     finite = grid.best[np.isfinite(grid.best)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax - vmin <= 1e-6 * max(abs(vmax), 1e-12):
+        # one value (one feasible cell, or all equal): a ±5 % scale around it, not a colour bar
+        # of offsets like "1e-10 + 1.83e-1"
+        vmin, vmax = (0.95 * vmin, 1.05 * vmax) if vmax > 0 else (vmin - 1.0, vmax + 1.0)
     with style():
         fig = new_figure(
             min(7.5, 2.6 + 0.5 * cols),
@@ -203,8 +207,9 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
             aspect="auto",
             interpolation="none",
         )
-        mappable = ScalarMappable(Normalize(vmin, vmax if vmax > vmin else vmin + 1e-9), "viridis")
-        fig.colorbar(mappable, ax=ax, label="best goodput per GPU (req/s)")
+        mappable = ScalarMappable(Normalize(vmin, vmax), "viridis")
+        bar = fig.colorbar(mappable, ax=ax, label="best goodput per GPU (req/s)")
+        bar.ax.yaxis.get_major_formatter().set_useOffset(False)
         ax.set_xticks(*_ticks(grid.prefill))
         ax.set_yticks(*_ticks(grid.decode))
         ax.set_xlabel("prefill instances")
@@ -212,7 +217,7 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
         ax.grid(False)
         if rows <= MAX_LABELLED_CELLS and cols <= MAX_LABELLED_CELLS:
             for d, p in zip(*np.nonzero(grid.state == OK), strict=True):
-                dark = vmax <= vmin or (grid.best[d, p] - vmin) / (vmax - vmin) < 0.5  # viridis: dark low
+                dark = (grid.best[d, p] - vmin) / (vmax - vmin) < 0.5  # viridis: dark low
                 ax.text(
                     p,
                     d,

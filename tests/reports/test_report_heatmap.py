@@ -170,3 +170,17 @@ def test_legend_names_only_the_kinds_of_cell_present() -> None:
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pruned: cannot beat the best"]
     feasible = _small().iloc[:2]
     assert heatmap_figure(feasible, None).axes[0].get_legend() is None
+
+
+def test_one_feasible_cell_gets_a_readable_colour_scale() -> None:
+    """A search with one feasible cell (the quick start's) drew a colour bar of offsets
+    ("1e-10 + 1.83e-1", ticks 0-8): the scale now spans ±5 % around the one value."""
+    one = _cands([("c0", 2, 2, 4, 0.7348, "ok", ""), ("c1", 1, 1, 2, NAN, "pruned", CAP)])
+    fig = heatmap_figure(one, "c0")
+    bar = fig.axes[1]
+    low, high = bar.get_ylim()
+    assert low == pytest.approx(0.95 * 0.7348 / 4) and high == pytest.approx(1.05 * 0.7348 / 4)
+    fig.canvas.draw()
+    assert bar.yaxis.get_offset_text().get_text() == ""
+    labels = [float(t.get_text().replace("\u2212", "-")) for t in bar.get_yticklabels() if t.get_text()]
+    assert len([v for v in labels if low <= v <= high]) >= 2  # plain values on the visible scale
