@@ -184,6 +184,7 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch, Rectangle
+    from matplotlib.ticker import ScalarFormatter
 
     grid = heatmap_grid(candidates)
     rows, cols = grid.state.shape
@@ -209,7 +210,7 @@ def heatmap_figure(candidates: pd.DataFrame, chosen_id: str | None) -> MplFigure
         )
         mappable = ScalarMappable(Normalize(vmin, vmax), "viridis")
         bar = fig.colorbar(mappable, ax=ax, label="best goodput per GPU (req/s)")
-        bar.ax.yaxis.get_major_formatter().set_useOffset(False)
+        bar.ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         ax.set_xticks(*_ticks(grid.prefill))
         ax.set_yticks(*_ticks(grid.decode))
         ax.set_xlabel("prefill instances")
