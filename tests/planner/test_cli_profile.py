@@ -221,16 +221,17 @@ def test_measured_quick_cpu_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """The command end to end on a shortened grid: the quick grid itself (up to 1,536-token
     prompts, ~35 CPU-s on tiny-llama) is measured in tests/profiles/test_profiler.py."""
     pytest.importorskip("torch")
-    from pdplan.profiles import profiler
+    from pdplan.profiles import grids
+    from pdplan.profiles.timing import TimingBudget
 
-    budget = profiler.TimingBudget(point_budget_s=0.05, min_repeats=3, max_repeats=6, passes=1)
-    small = profiler.Grid(
+    budget = TimingBudget(point_budget_s=0.05, min_repeats=3, max_repeats=6, passes=1)
+    small = grids.Grid(
         prefill=((1, 16), (1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256)),
         decode=((1, 16), (2, 16), (4, 16), (8, 16), (1, 256), (4, 256), (8, 256)),
         prefill_budget=budget,
         decode_budget=budget,
     )
-    monkeypatch.setattr(profiler, "CPU_QUICK_GRID", small)
+    monkeypatch.setattr(grids, "CPU_QUICK_GRID", small)
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app, ["profile", "--model", "tiny-llama", "--device", "cpu", "--quick", "--out", str(out)]

@@ -11,9 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pdplan.profiles.errors import ProfileError  # noqa: E402
+from pdplan.profiles.grids import Grid  # noqa: E402
 from pdplan.profiles.model_spec import load_model_spec  # noqa: E402
 from pdplan.profiles.profile import load_profile, save_profile  # noqa: E402
-from pdplan.profiles.profiler import Grid, measure_profile  # noqa: E402
+from pdplan.profiles.profiler import measure_profile  # noqa: E402
 from pdplan.profiles.timing import TimingBudget  # noqa: E402
 
 MICRO = replace(
