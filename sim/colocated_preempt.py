@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from heapq import heappop, heappush
 
-from simpy.events import Event
-
 from pdplan.sim.colocated import IDLE, SEGMENT, STEP, ColocatedInstance, ColocatedRun
 from pdplan.sim.decode import _shared_lists
-from pdplan.sim.kernel import boundary_s
+from pdplan.sim.kernel import Event, boundary_s
 
 KV_BLOCK_TOKENS = 16  # vLLM's default block size; its prefix cache hits whole blocks only
 
@@ -119,7 +117,7 @@ class PreemptingColocatedInstance(ColocatedInstance):
             self.preemptions += 1
 
     def _on_wake(self, event: Event) -> None:
-        if event is not self.wake:
+        if event != self.wake:
             return
         self.wake = None
         now = self.env.now

@@ -21,12 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from simpy.events import Event
 
 from pdplan.sim.cluster import DisaggregatedCluster
 from pdplan.sim.costs import StepCoef
 from pdplan.sim.decode import DecodeInstance, PreemptingDecodeInstance
-from pdplan.sim.kernel import ARRIVAL, Kernel
+from pdplan.sim.kernel import Event, Kernel
 from pdplan.sim.prefill import PrefillInstance
 from pdplan.sim.prefix_cache import make_cache
 from pdplan.sim.records import Ledger, SimResult
@@ -168,11 +167,11 @@ class Run:
     def schedule_arrival(self, i: int) -> None:
         """Wake at request ``i``'s arrival (a hook: ``pdplan.sim.closed_loop`` issues arrivals as
         clients finish instead)."""
-        self.env.at(self.arrival[i], ARRIVAL, self.on_arrival)
+        self.env.at_arrival(self.arrival[i], self.on_arrival)
 
     def run(self, until_s: float | None) -> SimResult:
         if self.num_requests:
-            self.env.at(0.0, ARRIVAL, self.on_arrival)
+            self.env.at_arrival(0.0, self.on_arrival)
         self.env.run(until=until_s)
         records, kv_start, transfer_end = self.ledger.finish(
             self.arrival_np, self.requests.prompt_tokens, self.requests.output_tokens

@@ -12,14 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import simpy
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.sim.closed_loop import ClosedColocatedRun, ClosedLoop, ClosedRun
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.disagg import Run
-from pdplan.sim.kernel import INSTANCE
+from pdplan.sim.kernel import INSTANCE, StopRun
 from pdplan.sim.records import SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import ROUTERS
@@ -193,7 +192,7 @@ def _install_stop(run: Run | ColocatedRun, stop: EarlyStop) -> None:
             missed = _certain_misses(stop, now, rows, arrival, first, finish, rejected, outputs, steps)
             if missed > stop.max_late:
                 log.debug("early stop at %.3f s: more than %d certain misses", now, stop.max_late)
-                raise simpy.core.StopSimulation(None)
+                raise StopRun
         if env.peek() < math.inf:  # other events are left: check again later
             env.at(now + stop.every_s, _CHECK, check)
 
