@@ -77,6 +77,7 @@ class ColocatedInstance:
         self.t0, self.first, self.q = 0.0, 0.0, 0.0
         self.wake: Event | None = None
         self.wake_k = 0
+        self._at, self._wake_callback = run.env.at, self._on_wake  # bound once: one per step
         self.busy_s = 0.0
 
     def push(self, rid: int) -> None:
@@ -95,7 +96,7 @@ class ColocatedInstance:
 
     def _schedule(self, time_s: float, k: int) -> None:
         self.wake_k = k
-        self.wake = self.env.at(time_s, INSTANCE, self._on_wake)
+        self.wake = self._at(time_s, INSTANCE, self._wake_callback)
 
     def _on_wake(self, event: Event) -> None:
         if event != self.wake:

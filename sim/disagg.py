@@ -38,6 +38,10 @@ Progress = Callable[[int, int], None]
 class Run:
     """State shared by the instances of one disaggregated run (lists indexed by req_id)."""
 
+    #: False where the decode side is a sink that ignores its instance (``simulate_prefill_side``):
+    #: requests are then not routed to a decode instance (``decode_of`` stays -1)
+    routes_decode = True
+
     def __init__(
         self,
         requests: Requests,
@@ -142,9 +146,10 @@ class Run:
                 self.ledger.rejected[i] = 1
             else:
                 p = self.prefill_of[i] = self.choose_prefill(i)
-                d = self.decode_of[i] = self.choose_decode(i)
                 self.prefill_load[p] += prompt[i]
-                self.decode_load[d] += need
+                if self.routes_decode:
+                    d = self.decode_of[i] = self.choose_decode(i)
+                    self.decode_load[d] += need
                 if self.cache is not None:
                     self.cache.lookup(i, p)
                 instance = self.prefills[p]
