@@ -284,11 +284,12 @@ def prefill_side_key(
     apply (a colocated cluster, a prefix cache).
 
     ``simulate_prefill_side`` runs the prefill pool (its limits; its instance cost: step costs,
-    pipeline stages), rejects what the prefill or decode KV cannot hold, routes the decode side (its
-    instance count) and hands off to a sink that ignores the link (whose fields are keyed anyway);
-    nothing else of the cluster is read. So two clusters with the same key give the same
-    prefill-side probe on the same requests, rate and SLO — e.g. layouts that differ only in the
-    decode batch limit — and one proof serves both (``waves.Scheduler``).
+    pipeline stages), rejects what the prefill or decode KV cannot hold and hands off to a sink that
+    ignores the link (whose fields are keyed anyway) without routing to a decode instance; nothing
+    else of the cluster is read. So two clusters with the same key give the same prefill-side
+    probe on the same requests, rate and SLO — e.g. layouts that differ only in the decode batch
+    limit, or in the decode instances and TP at the same GPU count — and one proof serves both
+    (``waves.Scheduler``).
     ``max_footprint_tokens``: the largest prompt + output of the requests, when every probe replays
     the same token counts; a decode KV capacity at or above it rejects nothing, whatever its size
     (the engine sizes it by the batch limit), so it enters the key capped there.
@@ -305,7 +306,6 @@ def prefill_side_key(
         StepCoef.of(cost.latency),
         rest,
         decode_kv,
-        cluster.decode.instances,
         cluster.link,
     )
 

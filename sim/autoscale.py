@@ -39,13 +39,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from simpy.events import Event
 
 from pdplan.profiles.errors import ConfigError
 from pdplan.sim.cluster import DisaggregatedCluster
 from pdplan.sim.decode import PreemptingDecodeInstance
 from pdplan.sim.disagg import Run
-from pdplan.sim.kernel import INSTANCE
+from pdplan.sim.kernel import INSTANCE, Event
 from pdplan.sim.records import SimResult
 from pdplan.sim.requests import Requests
 

@@ -39,11 +39,10 @@ from collections import deque
 from heapq import heappop, heappush
 
 import numpy as np
-from simpy.events import Event
 
 from pdplan.sim.cluster import ColocatedCluster
 from pdplan.sim.costs import StepCoef
-from pdplan.sim.kernel import ARRIVAL, INSTANCE, Kernel, boundary_s, first_boundary_at_or_after
+from pdplan.sim.kernel import INSTANCE, Event, Kernel, boundary_s, first_boundary_at_or_after
 from pdplan.sim.prefix_cache import make_cache
 from pdplan.sim.records import Ledger, SimResult
 from pdplan.sim.requests import Requests
@@ -78,6 +77,7 @@ class ColocatedInstance:
         self.t0, self.first, self.q = 0.0, 0.0, 0.0
         self.wake: Event | None = None
         self.wake_k = 0
+        self._at, self._wake_callback = run.env.at, self._on_wake  # bound once: one per step
         self.busy_s = 0.0
 
     def push(self, rid: int) -> None:
@@ -96,10 +96,10 @@ class ColocatedInstance:
 
     def _schedule(self, time_s: float, k: int) -> None:
         self.wake_k = k
-        self.wake = self.env.at(time_s, INSTANCE, self._on_wake)
+        self.wake = self._at(time_s, INSTANCE, self._wake_callback)
 
     def _on_wake(self, event: Event) -> None:
-        if event is not self.wake:
+        if event != self.wake:
             return  # superseded by a cut
         self.wake = None
         now = self.env.now
@@ -317,11 +317,11 @@ class ColocatedRun:
     def schedule_arrival(self, i: int) -> None:
         """Wake at request ``i``'s arrival (a hook: ``pdplan.sim.closed_loop`` issues arrivals as
         clients finish instead)."""
-        self.env.at(self.arrival[i], ARRIVAL, self.on_arrival)
+        self.env.at_arrival(self.arrival[i], self.on_arrival)
 
     def run(self, until_s: float | None) -> SimResult:
         if self.num_requests:
-            self.env.at(0.0, ARRIVAL, self.on_arrival)
+            self.env.at_arrival(0.0, self.on_arrival)
         self.env.run(until=until_s)
         records, kv_start, transfer_end = self.ledger.finish(
             self.arrival_np, self.requests.prompt_tokens, self.requests.output_tokens

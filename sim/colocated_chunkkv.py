@@ -52,6 +52,7 @@ import math
 
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.colocated_preempt import KV_BLOCK_TOKENS, PreemptingColocatedInstance
+from pdplan.sim.kernel import INSTANCE
 
 
 def kept_prefix(freed: int, overwritten: int, fill: int, block: int = KV_BLOCK_TOKENS) -> int:
@@ -128,9 +129,10 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
         num_seqs = tokens = pairs = 0
         load_s = 0.0
         completing: list[int] = []
+        prompt, done_before = self.prompt, self.done  # _fill(rid) = prompt[rid] + done_before[rid]
         if prefilling and left > 0:  # 2. the part-done prompt's next chunk
             rid, done = prefilling[0], self.head_done
-            remaining = self._fill(rid) - done
+            remaining = prompt[rid] + done_before[rid] - done
             n = remaining if remaining <= left else left
             if n > free:
                 self._preempt_partial()
@@ -150,7 +152,7 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
         running = self.batch + len(prefilling) + len(completing)
         while admit and waiting and left > 0 and running < self.max_batch:
             rid = waiting[0]
-            fill = self._fill(rid)
+            fill = prompt[rid] + done_before[rid]
             if fill > free:
                 break  # the gate: allocate_slots(full_sequence_must_fit=True) returns None
             first = math.isnan(ledger.kv_start_s[rid])
@@ -183,5 +185,6 @@ class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
         self.allocated += tokens
         self.completing, self.step_decodes = completing, self.batch > 0
         duration = self.coef.mixed_s(num_seqs, tokens, pairs, self.batch, self.ctx)
-        self._schedule(now + duration + load_s, 0)
+        self.wake_k = 0  # _schedule, inlined
+        self.wake = self._at(now + duration + load_s, INSTANCE, self._wake_callback)
         return True

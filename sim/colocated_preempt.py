@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from heapq import heappop, heappush
 
-from simpy.events import Event
-
 from pdplan.sim.colocated import IDLE, SEGMENT, STEP, ColocatedInstance, ColocatedRun
 from pdplan.sim.decode import _shared_lists
-from pdplan.sim.kernel import boundary_s
+from pdplan.sim.kernel import INSTANCE, Event
 
 KV_BLOCK_TOKENS = 16  # vLLM's default block size; its prefix cache hits whole blocks only
 
@@ -119,48 +117,59 @@ class PreemptingColocatedInstance(ColocatedInstance):
             self.preemptions += 1
 
     def _on_wake(self, event: Event) -> None:
-        if event is not self.wake:
+        if event != self.wake:
             return
         self.wake = None
         now = self.env.now
         self.busy_s += now - self.t0
-        prompt, output = self.prompt, self.output
         if self.mode == STEP:
             if self.step_decodes:
+                batch = self.batch
                 self.steps += 1
-                self.ctx += self.batch
-                self.allocated += self.batch
-            ledger = self.ledger
-            for rid in self.completing:
-                n = self._fill(rid)
-                self.held -= n
-                if rid in self.recomputing:
-                    self.recomputing.discard(rid)
-                    self.skip.pop(rid, None)
-                    self._join(rid, n, output[rid] - 1 - self.done[rid])
-                    continue
-                ledger.prefill_end_s[rid] = ledger.first_token_s[rid] = ledger.decode_start_s[rid] = now
-                if output[rid] == 1:
-                    self._release(rid, now)
-                else:
-                    self._join(rid, n, output[rid] - 1)
-            if self.cache is not None:
-                for rid in self.completing:
-                    self.cache.insert(rid, self.index)
+                self.ctx += batch
+                self.allocated += batch
+            if self.completing:
+                self._prompts_done(now)
         else:
-            self.steps += self.wake_k
-            self.ctx += self.batch * self.wake_k
-            self.allocated += self.batch * self.wake_k
-        fin, steps, fin_step = self.fin, self.steps, self.fin_step
-        while fin and fin[0][0] <= steps:
-            step, rid = heappop(fin)
-            if fin_step[rid] != step:
-                continue  # preempted since
-            fin_step[rid] = -1
-            self.batch -= 1
-            self.ctx -= prompt[rid] + output[rid] - 1
-            self._release(rid, now)
+            k = self.wake_k
+            grown = self.batch * k
+            self.steps += k
+            self.ctx += grown
+            self.allocated += grown
+        fin, steps = self.fin, self.steps
+        if fin and fin[0][0] <= steps:
+            fin_step, prompt, output = self.fin_step, self.prompt, self.output
+            finish, load, index = self.ledger.finish_s, self.run.load, self.index
+            while fin and fin[0][0] <= steps:
+                step, rid = heappop(fin)
+                if fin_step[rid] != step:
+                    continue  # preempted since
+                fin_step[rid] = -1
+                self.batch -= 1
+                self.ctx -= prompt[rid] + output[rid] - 1
+                finish[rid] = now  # _release, inlined
+                load[index] -= prompt[rid] + output[rid]
         self.next_step(now)
+
+    def _prompts_done(self, now: float) -> None:
+        """The finished step's prompts join the batch (or finish, with one output token)."""
+        output, ledger, recomputing, done = self.output, self.ledger, self.recomputing, self.done
+        for rid in self.completing:
+            n = self.prompt[rid] + done[rid]  # _fill
+            self.held -= n
+            if rid in recomputing:
+                recomputing.discard(rid)
+                self.skip.pop(rid, None)
+                self._join(rid, n, output[rid] - 1 - done[rid])
+                continue
+            ledger.prefill_end_s[rid] = ledger.first_token_s[rid] = ledger.decode_start_s[rid] = now
+            if output[rid] == 1:
+                self._release(rid, now)
+            else:
+                self._join(rid, n, output[rid] - 1)
+        if self.cache is not None:
+            for rid in self.completing:
+                self.cache.insert(rid, self.index)
 
     def next_step(self, now: float) -> None:
         self.t0 = now
@@ -171,8 +180,8 @@ class PreemptingColocatedInstance(ColocatedInstance):
             self.mode = STEP
         elif self.batch:
             self.mode = SEGMENT
-            coef, batch, knee = self.coef, self.batch, self.coef.dk
-            first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * self.ctx
+            coef, knee, batch, ctx = self.coef, self.coef.dk, self.batch, self.ctx
+            first = coef.de + coef.df * (batch if batch > knee else knee) + coef.dg * ctx
             if coef.xs:  # a MoE's expert reads, X(B)
                 first += coef.xs * (1.0 - coef.miss**batch)
             self.first = first
@@ -181,10 +190,11 @@ class PreemptingColocatedInstance(ColocatedInstance):
             while fin_step[fin[0][1]] != fin[0][0]:
                 heappop(fin)
             k = fin[0][0] - self.steps
-            k_cap = (self.cap - self.held - self.ctx) // batch
+            k_cap = (self.cap - self.held - ctx) // batch
             if k_cap < k:
                 k = k_cap
-            self._schedule(boundary_s(now, first, q, k), k)
+            self.wake_k = k  # _schedule, inlined; boundary_s, inlined (the same expression)
+            self.wake = self._at(now + (k * first + q * (k * (k - 1))), INSTANCE, self._wake_callback)
         else:
             self.mode = IDLE
 

@@ -41,9 +41,8 @@ from typing import TYPE_CHECKING
 from pdplan.sim.kernel import INSTANCE, first_boundary_at_or_after
 
 if TYPE_CHECKING:
-    from simpy.events import Event
-
     from pdplan.sim.disagg import Run
+    from pdplan.sim.kernel import Event
 
 
 class DecodeInstance:
@@ -108,7 +107,7 @@ class DecodeInstance:
         self.wake = self.env.at(time_s, INSTANCE, self._on_wake)
 
     def _on_wake(self, event: Event) -> None:
-        if event is not self.wake:
+        if event != self.wake:
             return  # superseded by a re-plan
         self.wake, self.wake_t = None, math.inf
         now = self.env.now
@@ -255,7 +254,7 @@ class PreemptingDecodeInstance(DecodeInstance):
         return True
 
     def _on_wake(self, event: Event) -> None:
-        if event is not self.wake:
+        if event != self.wake:
             return
         self.wake, self.wake_t = None, math.inf
         now = self.env.now

@@ -21,12 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from simpy.events import Event
 
 from pdplan.sim.cluster import DisaggregatedCluster
 from pdplan.sim.costs import StepCoef
 from pdplan.sim.decode import DecodeInstance, PreemptingDecodeInstance
-from pdplan.sim.kernel import ARRIVAL, Kernel
+from pdplan.sim.kernel import Event, Kernel
 from pdplan.sim.prefill import PrefillInstance
 from pdplan.sim.prefix_cache import make_cache
 from pdplan.sim.records import Ledger, SimResult
@@ -38,6 +37,10 @@ Progress = Callable[[int, int], None]
 
 class Run:
     """State shared by the instances of one disaggregated run (lists indexed by req_id)."""
+
+    #: False where the decode side is a sink that ignores its instance (``simulate_prefill_side``):
+    #: requests are then not routed to a decode instance (``decode_of`` stays -1)
+    routes_decode = True
 
     def __init__(
         self,
@@ -143,9 +146,10 @@ class Run:
                 self.ledger.rejected[i] = 1
             else:
                 p = self.prefill_of[i] = self.choose_prefill(i)
-                d = self.decode_of[i] = self.choose_decode(i)
                 self.prefill_load[p] += prompt[i]
-                self.decode_load[d] += need
+                if self.routes_decode:
+                    d = self.decode_of[i] = self.choose_decode(i)
+                    self.decode_load[d] += need
                 if self.cache is not None:
                     self.cache.lookup(i, p)
                 instance = self.prefills[p]
@@ -168,11 +172,11 @@ class Run:
     def schedule_arrival(self, i: int) -> None:
         """Wake at request ``i``'s arrival (a hook: ``pdplan.sim.closed_loop`` issues arrivals as
         clients finish instead)."""
-        self.env.at(self.arrival[i], ARRIVAL, self.on_arrival)
+        self.env.at_arrival(self.arrival[i], self.on_arrival)
 
     def run(self, until_s: float | None) -> SimResult:
         if self.num_requests:
-            self.env.at(0.0, ARRIVAL, self.on_arrival)
+            self.env.at_arrival(0.0, self.on_arrival)
         self.env.run(until=until_s)
         records, kv_start, transfer_end = self.ledger.finish(
             self.arrival_np, self.requests.prompt_tokens, self.requests.output_tokens

@@ -1,7 +1,8 @@
-"""The event kernel: a SimPy ``Environment`` that schedules callbacks at *absolute* times.
+"""The event kernel: a heap of callbacks at *absolute* times, ordered as SimPy orders events.
 
-SimPy orders events by (time, priority, insertion sequence), so runs are repeatable. The
-simulator uses three priorities, which fix what happens first when events share a time:
+Events are ordered by (time, priority, insertion sequence), so runs are repeatable (SimPy's
+rule; this kernel used to be a ``simpy.Environment`` and runs the same events in the same order).
+The simulator uses three priorities, which fix what happens first when events share a time:
 
 1. ``ARRIVAL``: requests reach the router (so a batch formed at time t sees every request that
    arrived at t);
@@ -9,22 +10,25 @@ simulator uses three priorities, which fix what happens first when events share 
    that starts at t);
 3. ``INSTANCE``: decode and colocated instances reach a step boundary.
 
-SimPy's public ``schedule`` takes a *delay*; ``now + (t − now)`` can differ from ``t`` by one
-ulp, and a closed-form step-boundary time must be hit exactly (the coalesced decode and the
-one-event-per-step reference must agree bit for bit). ``Kernel.at`` therefore pushes the event at
-the absolute time, as ``Environment.schedule`` does internally. Events carry plain callbacks;
-there are no generator processes, which keeps an event at about a microsecond.
+An event is a heap entry ``(time_s, priority, event_id, callback)``; the kernel calls
+``callback(event_id)`` at its time, and ``at`` returns the id (an instance that re-plans its next
+wake compares ids to skip a superseded one). No event objects: a run schedules millions of
+events, and the heap push, pop and call are all an event costs.
+
+The open-loop arrival chain (one pending arrival at a time, always scheduled by the arrival
+callback or before the run) is kept beside the heap (``at_arrival``) rather than in it: it takes an
+id like any event and runs exactly where the heap would have put it, without a push and a pop.
+
+A closed-form step-boundary time must be hit exactly (the coalesced decode and the
+one-event-per-step reference must agree bit for bit), so events take an absolute time, never a
+delay (``now + (t − now)`` can differ from ``t`` by one ulp).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from heapq import heappop, heappush
-from typing import Any
-
-import simpy
-from simpy.core import StopSimulation
-from simpy.events import Event
 
 ARRIVAL = 0
 PREFILL = 1
@@ -33,56 +37,98 @@ INSTANCE = 2
 #: A step count that stands for "never" (decode steps that take no time cannot reach a later time).
 NEVER_STEPS = 1 << 62
 
-
-class _Wake(Event):
-    """An already-triggered event with one callback (what ``Timeout`` is, minus the delay).
-
-    ``_ok``/``_value`` are class attributes and ``env`` is unset: the kernel's ``step`` reads only
-    ``callbacks`` and ``_ok``, and setting one attribute per event instead of four is measurable at
-    millions of events. These events are never yielded or triggered by user code.
-    """
-
-    _ok = True
-    _value = None
-
-    def __init__(self, callback: Callable[[Event], None]) -> None:
-        self.callbacks = [callback]
+#: An event's id (what a callback receives, and ``at`` returns).
+Event = int
+Callback = Callable[[Event], None]
 
 
-class Kernel(simpy.Environment):
-    """``simpy.Environment`` plus scheduling at an absolute time."""
+class StopRun(Exception):
+    """Raised by a callback to end the run now (the time stays at the event's)."""
 
-    def at(self, time_s: float, priority: int, callback: Callable[[Event], None]) -> Event:
+
+def _stop(event: Event) -> None:
+    raise StopRun
+
+
+class Kernel:
+    """A discrete-event kernel over plain callbacks; see the module docstring."""
+
+    __slots__ = ("_arrival_callback", "_arrival_id", "_arrival_s", "_eid", "_queue", "now")
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._queue: list[tuple[float, int, int, Callback]] = []
+        self._eid = 0
+        self._arrival_s = math.inf  # the pending arrival of the chain (inf: none)
+        self._arrival_id = 0
+        self._arrival_callback: Callback = _stop
+
+    def at(self, time_s: float, priority: int, callback: Callback) -> Event:
         """Run ``callback(event)`` at ``time_s`` (≥ now) with ``priority``; returns the event."""
-        assert time_s >= self._now, f"event at {time_s} is in the past (now {self._now})"
-        event = _Wake(callback)
-        heappush(self._queue, (time_s, priority, next(self._eid), event))  # type: ignore[misc]
-        return event
+        assert time_s >= self.now, f"event at {time_s} is in the past (now {self.now})"
+        eid = self._eid
+        self._eid = eid + 1
+        heappush(self._queue, (time_s, priority, eid, callback))
+        return eid
 
-    def run(self, until: Any = None) -> Any:
-        """``Environment.run``; without ``until``, SimPy's ``step`` loop inlined (the run's own
-        events are ``_Wake``s that never fail; any other event is checked as ``step`` checks it).
-        Same events in the same order: only the per-event call overhead goes."""
-        if until is not None:
-            return super().run(until)
+    def at_arrival(self, time_s: float, callback: Callback) -> Event:
+        """``at(time_s, ARRIVAL, callback)`` for the arrival chain: at most one is pending, and the
+        next is scheduled only by its callback (or before the run)."""
+        assert time_s >= self.now, f"event at {time_s} is in the past (now {self.now})"
+        assert self._arrival_s == math.inf, "one arrival of the chain is pending already"
+        eid = self._eid
+        self._eid = eid + 1
+        self._arrival_s, self._arrival_id, self._arrival_callback = time_s, eid, callback
+        return eid
+
+    def peek(self) -> float:
+        """The time of the next event (``inf`` when none is left)."""
+        top = self._queue[0][0] if self._queue else math.inf
+        return top if top < self._arrival_s else self._arrival_s
+
+    def run(self, until: float | None = None) -> None:
+        """Run the events in order until none is left, a callback raises ``StopRun``, or (with
+        ``until``) time ``until`` is reached: as ``simpy.Environment.run(until)``, a stop event at
+        ``until`` with the lowest priority value, scheduled now, so the time ends at ``until`` and
+        no event at ``until`` scheduled later runs."""
         queue = self._queue
+        if until is not None:
+            assert until > self.now, f"until ({until}) must be after now ({self.now})"
+            self.at(float(until), ARRIVAL, _stop)
+        inf = math.inf
         try:
-            while queue:
-                self._now, _, _, event = heappop(queue)  # type: ignore[misc]
-                callbacks, event.callbacks = event.callbacks, None  # type: ignore[assignment]
-                for callback in callbacks:  # type: ignore[union-attr]
-                    callback(event)
-                if not event._ok and not hasattr(event, "_defused"):
-                    exc = type(event._value)(*event._value.args)
-                    exc.__cause__ = event._value
-                    raise exc
-        except StopSimulation as stop:
-            return stop.args[0]
-        return None
+            while True:
+                arrival_s = self._arrival_s
+                if queue:
+                    entry = queue[0]
+                    time_s = entry[0]
+                    # the heap's order, (time, priority, id), with the arrival as (t, ARRIVAL, id)
+                    if arrival_s < time_s or (
+                        arrival_s == time_s and (entry[1] > ARRIVAL or entry[2] > self._arrival_id)
+                    ):
+                        self.now = arrival_s
+                        self._arrival_s = inf
+                        self._arrival_callback(self._arrival_id)
+                        continue
+                    heappop(queue)
+                    self.now = time_s
+                    entry[3](entry[2])
+                elif arrival_s < inf:
+                    self.now = arrival_s
+                    self._arrival_s = inf
+                    self._arrival_callback(self._arrival_id)
+                else:
+                    return
+        except StopRun:
+            if until is not None:
+                # SimPy's ``step`` (which ``run(until)`` used) re-queues the stopping event: count it
+                # so that ``events_scheduled`` stays what it was
+                self._eid += 1
+            return
 
     def events_scheduled(self) -> int:
-        """Events scheduled so far (SimPy numbers them; call when the run is over)."""
-        return next(self._eid)
+        """Events scheduled so far (the stop event of ``run(until)`` included, as SimPy counts)."""
+        return self._eid
 
 
 def boundary_s(t0: float, first: float, q: float, k: int) -> float:

@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING
 from pdplan.sim.kernel import PREFILL
 
 if TYPE_CHECKING:
-    from simpy.events import Event
-
     from pdplan.sim.disagg import Run
+    from pdplan.sim.kernel import Event
 
 
 class PrefillInstance:

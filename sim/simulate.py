@@ -12,14 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import simpy
 
 from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.sim.closed_loop import ClosedColocatedRun, ClosedLoop, ClosedRun
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.disagg import Run
-from pdplan.sim.kernel import INSTANCE
+from pdplan.sim.kernel import INSTANCE, StopRun
 from pdplan.sim.records import SimResult
 from pdplan.sim.requests import Requests
 from pdplan.sim.router import ROUTERS
@@ -140,8 +139,9 @@ def simulate_prefill_side(
     A prefill instance never waits on the decode side (it hands a finished prompt's KV on, or
     queues it there, and goes on), and the router picks its prefill instance by prefill load
     alone, so the prefill timeline — rejections, ``prefill_start_s``, ``prefill_end_s`` — is
-    exactly the full run's. Decode instances are replaced by a sink that takes every hand-off at
-    once and writes the prefill end into ``first_token_s``: a *lower bound* of each request's first
+    exactly the full run's. Decode instances are replaced by a sink (no request is routed to one:
+    the result's decode instances are -1) that takes every hand-off at once and writes the prefill
+    end into ``first_token_s``: a *lower bound* of each request's first
     token (it joins a decode batch no earlier than its KV is ready, which is no earlier than its
     prefill end), not a first token. Nothing decodes (every request ends ``unfinished``), so only a
     TTFT threshold may be checked by ``stop``. Without a prefix cache (a shared store is read by
@@ -150,10 +150,17 @@ def simulate_prefill_side(
     assert stop is None or (stop.tpot_ms is None and stop.e2e_ms is None), "only TTFT has a bound here"
     assert cluster.cache is None, "a prefix store is shared with the decode side"
     sink = _PrefillSink  # duck-types the two calls the prefill side makes on a decode instance
-    run = Run(requests, cluster, "least_loaded", np.random.default_rng(0), decode_factory=sink)  # type: ignore[arg-type]
+    run = _PrefillSideRun(requests, cluster, "least_loaded", np.random.default_rng(0), decode_factory=sink)  # type: ignore[arg-type]
     if stop is not None and len(requests):
         _install_stop(run, stop)
     return run.run(None)
+
+
+class _PrefillSideRun(Run):
+    """A run whose requests are not routed to a decode instance: the sinks are all alike, and
+    routing by decode load would cost as much as the prefill routing for nothing."""
+
+    routes_decode = False
 
 
 class _PrefillSink:
@@ -193,7 +200,7 @@ def _install_stop(run: Run | ColocatedRun, stop: EarlyStop) -> None:
             missed = _certain_misses(stop, now, rows, arrival, first, finish, rejected, outputs, steps)
             if missed > stop.max_late:
                 log.debug("early stop at %.3f s: more than %d certain misses", now, stop.max_late)
-                raise simpy.core.StopSimulation(None)
+                raise StopRun
         if env.peek() < math.inf:  # other events are left: check again later
             env.at(now + stop.every_s, _CHECK, check)
 

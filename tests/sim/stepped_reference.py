@@ -65,7 +65,7 @@ class SteppedDecode:
         self.wake = self.env.at(t, INSTANCE, self._on_wake)
 
     def _on_wake(self, event):
-        if event is not self.wake:
+        if event != self.wake:
             return
         self.wake, self.wake_t = None, math.inf
         now = self.env.now
