@@ -1,7 +1,7 @@
-"""The event kernel: a heap of callbacks at *absolute* times, ordered as SimPy orders events.
+"""The event kernel: a ``simpy.Environment`` whose hot path schedules plain callbacks at *absolute*
+times.
 
-Events are ordered by (time, priority, insertion sequence), so runs are repeatable (SimPy's
-rule; this kernel used to be a ``simpy.Environment`` and runs the same events in the same order).
+Events are ordered by (time, priority, insertion sequence), SimPy's rule, so runs are repeatable.
 The simulator uses three priorities, which fix what happens first when events share a time:
 
 1. ``ARRIVAL``: requests reach the router (so a batch formed at time t sees every request that
@@ -10,10 +10,15 @@ The simulator uses three priorities, which fix what happens first when events sh
    that starts at t);
 3. ``INSTANCE``: decode and colocated instances reach a step boundary.
 
-An event is a heap entry ``(time_s, priority, event_id, callback)``; the kernel calls
-``callback(event_id)`` at its time, and ``at`` returns the id (an instance that re-plans its next
-wake compares ids to skip a superseded one). No event objects: a run schedules millions of
-events, and the heap push, pop and call are all an event costs.
+An event is an entry ``(time_s, priority, event_id, callback)`` of SimPy's own heap
+(``Environment._queue``); the kernel calls ``callback(event_id)`` at its time, and ``at`` returns
+the id (an instance that re-plans its next wake compares ids to skip a superseded one). The
+simulator's entities schedule no SimPy event objects: a run schedules millions of events, and the
+heap push, pop and call are all an event costs. SimPy's events and processes still run on the
+kernel — ``Kernel.schedule`` (what ``Timeout``, ``Event.succeed`` and ``Process`` call) puts them on
+the same heap with the same id sequence, and they are processed as ``Environment.step`` processes
+them — so a SimPy process (a workload generator, an autoscaler loop) can share a run with the
+simulator's callbacks, in the one (time, priority, id) order.
 
 The open-loop arrival chain (one pending arrival at a time, always scheduled by the arrival
 callback or before the run) is kept beside the heap (``at_arrival``) rather than in it: it takes an
@@ -28,7 +33,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from heapq import heappop, heappush
+from typing import Any
+
+import simpy
+from simpy.core import EmptySchedule
+from simpy.events import NORMAL
 
 ARRIVAL = 0
 PREFILL = 1
@@ -50,24 +61,76 @@ def _stop(event: Event) -> None:
     raise StopRun
 
 
-class Kernel:
-    """A discrete-event kernel over plain callbacks; see the module docstring."""
+def _process_simpy_event(event: Any, _event_id: Event) -> None:
+    """Process a SimPy event taken from the heap, as ``simpy.Environment.step`` does."""
+    callbacks, event.callbacks = event.callbacks, None
+    for callback in callbacks:
+        callback(event)
+    if not event._ok and not hasattr(event, "_defused"):
+        exc = type(event._value)(*event._value.args)
+        exc.__cause__ = event._value
+        raise exc
 
-    __slots__ = ("_arrival_callback", "_arrival_id", "_arrival_s", "_eid", "_queue", "now")
+
+class Kernel(simpy.Environment):
+    """A ``simpy.Environment`` with absolute-time callback scheduling; see the module docstring.
+
+    ``now`` is a plain attribute here (a slot, set once per event) where SimPy's is a property
+    over ``_now``; ``_now`` reads and writes it, for SimPy's own code."""
+
+    __slots__ = ("_arrival_callback", "_arrival_id", "_arrival_s", "_n", "_queue", "now")
+    now: float  # type: ignore[misc]  # a slot, where SimPy's is a read-only property
+    _queue: list[tuple[float, int, int, Any]]  # type: ignore[assignment]  # entries hold callbacks
 
     def __init__(self) -> None:
-        self.now = 0.0
-        self._queue: list[tuple[float, int, int, Callback]] = []
-        self._eid = 0
+        super().__init__(0.0)
+        self._queue = []
+        self._n = 0  # the next event id, shared by callbacks and SimPy events
         self._arrival_s = math.inf  # the pending arrival of the chain (inf: none)
         self._arrival_id = 0
         self._arrival_callback: Callback = _stop
 
+    @property  # type: ignore[override]
+    def _now(self) -> float:
+        return self.now
+
+    @_now.setter
+    def _now(self, value: float) -> None:
+        self.now = float(value)
+
+    def schedule(self, event: simpy.Event, priority: int = NORMAL, delay: float = 0) -> None:
+        """SimPy's ``Environment.schedule``: a SimPy event on the same heap, with the next id."""
+        eid = self._n
+        self._n = eid + 1
+        heappush(self._queue, (self.now + delay, priority, eid, partial(_process_simpy_event, event)))
+
+    def step(self) -> None:
+        """Run the next event (SimPy's ``Environment.step``); ``EmptySchedule`` when none is left."""
+        queue = self._queue
+        arrival_s = self._arrival_s
+        if queue:
+            entry = queue[0]
+            time_s = entry[0]
+            if not (
+                arrival_s < time_s
+                or (arrival_s == time_s and (entry[1] > ARRIVAL or entry[2] > self._arrival_id))
+            ):
+                heappop(queue)
+                self.now = time_s
+                entry[3](entry[2])
+                return
+        if arrival_s < math.inf:
+            self.now = arrival_s
+            self._arrival_s = math.inf
+            self._arrival_callback(self._arrival_id)
+            return
+        raise EmptySchedule
+
     def at(self, time_s: float, priority: int, callback: Callback) -> Event:
         """Run ``callback(event)`` at ``time_s`` (≥ now) with ``priority``; returns the event."""
         assert time_s >= self.now, f"event at {time_s} is in the past (now {self.now})"
-        eid = self._eid
-        self._eid = eid + 1
+        eid = self._n
+        self._n = eid + 1
         heappush(self._queue, (time_s, priority, eid, callback))
         return eid
 
@@ -76,8 +139,8 @@ class Kernel:
         next is scheduled only by its callback (or before the run)."""
         assert time_s >= self.now, f"event at {time_s} is in the past (now {self.now})"
         assert self._arrival_s == math.inf, "one arrival of the chain is pending already"
-        eid = self._eid
-        self._eid = eid + 1
+        eid = self._n
+        self._n = eid + 1
         self._arrival_s, self._arrival_id, self._arrival_callback = time_s, eid, callback
         return eid
 
@@ -86,7 +149,7 @@ class Kernel:
         top = self._queue[0][0] if self._queue else math.inf
         return top if top < self._arrival_s else self._arrival_s
 
-    def run(self, until: float | None = None) -> None:
+    def run(self, until: float | None = None) -> None:  # type: ignore[override]
         """Run the events in order until none is left, a callback raises ``StopRun``, or (with
         ``until``) time ``until`` is reached: as ``simpy.Environment.run(until)``, a stop event at
         ``until`` with the lowest priority value, scheduled now, so the time ends at ``until`` and
@@ -123,12 +186,12 @@ class Kernel:
             if until is not None:
                 # SimPy's ``step`` (which ``run(until)`` used) re-queues the stopping event: count it
                 # so that ``events_scheduled`` stays what it was
-                self._eid += 1
+                self._n += 1
             return
 
     def events_scheduled(self) -> int:
         """Events scheduled so far (the stop event of ``run(until)`` included, as SimPy counts)."""
-        return self._eid
+        return self._n
 
 
 def boundary_s(t0: float, first: float, q: float, k: int) -> float:

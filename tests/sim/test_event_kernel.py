@@ -81,3 +81,40 @@ def test_a_callback_stops_the_run_at_its_time() -> None:
     kernel.at(3.0, INSTANCE, lambda e: None)
     kernel.run()
     assert kernel.now == 1.5 and kernel.peek() == 3.0
+
+
+def test_simpy_processes_share_the_run_in_the_same_order() -> None:
+    """The kernel is a ``simpy.Environment``: a SimPy process's timeouts take ids from the same
+    sequence and run in the one (time, priority, id) order with the simulator's callbacks; a failed
+    SimPy event crashes the run as in SimPy."""
+    import pytest
+    import simpy
+
+    kernel = Kernel()
+    assert isinstance(kernel, simpy.Environment)
+    ran: list[tuple[str, float]] = []
+
+    def process(env: simpy.Environment):
+        yield env.timeout(1.0)
+        ran.append(("process", env.now))
+        yield env.timeout(1.0)
+        ran.append(("process", env.now))
+        return "done"
+
+    proc = kernel.process(process(kernel))  # Initialize (id 0), then Timeout(1.0) at id 1 when it runs
+    kernel.at(1.5, INSTANCE, lambda e: ran.append(("callback", kernel.now)))
+    kernel.at(2.0, ARRIVAL, lambda e: ran.append(("arrival", kernel.now)))  # before the process's 2.0
+    kernel.run()
+    assert ran == [("process", 1.0), ("callback", 1.5), ("arrival", 2.0), ("process", 2.0)]
+    assert proc.value == "done" and kernel.now == 2.0
+    assert kernel.events_scheduled() == 6  # Initialize, 2 timeouts, 2 callbacks, the process's end
+
+    failing = Kernel()
+
+    def crash(env: simpy.Environment):
+        yield env.timeout(1.0)
+        raise ValueError("boom")
+
+    failing.process(crash(failing))
+    with pytest.raises(ValueError, match="boom"):
+        failing.run()
