@@ -12,7 +12,7 @@ from pdplan.planner.presets import get_preset
 from pdplan.planner.probe import SloTargets
 from pdplan.planner.profileset import ProfileSet, analytic_profile_set
 from pdplan.planner.screen import Screen
-from pdplan.planner.search import SearchSpec, run_search
+from pdplan.planner.search import SearchResult, SearchSpec, run_search
 from pdplan.planner.search_files import candidates_frame, probes_frame
 from pdplan.planner.slo import parse_slo
 from pdplan.planner.space import SpaceGrid
@@ -51,11 +51,13 @@ def small_spec(profiles: ProfileSet, **overrides) -> SearchSpec:
 def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     """The promise is the user's: replays of the workload's own request count with the seeds the
     search did not use hold the SLO at the promised goodput, and miss it at 1.15× that rate. TPOT
-    binds here (20 ms: a decode batch of ~130 chat requests)."""
+    binds here (20 ms: a decode batch of ~130 chat requests). On 3,000-request replays (6,000
+    before: 4× the time, mostly confirming four plans on six seeds) the replays of those seeds
+    still miss by far at 1.15× (attainment 0.49-0.69, each flagged unstable)."""
     slo = SloTargets(parse_slo("ttft=1s,tpot=20ms"))
     spec = SearchSpec(
         profiles=profiles,
-        traffic=chat(0, 6000),
+        traffic=chat(0),
         slo=slo,
         link=LINK,
         max_gpus=2,
@@ -73,7 +75,7 @@ def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     assert confirmation.fails_at_rps <= chosen.goodput_rps * (1 + spec.rate_policy.tolerance) + 1e-9
     cluster = Screen(spec).cluster(chosen.candidate)
     for seed in (11, 12, 13):  # seeds the search never drew
-        other = chat(seed, 6000)
+        other = chat(seed)
         at = holds_at(cluster, other, slo, chosen.goodput_rps)
         above = holds_at(cluster, other, slo, 1.15 * chosen.goodput_rps)
         assert at.meets_slo, f"seed {seed} misses the SLO at the promised goodput: {at.violated}"
@@ -83,8 +85,15 @@ def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     assert result.operating_summary is not None and result.operating_summary["attainment"] >= 0.9
 
 
-def test_results_do_not_depend_on_the_worker_count(profiles: ProfileSet) -> None:
-    one = run_search(small_spec(profiles, workers=1))
+@pytest.fixture(scope="module")
+def searched(profiles: ProfileSet) -> SearchResult:
+    """``small_spec`` searched by one worker (the default): the worker-count test compares it
+    with two workers, and the bookkeeping test reads it (a result is frozen; they only read it)."""
+    return run_search(small_spec(profiles, workers=1))
+
+
+def test_results_do_not_depend_on_the_worker_count(profiles: ProfileSet, searched: SearchResult) -> None:
+    one = searched
     two = run_search(small_spec(profiles, workers=2))
     pd.testing.assert_frame_equal(candidates_frame(one), candidates_frame(two))
     pd.testing.assert_frame_equal(probes_frame(one), probes_frame(two))
@@ -95,8 +104,8 @@ def test_results_do_not_depend_on_the_worker_count(profiles: ProfileSet) -> None
     assert sum(1 for e in one.evaluations if e.status == STATUS_PRUNED and e.probes) >= 3
 
 
-def test_every_candidate_is_decided_with_its_evidence(profiles: ProfileSet) -> None:
-    result = run_search(small_spec(profiles))
+def test_every_candidate_is_decided_with_its_evidence(searched: SearchResult) -> None:
+    result = searched
     statuses = {e.status for e in result.evaluations}
     assert statuses <= {STATUS_OK, STATUS_PRUNED, STATUS_INFEASIBLE}
     assert STATUS_OK in statuses and STATUS_PRUNED in statuses
