@@ -164,8 +164,10 @@ def test_an_slo_below_one_prefill_is_infeasible_with_the_reason(profiles: Profil
 
 
 def test_percentile_slo_holds_at_the_operating_point(profiles: ProfileSet) -> None:
+    """On 2,000-request replays (3,000 took 2.4x as long, mostly confirming six plans; this
+    confirms three, and its misses above the goodput are still TTFT p99's)."""
     slo = SloTargets(parse_slo("ttft_p99=2s,tpot_p90=40ms"))
-    result = run_search(small_spec(profiles, slo=slo, max_gpus=2))
+    result = run_search(small_spec(profiles, slo=slo, max_gpus=2, traffic=chat(0, 2000)))
     assert result.chosen is not None and result.operating_summary is not None
     summary = result.operating_summary
     assert summary["ttft_ms"]["p99"] <= 2000 and summary["tpot_ms"]["p90"] <= 40
