@@ -54,8 +54,8 @@ def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     """The promise is the user's: replays of the workload's own request count with the seeds the
     search did not use hold the SLO at the promised goodput, and miss it at 1.15× that rate. TPOT
     binds here (20 ms: a decode batch of ~130 chat requests). On 3,000-request replays (6,000
-    before: 4× the time, mostly confirming four plans on six seeds) the replays of those seeds
-    still miss by far at 1.15× (attainment 0.49-0.69, each flagged unstable)."""
+    before: the search took 4× as long, the test 2×, mostly confirming four plans on six seeds)
+    the replays of those seeds still miss by far at 1.15× (attainment 0.49-0.69, all unstable)."""
     slo = SloTargets(parse_slo("ttft=1s,tpot=20ms"))
     spec = SearchSpec(
         profiles=profiles,
