@@ -1,4 +1,7 @@
-"""``pdplan deploy`` options that start nothing: --dry-run, plan and option errors (exit code 2)."""
+"""``pdplan deploy`` options that start nothing: --dry-run, plan and option errors (exit code 2).
+
+The parametrized error cases run ``main()`` in this process (``run_pdplan``); the console script
+itself answers the unknown target, the missing record and the memory checks below."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_helpers import free_port, write_plan
+from deploy_helpers import free_port, run_pdplan, write_plan
 from typer.testing import CliRunner
 
 from pdplan.planner.cli.app import app
@@ -43,15 +46,11 @@ def test_dry_run_prints_every_process_and_the_router_command(tmp_path: Path) -> 
         ({"feasible": False, "reason": "TTFT bound"}, "infeasible (TTFT bound)"),
     ],
 )
-def test_bad_plans_exit_2_with_one_line(
-    tmp_path: Path, pdplan_script: Path, sections: dict, message: str
-) -> None:
+def test_bad_plans_exit_2_with_one_line(tmp_path: Path, sections: dict, message: str) -> None:
     plan = write_plan(tmp_path / "plan.yaml", **sections)
-    done = subprocess.run(
-        [str(pdplan_script), "deploy", str(plan), "--dry-run"], capture_output=True, text=True, timeout=60
-    )
+    done = run_pdplan("deploy", str(plan), "--dry-run")
     assert done.returncode == 2
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_unknown_target_and_missing_record(tmp_path: Path, pdplan_script: Path) -> None:
@@ -116,15 +115,11 @@ def test_weights_beyond_memory_are_refused_even_when_the_port_is_taken(
         (["--devices", "cuda:0,x"], "'x' is not a GPU"),
     ],
 )
-def test_bad_runtime_options_exit_2(
-    tmp_path: Path, pdplan_script: Path, option: list[str], message: str
-) -> None:
+def test_bad_runtime_options_exit_2(tmp_path: Path, option: list[str], message: str) -> None:
     plan = write_plan(tmp_path / "plan.yaml", prefill={"instances": 1}, decode={"instances": 1})
-    done = subprocess.run(
-        [str(pdplan_script), "deploy", str(plan), "--port", str(free_port()), "--dry-run", *option],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    done = run_pdplan("deploy", str(plan), "--port", str(free_port()), "--dry-run", *option)
+    assert done.returncode == 2 and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_devices_as_help_shows_them(tmp_path: Path) -> None:

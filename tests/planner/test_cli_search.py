@@ -18,6 +18,7 @@ from pdplan.planner.probe import PROBE_COLUMNS
 from pdplan.sim import REQUEST_COLUMNS, TIMESERIES_COLUMNS
 
 runner = CliRunner()
+SHORT_PRESET_REQUESTS = 3000
 MODEL = ["--model", "llama-3.1-8b", "--hardware", "h100-sxm"]
 
 
@@ -35,6 +36,17 @@ def _exit_code(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture
+def short_preset(monkeypatch) -> int:
+    """A preset replay of 3,000 requests instead of 10,000: the same preset path through the CLI,
+    the search and the run directory, at a third of the simulation (the search's own tests use
+    3,000-request chat replays too)."""
+    from pdplan.planner import traffic
+
+    monkeypatch.setattr(traffic, "PRESET_REPLAY_REQUESTS", SHORT_PRESET_REQUESTS)
+    return SHORT_PRESET_REQUESTS
+
+
+@pytest.fixture
 def no_report(monkeypatch):
     """Skip report.html where a test does not look at it (the reports' own tests cover it)."""
     from pdplan.planner.cli import search_cmd
@@ -42,7 +54,7 @@ def no_report(monkeypatch):
     monkeypatch.setattr(search_cmd, "_report", lambda out: out / "report.html")
 
 
-def test_search_run_directory(tmp_path: Path) -> None:
+def test_search_run_directory(short_preset: int, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["--slo", "ttft=1s,tpot=50ms", "--gpus", "3", *MODEL, "--preset", "chat", "--workers", "1"]
     result = _invoke([*args, "--out", out])
@@ -66,6 +78,7 @@ def test_search_run_directory(tmp_path: Path) -> None:
     assert ((per_gpu - plan.predicted["goodput_rps_per_gpu"]).abs() < 1e-5).any(), "the chosen row"
     assert plan.predicted["attainment"] >= 0.9 and plan.model == "llama-3.1-8b"
     assert plan.workload["name"] == "chat"  # the preset's description
+    assert plan.workload["num_requests"] == short_preset
     requests = pd.read_csv(out / "requests.csv")
     assert tuple(requests.columns) == REQUEST_COLUMNS
     summary = yaml.safe_load((out / "summary.yaml").read_text())
@@ -89,14 +102,16 @@ def test_infeasible_slo_writes_a_plan_saying_why_and_exits_0(tmp_path: Path) -> 
     assert (out / "report.html").is_file()
 
 
-def test_rate_mode_with_a_price(no_report, tmp_path: Path) -> None:
+def test_rate_mode_with_a_price(short_preset: int, no_report, tmp_path: Path) -> None:
+    """25 req/s (30 before, on 10,000-request replays): 1P:1D (TP1) holds ~29 req/s on 3,000-request
+    replays, and 30 sat on its cliff, where the six replays' spread decides."""
     out = tmp_path / "run"
-    args = ["--slo", "ttft=1s,tpot=50ms", "--rate", "30", *MODEL, "--preset", "chat", "--workers", "1"]
+    args = ["--slo", "ttft=1s,tpot=50ms", "--rate", "25", *MODEL, "--preset", "chat", "--workers", "1"]
     result = _invoke([*args, "--price-per-gpu-hour", "2.5", "--mode", "disaggregated", "--out", out])
     plan = load_plan(out / "plan.yaml")
-    assert plan.mode == "disaggregated" and plan.predicted["rate_rps"] == 30
-    assert plan.predicted["goodput_rps"] >= 30
-    assert f"holds 30 req/s on {plan.gpus} GPUs (${2.5 * plan.gpus:,.2f}/hour)" in " ".join(
+    assert plan.mode == "disaggregated" and plan.predicted["rate_rps"] == 25
+    assert plan.predicted["goodput_rps"] >= 25
+    assert f"holds 25 req/s on {plan.gpus} GPUs (${2.5 * plan.gpus:,.2f}/hour)" in " ".join(
         result.output.split()
     )
 

@@ -3,6 +3,8 @@ infeasible SLOs, and the bookkeeping of every candidate."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -12,7 +14,7 @@ from pdplan.planner.presets import get_preset
 from pdplan.planner.probe import SloTargets
 from pdplan.planner.profileset import ProfileSet, analytic_profile_set
 from pdplan.planner.screen import Screen
-from pdplan.planner.search import SearchSpec, run_search
+from pdplan.planner.search import SearchResult, SearchSpec, run_search
 from pdplan.planner.search_files import candidates_frame, probes_frame
 from pdplan.planner.slo import parse_slo
 from pdplan.planner.space import SpaceGrid
@@ -51,11 +53,13 @@ def small_spec(profiles: ProfileSet, **overrides) -> SearchSpec:
 def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     """The promise is the user's: replays of the workload's own request count with the seeds the
     search did not use hold the SLO at the promised goodput, and miss it at 1.15× that rate. TPOT
-    binds here (20 ms: a decode batch of ~130 chat requests)."""
+    binds here (20 ms: a decode batch of ~130 chat requests). On 3,000-request replays (6,000
+    before: the search took 4× as long, the test 2×, mostly confirming four plans on six seeds)
+    the replays of those seeds still miss by far at 1.15× (attainment 0.49-0.69, all unstable)."""
     slo = SloTargets(parse_slo("ttft=1s,tpot=20ms"))
     spec = SearchSpec(
         profiles=profiles,
-        traffic=chat(0, 6000),
+        traffic=chat(0),
         slo=slo,
         link=LINK,
         max_gpus=2,
@@ -73,7 +77,7 @@ def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     assert confirmation.fails_at_rps <= chosen.goodput_rps * (1 + spec.rate_policy.tolerance) + 1e-9
     cluster = Screen(spec).cluster(chosen.candidate)
     for seed in (11, 12, 13):  # seeds the search never drew
-        other = chat(seed, 6000)
+        other = chat(seed)
         at = holds_at(cluster, other, slo, chosen.goodput_rps)
         above = holds_at(cluster, other, slo, 1.15 * chosen.goodput_rps)
         assert at.meets_slo, f"seed {seed} misses the SLO at the promised goodput: {at.violated}"
@@ -83,9 +87,18 @@ def test_chosen_plan_is_tight(profiles: ProfileSet) -> None:
     assert result.operating_summary is not None and result.operating_summary["attainment"] >= 0.9
 
 
-def test_results_do_not_depend_on_the_worker_count(profiles: ProfileSet) -> None:
-    one = run_search(small_spec(profiles, workers=1))
-    two = run_search(small_spec(profiles, workers=2))
+@pytest.fixture(scope="module")
+def searched(profiles: ProfileSet) -> SearchResult:
+    """``small_spec`` on 2,000-request replays, searched by one worker (the default): the
+    worker-count test compares it with two workers, and the bookkeeping test reads it (a result is
+    frozen; they only read it). 2,000 requests halve the time of 3,000 and still simulate 9
+    candidates to their goodput in 66 probes and prune 11 after probing, in both modes."""
+    return run_search(small_spec(profiles, workers=1, traffic=chat(0, 2000)))
+
+
+def test_results_do_not_depend_on_the_worker_count(searched: SearchResult) -> None:
+    one = searched
+    two = run_search(replace(one.spec, workers=2))
     pd.testing.assert_frame_equal(candidates_frame(one), candidates_frame(two))
     pd.testing.assert_frame_equal(probes_frame(one), probes_frame(two))
     assert one.chosen is not None and two.chosen is not None
@@ -95,8 +108,8 @@ def test_results_do_not_depend_on_the_worker_count(profiles: ProfileSet) -> None
     assert sum(1 for e in one.evaluations if e.status == STATUS_PRUNED and e.probes) >= 3
 
 
-def test_every_candidate_is_decided_with_its_evidence(profiles: ProfileSet) -> None:
-    result = run_search(small_spec(profiles))
+def test_every_candidate_is_decided_with_its_evidence(searched: SearchResult) -> None:
+    result = searched
     statuses = {e.status for e in result.evaluations}
     assert statuses <= {STATUS_OK, STATUS_PRUNED, STATUS_INFEASIBLE}
     assert STATUS_OK in statuses and STATUS_PRUNED in statuses
@@ -151,8 +164,10 @@ def test_an_slo_below_one_prefill_is_infeasible_with_the_reason(profiles: Profil
 
 
 def test_percentile_slo_holds_at_the_operating_point(profiles: ProfileSet) -> None:
+    """On 2,000-request replays (3,000 took 2.4x as long, mostly confirming six plans; this
+    confirms three, and its misses above the goodput are still TTFT p99's)."""
     slo = SloTargets(parse_slo("ttft_p99=2s,tpot_p90=40ms"))
-    result = run_search(small_spec(profiles, slo=slo, max_gpus=2))
+    result = run_search(small_spec(profiles, slo=slo, max_gpus=2, traffic=chat(0, 2000)))
     assert result.chosen is not None and result.operating_summary is not None
     summary = result.operating_summary
     assert summary["ttft_ms"]["p99"] <= 2000 and summary["tpot_ms"]["p90"] <= 40

@@ -34,3 +34,15 @@ def bench_run(runs_root: Path, profile_run: tuple[Path, Profile]) -> Path:
     folder = runs_root / "bench"
     write_bench_run(folder, np.random.default_rng(3), profile_run[1])
     return folder
+
+
+@pytest.fixture(scope="session")
+def full_report(
+    runs_root: Path, profile_run: tuple[Path, Profile], search_run: Path, bench_run: Path
+) -> Path:
+    """The profile, search and bench runs in one report, rendered once (strict: a section that
+    fails raises): the render test reads its HTML, the browser test loads it in Chromium."""
+    from pdplan.reports.render import write_combined_report
+
+    runs = [profile_run[0], search_run, bench_run]
+    return write_combined_report(runs, runs_root / "full" / "report.html", strict=True)

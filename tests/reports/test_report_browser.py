@@ -55,12 +55,8 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not in
 
 
 @needs_chromium
-def test_full_report_renders_in_chromium(
-    tmp_path: Path, profile_run, search_run: Path, bench_run: Path
-) -> None:
-    out = write_combined_report(
-        [profile_run[0], search_run, bench_run], tmp_path / "report.html", strict=True
-    )
+def test_full_report_renders_in_chromium(full_report: Path) -> None:
+    out = full_report  # profile + search + bench, strict (conftest.py)
     assert CHROMIUM is not None
     page = load_page(CHROMIUM, out, PROBE, pdf=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -79,18 +79,14 @@ def test_write_report_for_a_search_run(tmp_path: Path, search_run: Path) -> None
     assert "<title>pdplan search report: llama-3.1-8b on h100-sxm</title>" in html
 
 
-def test_combined_report_has_every_section(
-    tmp_path: Path, profile_run, search_run: Path, bench_run: Path
-) -> None:
-    out = write_combined_report(
-        [profile_run[0], search_run, bench_run], tmp_path / "r" / "all.html", title="All <in> one"
-    )
-    html = out.read_text()
+def test_combined_report_has_every_section(full_report: Path) -> None:
+    """The profile + search + bench report (shared with the browser test; the title the user
+    gives is checked through the CLI below)."""
+    html = full_report.read_text()
     _check_self_contained(html)
     assert all(_sections(html).values()) and len(_sections(html)) == 6
     # a traffic-over-time figure for the search and the bench; validation: CDFs and error over time
     assert len(_figures(html)) == 15
-    assert "<title>All &lt;in&gt; one</title>" in html
 
 
 def test_report_of_an_empty_run_explains_every_absent_section(tmp_path: Path) -> None:
@@ -149,11 +145,14 @@ def test_missing_directory_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_cli_report_combines_directories(tmp_path: Path, search_run: Path, bench_run: Path) -> None:
-    out = tmp_path / "combined.html"
-    result = CliRunner().invoke(app, ["report", str(search_run), str(bench_run), "--out", str(out)])
+    out = tmp_path / "r" / "combined.html"  # its folder is created
+    args = ["report", str(search_run), str(bench_run), "--out", str(out), "--title", "All <in> one"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"report: {out}" in result.output
-    assert _sections(out.read_text())["validation"] is True  # search predicted, bench measured
+    html = out.read_text()
+    assert _sections(html)["validation"] is True  # search predicted, bench measured
+    assert "<title>All &lt;in&gt; one</title>" in html
 
 
 def test_cli_user_errors_exit_2(tmp_path: Path, search_run: Path, bench_run: Path) -> None:
