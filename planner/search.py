@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from pdplan.planner.evaluation import STATUS_OK, Evaluation, rank_key
+from pdplan.planner.evaluation import STATUS_OK, STATUS_PRUNED, Evaluation, rank_key
 from pdplan.planner.probe import SloTargets, judge, simulate_requests
 from pdplan.planner.profileset import ProfileSet
 from pdplan.planner.promise import BudgetUse, Promise, Settler
@@ -196,8 +196,30 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
     log.debug("search: %d candidates, %d infeasible before simulating", total, len(decided))
     with executor(spec.workers, spec.executor) as pool:
         Scheduler(spec, screen, pool, decided, tick).run(screened)
-    evaluations = tuple(decided[c.candidate_id] for c in candidates)
-    promise = Settler(spec, screen, evaluations).settle()
+        promise = Settler(spec, screen, tuple(decided[c.candidate_id] for c in candidates)).settle()
+        while spec.target_rate_rps is not None and promise.chosen is None:
+            # Rate mode prunes every layout larger than the fewest-GPU one that held the target in
+            # the search. If the replays then demote that one (it misses the target on the user's
+            # other seeds), the layouts pruned because of it were never judged: search them again,
+            # without it. Each round demotes at least one more candidate, so this ends.
+            demoted = _demoted(decided, promise.evaluations)
+            reopen = [s for s in screened if decided[s.candidate.candidate_id].status == STATUS_PRUNED]
+            if not demoted or not reopen:
+                break
+            log.info(
+                "rate mode: %s missed the target on the replays; %d pruned layouts searched again",
+                ", ".join(demoted),
+                len(reopen),
+            )
+            decided.update(
+                {
+                    e.candidate.candidate_id: e
+                    for e in promise.evaluations
+                    if e.candidate.candidate_id in demoted
+                }
+            )
+            Scheduler(spec, screen, pool, decided, tick).run(reopen)
+            promise = Settler(spec, screen, tuple(decided[c.candidate_id] for c in candidates)).settle()
     evaluations = promise.evaluations
     ranked = sorted((e for e in evaluations if e.status == STATUS_OK), key=rank_key(spec.target_rate_rps))
     best_by_mode: dict[str, Evaluation] = {}
@@ -227,6 +249,15 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
         wall_s=time.perf_counter() - start,
         promise=promise,
     )
+
+
+def _demoted(before: Mapping[str, Evaluation], after: tuple[Evaluation, ...]) -> list[str]:
+    """Candidates the search found ok and the promise (its replays) made infeasible."""
+    return [
+        e.candidate.candidate_id
+        for e in after
+        if e.status != STATUS_OK and before[e.candidate.candidate_id].status == STATUS_OK
+    ]
 
 
 def _candidates(spec: SearchSpec, screen: Screen) -> list[Candidate]:

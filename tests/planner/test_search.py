@@ -155,6 +155,39 @@ def test_rate_mode_takes_the_fewest_gpus(profiles: ProfileSet) -> None:
     assert f"holds {target:g} req/s on {chosen.candidate.gpus} GPUs" in verdict(result)
 
 
+def test_rate_mode_searches_again_when_the_replays_demote_the_choice(
+    profiles: ProfileSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rate mode prunes every layout larger than the fewest-GPU one that holds the target. When the
+    user's replays then demote it, the larger layouts are searched again rather than the search
+    reporting none feasible. Here the replays are made to miss for every layout the search found
+    to hold the target (as another seed's burst would), so the plan must come from one it pruned."""
+    from pdplan.planner import promise as promise_module
+
+    real = promise_module.Settler._probe_at
+    refused: list[int] = []  # the most GPUs of any layout the first search found to hold the target
+
+    def probe_at(self, evaluation, rate):  # type: ignore[no-untyped-def]
+        if not refused:
+            refused.append(max(e.candidate.gpus for e in self._ranked()))
+        probe = real(self, evaluation, rate)
+        if evaluation.candidate.gpus <= refused[0]:
+            return replace(probe, meets_slo=False, violated="(test) a replay seed missed")
+        return probe
+
+    monkeypatch.setattr(promise_module.Settler, "_probe_at", probe_at)
+    target = 30.0
+    result = run_search(small_spec(profiles, max_gpus=None, target_rate_rps=target))
+    chosen = result.chosen
+    assert chosen is not None, verdict(result)
+    assert (
+        chosen.candidate.gpus > refused[0] and chosen.goodput_rps is not None and chosen.goodput_rps >= target
+    )
+    demoted = [e for e in result.evaluations if "on the user's replays" in e.reason]
+    assert demoted and all(e.status == STATUS_INFEASIBLE and e.candidate.gpus <= refused[0] for e in demoted)
+    assert f"holds {target:g} req/s on {chosen.candidate.gpus} GPUs" in verdict(result)
+
+
 def test_an_slo_below_one_prefill_is_infeasible_with_the_reason(profiles: ProfileSet) -> None:
     result = run_search(small_spec(profiles, slo=SloTargets(parse_slo("ttft=5ms,tpot=50ms"))))
     assert result.chosen is None and result.operating is None
