@@ -110,6 +110,12 @@ def _deployment_pids(run: Path) -> list[int]:
     return [int(record["supervisor_pid"]), *(int(p["pid"]) for p in record["processes"])]
 
 
+def _named_pids(run: Path) -> dict[str, int]:
+    """The deployment's processes by name (workers, router, gateway) and this one (the client)."""
+    record = json.loads((run / "deploy.json").read_text())
+    return {**{p["name"]: int(p["pid"]) for p in record["processes"]}, "client": os.getpid()}
+
+
 BUCKETS = (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16))
 
 
@@ -274,7 +280,14 @@ def local_part(
     workloads: tuple[str, ...] = ("chat", "long-prompt"),
     num_requests: int = NUM_REQUESTS,
 ) -> dict[str, Any]:
-    from local_ttft import measured_segments, path_table, simulated_segments, step_prices
+    from local_ttft import (
+        cores_by_process,
+        measured_segments,
+        path_table,
+        simulated_segments,
+        step_prices,
+        thread_cpu_s,
+    )
 
     from pdplan.planner.calibrate import Params, calibrate, errors_pct, metrics, predict
     from pdplan.planner.plan import load_plan
@@ -316,11 +329,14 @@ def local_part(
                         rate = load * capacity
                         reqs = draw_requests(workload.with_rate(rate))
                         pids = _deployment_pids(tmp / f"deploy-{plan_name}")
+                        named = _named_pids(tmp / f"deploy-{plan_name}")
+                        threads0 = thread_cpu_s(named)
                         busy0, ours0 = _cpu_seconds(pids)
                         t0 = time.time()
                         bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
                         wall = time.time() - t0
                         busy1, ours1 = _cpu_seconds(pids)
+                        by_process = cores_by_process(threads0, thread_cpu_s(named), wall)
                         t1 = time.time()
                         logged, prefills = _logged_steps(tmp / f"deploy-{plan_name}")
                         all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
@@ -351,6 +367,7 @@ def local_part(
                                     "measured": _measured_batches(logged, t0, t1),
                                     "simulated": _simulated_batches(run.requests, cluster),
                                 },
+                                "cores_by_process": by_process,
                                 "step_prices": prices,
                                 "first_token_path": path,
                             }
@@ -428,6 +445,7 @@ def print_local(r: dict[str, Any]) -> None:
                     + "; at the measured step prices: "
                     + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys)
                 )
+                print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
                 path = row["first_token_path"]
                 print(
                     "    first-token path, mean ms measured / simulated: "

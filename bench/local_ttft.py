@@ -133,3 +133,38 @@ def step_prices(
             "cpu_over_model": round(sum(cpu) / total, 3) if all(map(math.isfinite, cpu)) else None,
         }
     return out
+
+
+def thread_cpu_s(processes: dict[str, int]) -> dict[tuple[str, int], float]:
+    """CPU seconds (user + system) of every thread of the named processes so far (``/proc``)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[str, int], float] = {}
+    for name, pid in processes.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[(name, int(tid))] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5))
+    return out
+
+
+def cores_by_process(
+    before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], wall_s: float
+) -> dict[str, dict[str, float]]:
+    """Cores each process kept busy between two :func:`thread_cpu_s` snapshots: in all, and its
+    busiest thread alone (a worker's engine thread; the rest is its event loop and hand-off pools)."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, tid), cpu in after.items():
+        used = (cpu - before.get((name, tid), 0.0)) / wall_s
+        row = out.setdefault(name, {"all": 0.0, "busiest_thread": 0.0})
+        row["all"] += used
+        row["busiest_thread"] = max(row["busiest_thread"], used)
+    return {name: {k: round(v, 3) for k, v in row.items()} for name, row in out.items()}

@@ -23,7 +23,14 @@ from pdplan.sim import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from local_ttft import measured_segments, path_table, simulated_segments, step_prices
+from local_ttft import (
+    cores_by_process,
+    measured_segments,
+    path_table,
+    simulated_segments,
+    step_prices,
+    thread_cpu_s,
+)
 
 # 1/1024 s per prompt token, 1/64 s per decode step, 1/128 s link latency: exact in floating point.
 MODEL = LatencyModel((0.0, 0.0, 0.9765625, 0.0), (15.625, 0.0, 0.0))
@@ -109,3 +116,17 @@ def test_a_missing_timestamp_leaves_only_its_segments_out(name: str) -> None:
     drop = {"queue": "prefill_start_ts", "join": "first_token_ts"}[name]
     seg = measured_segments([_outcome(0.0, 5.0, {k: v for k, v in worker.items() if k != drop})], 0.0)
     assert math.isnan(seg[name][0]) and seg["to_queue"][0] == 1000.0
+
+
+def test_cores_by_process_splits_the_busiest_thread_from_the_rest() -> None:
+    before = {("decode-0", 1): 10.0, ("decode-0", 2): 1.0, ("gateway", 3): 0.5}
+    after = {("decode-0", 1): 17.5, ("decode-0", 2): 1.5, ("gateway", 3): 1.0, ("decode-0", 4): 0.5}
+    got = cores_by_process(before, after, 10.0)  # thread 4 started during the run
+    assert got == {
+        "decode-0": {"all": 0.85, "busiest_thread": 0.75},
+        "gateway": {"all": 0.05, "busiest_thread": 0.05},
+    }
+    import os
+
+    mine = thread_cpu_s({"me": os.getpid()})
+    assert mine and {name for name, _ in mine} == {"me"} and all(v >= 0 for v in mine.values())
