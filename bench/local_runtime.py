@@ -408,6 +408,8 @@ def local_part(
 
 
 def print_local(r: dict[str, Any]) -> None:
+    from local_ttft import SEGMENTS
+
     print(
         "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: quick prefill grid to 512 "
         "tokens | to 1,536, before -> after calibration =="
@@ -451,8 +453,12 @@ def print_local(r: dict[str, Any]) -> None:
                     "    first-token path, mean ms measured / simulated: "
                     + ", ".join(
                         f"{k} {(m or {}).get('mean', nan)} / {(s or {}).get('mean', nan)}"
-                        for k, (m, s) in ((k, (v["measured"], v["simulated"])) for k, v in path.items())
+                        for k, (m, s) in (
+                            (k, (v["measured"], v["simulated"])) for k, v in path.items() if k in SEGMENTS
+                        )
                     )
+                    + "; parts (p50 ms): "
+                    + ", ".join(f"{k} {v['p50']}" for k, v in path.get("details_measured", {}).items())
                 )
             if "batches" in row:
                 m, sim = row["batches"]["measured"], row["batches"]["simulated"]

@@ -21,7 +21,12 @@ segment           measured (worker and client clocks)         simulated
                   server, router, gateway, client)
 ================  ==========================================  ==========================================
 
-Means add up to the mean TTFT, so the table says where the time goes. :func:`step_prices` compares
+Means add up to the mean TTFT, so the table says where the time goes. Four parts of the two
+outer segments are measured alone (:data:`DETAILS`): ``in`` (client send → the first worker got
+the request: gateway and router), ``ready_wait`` (→ the prompt queued: in PD the prefill waits for
+the decode side's READY), ``loop_out`` (first token emitted by the engine thread → the worker's event
+loop begins writing it: the loop's wait for the core and the GIL) and ``out`` (→ the client reads it:
+HTTP, router, gateway, client). :func:`step_prices` compares
 every prefill forward and decode step the workers logged with the profile's price, by wall time
 and by the engine thread's CPU time: wall above CPU is time the OS gave to other threads.
 """
@@ -34,13 +39,14 @@ from typing import Any
 import numpy as np
 
 SEGMENTS = ("to_queue", "queue", "prefill", "handoff", "join", "to_client")
+DETAILS = ("in", "ready_wait", "loop_out", "out")
 
 
 def measured_segments(outcomes: list[Any], started_unix: float) -> dict[str, np.ndarray]:
     """Per request (ms; NaN where a time is missing or the request failed): the segments of the
     module docstring from each ``Outcome`` (``sent_s``/``first_token_s`` on the run's clock, whose
     time 0 is ``started_unix``) and its worker timeline (UNIX seconds)."""
-    out = {name: np.full(len(outcomes), math.nan) for name in SEGMENTS}
+    out = {name: np.full(len(outcomes), math.nan) for name in (*SEGMENTS, *DETAILS)}
     for i, o in enumerate(outcomes):
         w = o.worker or {}
         if o.status != "ok" or not w:
@@ -49,6 +55,8 @@ def measured_segments(outcomes: list[Any], started_unix: float) -> dict[str, np.
         received = w.get("kv_received_ts")
         stamps = {
             "send": started_unix + o.sent_s,
+            "arrived": w.get("prefill_arrival_ts") or w.get("arrival_ts"),
+            "sent": w.get("first_token_sent_ts"),
             "queued": queued,
             "start": w.get("prefill_start_ts"),
             "end": w.get("prefill_end_ts"),
@@ -63,6 +71,10 @@ def measured_segments(outcomes: list[Any], started_unix: float) -> dict[str, np.
             "handoff": ("end", "received"),
             "join": ("received" if received else "end", "first"),
             "to_client": ("first", "client"),
+            "in": ("send", "arrived"),
+            "ready_wait": ("arrived", "queued"),
+            "loop_out": ("first", "sent"),
+            "out": ("sent", "client"),
         }
         for name, (a, b) in spans.items():
             if isinstance(stamps[a], float) and isinstance(stamps[b], float):
@@ -107,6 +119,8 @@ def path_table(measured: dict[str, np.ndarray], simulated: dict[str, np.ndarray]
         m, s = _stats(measured[name]), _stats(simulated[name])
         if m is not None or s is not None:
             table[name] = {"measured": m, "simulated": s}
+    details = {name: _stats(measured[name]) for name in DETAILS if name in measured}
+    table["details_measured"] = {k: v for k, v in details.items() if v is not None}
     return table
 
 

@@ -24,6 +24,8 @@ from pdplan.sim import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from local_ttft import (
+    DETAILS,
+    SEGMENTS,
     cores_by_process,
     measured_segments,
     path_table,
@@ -86,13 +88,16 @@ def test_measured_segments_from_worker_timelines_and_client_times() -> None:
         _outcome(0.125, 1.25, colocated),
         _outcome(0.125, math.nan, pd, status="failed"),
     ]
+    pd |= {"prefill_arrival_ts": 1000.25, "first_token_sent_ts": 1001.1875}
     seg = measured_segments(outcomes, t0)
-    assert [seg[k][0] for k in seg] == [250.0, 125.0, 500.0, 62.5, 62.5, 125.0]
+    assert [seg[k][0] for k in SEGMENTS] == [250.0, 125.0, 500.0, 62.5, 62.5, 125.0]
+    assert [seg[k][0] for k in DETAILS] == [125.0, 125.0, 62.5, 62.5]  # in + ready_wait = to_queue
     # colocated: queued = arrival at the worker, no hand-off, the token comes with the prefill
-    got = [seg[k][1] for k in seg]
+    got = [seg[k][1] for k in SEGMENTS]
     assert got[:3] == [125.0, 250.0, 500.0] and math.isnan(got[3]) and got[4:] == [0.0, 250.0]
     assert all(math.isnan(seg[k][2]) for k in seg)
-    table = path_table(seg, {k: np.zeros(3) for k in seg})
+    table = path_table(seg, {k: np.zeros(3) for k in SEGMENTS})
+    assert table["details_measured"]["in"] == {"mean": 125.0, "p50": 125.0, "p90": 125.0}
     assert table["prefill"]["measured"] == {"mean": 500.0, "p50": 500.0, "p90": 500.0}
     assert table["handoff"]["measured"]["mean"] == 62.5 and table["handoff"]["simulated"]["mean"] == 0.0
 
