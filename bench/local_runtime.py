@@ -15,6 +15,13 @@ longer grid is judged on the same measured traffic, whatever the machine's load 
 decode step the workers logged (``/server_info``: batch, context, wall ms) is compared with the
 profile's model by batch (``decode_steps_vs_profile``), and each run's decode batches and busy time
 with the simulator's (``batches``). The load average is recorded per run.
+
+Each run's TTFT is also cut into the segments of its first-token path, measured and simulated
+(``first_token_path``, :mod:`local_ttft`), every prefill forward and decode step of the run is priced
+against the profile by wall and by engine-thread CPU time (``step_prices``), and the run is
+predicted once more with each step priced at its measured wall time (``error_at_measured_prices_pct``:
+compute scale = the prefill forwards' wall / model, bandwidth scale = the decode steps'): what is
+left there is the path outside the steps, what it removes was the steps' price.
 """
 
 from __future__ import annotations
@@ -103,20 +110,30 @@ def _deployment_pids(run: Path) -> list[int]:
     return [int(record["supervisor_pid"]), *(int(p["pid"]) for p in record["processes"])]
 
 
+def _named_pids(run: Path) -> dict[str, int]:
+    """The deployment's processes by name (workers, router, gateway) and this one (the client)."""
+    record = json.loads((run / "deploy.json").read_text())
+    return {**{p["name"]: int(p["pid"]) for p in record["processes"]}, "client": os.getpid()}
+
+
 BUCKETS = (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16))
 
 
-def _logged_steps(run: Path) -> list[list[dict[str, Any]]]:
-    """The decode steps each decode/colocated worker of the deployment logged (``/server_info``)."""
+def _logged_steps(run: Path) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The decode steps each decode/colocated worker of the deployment logged, and the prefill
+    forwards of every prefill/colocated worker (``/server_info``)."""
     import httpx
 
     record = json.loads((run / "deploy.json").read_text())
-    out = []
+    out, prefills = [], []
     for proc in record["processes"]:
-        if proc["role"] in ("decode", "colocated"):
-            info = httpx.get(proc["url"] + "/server_info", timeout=10).json()
-            out.append(info["internal_states"][0]["recent_decode_steps"])
-    return out
+        if proc["role"] in ("decode", "colocated", "prefill"):
+            state = httpx.get(proc["url"] + "/server_info", timeout=10).json()["internal_states"][0]
+            if proc["role"] != "prefill":
+                out.append(state["recent_decode_steps"])
+            if proc["role"] != "decode":
+                prefills += state.get("recent_prefill_batches", [])
+    return out, prefills
 
 
 def _worker_steps(steps: list[dict[str, Any]], latency: Any) -> dict[str, Any]:
@@ -263,12 +280,22 @@ def local_part(
     workloads: tuple[str, ...] = ("chat", "long-prompt"),
     num_requests: int = NUM_REQUESTS,
 ) -> dict[str, Any]:
+    from local_ttft import (
+        cores_by_process,
+        measured_segments,
+        path_table,
+        simulated_segments,
+        step_prices,
+        thread_cpu_s,
+    )
+
     from pdplan.planner.calibrate import Params, calibrate, errors_pct, metrics, predict
     from pdplan.planner.plan import load_plan
     from pdplan.profiles.profile import load_profile
     from pdplan.realrun.bench_apis import ApiSpec
     from pdplan.realrun.bench_client import BenchConfig, run_bench
     from pdplan.realrun.bench_results import requests_frame
+    from pdplan.sim.simulate import simulate
     from pdplan.sim.workload import draw_requests
 
     out: dict[str, Any] = {"load_before": f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"}
@@ -302,17 +329,27 @@ def local_part(
                         rate = load * capacity
                         reqs = draw_requests(workload.with_rate(rate))
                         pids = _deployment_pids(tmp / f"deploy-{plan_name}")
+                        named = _named_pids(tmp / f"deploy-{plan_name}")
+                        threads0 = thread_cpu_s(named)
                         busy0, ours0 = _cpu_seconds(pids)
                         t0 = time.time()
                         bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
                         wall = time.time() - t0
                         busy1, ours1 = _cpu_seconds(pids)
-                        logged = _logged_steps(tmp / f"deploy-{plan_name}")
+                        by_process = cores_by_process(threads0, thread_cpu_s(named), wall)
+                        t1 = time.time()
+                        logged, prefills = _logged_steps(tmp / f"deploy-{plan_name}")
                         all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
                         frame = requests_frame(bench)
                         name = f"{plan_name}/{wl_name}/{int(load * 100)}%"
                         run = _measured_run(name, reqs, frame, cluster)
                         runs[(wl_name, load)] = run
+                        steps_flat = [s for log in logged for s in log]
+                        prices = step_prices(prefills, steps_flat, profile.latency, t0, t1)
+                        path = path_table(
+                            measured_segments(bench.outcomes, bench.started_unix),
+                            simulated_segments(simulate(run.requests, cluster)),
+                        )
                         rows.append(
                             {
                                 "run": name,
@@ -327,9 +364,12 @@ def local_part(
                                     "others": round((busy1 - busy0 - (ours1 - ours0)) / wall, 2),
                                 },
                                 "batches": {
-                                    "measured": _measured_batches(logged, t0, time.time()),
+                                    "measured": _measured_batches(logged, t0, t1),
                                     "simulated": _simulated_batches(run.requests, cluster),
                                 },
+                                "cores_by_process": by_process,
+                                "step_prices": prices,
+                                "first_token_path": path,
                             }
                         )
                 steps = _worker_steps(all_steps, profile.latency)
@@ -349,6 +389,14 @@ def local_part(
                 old = predict(replace(run, cluster=short_cluster), Params())
                 row["error_prefill_to_512_pct"] = errors_pct(metrics(*old, every), measured)
                 row["error_after_pct"] = errors_pct(metrics(*predict(run, result.params), every), measured)
+                prices = row["step_prices"]
+                at_measured = Params(
+                    compute_scale=prices.get("prefill", {}).get("wall_over_model", 1.0),
+                    bandwidth_scale=prices.get("decode", {}).get("wall_over_model", 1.0),
+                )
+                row["error_at_measured_prices_pct"] = errors_pct(
+                    metrics(*predict(run, at_measured), every), measured
+                )
             out[plan_name] = {
                 "decode_steps_vs_profile": steps,
                 "parameters": result.params.to_dict(),
@@ -360,6 +408,8 @@ def local_part(
 
 
 def print_local(r: dict[str, Any]) -> None:
+    from local_ttft import SEGMENTS
+
     print(
         "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: quick prefill grid to 512 "
         "tokens | to 1,536, before -> after calibration =="
@@ -386,6 +436,30 @@ def print_local(r: dict[str, Any]) -> None:
                     f" (cores busy: ours {row['cores_busy']['ours']}, others {row['cores_busy']['others']})"
                 )
             print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s{load}  " + "  ".join(cells))
+            if "step_prices" in row:
+                at = row["error_at_measured_prices_pct"]
+                print(
+                    "    steps / profile (wall, cpu): "
+                    + ", ".join(
+                        f"{k} {v['wall_over_model']}, {v['cpu_over_model']} ({v['count']})"
+                        for k, v in row["step_prices"].items()
+                    )
+                    + "; at the measured step prices: "
+                    + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys)
+                )
+                print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
+                path = row["first_token_path"]
+                print(
+                    "    first-token path, mean ms measured / simulated: "
+                    + ", ".join(
+                        f"{k} {(m or {}).get('mean', nan)} / {(s or {}).get('mean', nan)}"
+                        for k, (m, s) in (
+                            (k, (v["measured"], v["simulated"])) for k, v in path.items() if k in SEGMENTS
+                        )
+                    )
+                    + "; parts (p50 ms): "
+                    + ", ".join(f"{k} {v['p50']}" for k, v in path.get("details_measured", {}).items())
+                )
             if "batches" in row:
                 m, sim = row["batches"]["measured"], row["batches"]["simulated"]
                 print(

@@ -224,9 +224,11 @@ async def bench_async(
 
     outcomes = [Outcome() for _ in range(len(requests))]
     connector = aiohttp.TCPConnector(limit=config.max_in_flight, force_close=False)
-    started_unix = time.time()
     async with aiohttp.ClientSession(connector=connector) as session:
         ctx = _Ctx(config, requests, outcomes, session)
+        # The UNIX time of the run's time 0 (``ctx.t0``), so that the workers' UNIX timestamps
+        # and the client's perf_counter ones share one clock.
+        started_unix = time.time() - (time.perf_counter() - ctx.t0)
         ctx.progress = progress
         driver = _closed_loop if config.concurrency is not None else _open_loop
         main = asyncio.ensure_future(driver(config, requests, outcomes, ctx))

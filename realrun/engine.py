@@ -289,7 +289,7 @@ class Engine:
         if not batch:
             return
         reserve = 0 if self.config.role == "prefill" else max(j.sampling.max_new_tokens for j in batch)
-        start = time.time()
+        start, cpu0 = time.time(), time.thread_time()
         try:
             if self.prefix_cache is None:
                 prompts = [list(j.prompt) for j in batch]
@@ -303,7 +303,11 @@ class Engine:
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
             return
         end = time.time()
-        self.metrics.observe("prefill_batch_seconds", end - start)
+        cached = [j.timeline.cached_tokens for j in batch]
+        self.metrics.prefill_batch(
+            [len(j.prompt) - c for j, c in zip(batch, cached, strict=True)], cached, end - start,
+            time.thread_time() - cpu0, start,
+        )  # fmt: skip
         self.metrics.inc("prefill_tokens_total", sum(len(j.prompt) for j in batch))
         for job, cache, token in zip(batch, caches, tokens, strict=True):
             job.timeline.prefill_start, job.timeline.prefill_end = start, end
@@ -354,7 +358,8 @@ class Engine:
             budget -= take
         if not items:
             return
-        start = time.time()
+        start, cpu0 = time.time(), time.thread_time()
+        prior = [job.prefilled for job, _ in items]
         try:
             logits = prefill_chunks(self.executor, [(chunk, job.cache) for job, chunk in items])  # type: ignore[misc]
         except (RuntimeError, ValueError) as err:
@@ -365,7 +370,9 @@ class Engine:
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
             return
         end = time.time()
-        self.metrics.observe("prefill_batch_seconds", end - start)
+        self.metrics.prefill_batch(
+            [len(chunk) for _, chunk in items], prior, end - start, time.thread_time() - cpu0, start
+        )
         self.metrics.inc("prefill_tokens_total", sum(len(chunk) for _, chunk in items))
         for job, chunk in items:
             job.prefilled += len(chunk)
@@ -400,7 +407,7 @@ class Engine:
         assert all(c is not None for c in caches), "running jobs hold KV"
         context = sum(c.length for c in caches if c is not None)
         start_s = time.time()
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.thread_time()
         try:
             logits = self.executor.decode([j.output[-1] for j in batch], caches)  # type: ignore[arg-type]
             tokens = self._sample(logits, batch)
@@ -411,12 +418,12 @@ class Engine:
                 job.sink(ErrorEvent(f"decode failed: {err}", 500))
             self._running = []
             return
-        step_s = time.perf_counter() - start
+        step_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu0
         now = time.time()
         self._running = [
             job for job, token in zip(batch, tokens, strict=True) if not self._emit(job, token, now)
         ]
-        self.metrics.decode_step(len(batch), context, step_s, start_s, len(self._running))
+        self.metrics.decode_step(len(batch), context, step_s, start_s, len(self._running), cpu_s)
 
     def _emit(self, job: Job, token: int, now: float) -> bool:
         """Append ``token`` to ``job``'s output and send it; returns whether the job finished."""

@@ -70,6 +70,10 @@ class Room:
     claimed: bool = False
     prefilled: PrefilledEvent | None = None
     deadline: asyncio.TimerHandle | None = None
+    #: UNIX s: the prefill request arrived (``register``); its prompt went to the engine (the
+    #: service sets it): both travel in the KV header for the decode side's timeline
+    arrival_s: float = 0.0
+    queued_s: float = 0.0
 
 
 class KvSender:
@@ -133,6 +137,7 @@ class KvSender:
         elif room.prompt is not None:
             raise HandoffError(f"bootstrap_room {room_id} is already in use", 409)
         room.prompt = prompt
+        room.arrival_s = time.time()
         room.registered.set()
         if not room.claimed:
             room.deadline = self._loop.call_later(self.bootstrap_timeout_s, self._claim_deadline, room)
@@ -306,7 +311,10 @@ class KvSender:
             )
         event = room.prefilled
         assert event is not None
-        meta = kv_meta(event.cache, self.dtype, event.token, event.start_s, event.end_s, event.cached_tokens)
+        meta = kv_meta(
+            event.cache, self.dtype, event.token, event.start_s, event.end_s, event.cached_tokens,
+            room.arrival_s, room.queued_s,
+        )  # fmt: skip
         if meta.payload_bytes > max_payload:
             raise HandoffError(f"KV of {meta.payload_bytes} bytes exceeds the decode's {max_payload}", 507)
         start = time.perf_counter()

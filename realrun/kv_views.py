@@ -39,13 +39,16 @@ def kv_meta(
     prefill_start_s: float,
     prefill_end_s: float,
     cached_tokens: int = 0,
+    prefill_arrival_s: float = 0.0,
+    prefill_queued_s: float = 0.0,
 ) -> KvMeta:
     """The typed header describing ``cache``'s valid positions (``cached_tokens`` of them came from
     the prefill's prefix cache)."""
     shape = (cache.num_layers, int(cache.k.shape[1]), cache.length, int(cache.k.shape[3]))
     return KvMeta(
-        first_token, cache.length, prefill_start_s, prefill_end_s, dtype, (shape, shape), False, cached_tokens
-    )
+        first_token, cache.length, prefill_start_s, prefill_end_s, dtype, (shape, shape), False,
+        cached_tokens, prefill_arrival_s, prefill_queued_s,
+    )  # fmt: skip
 
 
 def send_views(cache: KVCache) -> list[memoryview]:

@@ -13,7 +13,9 @@ followed by ``body_bytes`` (at most :data:`MAX_BODY_BYTES`) of a kind-specific b
     ABORT  decode → prefill   UTF-8 reason                          ("drop room R")
     KV     prefill → decode   first_token i64 | prompt_tokens u32 | cached_tokens u32 (prompt
                               tokens from the prefill's prefix cache) | prefill_start f64 | prefill_end f64
-                              | dtype u8 | ndim u8 | num_tensors u16 | flags u32 | dims u32 × ndim ×
+                              | prefill_arrival f64 | prefill_queued f64 (UNIX s: the request reached
+                              the prefill worker; its prompt was queued for the engine) | dtype u8
+                              | ndim u8 | num_tensors u16 | flags u32 | dims u32 × ndim ×
                               num_tensors | payload_bytes u64, then ``payload_bytes`` raw bytes: the
                               tensors in order, each C-contiguous — unless flag IN_PLACE says the
                               prefill already wrote them into the decode's shared buffer
@@ -49,12 +51,12 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"PDKV"
-VERSION = 3  # 3: the KV header carries cached_tokens
+VERSION = 4  # 3: the KV header carries cached_tokens; 4: and the prefill's arrival and queue times
 FRAME = struct.Struct("<4sHHQI")
 CLAIM_BODY = struct.Struct("<IQ")
 READY_BODY = struct.Struct("<QII")
 ERROR_STATUS = struct.Struct("<H")
-KV_FIXED = struct.Struct("<qIIddBBHI")
+KV_FIXED = struct.Struct("<qIIddddBBHI")
 PAYLOAD_BYTES = struct.Struct("<Q")
 MAX_BODY_BYTES = 64 * 1024
 MAX_TENSORS = 16
@@ -99,6 +101,9 @@ class KvMeta:
     shapes: tuple[tuple[int, ...], ...]
     in_place: bool = False
     cached_tokens: int = 0
+    #: when the prefill worker got the request and queued its prompt (UNIX s; 0: not known)
+    prefill_arrival_s: float = 0.0
+    prefill_queued_s: float = 0.0
 
     @property
     def payload_bytes(self) -> int:
@@ -156,7 +161,8 @@ def pack_kv_meta(meta: KvMeta) -> bytes:
     dims = [d for shape in meta.shapes for d in shape]
     fixed = KV_FIXED.pack(
         meta.first_token, meta.prompt_tokens, meta.cached_tokens, meta.prefill_start_s, meta.prefill_end_s,
-        code, ndim, len(meta.shapes), KV_IN_PLACE if meta.in_place else 0,
+        meta.prefill_arrival_s, meta.prefill_queued_s, code, ndim, len(meta.shapes),
+        KV_IN_PLACE if meta.in_place else 0,
     )  # fmt: skip
     return fixed + struct.pack(f"<{len(dims)}I", *dims) + PAYLOAD_BYTES.pack(meta.payload_bytes)
 
@@ -165,7 +171,9 @@ def unpack_kv_meta(body: bytes, max_payload_bytes: int) -> KvMeta:
     """Parse and check a KV header; the payload it announces must fit ``max_payload_bytes``."""
     if len(body) < KV_FIXED.size:
         raise WireError(f"KV header of {len(body)} bytes is shorter than {KV_FIXED.size}")
-    first, prompt_tokens, cached, t0, t1, code, ndim, count, flags = KV_FIXED.unpack_from(body)
+    first, prompt_tokens, cached, t0, t1, arrived, queued, code, ndim, count, flags = KV_FIXED.unpack_from(
+        body
+    )
     if cached >= max(prompt_tokens, 1):
         raise WireError(f"KV header: {cached} cached tokens of a {prompt_tokens}-token prompt")
     if flags & ~KV_IN_PLACE:
@@ -182,7 +190,7 @@ def unpack_kv_meta(body: bytes, max_payload_bytes: int) -> KvMeta:
     shapes = tuple(tuple(dims[i * ndim : (i + 1) * ndim]) for i in range(count))
     meta = KvMeta(
         int(first), int(prompt_tokens), float(t0), float(t1), _DTYPE_BY_CODE[code], shapes, bool(flags),
-        int(cached),
+        int(cached), float(arrived), float(queued),
     )  # fmt: skip
     if announced != meta.payload_bytes:
         raise WireError(f"KV header announces {announced} bytes; its shapes imply {meta.payload_bytes}")

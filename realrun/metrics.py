@@ -8,7 +8,11 @@ kept beside them under SGLang's names (``sglang:time_to_first_token_seconds``,
 built for SGLang servers read a pdplan deployment unchanged. The last :data:`STEP_LOG_SIZE` decode
 steps are also kept as :class:`StepRecord` for ``/server_info``: the runtime benchmarks compare
 their times with the profiled step time, and their start times and the batch left running after
-each step with the simulator's batches and busy time (``bench/local_runtime.py``).
+each step with the simulator's batches and busy time (``bench/local_runtime.py``). The last
+:data:`STEP_LOG_SIZE` prefill forwards are kept the same way (:class:`PrefillRecord`). Both carry
+the engine thread's CPU time beside the wall time: on a shared machine the wall time includes what
+the OS gave to other threads and processes, the CPU time is what the profile's one-thread clock
+measures (``pdplan.profiles.timing``), so the two tell a mispriced step from a shared core.
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ class StepRecord(NamedTuple):
     step_ms: float
     start_s: float
     running_after: int
+    cpu_ms: float = float("nan")  # the engine thread's CPU time (``time.thread_time``) in the step
+
+
+class PrefillRecord(NamedTuple):
+    """One prefill forward: each prompt's tokens computed in it (``new_tokens``) and those already in
+    its cache before it (``prior_tokens``: earlier slices, or the prefix cache), its wall and engine
+    thread CPU time, and when it started (``time.time()``)."""
+
+    new_tokens: tuple[int, ...]
+    prior_tokens: tuple[int, ...]
+    step_ms: float
+    cpu_ms: float
+    start_s: float
 
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -122,6 +139,7 @@ class WorkerMetrics:
                     registry=self.registry,
                 ).labels(model_name)
         self.steps: deque[StepRecord] = deque(maxlen=STEP_LOG_SIZE)
+        self.prefills: deque[PrefillRecord] = deque(maxlen=STEP_LOG_SIZE)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (under its SGLang name too, where SGLang has one)."""
@@ -149,16 +167,38 @@ class WorkerMetrics:
             self._sglang[name].observe(value_s)
 
     def decode_step(
-        self, batch_size: int, context_tokens: int, step_s: float, start_s: float, running_after: int
+        self,
+        batch_size: int,
+        context_tokens: int,
+        step_s: float,
+        start_s: float,
+        running_after: int,
+        cpu_s: float = float("nan"),
     ) -> None:
         """Record one decode step (see :class:`StepRecord`)."""
         self._histograms["decode_step_seconds"].labels(self.role).observe(step_s)
+        ms = step_s * 1000.0
+        record = StepRecord(batch_size, context_tokens, ms, start_s, running_after, cpu_s * 1000.0)
         with self._lock:
-            self.steps.append(StepRecord(batch_size, context_tokens, step_s * 1000.0, start_s, running_after))
+            self.steps.append(record)
+
+    def prefill_batch(
+        self, new_tokens: list[int], prior_tokens: list[int], step_s: float, cpu_s: float, start_s: float
+    ) -> None:
+        """Record one prefill forward (see :class:`PrefillRecord`)."""
+        self.observe("prefill_batch_seconds", step_s)
+        ms, cpu_ms = step_s * 1000.0, cpu_s * 1000.0
+        record = PrefillRecord(tuple(new_tokens), tuple(prior_tokens), ms, cpu_ms, start_s)
+        with self._lock:
+            self.prefills.append(record)
 
     def recent_steps(self) -> list[StepRecord]:
         with self._lock:
             return list(self.steps)
+
+    def recent_prefills(self) -> list[PrefillRecord]:
+        with self._lock:
+            return list(self.prefills)
 
     def counter(self, name: str, label: str = "") -> float:
         with self._lock:

@@ -50,13 +50,29 @@ class Finish:
 
 @dataclass
 class Timeline:
-    """Worker-side times of one request (UNIX seconds; ``None`` where the worker did not see it)."""
+    """Worker-side times of one request (UNIX seconds; ``None`` where the worker did not see it).
+
+    The first-token path, in order (a disaggregated request's decode worker reports them all; the
+    prefill worker's own times come in the KV header): ``prefill_arrival`` (the prefill worker got
+    the request), ``prefill_queued`` (it queued the prompt for its engine: the decode side had sent
+    READY), ``prefill_start`` / ``prefill_end`` (the forward that completed the prompt),
+    ``handoff_ready`` (the decode worker reserved KV and sent READY), ``kv_received`` (the KV is in
+    the decode worker's cache; the request goes to its engine), ``first_token`` (the engine emitted
+    the first token — a decode engine does so when it takes the request in, between two steps),
+    ``first_token_sent`` (the HTTP server began writing the first token's event), ``decode_start``
+    (the request joined the running batch).
+    """
 
     arrival: float = field(default_factory=time.time)
+    prefill_arrival: float | None = None
+    prefill_queued: float | None = None
     prefill_start: float | None = None
     prefill_end: float | None = None
+    handoff_ready: float | None = None
+    kv_received: float | None = None
     decode_start: float | None = None
     first_token: float | None = None
+    first_token_sent: float | None = None
     finish: float | None = None
     #: prompt tokens whose KV came from the prefix cache (the prefill worker's, in PD mode)
     cached_tokens: int = 0
@@ -64,10 +80,15 @@ class Timeline:
     def to_dict(self) -> dict[str, float | None]:
         return {
             "arrival_ts": self.arrival,
+            "prefill_arrival_ts": self.prefill_arrival,
+            "prefill_queued_ts": self.prefill_queued,
             "prefill_start_ts": self.prefill_start,
             "prefill_end_ts": self.prefill_end,
+            "handoff_ready_ts": self.handoff_ready,
+            "kv_received_ts": self.kv_received,
             "decode_start_ts": self.decode_start,
             "first_token_ts": self.first_token,
+            "first_token_sent_ts": self.first_token_sent,
             "finish_ts": self.finish,
         }
 

@@ -166,8 +166,19 @@ class WorkerServer:
                                 "step_ms": st.step_ms,
                                 "start_s": st.start_s,
                                 "running_after": st.running_after,
+                                "cpu_ms": st.cpu_ms,
                             }
                             for st in steps
+                        ],
+                        "recent_prefill_batches": [
+                            {
+                                "new_tokens": list(pf.new_tokens),
+                                "prior_tokens": list(pf.prior_tokens),
+                                "step_ms": pf.step_ms,
+                                "cpu_ms": pf.cpu_ms,
+                                "start_s": pf.start_s,
+                            }
+                            for pf in self.metrics.recent_prefills()
                         ],
                     }
                 ],
@@ -350,6 +361,7 @@ class WorkerServer:
         text = _StreamText(self.tokenizer)
         model = req.model or self.model_name
         out = first
+        first.timeline.first_token_sent = time.time()
         try:
             while True:
                 delta = text.add(out.token)

@@ -131,11 +131,15 @@ class WorkerService:
 
     # --- helpers ----------------------------------------------------------------------------------
     def _new_job(
-        self, req: GenerateRequest, on_terminal: Callable[[Job, Event], None]
+        self, req: GenerateRequest, on_terminal: Callable[[Job, Event], None], arrival: float | None = None
     ) -> tuple[Job, _Channel]:
+        """A job for ``req`` whose timeline starts at ``arrival`` (when the worker got the request,
+        before any wait for KV space or a hand-off; now if not given)."""
         holder: list[Job] = []
         channel = _Channel(asyncio.get_running_loop(), lambda event: on_terminal(holder[0], event))
         job = Job(req.rid, req.input_ids, req.sampling, channel.sink)
+        if arrival is not None:
+            job.timeline.arrival = arrival
         holder.append(job)
         return job, channel
 
@@ -187,13 +191,14 @@ class WorkerService:
 
     # --- colocated ----------------------------------------------------------------------------------
     async def _colocated(self, req: GenerateRequest) -> AsyncGenerator[Output, None]:
+        arrival = time.time()
         self._check_queue()
         tokens = len(req.input_ids) + req.sampling.max_new_tokens
         try:
             await self.admission.acquire(tokens)
         except Overloaded as err:
             raise ServiceError(f"worker overloaded: {err}", 503, "overloaded") from None
-        job, channel = self._new_job(req, lambda job, _event: self._release(job))
+        job, channel = self._new_job(req, lambda job, _event: self._release(job), arrival)
         job.reserved_tokens = tokens
         self.engine.submit(job)
         async for out in self._tokens(job, channel):
@@ -241,6 +246,8 @@ class WorkerService:
             exc = room.result.exception()
             assert isinstance(exc, HandoffError), "a room succeeds only after its KV was computed"
             raise ServiceError(exc.message, exc.status, "kv_handoff_failed")
+        room.queued_s = job.timeline.prefill_queued = time.time()
+        job.timeline.prefill_arrival = room.arrival_s
         self.engine.submit(job)
         get = asyncio.ensure_future(channel.queue.get())
         waits: set[asyncio.Future[Any]] = {get, room.result}
@@ -270,6 +277,7 @@ class WorkerService:
 
     # --- decode -------------------------------------------------------------------------------------
     async def _decode(self, req: GenerateRequest) -> AsyncGenerator[Output, None]:
+        arrival = time.time()
         boot = req.bootstrap
         if boot is None:
             raise ServiceError(
@@ -301,6 +309,7 @@ class WorkerService:
             async with await KvClaim.open(boot, req.input_ids, self.config.key, transport) as claim:
                 await claim.guard(self.admission.acquire(tokens))
                 cache = self.caches.take(tokens) if self.caches else self.executor.new_cache(tokens)
+                ready_s = time.time()  # READY goes out now
                 try:
                     fd = self.shared_fd(cache) if self.shared_fd else None
                     meta, transfer_s = await claim.receive(
@@ -317,11 +326,14 @@ class WorkerService:
         self.metrics.observe("kv_transfer_seconds", transfer_s)
         path = "shared_memory" if meta.in_place else "socket"
         self.metrics.inc("kv_transfer_bytes_total", meta.payload_bytes, label=path)
-        job, channel = self._new_job(req, lambda job, _event: self._release(job))
+        job, channel = self._new_job(req, lambda job, _event: self._release(job), arrival)
         job.reserved_tokens = tokens
         job.cache, job.first_token = cache, meta.first_token
         job.timeline.prefill_start, job.timeline.prefill_end = meta.prefill_start_s, meta.prefill_end_s
         job.timeline.cached_tokens = meta.cached_tokens  # the prefill worker's prefix cache hit
+        job.timeline.prefill_arrival = meta.prefill_arrival_s or None
+        job.timeline.prefill_queued = meta.prefill_queued_s or None
+        job.timeline.handoff_ready, job.timeline.kv_received = ready_s, time.time()
         self.engine.submit(job)
         async for out in self._tokens(job, channel):
             yield out

@@ -66,7 +66,7 @@ def test_kv_header_whose_sizes_disagree_is_refused() -> None:
     [(9, 4, 2, "unknown dtype code"), (1, 9, 2, "ndim=9"), (1, 4, 17, "tensors=17"), (1, 0, 2, "ndim=0")],
 )
 def test_kv_header_limits(code: int, ndim: int, count: int, message: str) -> None:
-    fixed = wire.KV_FIXED.pack(1, 1, 0, 0.0, 0.0, code, ndim, count, 0)
+    fixed = wire.KV_FIXED.pack(1, 1, 0, 0.0, 0.0, 0.0, 0.0, code, ndim, count, 0)
     body = fixed + b"\0" * (4 * ndim * count) + struct.pack("<Q", 0)
     with pytest.raises(wire.WireError, match=message):
         wire.unpack_kv_meta(body, 10**9)
@@ -117,3 +117,12 @@ def test_prompt_digest_is_stable_and_order_sensitive() -> None:
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert wire.is_loopback(host) is loopback
+
+
+def test_prefill_arrival_and_queue_times_round_trip() -> None:
+    """The KV header carries the prefill worker's first-token-path times to the decode timeline."""
+    meta = wire.KvMeta(
+        11, 5, 1.5, 2.0, "float32", ((4, 4, 5, 64),) * 2, prefill_arrival_s=1.25, prefill_queued_s=1.375
+    )
+    got = wire.unpack_kv_meta(wire.pack_kv_meta(meta), meta.payload_bytes)
+    assert (got.prefill_arrival_s, got.prefill_queued_s, got.prefill_start_s) == (1.25, 1.375, 1.5)

@@ -13,6 +13,7 @@ against decode steps.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import threading
@@ -283,3 +284,29 @@ def test_prefill_refuses_unauthenticated_claims(deployment: tuple[str, str, int,
     _wait(lambda: gauge(p_url, "kv_auth_failures_total") == failures + 1, 10.0)
     p, d = _pair(p_url, d_url, _body(40, boot, 8, 4))
     assert p.status_code == 200 and d.status_code == 200
+
+
+def test_the_decode_reply_times_the_first_token_path_and_the_workers_log_their_forwards(
+    deployment: tuple[str, str, int, StandIn, Impostor],
+) -> None:
+    p_url, d_url, boot, _, _ = deployment
+    prompt = list(range(400, 421))  # no other test's prompt: the prefix cache holds none of it
+    p, d = _pair(p_url, d_url, _body(50, boot, 21, 3, stream=True) | {"input_ids": prompt})
+    assert p.status_code == 200 and d.status_code == 200, (p.text, d.text)
+    events = [json.loads(line[6:]) for line in d.text.splitlines() if line.startswith("data: {")]
+    times = events[-1]["meta_info"]["pdplan"]
+    # causal order across the two workers (one host, one clock)
+    path = [
+        "prefill_arrival_ts", "prefill_queued_ts", "prefill_start_ts", "prefill_end_ts", "kv_received_ts",
+        "first_token_ts", "first_token_sent_ts",
+    ]  # fmt: skip
+    assert all(isinstance(times[k], float) for k in [*path, "arrival_ts", "handoff_ready_ts"]), times
+    assert [times[k] for k in path] == sorted(times[k] for k in path), times
+    assert times["arrival_ts"] <= times["handoff_ready_ts"] <= times["prefill_queued_ts"]
+    # the prefill worker's forward of this prompt, in its log with the same start time
+    state = httpx.get(f"{p_url}/server_info", timeout=10).json()["internal_states"][0]
+    mine = [b for b in state["recent_prefill_batches"] if b["start_s"] == times["prefill_start_ts"]]
+    assert len(mine) == 1 and mine[0]["new_tokens"] == [21] and mine[0]["prior_tokens"] == [0], mine
+    assert mine[0]["step_ms"] > 0 and mine[0]["cpu_ms"] > 0
+    steps = httpx.get(f"{d_url}/server_info", timeout=10).json()["internal_states"][0]["recent_decode_steps"]
+    assert steps and all(s["cpu_ms"] >= 0 for s in steps)

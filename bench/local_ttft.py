@@ -1,0 +1,184 @@
+"""The local runtime's first-token path, measured against the simulator's, segment by segment
+(``bench/local_runtime.py`` calls it for every run).
+
+A request's TTFT is cut into segments that add up to it, each measured from the timestamps the
+workers return in ``meta_info.pdplan`` (``pdplan.realrun.responses.Timeline``) and the client's own
+send and receive times, and each charged by the simulator from its request records:
+
+================  ==========================================  ==========================================
+segment           measured (worker and client clocks)         simulated
+================  ==========================================  ==========================================
+``to_queue``      client send → the prompt queued at its      0 (the simulator queues on arrival)
+                  engine: gateway, router, and in PD the
+                  decode side's claim and READY
+``queue``         → prefill start                             arrival → prefill start
+``prefill``       → prefill end (the forward that completed   prefill start → end
+                  the prompt)
+``handoff``       → the KV in the decode worker's cache (PD)  prefill end → transfer end (PD)
+``join``          → the engine emits the first token (a       → first token (the first decode step
+                  decode engine: between two steps)           boundary at or after the transfer)
+``to_client``     → the client reads it (worker's HTTP         0
+                  server, router, gateway, client)
+================  ==========================================  ==========================================
+
+Means add up to the mean TTFT, so the table says where the time goes. Four parts of the two
+outer segments are measured alone (:data:`DETAILS`): ``in`` (client send → the first worker got
+the request: gateway and router), ``ready_wait`` (→ the prompt queued: in PD the prefill waits for
+the decode side's READY), ``loop_out`` (first token emitted by the engine thread → the worker's event
+loop begins writing it: the loop's wait for the core and the GIL) and ``out`` (→ the client reads it:
+HTTP, router, gateway, client). :func:`step_prices` compares
+every prefill forward and decode step the workers logged with the profile's price, by wall time
+and by the engine thread's CPU time: wall above CPU is time the OS gave to other threads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+SEGMENTS = ("to_queue", "queue", "prefill", "handoff", "join", "to_client")
+DETAILS = ("in", "ready_wait", "loop_out", "out")
+
+
+def measured_segments(outcomes: list[Any], started_unix: float) -> dict[str, np.ndarray]:
+    """Per request (ms; NaN where a time is missing or the request failed): the segments of the
+    module docstring from each ``Outcome`` (``sent_s``/``first_token_s`` on the run's clock, whose
+    time 0 is ``started_unix``) and its worker timeline (UNIX seconds)."""
+    out = {name: np.full(len(outcomes), math.nan) for name in (*SEGMENTS, *DETAILS)}
+    for i, o in enumerate(outcomes):
+        w = o.worker or {}
+        if o.status != "ok" or not w:
+            continue
+        queued = w.get("prefill_queued_ts") or w.get("arrival_ts")
+        received = w.get("kv_received_ts")
+        stamps = {
+            "send": started_unix + o.sent_s,
+            "arrived": w.get("prefill_arrival_ts") or w.get("arrival_ts"),
+            "sent": w.get("first_token_sent_ts"),
+            "queued": queued,
+            "start": w.get("prefill_start_ts"),
+            "end": w.get("prefill_end_ts"),
+            "received": received,
+            "first": w.get("first_token_ts"),
+            "client": started_unix + o.first_token_s,
+        }
+        spans = {
+            "to_queue": ("send", "queued"),
+            "queue": ("queued", "start"),
+            "prefill": ("start", "end"),
+            "handoff": ("end", "received"),
+            "join": ("received" if received else "end", "first"),
+            "to_client": ("first", "client"),
+            "in": ("send", "arrived"),
+            "ready_wait": ("arrived", "queued"),
+            "loop_out": ("first", "sent"),
+            "out": ("sent", "client"),
+        }
+        for name, (a, b) in spans.items():
+            if isinstance(stamps[a], float) and isinstance(stamps[b], float):
+                out[name][i] = (stamps[b] - stamps[a]) * 1000.0
+    return out
+
+
+def simulated_segments(result: Any) -> dict[str, np.ndarray]:
+    """The same segments (ms) from a ``SimResult``'s records (0 where the simulator charges
+    nothing; ``handoff`` only in disaggregated runs)."""
+    rec = result.records
+    n = len(rec.arrival_s)
+    ok = rec.status_code == 0
+    disagg = result.mode == "disaggregated"
+    ready = result.transfer_end_s if disagg else rec.prefill_end_s
+    seg = {
+        "to_queue": np.zeros(n),
+        "queue": rec.prefill_start_s - rec.arrival_s,
+        "prefill": rec.prefill_end_s - rec.prefill_start_s,
+        "handoff": (ready - rec.prefill_end_s) if disagg else np.full(n, math.nan),
+        "join": rec.first_token_s - ready,
+        "to_client": np.zeros(n),
+    }
+    return {name: np.where(ok, v * 1000.0, math.nan) for name, v in seg.items()}
+
+
+def _stats(v: np.ndarray) -> dict[str, float] | None:
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    return {
+        "mean": round(float(v.mean()), 1),
+        "p50": round(float(np.percentile(v, 50)), 1),
+        "p90": round(float(np.percentile(v, 90)), 1),
+    }
+
+
+def path_table(measured: dict[str, np.ndarray], simulated: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean / p50 / p90 (ms) of every segment, measured and simulated, on the same requests."""
+    table: dict[str, Any] = {}
+    for name in SEGMENTS:
+        m, s = _stats(measured[name]), _stats(simulated[name])
+        if m is not None or s is not None:
+            table[name] = {"measured": m, "simulated": s}
+    details = {name: _stats(measured[name]) for name in DETAILS if name in measured}
+    table["details_measured"] = {k: v for k, v in details.items() if v is not None}
+    return table
+
+
+def step_prices(
+    prefills: list[dict[str, Any]], steps: list[dict[str, Any]], latency: Any, t0: float, t1: float
+) -> dict[str, Any]:
+    """Prefill forwards and decode steps that started in ``[t0, t1]`` against the profile's price:
+    total wall / total model and total CPU / total model (ratios of sums, so the long steps that
+    make the time weigh most), and how many."""
+    out: dict[str, Any] = {}
+    chosen_p = [p for p in prefills if t0 <= p["start_s"] <= t1]
+    chosen_d = [s for s in steps if t0 <= s["start_s"] <= t1]
+    model_p = [latency.prefill_ms(p["new_tokens"], p["prior_tokens"]) for p in chosen_p]
+    model_d = [latency.decode_ms(s["batch_size"], s["context_tokens"]) for s in chosen_d]
+    for name, chosen, model in (("prefill", chosen_p, model_p), ("decode", chosen_d, model_d)):
+        total = float(sum(model))
+        if not chosen or total <= 0:
+            continue
+        wall = sum(float(c["step_ms"]) for c in chosen)
+        cpu = [float(c.get("cpu_ms", math.nan)) for c in chosen]
+        out[name] = {
+            "count": len(chosen),
+            "wall_over_model": round(wall / total, 3),
+            "cpu_over_model": round(sum(cpu) / total, 3) if all(map(math.isfinite, cpu)) else None,
+        }
+    return out
+
+
+def thread_cpu_s(processes: dict[str, int]) -> dict[tuple[str, int], float]:
+    """CPU seconds (user + system) of every thread of the named processes so far (``/proc``)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[str, int], float] = {}
+    for name, pid in processes.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[(name, int(tid))] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5))
+    return out
+
+
+def cores_by_process(
+    before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], wall_s: float
+) -> dict[str, dict[str, float]]:
+    """Cores each process kept busy between two :func:`thread_cpu_s` snapshots: in all, and its
+    busiest thread alone (a worker's engine thread; the rest is its event loop and hand-off pools)."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, tid), cpu in after.items():
+        used = (cpu - before.get((name, tid), 0.0)) / wall_s
+        row = out.setdefault(name, {"all": 0.0, "busiest_thread": 0.0})
+        row["all"] += used
+        row["busiest_thread"] = max(row["busiest_thread"], used)
+    return {name: {k: round(v, 3) for k, v in row.items()} for name, row in out.items()}
