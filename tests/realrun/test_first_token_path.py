@@ -3,6 +3,7 @@ client times) and simulated (a hand-computed disaggregated timeline), and step p
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -22,17 +23,23 @@ from pdplan.sim import (
     simulate,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from local_ttft import (
-    DETAILS,
-    SEGMENTS,
-    cores_by_process,
-    measured_segments,
-    path_table,
-    simulated_segments,
-    step_prices,
-    thread_cpu_s,
+# Loaded from its file, not by putting bench/ on sys.path: bench/profile.py would shadow the
+# standard library's ``profile`` for the rest of the session (cProfile, hence torch._dynamo, break).
+_SPEC = importlib.util.spec_from_file_location(
+    "local_ttft", Path(__file__).resolve().parents[2] / "bench/local_ttft.py"
 )
+assert _SPEC is not None and _SPEC.loader is not None
+_local_ttft = importlib.util.module_from_spec(_SPEC)
+sys.modules["local_ttft"] = _local_ttft
+_SPEC.loader.exec_module(_local_ttft)
+DETAILS = _local_ttft.DETAILS
+SEGMENTS = _local_ttft.SEGMENTS
+cores_by_process = _local_ttft.cores_by_process
+measured_segments = _local_ttft.measured_segments
+path_table = _local_ttft.path_table
+simulated_segments = _local_ttft.simulated_segments
+step_prices = _local_ttft.step_prices
+thread_cpu_s = _local_ttft.thread_cpu_s
 
 # 1/1024 s per prompt token, 1/64 s per decode step, 1/128 s link latency: exact in floating point.
 MODEL = LatencyModel((0.0, 0.0, 0.9765625, 0.0), (15.625, 0.0, 0.0))
