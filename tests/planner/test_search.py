@@ -177,7 +177,7 @@ def test_rate_mode_searches_again_when_the_replays_demote_the_choice(
 
     monkeypatch.setattr(promise_module.Settler, "_probe_at", probe_at)
     target = 30.0
-    result = run_search(small_spec(profiles, max_gpus=None, target_rate_rps=target))
+    result = run_search(small_spec(profiles, max_gpus=None, target_rate_rps=target, traffic=chat(0, 2000)))
     chosen = result.chosen
     assert chosen is not None, verdict(result)
     assert (
