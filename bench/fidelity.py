@@ -189,7 +189,7 @@ def tp_scaling() -> list[dict]:
 def vllm_run(data: Path) -> dict:
     from pdplan.profiles.analytic import analytic_profile
     from pdplan.profiles.model_spec import load_model_spec
-    from pdplan.sim import ColocatedPool, Requests, SimOptions, colocated_cluster, simulate
+    from pdplan.sim import Requests
     from pdplan.sim.costs import kv_capacity_tokens
 
     folder = data / VLLM_RUN
@@ -220,16 +220,7 @@ def vllm_run(data: Path) -> dict:
     # measured capacity)
     cases = [(a, a, None) for a in ADMISSIONS] + [("preempt@engine_kv", "preempt", measured_kv)]
     for name, admission, kv in cases:
-        pool = ColocatedPool(
-            1,
-            policy="chunked",
-            max_batch_size=seqs,
-            max_batch_tokens=step_tokens,
-            chunk_tokens=step_tokens,
-            max_kv_tokens=kv,
-            admission=admission,
-        )
-        result = simulate(requests, colocated_cluster(pool, profile), SimOptions())
+        result = replay_vllm_run(requests, profile, step_tokens, seqs, kv, admission)
         rec = result.records
         ok = rec.status_code == 0
         ttft_p = (rec.first_token_s - rec.arrival_s)[ok]
@@ -263,6 +254,23 @@ def vllm_run(data: Path) -> dict:
     return out
 
 
+def replay_vllm_run(requests, profile, step_tokens: int, seqs: int, kv: int | None, admission: str):
+    """The RTX 4090 run's requests on one chunked vLLM-like instance (chunks of ``step_tokens``,
+    ``seqs`` sequences, ``kv`` KV tokens or the profile's own when None) under ``admission``."""
+    from pdplan.sim import ColocatedPool, SimOptions, colocated_cluster, simulate
+
+    pool = ColocatedPool(
+        1,
+        policy="chunked",
+        max_batch_size=seqs,
+        max_batch_tokens=step_tokens,
+        chunk_tokens=step_tokens,
+        max_kv_tokens=kv,
+        admission=admission,
+    )
+    return simulate(requests, colocated_cluster(pool, profile), SimOptions())
+
+
 def quantile_ci95(values: np.ndarray, q: float) -> tuple[float, float]:
     """Distribution-free 95 % confidence interval of the ``q`` quantile of the population a sample
     was drawn from: the order statistics x_(j), x_(k) with j, k the 2.5 % and 97.5 % points of
@@ -285,21 +293,10 @@ def kv_sensitivity(
     """TTFT error of the default policy (``preempt``) with the KV capacity set to 98-102 % of the
     engine's own: how much a KV estimate's error moves each TTFT figure on this run (a diagnostic;
     no figure here is a prediction, the capacities are the measured one scaled)."""
-    from pdplan.sim import ColocatedPool, SimOptions, colocated_cluster, simulate
-
     rows = []
     for scale in (0.98, 0.985, 0.99, 0.995, 1.0, 1.005, 1.01, 1.02):
         kv = int(measured_kv * scale) // 16 * 16
-        pool = ColocatedPool(
-            1,
-            policy="chunked",
-            max_batch_size=seqs,
-            max_batch_tokens=step_tokens,
-            chunk_tokens=step_tokens,
-            max_kv_tokens=kv,
-            admission="preempt",
-        )
-        rec = simulate(requests, colocated_cluster(pool, profile), SimOptions()).records
+        rec = replay_vllm_run(requests, profile, step_tokens, seqs, kv, "preempt").records
         t = (rec.first_token_s - rec.arrival_s)[rec.status_code == 0]
         row = {"kv_scale": scale, "kv_tokens": kv}
         for q in ("p50", "p90", "mean"):
