@@ -149,6 +149,7 @@ class Scheduler:
         #: failures at a need proven on the prefill side alone, by (prefill side, need)
         self.proven: dict[tuple[Any, ...], RateOutcome] = {}
         self.reused = 0  # rate searches answered by ``proven`` instead of run
+        self._live: list[tuple[int, Screened]] | None = None
         # the largest prompt + output a probe replays, where every probe replays the same tokens
         # (a trace, time-scaled; a synthetic workload is drawn again for each rate)
         requests = spec.traffic.requests
@@ -171,6 +172,7 @@ class Scheduler:
         rest = [s for s in ordered if s not in first]
         waves = [first] + [rest[i : i + WAVE_SIZE] for i in range(0, len(rest), WAVE_SIZE)]
         ahead: Ahead = {}  # started before their wave
+        self._live = None  # later waves' candidates still worth a look ahead (``_look_ahead``)
         for w, wave in enumerate(waves):
             if not wave:
                 continue
@@ -253,23 +255,43 @@ class Scheduler:
         every outcome is exactly the one the waves alone would record, whatever the number of
         workers — only idle time is saved. One worker runs inline and looks nowhere ahead. A
         candidate whose prefill side is already proven, or is being tried by the running wave
-        (``running``) or a search started ahead, is left out: that proof may decide it."""
+        (``running``) or a search started ahead, is left out: that proof may decide it.
+
+        The later waves' candidates are walked from a list of those still worth a look
+        (``_live``): a candidate found pruned by its ceiling (the needs seldom fall as the best
+        plans improve) or whose wave has begun leaves it for good, so each is judged pruned once
+        and a search of tens of thousands of candidates, nearly all pruned, does not scan them
+        all again for every wave (that scan cost minutes of the main process at 64 GPUs). Which
+        searches start ahead changes the wall time only, never an outcome.
+        """
         room = LOOK_AHEAD_PER_WORKER * self.spec.workers if self.spec.workers > 1 else 0
+        if len(ahead) >= room:
+            return
+        if self._live is None:
+            self._live = [(w, item) for w in range(start, len(waves)) for item in waves[w]]
+        live, kept = self._live, []
         sides = {side for _, side in ahead.values() if side is not None} | running
-        for wave in waves[start:]:
-            if len(ahead) >= room:
-                return
-            for item in wave:
-                need, why = self._need(item)
-                key = (item.candidate.candidate_id, need)
-                if why or key in ahead:
-                    continue
-                side = self._side(item, need)
-                if side is not None and (side in self.proven or side in sides):
-                    continue
-                ahead[key] = (self.pool.submit(evaluate, self._task(item, need)), side)
-                if side is not None:
-                    sides.add(side)
+        i = 0
+        while i < len(live) and len(ahead) < room:
+            w, item = live[i]
+            i += 1
+            if w < start:
+                continue  # its wave has begun
+            need, why = self._need(item)
+            if why:
+                continue
+            kept.append((w, item))
+            key = (item.candidate.candidate_id, need)
+            if key in ahead:
+                continue
+            side = self._side(item, need)
+            if side is not None and (side in self.proven or side in sides):
+                continue
+            ahead[key] = (self.pool.submit(evaluate, self._task(item, need)), side)
+            if side is not None:
+                sides.add(side)
+        kept.extend(live[i:])
+        self._live = kept
 
     def _need(self, item: Screened) -> tuple[float, str]:
         """The rate ``item`` must hold to matter, or why it cannot (pruned by its ceiling).
