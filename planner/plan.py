@@ -59,6 +59,7 @@ PLAN_KEYS = (
     "reason",
     "traffic",
     "confirmed",
+    "sustained",
     "tie",
     "target",
     "budget",
@@ -69,9 +70,10 @@ PLAN_KEYS = (
     "kv_dtype",
 )
 #: What a search adds about its promise (free-form, for people and reports; never simulated):
-#: how the traffic was judged, the confirmation on the user's replays, a tie, a target rate's
+#: how the traffic was judged, the confirmation on the user's replays, whether it lasts on the trace
+#: repeated (``pdplan.planner.sustained``), a tie, a target rate's
 #: check, the chosen unit scaled to the budget, the cost, and the router/cache tiers chosen.
-NOTE_KEYS = ("traffic", "confirmed", "tie", "target", "budget", "cost", "cache_choice")
+NOTE_KEYS = ("traffic", "confirmed", "sustained", "tie", "target", "budget", "cost", "cache_choice")
 PREDICTED_KEYS = (
     "goodput_rps",
     "goodput_rps_per_gpu",

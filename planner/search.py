@@ -44,6 +44,7 @@ from pdplan.planner.promise import BudgetUse, Promise, Settler
 from pdplan.planner.rate import RatePolicy
 from pdplan.planner.screen import Screen, Screened
 from pdplan.planner.space import MODES, Candidate, SpaceGrid, enumerate_candidates
+from pdplan.planner.sustained import Sustained, check_sustained
 from pdplan.planner.traffic import Traffic
 from pdplan.planner.waves import Scheduler, executor
 from pdplan.profiles.errors import ConfigError, choices_error
@@ -139,6 +140,8 @@ class SearchResult:
     promise: Promise | None = None
     #: the chosen layout's router and cache tiers (``pdplan.planner.cache_choice``), when chosen
     cache_choice: CacheChoice | None = None
+    #: the chosen plan on the trace repeated, when its replay at the rate is short (``planner.sustained``)
+    sustained: Sustained | None = None
 
     @property
     def tie_with(self) -> Evaluation | None:
@@ -229,6 +232,7 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
     if chosen is not None:
         best_by_mode[chosen.candidate.mode] = chosen
     operating, summary, count, rate = None, None, 0, None
+    sustained: Sustained | None = None
     if chosen is not None:
         assert chosen.goodput_rps is not None, "an ok evaluation has a goodput"
         rate = spec.target_rate_rps or chosen.goodput_rps
@@ -237,6 +241,7 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
         operating = simulate_requests(screen.cluster(chosen.candidate), replay)
         traffic = spec.traffic
         _, summary = judge(operating, rate, spec.slo, traffic.warmup_fraction, traffic.stability)
+        sustained = check_sustained(screen.cluster(chosen.candidate), traffic, spec.slo, rate)
     return SearchResult(
         spec=spec,
         evaluations=evaluations,
@@ -248,6 +253,7 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
         operating_rate_rps=rate,
         wall_s=time.perf_counter() - start,
         promise=promise,
+        sustained=sustained,
     )
 
 

@@ -128,6 +128,8 @@ def notes_of(result: SearchResult) -> dict[str, Any]:
     cid = chosen.candidate.candidate_id
     if promise is not None and cid in promise.confirmations:
         notes["confirmed"] = promise.confirmations[cid].describe()
+    if result.sustained is not None:
+        notes["sustained"] = result.sustained.describe()
     if result.tie_with is not None:
         top = result.tie_with
         notes["tie"] = (

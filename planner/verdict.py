@@ -31,7 +31,10 @@ def verdict(result: SearchResult) -> str:
         text = _rate_sentence(result, chosen, other, others)
     else:
         text = _budget_sentence(result, chosen, other, others)
-    return f"{text}. {_why(chosen, other)}"
+    text = f"{text}. {_why(chosen, other)}"
+    if result.sustained is not None:
+        text += " " + result.sustained.sentence()
+    return text
 
 
 def _budget_sentence(

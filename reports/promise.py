@@ -4,7 +4,8 @@ budget is used, what the plan costs, how the traffic was judged, and how a tie w
 Reads the optional ``plan.yaml`` fields ``target: {rate_rps, held, gpus}``, ``budget: {gpus,
 replicas, gpus_used, goodput_rps, layout}``, ``cost: {price_per_gpu_hour, gpus, per_hour,
 per_million_output_tokens}``, ``traffic`` (``as-recorded`` | ``stationary`` | ``synthetic``) and
-``tie`` (a sentence), and ``cache_choice`` (the router and cache tiers chosen on prefix
+``tie`` (a sentence), ``sustained`` (the promise on the trace repeated, when its replay once is
+short), and ``cache_choice`` (the router and cache tiers chosen on prefix
 traffic). Each is shown only when present; a field of the wrong type is named in a note rather
 than guessed at.
 """
@@ -158,6 +159,34 @@ def traffic_sentence(plan: dict[str, Any]) -> str | None:
     return text
 
 
+def sustained_sentence(plan: dict[str, Any], notes: list[str]) -> str | None:
+    """Whether the promise lasts on the trace repeated (``sustained``, ``pdplan.planner.sustained``),
+    written only when the trace replayed once at the promised rate is short."""
+    block = _block(plan, "sustained", notes)
+    if block is None:
+        return None
+    rate, once = _number(block, "rate_rps"), _number(block, "replay_once_s")
+    if rate is None or once is None:
+        notes.append("plan.yaml's sustained lacks rate_rps or replay_once_s; not shown.")
+        return None
+    head = (
+        f"Short replay: at {fmt_rps(rate)} the trace lasts only {once:.3g} s, so the promise above is "
+        "judged while the cluster, started empty, is still filling"
+    )
+    if block.get("checked") is False:
+        return f"{head}; it was not checked on the trace repeated ({block.get('why', '')})."
+    copies, attained = _number(block, "copies"), _number(block, "attainment")
+    long = _number(block, "replay_s")
+    repeated = f"on the trace repeated {fmt_num(copies)}× ({long:.3g} s)" if copies and long else "repeated"
+    share = f" (attainment {attained:.3f})" if attained is not None else ""
+    if block.get("holds") is True:
+        return f"{head}; {repeated} at that rate it still holds{share}."
+    return (
+        f"{head}; {repeated} at that rate it does NOT hold{share}: the figure is a start-up, not a rate "
+        "this plan sustains."
+    )
+
+
 def tie_sentence(plan: dict[str, Any]) -> str | None:
     value = plan.get("tie")
     if not isinstance(value, str) or not value.strip():
@@ -205,6 +234,7 @@ def promise_lines(plan: dict[str, Any]) -> tuple[str | None, list[str], list[str
             budget_sentence(plan, notes),
             cost_sentence(plan, notes),
             traffic_sentence(plan),
+            sustained_sentence(plan, notes),
             cache_sentence(plan, notes),
         )
         if line

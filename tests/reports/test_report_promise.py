@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from rundir_factory import update_plan
 
-from pdplan.reports.promise import TRAFFIC_WORDS, budget_sentence, cost_sentence, promise_lines
+from pdplan.reports.promise import (
+    TRAFFIC_WORDS,
+    budget_sentence,
+    cost_sentence,
+    promise_lines,
+    sustained_sentence,
+)
 from pdplan.reports.render import render_html
 from pdplan.reports.rundir import RunData, load_run
 from pdplan.reports.summary import build_summary
@@ -116,3 +122,17 @@ def test_a_budget_beside_a_cache_choice_says_it_is_cache_less() -> None:
     cached = budget_sentence({"budget": budget, "cache_choice": {"goodput_rps": 6.59}}, [])
     assert plain is not None and "prefix cache" not in plain
     assert cached == plain[:-1] + " without a prefix cache."
+
+
+def test_a_short_replay_says_whether_the_promise_lasts_repeated(promised: Path) -> None:
+    short = {"rate_rps": 3638.1, "replay_once_s": 5.32, "min_replay_s": 60.0, "copies": 12}
+    update_plan(promised, sustained={**short, "replay_s": 63.9, "attainment": 0.043, "holds": False})
+    texts = _texts(load_run(promised))
+    line = next(t for t in texts if t.startswith("Short replay"))
+    assert "lasts only 5.32 s" in line and "repeated 12× (63.9 s)" in line
+    assert "does NOT hold (attainment 0.043)" in line
+    update_plan(promised, sustained={**short, "replay_s": 63.9, "attainment": 0.95, "holds": True})
+    assert any("it still holds (attainment 0.950)" in t for t in _texts(load_run(promised)))
+    notes: list[str] = []
+    assert sustained_sentence({"sustained": {"copies": 3}}, notes) is None
+    assert notes == ["plan.yaml's sustained lacks rate_rps or replay_once_s; not shown."]
