@@ -57,10 +57,15 @@ def _run_summary(run: RunData, notes: list[str]) -> list[Item]:
     rows = [view.cells(lead.lower())]
     sentence = f"{lead}: {view.phrase} on {fmt_num(view.gpus)} GPUs"
     if np.isfinite(view.goodput_rps):
+        # not "sustaining" where the trace repeated at that rate says it does not last
+        lasts = plan.get("sustained")
+        verb = "holding" if isinstance(lasts, dict) and lasts.get("holds") is False else "sustaining"
         sentence += (
-            f", sustaining {fmt_num(view.goodput_rps)} req/s within the SLO "
+            f", {verb} {fmt_num(view.goodput_rps)} req/s within the SLO "
             f"({fmt_num(view.goodput_rps_per_gpu)} req/s per GPU)"
         )
+        if verb == "holding":
+            sentence += " on the trace replayed once (see the short replay below)"
     if run.candidates is not None:
         other_mode = "disaggregated" if view.mode == "colocated" else "colocated"
         alternatives = ranked(run.candidates, other_mode)

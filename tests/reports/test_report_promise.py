@@ -131,8 +131,12 @@ def test_a_short_replay_says_whether_the_promise_lasts_repeated(promised: Path) 
     line = next(t for t in texts if t.startswith("Short replay"))
     assert "lasts only 5.32 s" in line and "repeated 12× (63.9 s)" in line
     assert "does NOT hold (attainment 0.043)" in line
+    lead = next(t for t in texts if t.startswith("Recommended: "))
+    assert "holding " in lead and "sustaining" not in lead and "replayed once" in lead
     update_plan(promised, sustained={**short, "replay_s": 63.9, "attainment": 0.95, "holds": True})
-    assert any("it still holds (attainment 0.950)" in t for t in _texts(load_run(promised)))
+    texts = _texts(load_run(promised))
+    assert any("it still holds (attainment 0.950)" in t for t in texts)
+    assert "sustaining" in next(t for t in texts if t.startswith("Recommended: "))
     notes: list[str] = []
     assert sustained_sentence({"sustained": {"copies": 3}}, notes) is None
     assert notes == ["plan.yaml's sustained lacks rate_rps or replay_once_s; not shown."]
