@@ -11,8 +11,11 @@ pdplan=.venv/bin/pdplan
 mkdir -p "$out"
 echo "== 1/5 profile: tiny-llama on this CPU (quick grid)"
 $pdplan profile --model tiny-llama --device cpu --quick --out "$out/profile"
-echo "== 2/5 simulate: search P:D, TP and batch limits on a 4-'GPU' budget (here: CPU instances)"
-$pdplan simulate --slo "ttft=8s,tpot=200ms" --attainment 0.9 --gpus 4 \
+# One CPU instance per core: the profile measures one instance on a core of its own, so a plan with
+# more instances than cores would share cores and run slower than predicted. 2 to 4 instances.
+budget=$(.venv/bin/python -c "import os; print(min(4, max(2, len(os.sched_getaffinity(0)))))")
+echo "== 2/5 simulate: search P:D, TP and batch limits on a ${budget}-'GPU' budget (here: one CPU core per instance)"
+$pdplan simulate --slo "ttft=8s,tpot=200ms" --attainment 0.9 --gpus "$budget" \
   --profile "$out/profile" --preset chat --out "$out/plan"
 echo "== 3/5 deploy the plan on this CPU (real workers + sglang-router), in the background"
 port=$(.venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
