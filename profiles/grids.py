@@ -68,6 +68,12 @@ CPU_GRID = Grid(
 # extrapolated up to 9× (long prompts of 768-1,536 tokens were priced +28 … +132 % too slow,
 # ``bench/local_steps.py``). The two long points cost about as much as the rest of the prefill
 # grid together, so every point gets at least 3 timed repeats (the long ones exactly 3) instead of 4.
+# (8, 128) is a batch of several prompts at 1,024 tokens, beside the one prompt of 1,024 tokens
+# timed in the same rounds: the two differ only in pairs (Σn², 8× apart), so per-token and per-pair
+# cost are told apart by a difference at one token count instead of by the curvature across single
+# prompts, which a per-token cost that rises with the tokens (caches) passes off as pairs. Without
+# it a quick profile priced the runtime's batches of 3-8 chat prompts (up to 2,048 tokens) 6-14 %
+# below a long prompt's price (``bench/prefill_mix.py``).
 CPU_QUICK_GRID = Grid(
     prefill=(
         (2, 32),
@@ -78,6 +84,7 @@ CPU_QUICK_GRID = Grid(
         (2, 128),
         (1, 256),
         (1, 512),
+        (8, 128),
         (1, 1024),
         (1, 1536),
     ),
