@@ -239,6 +239,9 @@ def main() -> None:
     parser.add_argument("--local-plans", default="1P1D,colocated-2x", help="local: which plans")
     parser.add_argument("--local-workloads", default="chat,long-prompt", help="local: which workloads")
     parser.add_argument("--local-requests", type=int, default=40, help="local: requests per run")
+    parser.add_argument(
+        "--local-loads", default="0.3,0.6,0.9", help="local: loads, fractions of capacity (calibrated on 0.6)"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.part in ("vllm", "all"):
@@ -254,7 +257,10 @@ def main() -> None:
         from local_runtime import local_part, print_local  # bench/local_runtime.py
 
         results["local"] = local_part(
-            tuple(args.local_plans.split(",")), tuple(args.local_workloads.split(",")), args.local_requests
+            tuple(args.local_plans.split(",")),
+            tuple(args.local_workloads.split(",")),
+            args.local_requests,
+            tuple(float(x) for x in args.local_loads.split(",")),
         )
         print_local(results["local"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
