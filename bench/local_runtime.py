@@ -288,12 +288,14 @@ def local_part(
     calibration is fitted on the 60 % runs when ``loads`` has them."""
     from local_ttft import (
         cores_by_process,
+        engine_threads,
         measured_segments,
         path_table,
         prefill_breakdown,
         simulated_segments,
         step_prices,
         thread_cpu_s,
+        thread_stats,
     )
     from prefill_mix import OLD_QUICK_ROWS
 
@@ -343,13 +345,14 @@ def local_part(
                         reqs = draw_requests(workload.with_rate(rate))
                         pids = _deployment_pids(tmp / f"deploy-{plan_name}")
                         named = _named_pids(tmp / f"deploy-{plan_name}")
-                        threads0 = thread_cpu_s(named)
+                        threads0, stats0 = thread_cpu_s(named), thread_stats(named)
                         busy0, ours0 = _cpu_seconds(pids)
                         t0 = time.time()
                         bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
                         wall = time.time() - t0
                         busy1, ours1 = _cpu_seconds(pids)
                         by_process = cores_by_process(threads0, thread_cpu_s(named), wall)
+                        engines = engine_threads(stats0, thread_stats(named))
                         t1 = time.time()
                         logged, prefills = _logged_steps(tmp / f"deploy-{plan_name}")
                         all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
@@ -388,6 +391,11 @@ def local_part(
                                     "simulated": _simulated_batches(run.requests, cluster),
                                 },
                                 "cores_by_process": by_process,
+                                "engine_threads": {
+                                    k: v
+                                    for k, v in engines.items()
+                                    if k.startswith(("prefill", "decode", "colocated"))
+                                },
                                 "step_prices": prices,
                                 "step_prices_old_quick_grid": step_prices(
                                     prefills, steps_flat, old.latency, t0, t1
@@ -502,6 +510,7 @@ def _print_prices(row: dict[str, Any]) -> None:
         )
     print("    at the measured step prices: " + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys))
     print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
+    print(f"    engine threads (cpu s, kernel share, minor faults): {row.get('engine_threads')}")
     path = row["first_token_path"]
     print(
         "    first-token path, mean ms measured / simulated: "

@@ -243,3 +243,49 @@ def prefill_breakdown(
         out["by_decode_overlap"][name] = bucket([r for r in rows if lo <= r[1] < hi])
     out["mean_decode_overlap"] = round(float(np.mean([r[1] for r in rows])), 3) if rows else None
     return out
+
+
+def thread_stats(processes: dict[str, int]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """(CPU seconds, of which system, minor page faults) of every thread of the named processes so
+    far (``/proc/PID/task/TID/stat``: minflt, utime, stime; proc(5))."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[str, int], tuple[float, float, int]] = {}
+    for name, pid in processes.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            user, system = int(fields[11]) / tick, int(fields[12]) / tick
+            out[(name, int(tid))] = (user + system, system, int(fields[7]))
+    return out
+
+
+def engine_threads(
+    before: dict[tuple[str, int], tuple[float, float, int]],
+    after: dict[tuple[str, int], tuple[float, float, int]],
+) -> dict[str, dict[str, float]]:
+    """Each process's busiest thread between two :func:`thread_stats` snapshots (a worker's engine
+    thread): its CPU seconds, the share of them in the kernel, and its minor page faults — memory
+    the allocator took fresh from the system (first touch), which a profile's repeated shapes reuse."""
+    best: dict[str, tuple[float, float, int]] = {}
+    for key, (cpu, system, faults) in after.items():
+        cpu0, system0, faults0 = before.get(key, (0.0, 0.0, 0))
+        delta = (cpu - cpu0, system - system0, faults - faults0)
+        if delta[0] > best.get(key[0], (-1.0, 0.0, 0))[0]:
+            best[key[0]] = delta
+    return {
+        name: {
+            "cpu_s": round(cpu, 2),
+            "sys_share": round(system / cpu, 3) if cpu > 0 else 0.0,
+            "minor_faults": faults,
+        }
+        for name, (cpu, system, faults) in best.items()
+    }

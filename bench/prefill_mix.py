@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,11 @@ def chat_batches(count: int, seed: int) -> list[list[int]]:
     return out
 
 
-def time_shapes(shapes: list[list[int]], rounds: int) -> list[list[float]]:
+def time_shapes(
+    shapes: list[list[int]], rounds: int
+) -> tuple[list[list[float]], list[list[tuple[int, float]]]]:
     """Thread-CPU milliseconds of one prefill forward of each shape (prompt lengths), ``rounds``
-    times, interleaved (a warm-up round first)."""
+    times, interleaved (a warm-up round first), and each call's minor page faults and kernel ms."""
     from pdplan.profiles.executor import Executor
     from pdplan.profiles.model_spec import load_model_spec
 
@@ -82,13 +85,16 @@ def time_shapes(shapes: list[list[int]], rounds: int) -> list[list[float]]:
     rng = np.random.default_rng(0)
     prompts = [[rng.integers(0, spec.vocab_size, size=n).tolist() for n in lens] for lens in shapes]
     times: list[list[float]] = [[] for _ in shapes]
+    kernel: list[list[tuple[int, float]]] = [[] for _ in shapes]
     for round_ in range(1 + rounds):
         for i, batch in enumerate(prompts):
-            t0 = time.thread_time()
+            r0, t0 = resource.getrusage(resource.RUSAGE_THREAD), time.thread_time()
             ex.prefill(batch)
+            t1, r1 = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD)
             if round_:
-                times[i].append((time.thread_time() - t0) * 1e3)
-    return times
+                times[i].append((t1 - t0) * 1e3)
+                kernel[i].append((r1.ru_minflt - r0.ru_minflt, (r1.ru_stime - r0.ru_stime) * 1e3))
+    return times, kernel
 
 
 def fit(rows: list[tuple[int, int]], measured: dict[tuple[int, ...], float]) -> Any:
@@ -111,14 +117,19 @@ def run(rounds: int, num_batches: int) -> dict[str, Any]:
     shapes = [[n] * s for s, n in equal] + held
     load = os.getloadavg()[0]
     started = time.time()
-    times = time_shapes(shapes, rounds)
+    times, kernel = time_shapes(shapes, rounds)
     medians = {tuple(lens): float(np.median(t)) for lens, t in zip(shapes, times, strict=True)}
+    faults = {tuple(lens): np.median(np.asarray(k), axis=0) for lens, k in zip(shapes, kernel, strict=True)}
     models = {"old_grid": fit(list(OLD_QUICK_ROWS), medians), "new_grid": fit(new_rows, medians)}
     models["all_equal_rows"] = fit(equal, medians)
 
     def priced(lens: list[int]) -> dict[str, Any]:
         ms = medians[tuple(lens)]
         row: dict[str, Any] = {"lens": lens, "tokens": sum(lens), "measured_ms": round(ms, 1)}
+        row["minor_faults"], row["kernel_ms"] = (
+            int(faults[tuple(lens)][0]),
+            round(float(faults[tuple(lens)][1]), 1),
+        )
         for name, model in models.items():
             row[f"{name}_over_measured"] = round(model.prefill_ms(lens) / ms, 3)
         return row
@@ -163,7 +174,10 @@ def report(r: dict[str, Any]) -> None:
         for row in r[key]:
             lens = ",".join(map(str, row["lens"]))
             cells = "  ".join(f"{row[f'{n}_over_measured']:>14.3f}" for n in names)
-            print(f"  {lens:<44}{row['measured_ms']:>8.0f}  {cells}")
+            print(
+                f"  {lens:<44}{row['measured_ms']:>8.0f}  {cells}  "
+                f"faults {row['minor_faults']}, kernel {row['kernel_ms']} ms"
+            )
     ratio = r["held_out_measured_over_model"]
     print("  held-out batches, sum measured / sum model: " + ", ".join(f"{k} {v}" for k, v in ratio.items()))
     print(f"  ({r['wall_s']} s)")
