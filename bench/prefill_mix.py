@@ -8,8 +8,8 @@ profile`` does), in interleaved rounds so that load drifts land on every shape a
 
 - the quick CPU grid's prefill rows, before this pass (:data:`OLD_QUICK_ROWS`) and now
   (``CPU_QUICK_GRID``);
-- 1,024 tokens cut into 1, 2, 4, 8 and 16 equal prompts (same tokens, pairs Σn² down 16×): what
-  separates the per-token cost from the per-pair cost;
+- 1,024 tokens cut into 1, 2, 4, 8 and 16 equal prompts, and 1,536 into 1, 2, 4 and 8 (same
+  tokens, pairs Σn² down 8-16×): what separates the per-token cost from the per-pair cost;
 - held-out batches drawn like the runtime's: 3-8 chat prompts (the chat workload's lognormal
   lengths), at most 2,048 tokens.
 
@@ -51,6 +51,7 @@ OLD_QUICK_ROWS = (
     (1, 1536),
 )
 SPLITS_OF_1024 = ((1, 1024), (2, 512), (4, 256), (8, 128), (16, 64))
+SPLITS_OF_1536 = ((1, 1536), (2, 768), (4, 384), (8, 192))
 MAX_BATCH_TOKENS, MAX_BATCH_SIZE = 2048, 8  # the 1P1D plan's prefill limits (bench/local_runtime.py)
 
 
@@ -112,7 +113,7 @@ def run(rounds: int, num_batches: int) -> dict[str, Any]:
     from pdplan.profiles.grids import CPU_QUICK_GRID
 
     new_rows = list(CPU_QUICK_GRID.prefill)
-    equal = list(dict.fromkeys([*OLD_QUICK_ROWS, *new_rows, *SPLITS_OF_1024]))
+    equal = list(dict.fromkeys([*OLD_QUICK_ROWS, *new_rows, *SPLITS_OF_1024, *SPLITS_OF_1536]))
     held = chat_batches(num_batches, seed=5)
     shapes = [[n] * s for s, n in equal] + held
     load = os.getloadavg()[0]
@@ -139,6 +140,7 @@ def run(rounds: int, num_batches: int) -> dict[str, Any]:
         return {name: round(total / sum(m.prefill_ms(b) for b in batches), 3) for name, m in models.items()}
 
     splits = [[n] * s for s, n in SPLITS_OF_1024]
+    splits_1536 = [[n] * s for s, n in SPLITS_OF_1536]
     return {
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
@@ -147,6 +149,7 @@ def run(rounds: int, num_batches: int) -> dict[str, Any]:
         "clock": "thread CPU time, one torch thread, tiny-llama float32",
         "coefficients": {name: m.to_dict()["prefill"] for name, m in models.items()},
         "splits_of_1024": [priced(s) for s in splits],
+        "splits_of_1536": [priced(s) for s in splits_1536],
         "held_out_batches": [priced(b) for b in held],
         "held_out_measured_over_model": measured_over_model(held),
         "grid_rows": [priced([n] * s) for s, n in equal],
@@ -168,6 +171,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"  {'prompts':<44}{'ms':>8}  " + "  ".join(f"{n:>14}" for n in names))
     for title, key in (
         ("1,024 tokens split", "splits_of_1024"),
+        ("1,536 tokens split", "splits_of_1536"),
         ("held-out chat batches", "held_out_batches"),
     ):
         print(f" {title}:")

@@ -57,7 +57,7 @@ def test_a_per_token_cost_rising_with_the_tokens_is_not_taken_for_pairs() -> Non
     # Per-token cost 8 % higher at 2,048 tokens than at 1,024 (caches; 8 prompts of 64-256 tokens
     # measured 1.19 -> 1.30 ms a token on this CPU): the four-term model cannot follow it, and a
     # grid whose only long rows are single prompts fits the rise as Σn², so it prices a batch of
-    # short prompts at 1,024 tokens too cheap. The multi-prompt row pins that batch.
+    # short prompts too cheap. The multi-prompt row at 1,536 tokens pins the long batches.
     def cost(lens: list[int]) -> float:
         tokens = sum(lens)
         return 10 + 2 * len(lens) + 1.1 * tokens * (1 + tokens / 12800) + 1.5e-4 * sum(n * n for n in lens)
