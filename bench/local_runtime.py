@@ -10,7 +10,7 @@ long-prompt. Each run is predicted on the same request list. Calibration (step o
 and bandwidth scales) is fitted on the 60 % runs and judged on the 30 % and 90 % runs.
 
 Each run is also predicted from the same measurement priced as the quick grid did before its
-multi-prompt row at 1,024 tokens (the rows of ``prefill_mix.OLD_QUICK_ROWS``:
+multi-prompt row at 1,536 tokens (the rows of ``prefill_mix.OLD_QUICK_ROWS``:
 ``error_old_quick_grid_pct``, ``step_prices_old_quick_grid``), so the effect of the row is judged on
 the same measured traffic, whatever the machine's load did to it; every
 decode step the workers logged (``/server_info``: batch, context, wall ms) is compared with the
@@ -317,7 +317,7 @@ def local_part(
         )
         out["profile_wall_s"] = round(time.perf_counter() - started, 1)
         profile = load_profile(tmp / "profile")
-        # The same measurement as the quick grid priced it before its multi-prompt row at 1,024
+        # The same measurement as the quick grid priced it before its multi-prompt row at 1,536
         # tokens, to compare on the same runs.
         pre = profile.prefill
         in_old = [(s, n) in OLD_QUICK_ROWS for s, n in zip(pre["num_seqs"], pre["seq_len"], strict=True)]
@@ -445,7 +445,7 @@ def print_local(r: dict[str, Any]) -> None:
 
     print(
         "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: quick prefill grid before "
-        "its 8 x 128-token row | now, before -> after calibration =="
+        "its 8 x 192-token row | now, before -> after calibration =="
     )
     print(f"prefill fits: {r.get('prefill_coefficients')}")
     keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
