@@ -22,6 +22,10 @@
 Prints tables and writes ``bench/results/calibration.json`` (the parts run are merged into it).
 
     .venv/bin/python bench/calibration.py [--part vllm|client|local|all]
+        [--local-plans 1P1D,colocated-2x] [--local-workloads chat,long-prompt] [--local-loads 0.3,0.6,0.9]
+
+One case alone (e.g. 1P1D chat at 60 %, ~2 min): ``--part local --local-plans 1P1D
+--local-workloads chat --local-loads 0.6`` (no held-out loads: calibration is fitted, not judged).
 """
 
 from __future__ import annotations
