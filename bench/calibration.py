@@ -22,6 +22,10 @@
 Prints tables and writes ``bench/results/calibration.json`` (the parts run are merged into it).
 
     .venv/bin/python bench/calibration.py [--part vllm|client|local|all]
+        [--local-plans 1P1D,colocated-2x] [--local-workloads chat,long-prompt] [--local-loads 0.3,0.6,0.9]
+
+One case alone (e.g. 1P1D chat at 60 %, ~2 min): ``--part local --local-plans 1P1D
+--local-workloads chat --local-loads 0.6`` (no held-out loads: calibration is fitted, not judged).
 """
 
 from __future__ import annotations
@@ -239,6 +243,9 @@ def main() -> None:
     parser.add_argument("--local-plans", default="1P1D,colocated-2x", help="local: which plans")
     parser.add_argument("--local-workloads", default="chat,long-prompt", help="local: which workloads")
     parser.add_argument("--local-requests", type=int, default=40, help="local: requests per run")
+    parser.add_argument(
+        "--local-loads", default="0.3,0.6,0.9", help="local: loads, fractions of capacity (calibrated on 0.6)"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.part in ("vllm", "all"):
@@ -254,7 +261,10 @@ def main() -> None:
         from local_runtime import local_part, print_local  # bench/local_runtime.py
 
         results["local"] = local_part(
-            tuple(args.local_plans.split(",")), tuple(args.local_workloads.split(",")), args.local_requests
+            tuple(args.local_plans.split(",")),
+            tuple(args.local_workloads.split(",")),
+            args.local_requests,
+            tuple(float(x) for x in args.local_loads.split(",")),
         )
         print_local(results["local"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

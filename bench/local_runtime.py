@@ -9,9 +9,10 @@ capacity (the simulator's throughput when overloaded) with two workloads: chat-l
 long-prompt. Each run is predicted on the same request list. Calibration (step overhead, compute
 and bandwidth scales) is fitted on the 60 % runs and judged on the 30 % and 90 % runs.
 
-Each run is also predicted from the same measurement priced as the quick grid did before it reached
-long prompts (prefill rows up to 512 tokens: ``error_prefill_to_512_pct``), so the effect of the
-longer grid is judged on the same measured traffic, whatever the machine's load did to it; every
+Each run is also predicted from the same measurement priced as the quick grid did before its
+multi-prompt row at 1,536 tokens (the rows of ``prefill_mix.OLD_QUICK_ROWS``:
+``error_old_quick_grid_pct``, ``step_prices_old_quick_grid``), so the effect of the row is judged on
+the same measured traffic, whatever the machine's load did to it; every
 decode step the workers logged (``/server_info``: batch, context, wall ms) is compared with the
 profile's model by batch (``decode_steps_vs_profile``), and each run's decode batches and busy time
 with the simulator's (``batches``). The load average is recorded per run.
@@ -21,7 +22,9 @@ Each run's TTFT is also cut into the segments of its first-token path, measured 
 against the profile by wall and by engine-thread CPU time (``step_prices``), and the run is
 predicted once more with each step priced at its measured wall time (``error_at_measured_prices_pct``:
 compute scale = the prefill forwards' wall / model, bandwidth scale = the decode steps'): what is
-left there is the path outside the steps, what it removes was the steps' price.
+left there is the path outside the steps, what it removes was the steps' price. The prefill forwards
+are also priced by prompts per forward and by how much of each a decode step ran beside it on the
+other worker (``prefill_breakdown``, :func:`local_ttft.prefill_breakdown`).
 """
 
 from __future__ import annotations
@@ -279,15 +282,22 @@ def local_part(
     plans: tuple[str, ...] = tuple(PLANS),
     workloads: tuple[str, ...] = ("chat", "long-prompt"),
     num_requests: int = NUM_REQUESTS,
+    loads: tuple[float, ...] = LOADS,
 ) -> dict[str, Any]:
+    """Profile, deploy, bench and predict every plan × workload × load (module docstring);
+    calibration is fitted on the 60 % runs when ``loads`` has them."""
     from local_ttft import (
         cores_by_process,
+        engine_threads,
         measured_segments,
         path_table,
+        prefill_breakdown,
         simulated_segments,
         step_prices,
         thread_cpu_s,
+        thread_stats,
     )
+    from prefill_mix import OLD_QUICK_ROWS
 
     from pdplan.planner.calibrate import Params, calibrate, errors_pct, metrics, predict
     from pdplan.planner.plan import load_plan
@@ -307,17 +317,22 @@ def local_part(
         )
         out["profile_wall_s"] = round(time.perf_counter() - started, 1)
         profile = load_profile(tmp / "profile")
-        # The same measurement as the quick grid priced it before it reached long prompts: prefill
-        # rows up to 512 tokens, to compare on the same runs.
+        # The same measurement as the quick grid priced it before its multi-prompt row at 1,536
+        # tokens, to compare on the same runs.
         pre = profile.prefill
-        short = replace(profile, prefill=pre[pre["num_seqs"] * pre["seq_len"] <= 512].reset_index(drop=True))
+        in_old = [(s, n) in OLD_QUICK_ROWS for s, n in zip(pre["num_seqs"], pre["seq_len"], strict=True)]
+        old = replace(profile, prefill=pre[in_old].reset_index(drop=True))
+        out["prefill_coefficients"] = {
+            "quick_grid": profile.latency.to_dict()["prefill"],
+            "old_quick_grid": old.latency.to_dict()["prefill"],
+        }
         for plan_name in plans:
             text = PLANS[plan_name]
             plan_file = tmp / f"{plan_name}.yaml"
             plan_file.write_text(text)
             plan = load_plan(plan_file)
             cluster = plan.cluster({role: profile for role in plan.tps})
-            short_cluster = plan.cluster({role: short for role in plan.tps})
+            old_cluster = plan.cluster({role: old for role in plan.tps})
             runs: dict[tuple[str, float], Any] = {}
             rows = []
             all_steps: list[dict[str, Any]] = []
@@ -325,18 +340,19 @@ def local_part(
                 for wl_name in workloads:
                     workload = replace(_workloads()[wl_name], num_requests=num_requests)
                     capacity = _capacity_rps(cluster, workload)
-                    for load in LOADS:
+                    for load in loads:
                         rate = load * capacity
                         reqs = draw_requests(workload.with_rate(rate))
                         pids = _deployment_pids(tmp / f"deploy-{plan_name}")
                         named = _named_pids(tmp / f"deploy-{plan_name}")
-                        threads0 = thread_cpu_s(named)
+                        threads0, stats0 = thread_cpu_s(named), thread_stats(named)
                         busy0, ours0 = _cpu_seconds(pids)
                         t0 = time.time()
                         bench = run_bench(reqs, BenchConfig(url, ApiSpec("sglang-generate"), timeout_s=120))
                         wall = time.time() - t0
                         busy1, ours1 = _cpu_seconds(pids)
                         by_process = cores_by_process(threads0, thread_cpu_s(named), wall)
+                        engines = engine_threads(stats0, thread_stats(named))
                         t1 = time.time()
                         logged, prefills = _logged_steps(tmp / f"deploy-{plan_name}")
                         all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
@@ -346,6 +362,13 @@ def local_part(
                         runs[(wl_name, load)] = run
                         steps_flat = [s for log in logged for s in log]
                         prices = step_prices(prefills, steps_flat, profile.latency, t0, t1)
+                        breakdown = {
+                            name: prefill_breakdown(prefills, steps_flat, lat, t0, t1)
+                            for name, lat in (
+                                ("quick_grid", profile.latency),
+                                ("old_quick_grid", old.latency),
+                            )
+                        }
                         path = path_table(
                             measured_segments(bench.outcomes, bench.started_unix),
                             simulated_segments(simulate(run.requests, cluster)),
@@ -368,7 +391,16 @@ def local_part(
                                     "simulated": _simulated_batches(run.requests, cluster),
                                 },
                                 "cores_by_process": by_process,
+                                "engine_threads": {
+                                    k: v
+                                    for k, v in engines.items()
+                                    if k.startswith(("prefill", "decode", "colocated"))
+                                },
                                 "step_prices": prices,
+                                "step_prices_old_quick_grid": step_prices(
+                                    prefills, steps_flat, old.latency, t0, t1
+                                ),
+                                "prefill_breakdown": breakdown,
                                 "first_token_path": path,
                             }
                         )
@@ -379,16 +411,18 @@ def local_part(
                     fit_runs.append(replace(run, fit_mask=np.isfinite(run.ttft_s)))
             held = [run for (_, load), run in runs.items() if load != 0.6]
             out["requests_per_run"] = num_requests
-            result = calibrate([*fit_runs, *held], FIT_KEYS, bootstrap=4)
+            result = calibrate([*fit_runs, *held], FIT_KEYS, bootstrap=4) if fit_runs else None
             for row, run in zip(rows, runs.values(), strict=True):
                 every = np.isfinite(run.ttft_s)
                 measured = metrics(run.ttft_s, run.tpot_s, every)
                 row["used_for_fit"] = row["run"].endswith("/60%")
                 row["measured_ms"] = {k: round(v, 2) for k, v in measured.items()}
                 row["error_before_pct"] = errors_pct(metrics(*predict(run, Params()), every), measured)
-                old = predict(replace(run, cluster=short_cluster), Params())
-                row["error_prefill_to_512_pct"] = errors_pct(metrics(*old, every), measured)
-                row["error_after_pct"] = errors_pct(metrics(*predict(run, result.params), every), measured)
+                before_row = predict(replace(run, cluster=old_cluster), Params())
+                row["error_old_quick_grid_pct"] = errors_pct(metrics(*before_row, every), measured)
+                if result is not None:
+                    after = metrics(*predict(run, result.params), every)
+                    row["error_after_pct"] = errors_pct(after, measured)
                 prices = row["step_prices"]
                 at_measured = Params(
                     compute_scale=prices.get("prefill", {}).get("wall_over_model", 1.0),
@@ -399,8 +433,8 @@ def local_part(
                 )
             out[plan_name] = {
                 "decode_steps_vs_profile": steps,
-                "parameters": result.params.to_dict(),
-                "uncertainty_std": result.uncertainty,
+                "parameters": result.params.to_dict() if result is not None else None,
+                "uncertainty_std": result.uncertainty if result is not None else None,
                 "runs": rows,
             }
     out["load_after"] = f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
@@ -408,13 +442,14 @@ def local_part(
 
 
 def print_local(r: dict[str, Any]) -> None:
-    from local_ttft import SEGMENTS
 
     print(
-        "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: quick prefill grid to 512 "
-        "tokens | to 1,536, before -> after calibration =="
+        "\n== local runtime (tiny-llama, CPU): error = predicted / measured - 1: quick prefill grid before "
+        "its 8 x 192-token row | now, before -> after calibration =="
     )
+    print(f"prefill fits: {r.get('prefill_coefficients')}")
     keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
+    nan = float("nan")
     for plan_name in [p for p in PLANS if p in r]:
         block = r[plan_name]
         print(f"{plan_name}: calibrated {block['parameters']}")
@@ -422,9 +457,8 @@ def print_local(r: dict[str, Any]) -> None:
             f"  worker decode steps (wall) / profile model, by batch: {block.get('decode_steps_vs_profile')}"
         )
         for row in block["runs"]:
-            before, after = row["error_before_pct"], row["error_after_pct"]
-            old = row.get("error_prefill_to_512_pct", {})
-            nan = float("nan")
+            before, after = row["error_before_pct"], row.get("error_after_pct", {})
+            old = row.get("error_old_quick_grid_pct", {})
             cells = [
                 f"{k} {old.get(k, nan):+.0f} | {before.get(k, nan):+.0f}->{after.get(k, nan):+.0f}%"
                 for k in keys
@@ -437,29 +471,7 @@ def print_local(r: dict[str, Any]) -> None:
                 )
             print(f"  {row['run']:<28}{tag:<6} {row['rate_rps']:.2f} req/s{load}  " + "  ".join(cells))
             if "step_prices" in row:
-                at = row["error_at_measured_prices_pct"]
-                print(
-                    "    steps / profile (wall, cpu): "
-                    + ", ".join(
-                        f"{k} {v['wall_over_model']}, {v['cpu_over_model']} ({v['count']})"
-                        for k, v in row["step_prices"].items()
-                    )
-                    + "; at the measured step prices: "
-                    + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys)
-                )
-                print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
-                path = row["first_token_path"]
-                print(
-                    "    first-token path, mean ms measured / simulated: "
-                    + ", ".join(
-                        f"{k} {(m or {}).get('mean', nan)} / {(s or {}).get('mean', nan)}"
-                        for k, (m, s) in (
-                            (k, (v["measured"], v["simulated"])) for k, v in path.items() if k in SEGMENTS
-                        )
-                    )
-                    + "; parts (p50 ms): "
-                    + ", ".join(f"{k} {v['p50']}" for k, v in path.get("details_measured", {}).items())
-                )
+                _print_prices(row)
             if "batches" in row:
                 m, sim = row["batches"]["measured"], row["batches"]["simulated"]
                 print(
@@ -468,3 +480,44 @@ def print_local(r: dict[str, Any]) -> None:
                     f"time at batch {m['time_share']} vs {sim['time_share']}"
                 )
     print(f"({r['load_before']} before, {r['load_after']} after; profile {r['profile_wall_s']} s)")
+
+
+def _print_prices(row: dict[str, Any]) -> None:
+    from local_ttft import SEGMENTS
+
+    keys = ("ttft_p50", "ttft_p90", "tpot_p50", "tpot_p90")
+    nan = float("nan")
+    at = row["error_at_measured_prices_pct"]
+    for label, key in (("", "step_prices"), (" (old quick grid)", "step_prices_old_quick_grid")):
+        if key in row:
+            print(
+                f"    steps / profile{label} (wall, cpu): "
+                + ", ".join(
+                    f"{k} {v['wall_over_model']}, {v['cpu_over_model']} ({v['count']})"
+                    for k, v in row[key].items()
+                )
+            )
+    for name, b in row.get("prefill_breakdown", {}).items():
+        cells = [
+            f"{group} "
+            + ", ".join(f"{k}: {v['cpu_over_model']} ({v['count']})" for k, v in b[group].items() if v)
+            for group in ("by_prompts", "by_decode_overlap")
+        ]
+        print(
+            f"    prefill CPU / {name} model: "
+            + "; ".join(cells)
+            + f"; mean overlap {b['mean_decode_overlap']}"
+        )
+    print("    at the measured step prices: " + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys))
+    print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
+    print(f"    engine threads (cpu s, kernel share, minor faults): {row.get('engine_threads')}")
+    path = row["first_token_path"]
+    print(
+        "    first-token path, mean ms measured / simulated: "
+        + ", ".join(
+            f"{k} {(m or {}).get('mean', nan)} / {(s or {}).get('mean', nan)}"
+            for k, (m, s) in ((k, (v["measured"], v["simulated"])) for k, v in path.items() if k in SEGMENTS)
+        )
+        + "; parts (p50 ms): "
+        + ", ".join(f"{k} {v['p50']}" for k, v in path.get("details_measured", {}).items())
+    )

@@ -182,3 +182,110 @@ def cores_by_process(
         row["all"] += used
         row["busiest_thread"] = max(row["busiest_thread"], used)
     return {name: {k: round(v, 3) for k, v in row.items()} for name, row in out.items()}
+
+
+#: Prefill forwards by prompts in the forward, and by the share of the forward's wall time a
+#: decode step ran beside it on another worker (the neighbour core: shared L3 and memory bandwidth).
+PROMPT_BUCKETS = (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8))
+OVERLAP_BUCKETS = (("<20%", 0.0, 0.2), ("20-80%", 0.2, 0.8), (">=80%", 0.8, 1.01))
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def decode_overlap(start_s: float, ms: float, busy: list[tuple[float, float]]) -> float:
+    """Share (0-1) of ``[start_s, start_s + ms]`` covered by the disjoint sorted ``busy`` intervals."""
+    end = start_s + ms / 1000.0
+    covered = sum(max(0.0, min(hi, end) - max(lo, start_s)) for lo, hi in busy if lo < end and hi > start_s)
+    return covered / max(end - start_s, 1e-12)
+
+
+def prefill_breakdown(
+    prefills: list[dict[str, Any]], steps: list[dict[str, Any]], latency: Any, t0: float, t1: float
+) -> dict[str, Any]:
+    """The prefill forwards that started in ``[t0, t1]``, engine-thread CPU / model (ratio of sums)
+    and wall / model, by prompts in the forward and by the share of the forward a decode step ran
+    beside it (:data:`OVERLAP_BUCKETS`; ``steps`` are the decode workers' steps): does the excess go
+    with the batch's composition (the profile's price) or with a busy neighbour core (co-tenancy)?"""
+    busy = _union([(s["start_s"], s["start_s"] + s["step_ms"] / 1000.0) for s in steps])
+    rows = []
+    for p in prefills:
+        if not t0 <= p["start_s"] <= t1:
+            continue
+        model = latency.prefill_ms(p["new_tokens"], p["prior_tokens"])
+        share = decode_overlap(p["start_s"], float(p["step_ms"]), busy)
+        rows.append(
+            (len(p["new_tokens"]), share, model, float(p["step_ms"]), float(p.get("cpu_ms", math.nan)))
+        )
+
+    def bucket(chosen: list[tuple[int, float, float, float, float]]) -> dict[str, Any] | None:
+        model = sum(r[2] for r in chosen)
+        if not chosen or model <= 0:
+            return None
+        cpu = sum(r[4] for r in chosen)
+        return {
+            "count": len(chosen),
+            "cpu_over_model": round(cpu / model, 3) if math.isfinite(cpu) else None,
+            "wall_over_model": round(sum(r[3] for r in chosen) / model, 3),
+        }
+
+    out: dict[str, Any] = {"by_prompts": {}, "by_decode_overlap": {}}
+    for name, lo, hi in PROMPT_BUCKETS:
+        out["by_prompts"][name] = bucket([r for r in rows if lo <= r[0] <= hi])
+    for name, lo, hi in OVERLAP_BUCKETS:
+        out["by_decode_overlap"][name] = bucket([r for r in rows if lo <= r[1] < hi])
+    out["mean_decode_overlap"] = round(float(np.mean([r[1] for r in rows])), 3) if rows else None
+    return out
+
+
+def thread_stats(processes: dict[str, int]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """(CPU seconds, of which system, minor page faults) of every thread of the named processes so
+    far (``/proc/PID/task/TID/stat``: minflt, utime, stime; proc(5))."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[str, int], tuple[float, float, int]] = {}
+    for name, pid in processes.items():
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            user, system = int(fields[11]) / tick, int(fields[12]) / tick
+            out[(name, int(tid))] = (user + system, system, int(fields[7]))
+    return out
+
+
+def engine_threads(
+    before: dict[tuple[str, int], tuple[float, float, int]],
+    after: dict[tuple[str, int], tuple[float, float, int]],
+) -> dict[str, dict[str, float]]:
+    """Each process's busiest thread between two :func:`thread_stats` snapshots (a worker's engine
+    thread): its CPU seconds, the share of them in the kernel, and its minor page faults — memory
+    the allocator took fresh from the system (first touch), which a profile's repeated shapes reuse."""
+    best: dict[str, tuple[float, float, int]] = {}
+    for key, (cpu, system, faults) in after.items():
+        cpu0, system0, faults0 = before.get(key, (0.0, 0.0, 0))
+        delta = (cpu - cpu0, system - system0, faults - faults0)
+        if delta[0] > best.get(key[0], (-1.0, 0.0, 0))[0]:
+            best[key[0]] = delta
+    return {
+        name: {
+            "cpu_s": round(cpu, 2),
+            "sys_share": round(system / cpu, 3) if cpu > 0 else 0.0,
+            "minor_faults": faults,
+        }
+        for name, (cpu, system, faults) in best.items()
+    }

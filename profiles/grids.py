@@ -68,6 +68,13 @@ CPU_GRID = Grid(
 # extrapolated up to 9× (long prompts of 768-1,536 tokens were priced +28 … +132 % too slow,
 # ``bench/local_steps.py``). The two long points cost about as much as the rest of the prefill
 # grid together, so every point gets at least 3 timed repeats (the long ones exactly 3) instead of 4.
+# (8, 192) is a batch of several prompts at 1,536 tokens, beside the one prompt of 1,536 tokens
+# timed in the same rounds: the two differ only in pairs (Σn², 8× apart), so per-token and per-pair
+# cost are told apart by a difference at one token count instead of by the curvature across single
+# prompts, which a per-token cost that rises with the tokens (caches, page faults above 1,024) passes
+# off as pairs; and it sits inside the local runtime's batches of 3-8 chat prompts (1,000-2,400
+# tokens). Fits on the grid's rows without such a row priced those batches −18 … +2 % off their
+# measured cost, with one −10 … +4 % (four measurements, ``bench/prefill_mix.py``); about 9 s more.
 CPU_QUICK_GRID = Grid(
     prefill=(
         (2, 32),
@@ -79,6 +86,7 @@ CPU_QUICK_GRID = Grid(
         (1, 256),
         (1, 512),
         (1, 1024),
+        (8, 192),
         (1, 1536),
     ),
     decode=(*_pairs((1, 2, 4, 8, 16, 32), (16, 512), lambda b, c: True), (1, 1024), (4, 1024), (8, 1024)),

@@ -39,6 +39,7 @@ measured_segments = _local_ttft.measured_segments
 path_table = _local_ttft.path_table
 simulated_segments = _local_ttft.simulated_segments
 step_prices = _local_ttft.step_prices
+prefill_breakdown = _local_ttft.prefill_breakdown
 thread_cpu_s = _local_ttft.thread_cpu_s
 
 # 1/1024 s per prompt token, 1/64 s per decode step, 1/128 s link latency: exact in floating point.
@@ -120,6 +121,36 @@ def test_step_prices_are_ratios_of_sums_within_the_run() -> None:
     assert prices["prefill"] == {"count": 2, "wall_over_model": 1.2, "cpu_over_model": 1.0}
     assert prices["decode"] == {"count": 1, "wall_over_model": 2.0, "cpu_over_model": None}
     assert step_prices([], [], MODEL, 0.0, 1.0) == {}
+
+
+def test_prefill_breakdown_by_prompts_and_by_the_decode_steps_beside_each_forward() -> None:
+    prefills = [  # the model prices 256 new tokens at 250 ms, 512 at 500 ms
+        {"new_tokens": [256], "prior_tokens": [0], "step_ms": 250.0, "cpu_ms": 250.0, "start_s": 1.0},
+        {
+            "new_tokens": [128, 128, 256],
+            "prior_tokens": [0, 0, 0],
+            "step_ms": 500.0,
+            "cpu_ms": 600.0,
+            "start_s": 2.0,
+        },
+        {"new_tokens": [128, 128], "prior_tokens": [0, 0], "step_ms": 250.0, "cpu_ms": 275.0, "start_s": 3.0},
+    ]
+    steps = [  # decode busy 2.0-2.25 and 2.2-2.5 (overlapping: counted once), 3.1-3.2
+        {"batch_size": 1, "context_tokens": 1, "step_ms": 250.0, "start_s": 2.0},
+        {"batch_size": 1, "context_tokens": 1, "step_ms": 300.0, "start_s": 2.2},
+        {"batch_size": 1, "context_tokens": 1, "step_ms": 100.0, "start_s": 3.1},
+    ]
+    got = prefill_breakdown(prefills, steps, MODEL, 0.0, 10.0)
+    assert got["by_prompts"] == {
+        "1": {"count": 1, "cpu_over_model": 1.0, "wall_over_model": 1.0},
+        "2-3": {"count": 2, "cpu_over_model": 1.167, "wall_over_model": 1.0},
+        "4-8": None,
+    }
+    # overlaps 0, 1.0 (the whole 2.0-2.5 forward) and 0.4 (100 of 250 ms)
+    assert got["by_decode_overlap"]["<20%"] == {"count": 1, "cpu_over_model": 1.0, "wall_over_model": 1.0}
+    assert got["by_decode_overlap"]["20-80%"]["cpu_over_model"] == 1.1
+    assert got["by_decode_overlap"][">=80%"]["cpu_over_model"] == 1.2
+    assert got["mean_decode_overlap"] == pytest.approx(1.4 / 3, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", ["queue", "join"])
