@@ -151,23 +151,7 @@ def step_prices(
 
 def thread_cpu_s(processes: dict[str, int]) -> dict[tuple[str, int], float]:
     """CPU seconds (user + system) of every thread of the named processes so far (``/proc``)."""
-    import os
-
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[tuple[str, int], float] = {}
-    for name, pid in processes.items():
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out[(name, int(tid))] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5))
-    return out
+    return {key: stats[0] for key, stats in thread_stats(processes).items()}
 
 
 def cores_by_process(

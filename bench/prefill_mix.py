@@ -35,21 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pdplan.profiles.grids import CPU_QUICK_GRID
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "prefill_mix.json"
 #: ``CPU_QUICK_GRID.prefill`` before this pass: multi-prompt rows only up to 256 tokens in all.
-OLD_QUICK_ROWS = (
-    (2, 32),
-    (1, 64),
-    (2, 64),
-    (4, 64),
-    (1, 128),
-    (2, 128),
-    (1, 256),
-    (1, 512),
-    (1, 1024),
-    (1, 1536),
-)
+OLD_QUICK_ROWS = tuple(row for row in CPU_QUICK_GRID.prefill if row != (8, 192))
 SPLITS_OF_1024 = ((1, 1024), (2, 512), (4, 256), (8, 128), (16, 64))
 SPLITS_OF_1536 = ((1, 1536), (2, 768), (4, 384), (8, 192))
 MAX_BATCH_TOKENS, MAX_BATCH_SIZE = 2048, 8  # the 1P1D plan's prefill limits (bench/local_runtime.py)
@@ -110,8 +101,6 @@ def fit(rows: list[tuple[int, int]], measured: dict[tuple[int, ...], float]) -> 
 
 
 def run(rounds: int, num_batches: int) -> dict[str, Any]:
-    from pdplan.profiles.grids import CPU_QUICK_GRID
-
     new_rows = list(CPU_QUICK_GRID.prefill)
     equal = list(dict.fromkeys([*OLD_QUICK_ROWS, *new_rows, *SPLITS_OF_1024, *SPLITS_OF_1536]))
     held = chat_batches(num_batches, seed=5)

@@ -10,18 +10,7 @@ from pdplan.profiles.grids import CPU_GRID, CPU_QUICK_GRID, Grid
 from pdplan.profiles.latency_model import LatencyModel
 
 # The quick grid's prefill rows before it had a multi-prompt row above 256 tokens.
-OLD_QUICK_ROWS = (
-    (2, 32),
-    (1, 64),
-    (2, 64),
-    (4, 64),
-    (1, 128),
-    (2, 128),
-    (1, 256),
-    (1, 512),
-    (1, 1024),
-    (1, 1536),
-)
+OLD_QUICK_ROWS = tuple(row for row in CPU_QUICK_GRID.prefill if row != (8, 192))
 # Batches the local runtime's 1P1D prefill worker formed from chat prompts (3-8 prompts, ≤ 2,048 tokens).
 CHAT_BATCHES = ([105, 191, 277, 412, 233, 161, 142], [332, 543, 255, 110, 129, 533], [118, 420, 326])
 DECODE = ([1, 2, 4], [16, 16, 16], [1.0, 2.0, 4.0])  # a decode table the prefill fit does not read
