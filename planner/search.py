@@ -238,10 +238,11 @@ def run_search(spec: SearchSpec, progress: Progress | None = None) -> SearchResu
         rate = spec.target_rate_rps or chosen.goodput_rps
         replay = spec.traffic.replays(rate)[0]  # what `pdplan simulate --plan` draws by default
         count = len(replay)
-        operating = simulate_requests(screen.cluster(chosen.candidate), replay)
+        cluster = screen.cluster(chosen.candidate)
+        operating = simulate_requests(cluster, replay)
         traffic = spec.traffic
         _, summary = judge(operating, rate, spec.slo, traffic.warmup_fraction, traffic.stability)
-        sustained = check_sustained(screen.cluster(chosen.candidate), traffic, spec.slo, rate)
+        sustained = check_sustained(cluster, traffic, spec.slo, rate, replay)
     return SearchResult(
         spec=spec,
         evaluations=evaluations,

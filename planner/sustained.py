@@ -110,13 +110,19 @@ def repeated(requests: Requests, copies: int) -> Requests:
 
 
 def check_sustained(
-    cluster: DisaggregatedCluster | ColocatedCluster, traffic: Traffic, slo: SloTargets, rate_rps: float
+    cluster: DisaggregatedCluster | ColocatedCluster,
+    traffic: Traffic,
+    slo: SloTargets,
+    rate_rps: float,
+    once: Requests | None = None,
 ) -> Sustained | None:
     """The chosen plan at ``rate_rps`` on the trace repeated to ``MIN_SUSTAINED_S``, or ``None``
-    where nothing needs checking (not a trace as recorded, or its replay is long enough)."""
+    where nothing needs checking (not a trace as recorded, or its replay is long enough).
+    ``once``: the user's replay at ``rate_rps`` when the caller has drawn it already."""
     if traffic.kind != AS_RECORDED:
         return None
-    once = traffic.replays(rate_rps)[0]
+    if once is None:
+        once = traffic.replays(rate_rps)[0]
     if len(once) < 2 or once.span_s >= MIN_SUSTAINED_S:
         return None
     period = once.span_s * len(once) / (len(once) - 1)
