@@ -57,7 +57,7 @@ ARGS = [
 ]
 
 
-def run(workers: int | None, out: Path, gpus: int = 16) -> dict[str, object]:
+def run(workers: int | None, out: Path, gpus: int = 16, python_simulator: bool = False) -> dict[str, object]:
     """One search in a fresh ``pdplan`` process; its figures from the run directory."""
     script = Path(sys.executable).parent / "pdplan"
     command = [str(script), "simulate", *ARGS, "--gpus", str(gpus), "--out", str(out)]
@@ -66,7 +66,10 @@ def run(workers: int | None, out: Path, gpus: int = 16) -> dict[str, object]:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
+    env = {**os.environ, "COLUMNS": "160"}
+    if python_simulator:
+        env["PDPLAN_SIM_COMPILED"] = "0"
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU of the search and its workers (children reaped by it count): less load-sensitive than wall
@@ -85,6 +88,8 @@ def run(workers: int | None, out: Path, gpus: int = 16) -> dict[str, object]:
     return {
         "budget_gpus": gpus,
         "workers": workers or len(os.sched_getaffinity(0)),
+        # compiled (mypyc) or python: pdplan.sim.compiled, as the search's run.yaml records it
+        "simulator": yaml.safe_load((out / "run.yaml").read_text())["versions"].get("simulator", "python"),
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "search_s": float(searched.group(1)) if searched else None,
@@ -169,6 +174,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="Keep the run directories here.")
     parser.add_argument("--gpus", type=int, nargs="+", default=[16], help="GPU budgets to search.")
     parser.add_argument("--compare-workers", action="store_true", help="Also run one worker; compare.")
+    parser.add_argument(
+        "--python-simulator", action="store_true", help="The pure-Python simulator (PDPLAN_SIM_COMPILED=0)."
+    )
     args = parser.parse_args()
     if not TRACE.is_file():
         raise SystemExit(f"the Azure conversation trace is not at {TRACE}")
@@ -178,17 +186,17 @@ def main() -> None:
     runs, same = [], None
     for gpus in args.gpus:
         out = root / f"gpus-{gpus}"
-        result = run(None, out, gpus)
+        result = run(None, out, gpus, args.python_simulator)
         result["replays"] = [replay(out, 1.0), replay(out, 1.15)]
         runs.append(result)
         if args.compare_workers and gpus == args.gpus[0]:
-            runs.append(run(1, root / f"gpus-{gpus}-workers-1", gpus))
+            runs.append(run(1, root / f"gpus-{gpus}-workers-1", gpus, args.python_simulator))
             same = all(
                 pd.read_csv(out / name).equals(pd.read_csv(root / f"gpus-{gpus}-workers-1" / name))
                 for name in ("candidates.csv", "probes.csv")
             )
     columns = ("GPUs", "workers", "wall s", "before", "target", "cpu s", "load", "cands", "ok", "pruned")
-    columns += ("probes",)
+    columns += ("probes", "sim")
     print(" ".join(f"{c:>8}" for c in columns) + "  chosen → replay at 1× / 1.15× (seed 11)")
     for r in runs:
         cells = (
@@ -200,6 +208,7 @@ def main() -> None:
             f"{r['cpu_s']:.1f}",
             f"{r['load_average_at_start']:.1f}",
             *(f"{r[k]}" for k in ("candidates", "simulated_to_goodput", "pruned", "probes")),
+            "mypyc" if str(r.get("simulator", "")).startswith("compiled") else "python",
         )
         replays = r.get("replays") or []
         held = " / ".join(

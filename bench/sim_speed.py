@@ -79,6 +79,7 @@ def scenario(num_requests: int, mode: str):
 def measure(num_requests: int, mode: str) -> dict:
     """One run in this process (called in a child process by ``main``)."""
     from pdplan.sim import simulate, summarize, timeseries
+    from pdplan.sim.compiled import status
 
     requests, cluster, rate, draw_s = scenario(num_requests, mode)
     base_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -98,6 +99,7 @@ def measure(num_requests: int, mode: str) -> dict:
     timeseries_s = time.perf_counter() - started
     return {
         "mode": mode,
+        "simulator": status(),  # compiled (mypyc) or python (PDPLAN_SIM_COMPILED=0, or no build)
         "requests": num_requests,
         "rate_rps": round(rate, 3),
         "wall_s": round(wall_s, 3),

@@ -131,6 +131,9 @@ def versions() -> dict[str, str]:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
+    simulator = sys.modules.get("pdplan.sim.compiled")
+    if simulator is not None:  # which implementation ran the simulator (compiled or pure Python)
+        out["simulator"] = simulator.status()
     return out
 
 

@@ -9,6 +9,11 @@ Typical use::
     summary = summarize(result.records.columns(), slo_ms={"ttft": 1000}, utilisation=result.utilisation)
 """
 
+# First: from here on the simulator's hot modules load compiled where built (``pdplan.sim.compiled``).
+import pdplan.sim.compiled  # noqa: F401
+
+# isort: split
+
 from pdplan.sim.cluster import (
     ColocatedCluster,
     ColocatedPool,

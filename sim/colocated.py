@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from heapq import heappop, heappush
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from pdplan.sim.cluster import ColocatedCluster
 from pdplan.sim.costs import StepCoef
@@ -51,6 +53,7 @@ from pdplan.sim.router import make_chooser
 IDLE, STEP, SEGMENT = range(3)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # its subclasses are (compiled: pdplan.sim.compiled)
 class ColocatedInstance:
     """One colocated instance; see the module docstring."""
 
@@ -228,6 +231,7 @@ class ColocatedInstance:
         return True
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed in Python (compiled: pdplan.sim.compiled)
 class ColocatedRun:
     """State shared by the instances of one colocated run (lists indexed by req_id)."""
 
@@ -241,6 +245,7 @@ class ColocatedRun:
     ) -> None:
         n = len(requests)
         self.env = Kernel()
+        self._preempt_lists: tuple[list[int], list[int], list[int]] | None = None
         self.cluster, self.requests, self.num_requests = cluster, requests, n
         self.arrival_np = requests.arrival_s - (requests.arrival_s[0] if n else 0.0)
         self.arrival: list[float] = self.arrival_np.tolist()
@@ -281,7 +286,7 @@ class ColocatedRun:
         self.max_prompt = pool.max_batch_tokens if limited else math.inf
         self.max_footprint = cluster.cost.kv_capacity_tokens
         self.next_arrival = 0
-        self.progress = None
+        self.progress: Callable[[int, int], None] | None = None  # (done, total), ``simulate``
         self.progress_every = max(1, n // 100)
 
     def on_arrival(self, event: Event | None = None) -> None:

@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import math
 
+from mypy_extensions import mypyc_attr
+
 from pdplan.sim.colocated import ColocatedRun
 from pdplan.sim.colocated_preempt import KV_BLOCK_TOKENS, PreemptingColocatedInstance
 from pdplan.sim.kernel import INSTANCE
@@ -66,6 +68,7 @@ def kept_prefix(freed: int, overwritten: int, fill: int, block: int = KV_BLOCK_T
     return kept if kept < fill else fill - 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed in Python (compiled: pdplan.sim.compiled)
 class ChunkwiseColocatedInstance(PreemptingColocatedInstance):
     """A chunked-prefill instance whose prompts hold only their computed chunks' KV; see the module
     docstring. ``prefilling`` holds at most the one part-done prompt and ``head_done`` the tokens

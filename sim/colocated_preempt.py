@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from heapq import heappop, heappush
 
+from mypy_extensions import mypyc_attr
+
 from pdplan.sim.colocated import IDLE, SEGMENT, STEP, ColocatedInstance, ColocatedRun
 from pdplan.sim.decode import _shared_lists
 from pdplan.sim.kernel import INSTANCE, Event
@@ -30,6 +32,7 @@ def cached_prefix(fill: int, overwritten: int, block: int = KV_BLOCK_TOKENS) -> 
     return kept if kept < fill else fill - 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed in Python (compiled: pdplan.sim.compiled)
 class PreemptingColocatedInstance(ColocatedInstance):
     """A colocated instance that allocates KV as tokens are produced and preempts when it runs out
     (``ColocatedPool.admission = "preempt"`` or ``"preempt-prompt"``), as vLLM and SGLang do.

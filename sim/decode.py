@@ -38,6 +38,8 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from pdplan.sim.kernel import INSTANCE, first_boundary_at_or_after
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from pdplan.sim.kernel import Event
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # its subclasses are (compiled: pdplan.sim.compiled)
 class DecodeInstance:
     """One decode instance; see the module docstring."""
 
@@ -188,6 +191,7 @@ class DecodeInstance:
         self._schedule(now + (k * first + q * (k * (k - 1))), k)  # boundary_s, inlined
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed in Python (compiled: pdplan.sim.compiled)
 class PreemptingDecodeInstance(DecodeInstance):
     """A decode instance that allocates KV as tokens are produced and preempts when it runs out
     (``DecodePool.admission = "preempt"``), as vLLM and SGLang do.

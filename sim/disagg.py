@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from pdplan.sim.cluster import DisaggregatedCluster
 from pdplan.sim.costs import StepCoef
@@ -35,6 +36,7 @@ from pdplan.sim.router import make_chooser
 Progress = Callable[[int, int], None]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed in Python (compiled: pdplan.sim.compiled)
 class Run:
     """State shared by the instances of one disaggregated run (lists indexed by req_id)."""
 
@@ -52,6 +54,7 @@ class Run:
     ) -> None:
         n = len(requests)
         self.env = Kernel()
+        self._preempt_lists: tuple[list[int], list[int], list[int]] | None = None
         self.cluster = cluster
         self.num_requests = n
         start = requests.arrival_s[0] if n else 0.0
@@ -76,8 +79,10 @@ class Run:
             cluster.kv_bytes_per_token,
             lambda p: prefill_kv - self.prefill_load[p],
         )
+        #: start a request's KV transfer; returns when it is ready on the decode side
+        self.transfer: Callable[[int, float, float, int], float] = self._transfer_link
         if self.cache is not None and self.cache.in_store is not None:
-            self.transfer = self._transfer_reading_store  # type: ignore[method-assign,assignment]
+            self.transfer = self._transfer_reading_store
         if router == "cache_aware":  # prefill by cache affinity, decode by load (sglang-router PD)
             blocks = requests.prefix
             unit = float(np.mean(requests.prompt_tokens)) if n else 1.0
@@ -107,7 +112,7 @@ class Run:
         self.progress: Progress | None = None
         self.progress_every = max(1, n // 100)
 
-    def transfer(
+    def _transfer_link(
         self, rid: int, now: float, prefill_end: float, prefill_index: int, tokens: int = -1
     ) -> float:
         """Start ``rid``'s KV transfer (its prompt, or ``tokens`` of it) at ``now``; returns when it
@@ -131,7 +136,7 @@ class Run:
         ``pdplan.sim.prefix_cache``): the link carries the rest; ready when both are done."""
         assert self.cache is not None
         tokens, store_ready = self.cache.store_read(rid, now)
-        ready = Run.transfer(self, rid, now, prefill_end, prefill_index, tokens)
+        ready = self._transfer_link(rid, now, prefill_end, prefill_index, tokens)
         return ready if ready >= store_ready else store_ready
 
     def on_arrival(self, event: Event | None = None) -> None:

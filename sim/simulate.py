@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from pdplan.profiles.errors import ConfigError, choices_error
 from pdplan.sim.closed_loop import ClosedColocatedRun, ClosedLoop, ClosedRun
 from pdplan.sim.cluster import ColocatedCluster, DisaggregatedCluster
 from pdplan.sim.colocated import ColocatedRun
+from pdplan.sim.decode import DecodeInstance
 from pdplan.sim.disagg import Run
 from pdplan.sim.kernel import INSTANCE, StopRun
 from pdplan.sim.records import SimResult
@@ -149,8 +151,8 @@ def simulate_prefill_side(
     """
     assert stop is None or (stop.tpot_ms is None and stop.e2e_ms is None), "only TTFT has a bound here"
     assert cluster.cache is None, "a prefix store is shared with the decode side"
-    sink = _PrefillSink  # duck-types the two calls the prefill side makes on a decode instance
-    run = _PrefillSideRun(requests, cluster, "least_loaded", np.random.default_rng(0), decode_factory=sink)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    run = _PrefillSideRun(requests, cluster, "least_loaded", rng, decode_factory=_PrefillSink)
     if stop is not None and len(requests):
         _install_stop(run, stop)
     return run.run(None)
@@ -160,16 +162,20 @@ class _PrefillSideRun(Run):
     """A run whose requests are not routed to a decode instance: the sinks are all alike, and
     routing by decode load would cost as much as the prefill routing for nothing."""
 
-    routes_decode = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # set on the instance: a class attribute would not override a compiled class's default
+        self.routes_decode = False
 
 
-class _PrefillSink:
-    """Stands in for a decode instance in ``simulate_prefill_side``."""
-
-    busy_s = 0.0
+class _PrefillSink(DecodeInstance):
+    """Stands in for a decode instance in ``simulate_prefill_side``: only the two calls the
+    prefill side makes on a decode instance, and its busy time (``DecodeInstance.__init__`` is
+    not run: nothing else of it is read)."""
 
     def __init__(self, run: Run, index: int) -> None:
         self.first_token_s = run.ledger.first_token_s
+        self.busy_s = 0.0
 
     def offer(self, rid: int, now: float, prefill_end: float, prefill_index: int) -> bool:
         self.first_token_s[rid] = prefill_end  # the first token comes no earlier

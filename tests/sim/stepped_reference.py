@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from pdplan.sim.colocated import ColocatedInstance
+from pdplan.sim.decode import DecodeInstance
 from pdplan.sim.kernel import INSTANCE, boundary_s
 
 
@@ -24,7 +26,9 @@ def _first_step_s(coef, batch, ctx):
     return step + coef.xs * (1.0 - coef.miss**batch) if coef.xs else step
 
 
-class SteppedDecode:
+# Subclasses of the simulator's instances (whose __init__ is not run), since a compiled run takes
+# only those (pdplan.sim.compiled); every method the run calls is this file's own.
+class SteppedDecode(DecodeInstance):
     def __init__(self, run, index):
         self.run, self.env, self.index = run, run.env, index
         self.prompt, self.output, self.ledger = run.prompt, run.output, run.ledger
@@ -125,7 +129,7 @@ class SteppedDecode:
                 return changed
 
 
-class SteppedColocated:
+class SteppedColocated(ColocatedInstance):
     def __init__(self, run, index):
         pool = run.cluster.pool
         self.run, self.env, self.index, self.coef = run, run.env, index, run.coef
