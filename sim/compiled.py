@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 #: The hot modules, compiled together (``scripts/build_sim.py``): the instances' event callbacks.
-COMPILED_MODULES = ("colocated", "colocated_preempt", "colocated_chunkkv", "decode", "prefill", "disagg")
+COMPILED_MODULES = (
+    "colocated",
+    "colocated_preempt",
+    "colocated_chunkkv",
+    "decode",
+    "prefill",
+    "disagg",
+    "costs",
+    "router",
+)
 PACKAGE = "pdplan.sim"
 #: Where the build puts the extension modules and ``manifest.json`` (ignored by git).
 BUILD_DIR = Path(__file__).resolve().parent / "_compiled"
