@@ -321,6 +321,7 @@ def local_part(
         engine_threads,
         forward_scale,
         measured_segments,
+        neighbour_breakdown,
         path_table,
         prefill_breakdown,
         routing_check,
@@ -438,6 +439,9 @@ def local_part(
                                 "first_token_path": path,
                                 "forward_scale": forward_scale(prefills, profile.latency, t0, t1),
                                 "routing": routing_check(bench.outcomes, bench.started_unix, by_worker),
+                                "neighbour": neighbour_breakdown(
+                                    logged if by_worker else [], by_worker, profile.latency, t0, t1
+                                ),
                             }
                         )
                 steps = _worker_steps(all_steps, profile.latency)
@@ -546,6 +550,8 @@ def _print_prices(row: dict[str, Any]) -> None:
         )
     print("    at the measured step prices: " + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys))
     print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
+    if row.get("neighbour"):
+        print(f"    CPU / model by the other worker's busy share of each step: {row['neighbour']}")
     if row.get("routing"):
         print(f"    routing (the request's worker had fewer / as many / more in flight): {row['routing']}")
     print(f"    engine threads (cpu s, kernel share, minor faults): {row.get('engine_threads')}")

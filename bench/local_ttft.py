@@ -352,3 +352,55 @@ def routing_check(
         )
         out[key] += 1
     return out
+
+
+def neighbour_breakdown(
+    steps_by_worker: list[list[dict[str, Any]]],
+    prefills_by_worker: list[list[dict[str, Any]]],
+    latency: Any,
+    t0: float,
+    t1: float,
+) -> dict[str, Any] | None:
+    """Co-tenancy in a colocated run, in engine-thread CPU time: every step of each worker
+    (decode steps, and prefill forwards with mixed steps) that started in ``[t0, t1]``, CPU / model
+    (ratio of sums; :func:`step_price_ms`, ``LatencyModel.decode_ms``) by the share of its wall time
+    the *other* workers were running a step of their own (:data:`OVERLAP_BUCKETS`): the neighbour
+    core shares the last-level cache and the memory bandwidth, which the profile — measured with
+    the other core idle — does not pay (``bench/cotenancy.py`` times it alone). ``None`` with fewer
+    than two workers."""
+    if len(steps_by_worker) < 2 or len(prefills_by_worker) != len(steps_by_worker):
+        return None
+    busy = [
+        [(s["start_s"], s["start_s"] + float(s["step_ms"]) / 1000.0) for s in [*steps, *prefills]]
+        for steps, prefills in zip(steps_by_worker, prefills_by_worker, strict=True)
+    ]
+    rows: dict[str, list[tuple[float, float, float]]] = {"decode": [], "prefill_or_mixed": []}
+    for k, (steps, prefills) in enumerate(zip(steps_by_worker, prefills_by_worker, strict=True)):
+        others = _union([iv for j, ivs in enumerate(busy) if j != k for iv in ivs])
+        for kind, chosen in (("decode", steps), ("prefill_or_mixed", prefills)):
+            for s in chosen:
+                if not t0 <= s["start_s"] <= t1:
+                    continue
+                if kind == "decode":
+                    model = float(latency.decode_ms(s["batch_size"], s["context_tokens"]))
+                else:
+                    model = step_price_ms(s, latency)
+                share = decode_overlap(s["start_s"], float(s["step_ms"]), others)
+                rows[kind].append((share, model, float(s.get("cpu_ms", math.nan))))
+    out: dict[str, Any] = {}
+    for kind, chosen in rows.items():
+        out[kind] = {}
+        for name, lo, hi in OVERLAP_BUCKETS:
+            picked = [r for r in chosen if lo <= r[0] < hi]
+            model = sum(r[1] for r in picked)
+            cpu = sum(r[2] for r in picked)
+            out[kind][name] = (
+                {
+                    "count": len(picked),
+                    "cpu_over_model": round(cpu / model, 3) if math.isfinite(cpu) else None,
+                }
+                if picked and model > 0
+                else None
+            )
+        out[kind]["mean_overlap"] = round(float(np.mean([r[0] for r in chosen])), 3) if chosen else None
+    return out

@@ -71,3 +71,25 @@ def test_routing_check_finds_each_requests_worker_and_its_load() -> None:
     got = _local_ttft.routing_check(outcomes, 100.0, logs)
     assert got == {"matched": 4, "to_fewer": 1, "to_equal": 2, "to_more": 1}
     assert _local_ttft.routing_check(outcomes, 100.0, logs[:1]) is None
+
+
+def test_neighbour_breakdown_prices_each_step_by_what_the_other_worker_ran_beside_it() -> None:
+    """Worker 0's decode step at 1.0-1.25 s ran while worker 1 prefilled (1.0-1.5 s): overlap 1.0;
+    its step at 2.0 s ran alone; worker 1's prefill overlapped worker 0's step for half its time."""
+    steps = [
+        [
+            {"batch_size": 1, "context_tokens": 0, "step_ms": 250.0, "cpu_ms": 31.25, "start_s": 1.0},
+            {"batch_size": 1, "context_tokens": 0, "step_ms": 15.625, "cpu_ms": 15.625, "start_s": 2.0},
+        ],
+        [],
+    ]
+    prefills = [
+        [],
+        [{"new_tokens": [512], "prior_tokens": [0], "step_ms": 500.0, "cpu_ms": 750.0, "start_s": 1.0}],
+    ]
+    got = _local_ttft.neighbour_breakdown(steps, prefills, MODEL, 0.0, 10.0)
+    assert got["decode"]["<20%"] == {"count": 1, "cpu_over_model": 1.0}
+    assert got["decode"][">=80%"] == {"count": 1, "cpu_over_model": 2.0}
+    assert got["decode"]["mean_overlap"] == 0.5
+    assert got["prefill_or_mixed"]["20-80%"] == {"count": 1, "cpu_over_model": 1.5}
+    assert _local_ttft.neighbour_breakdown(steps[:1], prefills[:1], MODEL, 0.0, 10.0) is None
