@@ -25,6 +25,13 @@ compute scale = the prefill forwards' wall / model, bandwidth scale = the decode
 left there is the path outside the steps, what it removes was the steps' price. The prefill forwards
 are also priced by prompts per forward and by how much of each a decode step ran beside it on the
 other worker (``prefill_breakdown``, :func:`local_ttft.prefill_breakdown`).
+
+Colocated runs (sixth pass): a worker's mixed steps — a prompt slice with the running decodes in one
+forward — are priced as the simulator prices them (``StepCoef.mixed_s``; ``step_prices["mixed"]``)
+and counted in the batches view; every step is also priced by the share of it the other worker was
+busy (``neighbour``, :func:`local_ttft.neighbour_breakdown`: co-tenancy in CPU time), and the
+router's spread is checked (``routing``: requests sent to the worker with fewer / as many / more of
+the run's requests in flight, :func:`local_ttft.routing_check`).
 """
 
 from __future__ import annotations
