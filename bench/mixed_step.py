@@ -7,7 +7,8 @@ decodes in one forward (``pdplan.realrun.chunked.mixed_forward``, the worker's s
 Timed with the real executor, one torch thread and the thread's CPU time (as ``pdplan profile``
 does), every shape once a round over interleaved rounds after a warm-up round, the median kept.
 Shapes: slices of 128 / 256 / 496 new tokens (no prefix) with 1 / 4 / 12 decodes of 300 context
-tokens each. Prints a table and writes ``bench/results/mixed_step.json``; about a minute.
+tokens each, and what the decodes add to the slice's forward (measured, and as ``mixed_s`` prices
+it). Prints a table and writes ``bench/results/mixed_step.json``; about a minute.
 
     nice .venv/bin/python bench/mixed_step.py [--profile DIR] [--rounds 4]
 
@@ -89,6 +90,8 @@ def measure(profile_dir: Path, rounds: int) -> dict[str, Any]:
                     "decode": round(price_d, 1),
                     "mixed": round(price_m, 1),
                 },
+                # what the decodes add to the slice's forward, measured and as mixed_s prices it
+                "decodes_add_ms": {"cpu": round(m - s, 1), "price": round(price_m - price_s, 1)},
                 "mixed_over_two_forwards": round(m / (s + d), 3),
                 "mixed_over_price": round(m / price_m, 3),
                 "two_forwards_over_price": round((s + d) / price_m, 3),
@@ -114,13 +117,25 @@ def main() -> None:
     print(
         f"== mixed step vs a slice + a decode step (thread CPU ms, median of {args.rounds}; {result['load']})"
     )
-    head = ("slice", "dec", "slice", "decode", "mixed", "mixed/2fw", "mixed/price", "2fw/price")
-    print("{:>6} {:>4} | {:>7} {:>7} {:>7} | {:>9} {:>11} {:>9}".format(*head))
+    head = (
+        "slice",
+        "dec",
+        "slice",
+        "decode",
+        "mixed",
+        "mixed/2fw",
+        "mixed/price",
+        "2fw/price",
+        "+dec cpu/price",
+    )
+    print("{:>6} {:>4} | {:>7} {:>7} {:>7} | {:>9} {:>11} {:>9} | {:>14}".format(*head))
     for r in result["rows"]:
         c = r["cpu_ms"]
         print(
             f"{r['slice_tokens']:>6} {r['decodes']:>4} | {c['slice']:>7} {c['decode']:>7} {c['mixed']:>7} | "
-            f"{r['mixed_over_two_forwards']:>9} {r['mixed_over_price']:>11} {r['two_forwards_over_price']:>9}"
+            f"{r['mixed_over_two_forwards']:>9} {r['mixed_over_price']:>11} "
+            f"{r['two_forwards_over_price']:>9} | "
+            f"{r['decodes_add_ms']['cpu']:>6} / {r['decodes_add_ms']['price']:<6}"
         )
     OUT.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {OUT.relative_to(ROOT)}")
