@@ -93,3 +93,35 @@ def test_neighbour_breakdown_prices_each_step_by_what_the_other_worker_ran_besid
     assert got["decode"]["mean_overlap"] == 0.5
     assert got["prefill_or_mixed"]["20-80%"] == {"count": 1, "cpu_over_model": 1.5}
     assert _local_ttft.neighbour_breakdown(steps[:1], prefills[:1], MODEL, 0.0, 10.0) is None
+
+
+def test_engine_replay_alternating_holds_decodes_for_the_slice() -> None:
+    """bench/colocated_replay.py's replay of the worker's chunked loop: one request alone is the
+    same under both schedules; a prompt arriving while another decodes makes that decode wait for
+    a slice forward *and* a decode step when they alternate, for one mixed step when they don't."""
+    spec = importlib.util.spec_from_file_location(
+        "colocated_replay", Path(__file__).resolve().parents[2] / "bench/colocated_replay.py"
+    )
+    assert spec is not None and spec.loader is not None
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    import numpy as np
+
+    from pdplan.sim.costs import StepCoef
+
+    # a step's fixed cost is 1/64 s for a prefill and a decode alike, a prompt token 1/1024 s
+    coef = StepCoef.of(LatencyModel((15.625, 0.0, 0.9765625, 0.0), (15.625, 0.0, 0.0)))
+    one = [np.array([0.0]), np.array([512]), np.array([3])]
+    for mixed in (False, True):
+        first, finish = replay.engine_replay(*one, coef, mixed=mixed)
+        assert first[0] == 0.515625 and finish[0] == 0.515625 + 2 / 64
+    two = [np.array([0.0, 0.52]), np.array([512, 256]), np.array([4, 2])]
+    alt_first, alt_finish = replay.engine_replay(*two, coef, mixed=False)
+    mix_first, mix_finish = replay.engine_replay(*two, coef, mixed=True)
+    # request 0 decodes from 0.515625; request 1 (256 tokens) arrives during its first decode step.
+    # Alternating: its slice (1/64 + 0.25 s), then a decode step for both; mixed: request 0's token
+    # rides in that slice's forward, which costs no more — one fixed cost where two were paid.
+    assert alt_first[1] == mix_first[1] == 0.53125 + 1 / 64 + 0.25
+    assert alt_finish[0] == 0.53125 + 1 / 64 + 0.25 + 2 / 64
+    assert mix_finish[0] == alt_finish[0] - 1 / 64
+    assert alt_finish[1] == mix_finish[1] == alt_first[1] + 1 / 64
