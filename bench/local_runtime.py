@@ -25,6 +25,13 @@ compute scale = the prefill forwards' wall / model, bandwidth scale = the decode
 left there is the path outside the steps, what it removes was the steps' price. The prefill forwards
 are also priced by prompts per forward and by how much of each a decode step ran beside it on the
 other worker (``prefill_breakdown``, :func:`local_ttft.prefill_breakdown`).
+
+Colocated runs (sixth pass): a worker's mixed steps — a prompt slice with the running decodes in one
+forward — are priced as the simulator prices them (``StepCoef.mixed_s``; ``step_prices["mixed"]``)
+and counted in the batches view; every step is also priced by the share of it the other worker was
+busy (``neighbour``, :func:`local_ttft.neighbour_breakdown`: co-tenancy in CPU time), and the
+router's spread is checked (``routing``: requests sent to the worker with fewer / as many / more of
+the run's requests in flight, :func:`local_ttft.routing_check`).
 """
 
 from __future__ import annotations
@@ -122,13 +129,16 @@ def _named_pids(run: Path) -> dict[str, int]:
 BUCKETS = (("1", 1, 1), ("2-3", 2, 3), ("4-8", 4, 8), ("9-16", 9, 16))
 
 
-def _logged_steps(run: Path) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
-    """The decode steps each decode/colocated worker of the deployment logged, and the prefill
-    forwards of every prefill/colocated worker (``/server_info``)."""
+def _logged_steps(
+    run: Path,
+) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """The decode steps each decode/colocated worker of the deployment logged, the prefill
+    forwards of every prefill/colocated worker (``/server_info``; a colocated worker's mixed steps
+    among them, with ``decode_batch`` > 0), and each colocated worker's prefill forwards alone."""
     import httpx
 
     record = json.loads((run / "deploy.json").read_text())
-    out, prefills = [], []
+    out, prefills, by_worker = [], [], []
     for proc in record["processes"]:
         if proc["role"] in ("decode", "colocated", "prefill"):
             state = httpx.get(proc["url"] + "/server_info", timeout=10).json()["internal_states"][0]
@@ -136,7 +146,33 @@ def _logged_steps(run: Path) -> tuple[list[list[dict[str, Any]]], list[dict[str,
                 out.append(state["recent_decode_steps"])
             if proc["role"] != "decode":
                 prefills += state.get("recent_prefill_batches", [])
-    return out, prefills
+            if proc["role"] == "colocated":
+                by_worker.append(state.get("recent_prefill_batches", []))
+    return out, prefills, by_worker
+
+
+def _with_mixed_steps(
+    logged: list[list[dict[str, Any]]], by_worker: list[list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """Each colocated worker's decode steps with its mixed steps beside them, as steps of their
+    decode batch (the batches view counts every step that produced decode tokens)."""
+    if not by_worker:
+        return logged
+    out = []
+    for steps, prefills in zip(logged, by_worker, strict=True):
+        mixed = [
+            {
+                "batch_size": p["decode_batch"],
+                "context_tokens": p.get("decode_context", 0),
+                "step_ms": p["step_ms"],
+                "start_s": p["start_s"],
+                "running_after": p["decode_batch"],
+            }
+            for p in prefills
+            if p.get("decode_batch")
+        ]
+        out.append(sorted([*steps, *mixed], key=lambda s: s["start_s"]))
+    return out
 
 
 def _worker_steps(steps: list[dict[str, Any]], latency: Any) -> dict[str, Any]:
@@ -164,9 +200,10 @@ def _bucket_shares(batch: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
 
 def _measured_batches(per_worker: list[list[dict[str, Any]]], t0: float, t1: float) -> dict[str, Any]:
     """What the decode/colocated engines did in one bench run (steps that started in ``[t0, t1]``):
-    the decode steps by batch, the busy seconds (steps, and the gaps after a step that left requests
-    running: the engine's own work between steps — emitting tokens, admitting — plus, on a
-    colocated worker, its prefill slices), and the share of busy time spent at each batch size."""
+    the decode steps by batch (a colocated worker's mixed steps among them, :func:`_with_mixed_steps`),
+    the busy seconds (steps, and the gaps after a step that left requests running: the engine's own
+    work between steps — emitting tokens, admitting — plus, on a colocated worker, its prefill
+    forwards without decodes), and the share of busy time spent at each batch size."""
     batches, seconds = [], []
     step_s = gap_s = 0.0
     gaps = []
@@ -289,9 +326,12 @@ def local_part(
     from local_ttft import (
         cores_by_process,
         engine_threads,
+        forward_scale,
         measured_segments,
+        neighbour_breakdown,
         path_table,
         prefill_breakdown,
+        routing_check,
         simulated_segments,
         step_prices,
         thread_cpu_s,
@@ -354,7 +394,7 @@ def local_part(
                         by_process = cores_by_process(threads0, thread_cpu_s(named), wall)
                         engines = engine_threads(stats0, thread_stats(named))
                         t1 = time.time()
-                        logged, prefills = _logged_steps(tmp / f"deploy-{plan_name}")
+                        logged, prefills, by_worker = _logged_steps(tmp / f"deploy-{plan_name}")
                         all_steps += [s for log in logged for s in log if s["start_s"] >= t0]
                         frame = requests_frame(bench)
                         name = f"{plan_name}/{wl_name}/{int(load * 100)}%"
@@ -387,7 +427,9 @@ def local_part(
                                     "others": round((busy1 - busy0 - (ours1 - ours0)) / wall, 2),
                                 },
                                 "batches": {
-                                    "measured": _measured_batches(logged, t0, t1),
+                                    "measured": _measured_batches(
+                                        _with_mixed_steps(logged, by_worker), t0, t1
+                                    ),
                                     "simulated": _simulated_batches(run.requests, cluster),
                                 },
                                 "cores_by_process": by_process,
@@ -402,6 +444,11 @@ def local_part(
                                 ),
                                 "prefill_breakdown": breakdown,
                                 "first_token_path": path,
+                                "forward_scale": forward_scale(prefills, profile.latency, t0, t1),
+                                "routing": routing_check(bench.outcomes, bench.started_unix, by_worker),
+                                "neighbour": neighbour_breakdown(
+                                    logged if by_worker else [], by_worker, profile.latency, t0, t1
+                                ),
                             }
                         )
                 steps = _worker_steps(all_steps, profile.latency)
@@ -425,7 +472,7 @@ def local_part(
                     row["error_after_pct"] = errors_pct(after, measured)
                 prices = row["step_prices"]
                 at_measured = Params(
-                    compute_scale=prices.get("prefill", {}).get("wall_over_model", 1.0),
+                    compute_scale=row["forward_scale"] or 1.0,
                     bandwidth_scale=prices.get("decode", {}).get("wall_over_model", 1.0),
                 )
                 row["error_at_measured_prices_pct"] = errors_pct(
@@ -510,6 +557,10 @@ def _print_prices(row: dict[str, Any]) -> None:
         )
     print("    at the measured step prices: " + "  ".join(f"{k} {at.get(k, nan):+.0f}%" for k in keys))
     print(f"    cores by process (all, busiest thread): {row['cores_by_process']}")
+    if row.get("neighbour"):
+        print(f"    CPU / model by the other worker's busy share of each step: {row['neighbour']}")
+    if row.get("routing"):
+        print(f"    routing (the request's worker had fewer / as many / more in flight): {row['routing']}")
     print(f"    engine threads (cpu s, kernel share, minor faults): {row.get('engine_threads')}")
     path = row["first_token_path"]
     print(

@@ -124,25 +124,48 @@ def path_table(measured: dict[str, np.ndarray], simulated: dict[str, np.ndarray]
     return table
 
 
+def step_price_ms(p: dict[str, Any], latency: Any) -> float:
+    """The profile's price of one logged prefill forward: ``LatencyModel.prefill_ms``, or for a
+    colocated worker's mixed step (its ``decode_batch`` decodes rode in it) the simulator's price
+    of that step, ``StepCoef.mixed_s`` (``pdplan.sim.costs``)."""
+    batch = int(p.get("decode_batch", 0))
+    if batch == 0:
+        return float(latency.prefill_ms(p["new_tokens"], p["prior_tokens"]))
+    from pdplan.sim.costs import StepCoef
+
+    new, prior = p["new_tokens"], p["prior_tokens"]
+    pairs = sum(n * n + 2 * n * q for n, q in zip(new, prior, strict=True))
+    coef = StepCoef.of(latency)
+    return coef.mixed_s(len(new), sum(new), pairs, batch, int(p.get("decode_context", 0))) * 1000.0
+
+
 def step_prices(
     prefills: list[dict[str, Any]], steps: list[dict[str, Any]], latency: Any, t0: float, t1: float
 ) -> dict[str, Any]:
-    """Prefill forwards and decode steps that started in ``[t0, t1]`` against the profile's price:
-    total wall / total model and total CPU / total model (ratios of sums, so the long steps that
-    make the time weigh most), and how many."""
+    """Prefill forwards, mixed steps (a colocated worker's prompt slice with decodes riding in it)
+    and decode steps that started in ``[t0, t1]`` against the profile's price
+    (:func:`step_price_ms`, ``LatencyModel.decode_ms``): total wall / total model and total CPU /
+    total model (ratios of sums, so the long steps that make the time weigh most), and how many."""
     out: dict[str, Any] = {}
-    chosen_p = [p for p in prefills if t0 <= p["start_s"] <= t1]
+    chosen = [p for p in prefills if t0 <= p["start_s"] <= t1]
+    chosen_p = [p for p in chosen if not p.get("decode_batch")]
+    chosen_m = [p for p in chosen if p.get("decode_batch")]
     chosen_d = [s for s in steps if t0 <= s["start_s"] <= t1]
-    model_p = [latency.prefill_ms(p["new_tokens"], p["prior_tokens"]) for p in chosen_p]
+    model_p = [step_price_ms(p, latency) for p in chosen_p]
+    model_m = [step_price_ms(p, latency) for p in chosen_m]
     model_d = [latency.decode_ms(s["batch_size"], s["context_tokens"]) for s in chosen_d]
-    for name, chosen, model in (("prefill", chosen_p, model_p), ("decode", chosen_d, model_d)):
+    for name, picked, model in (
+        ("prefill", chosen_p, model_p),
+        ("mixed", chosen_m, model_m),
+        ("decode", chosen_d, model_d),
+    ):
         total = float(sum(model))
-        if not chosen or total <= 0:
+        if not picked or total <= 0:
             continue
-        wall = sum(float(c["step_ms"]) for c in chosen)
-        cpu = [float(c.get("cpu_ms", math.nan)) for c in chosen]
+        wall = sum(float(c["step_ms"]) for c in picked)
+        cpu = [float(c.get("cpu_ms", math.nan)) for c in picked]
         out[name] = {
-            "count": len(chosen),
+            "count": len(picked),
             "wall_over_model": round(wall / total, 3),
             "cpu_over_model": round(sum(cpu) / total, 3) if all(map(math.isfinite, cpu)) else None,
         }
@@ -201,7 +224,7 @@ def prefill_breakdown(
     busy = _union([(s["start_s"], s["start_s"] + s["step_ms"] / 1000.0) for s in steps])
     rows = []
     for p in prefills:
-        if not t0 <= p["start_s"] <= t1:
+        if not t0 <= p["start_s"] <= t1 or p.get("decode_batch"):  # prefill forwards alone
             continue
         model = latency.prefill_ms(p["new_tokens"], p["prior_tokens"])
         share = decode_overlap(p["start_s"], float(p["step_ms"]), busy)
@@ -273,3 +296,111 @@ def engine_threads(
         }
         for name, (cpu, system, faults) in best.items()
     }
+
+
+def forward_scale(prefills: list[dict[str, Any]], latency: Any, t0: float, t1: float) -> float | None:
+    """Wall / model of every prefill-side forward that started in ``[t0, t1]`` — prefill forwards
+    and mixed steps together (:func:`step_price_ms`): the compute scale at the measured prices."""
+    chosen = [p for p in prefills if t0 <= p["start_s"] <= t1]
+    model = sum(step_price_ms(p, latency) for p in chosen)
+    return round(sum(float(p["step_ms"]) for p in chosen) / model, 3) if chosen and model > 0 else None
+
+
+def routing_check(
+    outcomes: list[Any], started_unix: float, prefills_by_worker: list[list[dict[str, Any]]]
+) -> dict[str, int] | None:
+    """How the router spread a colocated run: each request's worker is the one that logged the
+    forward ending at its ``prefill_end_ts`` (within 5 ms), and at the moment the client sent it,
+    was that worker the one with fewer of the run's requests in flight (sent, not finished),
+    as many, or more? ``None`` with fewer than two workers or no timelines."""
+    if len(prefills_by_worker) < 2:
+        return None
+    ends = [
+        (p["start_s"] + float(p["step_ms"]) / 1000.0, k)
+        for k, log in enumerate(prefills_by_worker)
+        for p in log
+    ]
+    if not ends:
+        return None
+    end_s = np.array([e for e, _ in ends])
+    worker_of = np.array([k for _, k in ends])
+    sent, finish, where = [], [], []
+    for o in outcomes:
+        stamp = (o.worker or {}).get("prefill_end_ts")
+        if o.status != "ok" or not isinstance(stamp, float) or not o.chunk_s:
+            continue
+        j = int(np.argmin(np.abs(end_s - stamp)))
+        if abs(end_s[j] - stamp) > 0.005:
+            continue
+        sent.append(started_unix + o.sent_s)
+        finish.append(started_unix + o.chunk_s[-1])
+        where.append(int(worker_of[j]))
+    out = {"matched": len(where), "to_fewer": 0, "to_equal": 0, "to_more": 0}
+    num = len(prefills_by_worker)
+    for i, t in enumerate(sent):
+        inflight = [0] * num
+        for j, (s, f) in enumerate(zip(sent, finish, strict=True)):
+            if j != i and s < t < f:
+                inflight[where[j]] += 1
+        mine, least = inflight[where[i]], min(inflight)
+        key = (
+            "to_fewer"
+            if mine == least and inflight.count(least) == 1
+            else "to_equal"
+            if mine == least
+            else "to_more"
+        )
+        out[key] += 1
+    return out
+
+
+def neighbour_breakdown(
+    steps_by_worker: list[list[dict[str, Any]]],
+    prefills_by_worker: list[list[dict[str, Any]]],
+    latency: Any,
+    t0: float,
+    t1: float,
+) -> dict[str, Any] | None:
+    """Co-tenancy in a colocated run, in engine-thread CPU time: every step of each worker
+    (decode steps, and prefill forwards with mixed steps) that started in ``[t0, t1]``, CPU / model
+    (ratio of sums; :func:`step_price_ms`, ``LatencyModel.decode_ms``) by the share of its wall time
+    the *other* workers were running a step of their own (:data:`OVERLAP_BUCKETS`): the neighbour
+    core shares the last-level cache and the memory bandwidth, which the profile — measured with
+    the other core idle — does not pay (``bench/cotenancy.py`` times it alone). ``None`` with fewer
+    than two workers."""
+    if len(steps_by_worker) < 2 or len(prefills_by_worker) != len(steps_by_worker):
+        return None
+    busy = [
+        [(s["start_s"], s["start_s"] + float(s["step_ms"]) / 1000.0) for s in [*steps, *prefills]]
+        for steps, prefills in zip(steps_by_worker, prefills_by_worker, strict=True)
+    ]
+    rows: dict[str, list[tuple[float, float, float]]] = {"decode": [], "prefill_or_mixed": []}
+    for k, (steps, prefills) in enumerate(zip(steps_by_worker, prefills_by_worker, strict=True)):
+        others = _union([iv for j, ivs in enumerate(busy) if j != k for iv in ivs])
+        for kind, chosen in (("decode", steps), ("prefill_or_mixed", prefills)):
+            for s in chosen:
+                if not t0 <= s["start_s"] <= t1:
+                    continue
+                if kind == "decode":
+                    model = float(latency.decode_ms(s["batch_size"], s["context_tokens"]))
+                else:
+                    model = step_price_ms(s, latency)
+                share = decode_overlap(s["start_s"], float(s["step_ms"]), others)
+                rows[kind].append((share, model, float(s.get("cpu_ms", math.nan))))
+    out: dict[str, Any] = {}
+    for kind, chosen in rows.items():
+        out[kind] = {}
+        for name, lo, hi in OVERLAP_BUCKETS:
+            picked = [r for r in chosen if lo <= r[0] < hi]
+            model = sum(r[1] for r in picked)
+            cpu = sum(r[2] for r in picked)
+            out[kind][name] = (
+                {
+                    "count": len(picked),
+                    "cpu_over_model": round(cpu / model, 3) if math.isfinite(cpu) else None,
+                }
+                if picked and model > 0
+                else None
+            )
+        out[kind]["mean_overlap"] = round(float(np.mean([r[0] for r in chosen])), 3) if chosen else None
+    return out

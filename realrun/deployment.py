@@ -10,7 +10,8 @@ ports, and writes the command lines of the workers and of the production ``sglan
 - colocated: the router's regular mode, ``--worker-urls URL ...``.
 
 Router flags chosen here, and why: ``--policy`` is the router policy closest to the plan's (see
-:func:`router_policy`; ``least_loaded`` → ``power_of_two``); ``--max-payload-size`` 16 MiB so huge
+:func:`router_policy`; ``least_loaded`` → ``cache_aware`` set to route by load alone for colocated
+workers, ``power_of_two`` for a PD role); ``--max-payload-size`` 16 MiB so huge
 bodies get 413 at the router, before any worker reads them;
 ``--health-check-interval-secs 2 --health-failure-threshold 2`` so a dead worker leaves the rotation
 within about four seconds; ``--disable-circuit-breaker`` because sglang-router 0.3.2 charges a
@@ -300,21 +301,43 @@ def _gateway(
     return ProcessSpec("gateway", "gateway", tuple(argv), f"http://{opts.host}:{opts.port}", opts.port)
 
 
-def router_policy(plan_policy: str, instances: int) -> str:
+#: sglang-router's ``cache_aware`` flags that make it a least-loaded router (:func:`router_policy`).
+LEAST_LOADED_FLAGS = (
+    "--balance-abs-threshold",
+    "0",
+    "--balance-rel-threshold",
+    "1.0",
+    "--cache-threshold",
+    "1.0",
+)
+
+
+def router_policy(plan_policy: str, instances: int, mode: str = "disaggregated") -> str:
     """The sglang-router 0.3.2 policy closest to the plan's router policy (the simulator's), for a
-    role with ``instances`` workers.
+    role with ``instances`` workers, in a ``disaggregated`` or ``colocated`` deployment.
 
     The router offers ``random``, ``round_robin``, ``cache_aware``, ``power_of_two`` and ``manual``
     (``--help``; in PD mode per role with ``--prefill-policy`` / ``--decode-policy``).
-    ``least_loaded`` (the simulator's default: the instance with the least outstanding work) maps to
-    ``power_of_two``: of two workers drawn at random, the one with the lower load (the router's
-    count of requests in flight, refreshed from each worker's ``/get_load``). With two instances it
-    is exactly least-loaded; with more, its well-known approximation. The router refuses
-    ``power_of_two`` for a role with one worker ("requires at least 2 workers"), where every policy
-    is the same, so that role gets ``round_robin``. ``round_robin`` and ``random`` keep their names.
+    ``least_loaded`` (the simulator's default: the instance with the least outstanding work) maps,
+    for colocated workers, to ``cache_aware`` with :data:`LEAST_LOADED_FLAGS`: that policy is the
+    only one whose load is the router's own count of requests in flight, raised when it sends one
+    and lowered when it ends (``load_incremented`` in sgl-router's ``routers/http/router.rs``), and
+    its ``select_worker`` (``policies/cache_aware.rs``) sends a request to the worker with the
+    fewest when ``max - min > abs`` and ``max > min × rel`` — with 0 and 1.0 whenever they differ —
+    and, when they are equal, to the longest prefix match above ``--cache-threshold`` (1.0: never)
+    or else again the least loaded. ``power_of_two`` (the mapping before issue 11's sixth pass)
+    compares loads the router polls from ``/get_load`` every ``--worker-startup-check-interval``
+    (1 s here, its smallest): between two polls every request saw the same loads, and in a measured
+    colocated run 9 of 40 requests went to the worker with more requests in flight. A PD role keeps
+    ``power_of_two`` (one set of balance flags serves both roles there; not measured). With two
+    workers ``power_of_two`` draws both. The router refuses ``power_of_two`` for a role with one
+    worker ("requires at least 2 workers"), where every policy is the same, so that role gets
+    ``round_robin``. ``round_robin`` and ``random`` keep their names.
     """
     if instances < 2:
         return "round_robin"
+    if plan_policy == "least_loaded" and mode == "colocated":
+        return "cache_aware"  # with LEAST_LOADED_FLAGS
     names = {"least_loaded": "power_of_two", "round_robin": "round_robin", "random": "random"}
     names["cache_aware"] = "cache_aware"  # the simulator's is sglang-router's (pdplan.sim.cache_router)
     return names.get(plan_policy, "power_of_two")
@@ -343,7 +366,10 @@ def _router(
         ]  # fmt: skip
     else:
         argv += ["--worker-urls", *(w.url for w in workers)]
-        argv += ["--policy", router_policy(plan_policy, count["colocated"])]
+        policy = router_policy(plan_policy, count["colocated"], "colocated")
+        argv += ["--policy", policy]
+        if policy == "cache_aware" and plan_policy == "least_loaded":
+            argv += LEAST_LOADED_FLAGS
     argv += [
         "--host", opts.host, "--port", str(port),
         "--max-payload-size", str(MAX_PAYLOAD_BYTES),

@@ -7,9 +7,14 @@
   while the running batch is below ``max_batch_size`` (their KV tokens were reserved on arrival).
 - **colocated**: ``schedule="prefill-first"`` (vLLM's default policy): a waiting prompt batch runs
   before the next decode step whenever the running batch has room; then decode steps as above.
-  ``schedule="chunked"`` (Sarathi-Serve / SGLang chunked prefill): prompt slices of at most
-  ``chunk_tokens`` and decode steps alternate, so a long prompt never stalls running decodes for
-  more than one slice.
+  ``schedule="chunked"`` (Sarathi-Serve's stall-free batching, vLLM V1's scheduler): while prompts
+  wait and the running batch has room, every step is one *mixed* forward — each running request's
+  decode token plus FIFO prompt slices filling the rest of a ``chunk_tokens`` budget (a decode
+  counts one token; :func:`chunked.mixed_forward`) — so a long prompt never stalls running decodes
+  for more than one step; with no prompt to take, plain decode steps. This is the step the
+  simulator prices (``StepCoef.mixed_s``, ``sim/colocated_chunkkv.py``); until the sixth pass of
+  issue 11 the worker ran a slice and a decode step as two forwards, paying the fixed cost twice
+  and holding each decode token for both.
 
 With ``chunk_tokens`` set (prefill and colocated roles), prompts are prefilled in slices of at most
 that many tokens per forward (:mod:`chunked`); a prompt's first token comes after its last slice.
@@ -41,7 +46,7 @@ import torch
 
 from pdplan.profiles.executor import Executor
 from pdplan.profiles.kv_cache import KVCache
-from pdplan.realrun.chunked import prefill_chunks
+from pdplan.realrun.chunked import mixed_forward, prefill_chunks
 from pdplan.realrun.kv_budget import KvBudget
 from pdplan.realrun.metrics import WorkerMetrics
 from pdplan.realrun.prefix_cache import PrefixCache
@@ -145,7 +150,6 @@ class Engine:
         self._waiting_decode: deque[Job] = deque()
         self._running: list[Job] = []
         self._generator = torch.Generator().manual_seed(config.seed)
-        self._prefilled_last = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{config.role}", daemon=True)
         budget.add_listener(self.wake)
 
@@ -199,13 +203,16 @@ class Engine:
                 self._absorb(arrived)
                 self._drop_cancelled()
                 decodes = bool(self._running or self._waiting_decode)
-                alternate = self.config.schedule == "chunked" and self._prefilled_last and decodes
-                if self._can_prefill() and not alternate:
+                if self.config.schedule == "chunked":  # colocated: prompt slices ride in the decode step
+                    budget = (self.config.chunk_tokens or 0) - len(self._running)
+                    if self._can_prefill() and budget > 0:
+                        self._chunked_prefill_step(budget, mixed=True)
+                    elif decodes:
+                        self._decode_step()
+                elif self._can_prefill():
                     self._prefill_step()
-                    self._prefilled_last = True
                 elif decodes:
                     self._decode_step()
-                    self._prefilled_last = False
         except Exception:
             log.exception("engine thread crashed")
         finally:
@@ -333,8 +340,9 @@ class Engine:
             self.prefix_cache.insert(job.prompt, cache)
         return logits, caches
 
-    def _chunked_prefill_step(self, budget: int) -> None:
-        """One forward over at most ``budget`` prompt tokens, FIFO, the head prompt's slice first."""
+    def _chunked_prefill_step(self, budget: int, mixed: bool = False) -> None:
+        """One forward over at most ``budget`` prompt tokens, FIFO, the head prompt's slice first;
+        ``mixed``: with every running request's decode token in the same forward."""
         room = self.config.max_batch_size - (0 if self.config.role == "prefill" else len(self._running))
         items: list[tuple[Job, tuple[int, ...]]] = []
         now = time.time()
@@ -358,28 +366,47 @@ class Engine:
             budget -= take
         if not items:
             return
+        riders = list(self._running) if mixed else []
+        context = sum(j.cache.length for j in riders if j.cache is not None)
         start, cpu0 = time.time(), time.thread_time()
         prior = [job.prefilled for job, _ in items]
         try:
-            logits = prefill_chunks(self.executor, [(chunk, job.cache) for job, chunk in items])  # type: ignore[misc]
+            slices = [(chunk, job.cache) for job, chunk in items]
+            if riders:
+                decodes = [(j.output[-1], j.cache) for j in riders]
+                logits = mixed_forward(self.executor, slices, decodes)  # type: ignore[arg-type]
+            else:
+                logits = prefill_chunks(self.executor, slices)  # type: ignore[arg-type]
+            for job, chunk in items:
+                job.prefilled += len(chunk)
+            done = [(i, job) for i, (job, _) in enumerate(items) if job.prefilled == len(job.prompt)]
+            rows = [i for i, _ in done] + list(range(len(items), len(items) + len(riders)))
+            sampled = self._sample(logits[rows], [job for _, job in done] + riders) if rows else []
         except (RuntimeError, ValueError) as err:
-            log.exception("prefill slice of %d prompts failed", len(items))
+            log.exception("prefill slice of %d prompts (%d decodes beside) failed", len(items), len(riders))
             for job, _ in items:
                 self._waiting_prefill.remove(job)
                 job.cache = None
                 job.sink(ErrorEvent(f"prefill failed: {err}", 500))
+            for job in riders:
+                self._drop_cache(job)
+                job.sink(ErrorEvent(f"decode failed: {err}", 500))
+            self._running = [j for j in self._running if j not in riders]
             return
         end = time.time()
         self.metrics.prefill_batch(
-            [len(chunk) for _, chunk in items], prior, end - start, time.thread_time() - cpu0, start
-        )
+            [len(chunk) for _, chunk in items], prior, end - start, time.thread_time() - cpu0, start,
+            len(riders), context,
+        )  # fmt: skip
         self.metrics.inc("prefill_tokens_total", sum(len(chunk) for _, chunk in items))
-        for job, chunk in items:
-            job.prefilled += len(chunk)
-        done = [(i, job) for i, (job, _) in enumerate(items) if job.prefilled == len(job.prompt)]
+        if riders:  # the decodes' tokens, as a decode step emits them
+            finished = {
+                id(j) for j, t in zip(riders, sampled[len(done) :], strict=True) if self._emit(j, t, end)
+            }
+            self._running = [j for j in self._running if id(j) not in finished]
         if not done:
             return
-        tokens = self._sample(logits[[i for i, _ in done]], [job for _, job in done])
+        tokens = sampled[: len(done)]
         for (_, job), token in zip(done, tokens, strict=True):
             self._waiting_prefill.remove(job)
             job.timeline.prefill_end = end

@@ -53,13 +53,17 @@ class StepRecord(NamedTuple):
 class PrefillRecord(NamedTuple):
     """One prefill forward: each prompt's tokens computed in it (``new_tokens``) and those already in
     its cache before it (``prior_tokens``: earlier slices, or the prefix cache), its wall and engine
-    thread CPU time, and when it started (``time.time()``)."""
+    thread CPU time, and when it started (``time.time()``). A colocated worker's mixed step
+    (``--schedule chunked``) also carries the decodes that rode in it: ``decode_batch`` sequences
+    holding ``decode_context`` KV tokens before it (0 and 0 for a prefill alone)."""
 
     new_tokens: tuple[int, ...]
     prior_tokens: tuple[int, ...]
     step_ms: float
     cpu_ms: float
     start_s: float
+    decode_batch: int = 0
+    decode_context: int = 0
 
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -183,12 +187,21 @@ class WorkerMetrics:
             self.steps.append(record)
 
     def prefill_batch(
-        self, new_tokens: list[int], prior_tokens: list[int], step_s: float, cpu_s: float, start_s: float
+        self,
+        new_tokens: list[int],
+        prior_tokens: list[int],
+        step_s: float,
+        cpu_s: float,
+        start_s: float,
+        decode_batch: int = 0,
+        decode_context: int = 0,
     ) -> None:
-        """Record one prefill forward (see :class:`PrefillRecord`)."""
+        """Record one prefill forward, or a mixed step with its decodes (see :class:`PrefillRecord`)."""
         self.observe("prefill_batch_seconds", step_s)
         ms, cpu_ms = step_s * 1000.0, cpu_s * 1000.0
-        record = PrefillRecord(tuple(new_tokens), tuple(prior_tokens), ms, cpu_ms, start_s)
+        record = PrefillRecord(
+            tuple(new_tokens), tuple(prior_tokens), ms, cpu_ms, start_s, decode_batch, decode_context
+        )
         with self._lock:
             self.prefills.append(record)
 

@@ -177,6 +177,8 @@ class WorkerServer:
                                 "step_ms": pf.step_ms,
                                 "cpu_ms": pf.cpu_ms,
                                 "start_s": pf.start_s,
+                                "decode_batch": pf.decode_batch,
+                                "decode_context": pf.decode_context,
                             }
                             for pf in self.metrics.recent_prefills()
                         ],

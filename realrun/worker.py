@@ -52,7 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerConfig:
     )  # fmt: skip
     p.add_argument(
         "--schedule", default="prefill-first", choices=("prefill-first", "chunked"),
-        help="colocated role: prompts before decode steps, or prompt slices alternating with them",
+        help="colocated role: prompts before decode steps, or prompt slices riding in them (mixed steps)",
     )  # fmt: skip
     p.add_argument(
         "--prefix-cache", action="store_true",

@@ -170,7 +170,7 @@ def _load_spec(plan_path: Path, weights: Path | None, tokenizer: str | None, see
     """``plan.yaml`` (read strictly by ``pdplan.planner.plan.load_plan``) → what the deployment runs.
 
     A plan's ``chunk_tokens`` runs as chunked prefill in the workers (``--chunk-tokens``); a colocated
-    ``chunked`` policy also alternates prompt slices with decode steps (``--schedule chunked``).
+    ``chunked`` policy also runs its prompt slices inside the decode steps (``--schedule chunked``).
     A plan's ``cache: {l1: true}`` gives every prefill and colocated worker a prefix cache
     (``--prefix-cache``, ``pdplan.realrun.prefix_cache``); L2/L3 tiers are refused: the local
     workers keep no host-memory or store tier.

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from test_engine import PROMPTS, Collector, greedy, reference  # noqa: E402
 
-from pdplan.realrun.chunked import prefill_chunks  # noqa: E402
+from pdplan.realrun.chunked import mixed_forward, prefill_chunks  # noqa: E402
 from pdplan.realrun.engine import Engine, EngineConfig, Job, PrefilledEvent, TokenEvent  # noqa: E402
 from pdplan.realrun.kv_budget import KvBudget  # noqa: E402
 from pdplan.realrun.metrics import WorkerMetrics  # noqa: E402
@@ -72,3 +72,48 @@ def test_chunked_prefill_role_hands_over_the_whole_cache(executor: Any) -> None:
     assert isinstance(event, PrefilledEvent) and event.cache.length == len(LONG)
     assert event.token == reference(executor, LONG, 1)[0]
     assert budget.used_tokens == len(LONG)  # reserved until the hand-off releases it
+
+
+def test_mixed_forward_equals_a_slice_and_a_decode_step(executor: Any) -> None:
+    """Decode tokens riding in a prompt slice's forward get the logits and KV that a decode step
+    of their own gives them, and the slice those of a forward of its own."""
+    first = [PROMPTS[0], PROMPTS[2]]
+    _, alone = executor.prefill([list(p) for p in first], reserve_tokens=4)
+    _, mixed = executor.prefill([list(p) for p in first], reserve_tokens=4)
+    tokens = [5, 17]
+    decode_logits = executor.decode(tokens, alone)
+    slice_cache = executor.new_cache(len(LONG) + 1)
+    slice_logits = prefill_chunks(executor, [(LONG[:16], slice_cache)])
+    both_cache = executor.new_cache(len(LONG) + 1)
+    logits = mixed_forward(executor, [(LONG[:16], both_cache)], list(zip(tokens, mixed, strict=True)))
+    assert logits.shape[0] == 3 and both_cache.length == 16
+    torch.testing.assert_close(logits[0], slice_logits[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[1:], decode_logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(alone, mixed, strict=True):
+        assert a.length == b.length
+        torch.testing.assert_close(a.k[:, :, : a.length], b.k[:, :, : b.length], rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_schedule_runs_mixed_steps_within_the_token_budget(executor: Any) -> None:
+    """Under ``schedule="chunked"`` a prompt arriving while others decode is prefilled in mixed
+    steps: its slice and every running decode in one forward, slice + decodes ≤ chunk_tokens."""
+    config = EngineConfig("colocated", 4, 256, chunk_tokens=12, schedule="chunked")
+    metrics = WorkerMetrics("colocated")
+    engine = Engine(executor, config, metrics, KvBudget(4096))
+    got = Collector()
+    # Submitted before the engine starts: the first step takes PROMPTS[0..1] whole (and LONG's
+    # first 2 tokens), so the rest of the long prompt's slices ride with their two decodes.
+    jobs = [(PROMPTS[0], 30), (PROMPTS[1], 30), (LONG, 3)]
+    for i, (prompt, n) in enumerate(jobs):
+        engine.submit(Job(f"r{i}", prompt, greedy(n), got.sink(f"r{i}")))
+    engine.start()
+    events = got.until_terminal(len(jobs), timeout_s=60)
+    engine.stop()
+    for i, (prompt, n) in enumerate(jobs):
+        out = [e.token for e in events[f"r{i}"] if isinstance(e, TokenEvent)]
+        assert out == reference(executor, prompt, n)
+    mixed = [p for p in metrics.recent_prefills() if p.decode_batch > 0]
+    assert mixed, "the long prompt's slices rode with the running decodes"
+    for p in metrics.recent_prefills():
+        assert sum(p.new_tokens) + p.decode_batch <= 12
+    assert sum(sum(p.new_tokens) for p in metrics.recent_prefills()) == sum(len(p) for p, _ in jobs)

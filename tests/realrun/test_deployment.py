@@ -54,6 +54,25 @@ def test_colocated_uses_the_routers_regular_mode() -> None:
     assert list(argv[i + 1 : i + 3]) == [w.url for w in launch.workers]
 
 
+def test_colocated_least_loaded_routes_by_the_routers_live_load() -> None:
+    """least_loaded colocated workers get cache_aware set to route by load alone (its in-flight
+    count is live; power_of_two's is polled once a second); other policies keep their names."""
+    groups = (InstanceGroup("colocated", 2),)
+    argv = list(
+        build_launch(
+            DeploymentSpec("tiny-llama", "colocated", groups), LaunchOptions(port=free_port())
+        ).router.argv
+    )
+    assert argv[argv.index("--policy") + 1] == "cache_aware"
+    assert argv[argv.index("--balance-abs-threshold") + 1] == "0"
+    assert argv[argv.index("--balance-rel-threshold") + 1] == "1.0"
+    assert argv[argv.index("--cache-threshold") + 1] == "1.0"
+    for policy in ("round_robin", "cache_aware"):
+        spec = DeploymentSpec("tiny-llama", "colocated", groups, router_policy=policy)
+        argv = list(build_launch(spec, LaunchOptions(port=free_port())).router.argv)
+        assert argv[argv.index("--policy") + 1] == policy and "--balance-abs-threshold" not in argv
+
+
 def test_gpus_are_assigned_round_robin() -> None:
     launch = build_launch(_disagg(1, 3), LaunchOptions(devices=("cuda:0", "cuda:1"), port=free_port()))
     assert [w.device for w in launch.workers] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]

@@ -27,6 +27,7 @@ def test_prometheus_text() -> None:
     metrics.inc("generated_tokens_total", 7)
     metrics.decode_step(4, 100, 0.02, 1.5e9, 3, cpu_s=0.015)
     metrics.prefill_batch([30, 12], [0, 4], 0.05, 0.04, 1.6e9)
+    metrics.prefill_batch([8], [16], 0.03, 0.025, 1.7e9, decode_batch=3, decode_context=90)  # mixed
     level[0] = 5
     text = metrics.render()
     got = _samples(text)
@@ -47,6 +48,9 @@ def test_prometheus_text() -> None:
     assert "# TYPE pdplan_worker_itl_seconds histogram" in text.splitlines()
     assert "_created" not in text
     assert metrics.recent_steps() == [(4, 100, 20.0, 1.5e9, 3, 15.0)]
-    assert metrics.recent_prefills() == [((30, 12), (0, 4), 50.0, 40.0, 1.6e9)]
-    assert got[("pdplan_worker_prefill_batch_seconds_count", role)] == 1
+    assert metrics.recent_prefills() == [
+        ((30, 12), (0, 4), 50.0, 40.0, 1.6e9, 0, 0),
+        ((8,), (16,), 30.0, 25.0, 1.7e9, 3, 90),
+    ]
+    assert got[("pdplan_worker_prefill_batch_seconds_count", role)] == 2
     assert metrics.counter("requests_total", "ok") == 1
