@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -15,6 +17,23 @@ import httpx
 TEST_MODEL = Path(__file__).resolve().parent / "models" / "pd-test-llama"
 #: The KV hand-off secret of the workers the tests start (one test "deployment").
 TEST_SECRET = "pdplan-test-deployment-secret-0123456789"
+
+
+def bench_module(name: str) -> Any:
+    """``bench/<name>.py`` loaded from its file, registered as ``name`` (so it can import its
+    siblings' modules loaded the same way) — not by putting bench/ on sys.path: bench/profile.py
+    would shadow the standard library's ``profile`` for the rest of the session (cProfile, hence
+    torch._dynamo, break)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[2] / f"bench/{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

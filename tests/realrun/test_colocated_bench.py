@@ -3,22 +3,13 @@ simulator prices them, and the router's spread read from the workers' logs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
+
+from realrun_helpers import bench_module
 
 from pdplan.profiles.latency_model import LatencyModel
 
-# Loaded from its file, as tests/realrun/test_first_token_path.py does (bench/ on sys.path would
-# shadow the standard library's ``profile``).
-_SPEC = importlib.util.spec_from_file_location(
-    "local_ttft", Path(__file__).resolve().parents[2] / "bench/local_ttft.py"
-)
-assert _SPEC is not None and _SPEC.loader is not None
-_local_ttft = importlib.util.module_from_spec(_SPEC)
-sys.modules["local_ttft"] = _local_ttft
-_SPEC.loader.exec_module(_local_ttft)
+_local_ttft = bench_module("local_ttft")
 
 # 1/1024 s per prompt token, 1/64 s per decode step: exact in floating point.
 MODEL = LatencyModel((0.0, 0.0, 0.9765625, 0.0), (15.625, 0.0, 0.0))
@@ -99,12 +90,7 @@ def test_engine_replay_alternating_holds_decodes_for_the_slice() -> None:
     """bench/colocated_replay.py's replay of the worker's chunked loop: one request alone is the
     same under both schedules; a prompt arriving while another decodes makes that decode wait for
     a slice forward *and* a decode step when they alternate, for one mixed step when they don't."""
-    spec = importlib.util.spec_from_file_location(
-        "colocated_replay", Path(__file__).resolve().parents[2] / "bench/colocated_replay.py"
-    )
-    assert spec is not None and spec.loader is not None
-    replay = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(replay)
+    replay = bench_module("colocated_replay")
     import numpy as np
 
     from pdplan.sim.costs import StepCoef

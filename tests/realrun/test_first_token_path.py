@@ -3,14 +3,12 @@ client times) and simulated (a hand-computed disaggregated timeline), and step p
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from realrun_helpers import bench_module
 
 from pdplan.profiles.latency_model import LatencyModel
 from pdplan.sim import (
@@ -23,15 +21,7 @@ from pdplan.sim import (
     simulate,
 )
 
-# Loaded from its file, not by putting bench/ on sys.path: bench/profile.py would shadow the
-# standard library's ``profile`` for the rest of the session (cProfile, hence torch._dynamo, break).
-_SPEC = importlib.util.spec_from_file_location(
-    "local_ttft", Path(__file__).resolve().parents[2] / "bench/local_ttft.py"
-)
-assert _SPEC is not None and _SPEC.loader is not None
-_local_ttft = importlib.util.module_from_spec(_SPEC)
-sys.modules["local_ttft"] = _local_ttft
-_SPEC.loader.exec_module(_local_ttft)
+_local_ttft = bench_module("local_ttft")
 DETAILS = _local_ttft.DETAILS
 SEGMENTS = _local_ttft.SEGMENTS
 cores_by_process = _local_ttft.cores_by_process
